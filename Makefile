@@ -1,0 +1,29 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test install clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+# torch first (local CPU wheel); the package's range is satisfied by it, so nothing bigger is pulled.
+$(STAMP): $(PY) pyproject.toml setup.py compnn_index/csrc/hyperpatchmatch.cpp
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q pybind11 setuptools wheel
+	$(PY) -m pip install -q --no-build-isolation -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/compnn demo --out indexes/demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+clean:
+	rm -rf $(VENV) build *.egg-info compnn_index/_hpm*.so
