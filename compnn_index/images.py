@@ -1,0 +1,70 @@
+"""Turning what a user passes as "an image" into a network input.
+
+Accepted: a NumPy array (H, W, 3) uint8 / (3, H, W) float in [-1, 1], a PIL image, or a path to
+an image file. Dataset ids are resolved by the API, which knows the index store.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .errors import QueryError
+
+ImageLike = Union[np.ndarray, Image.Image, str, Path]
+
+
+def _from_pil(img: Image.Image, what: str) -> np.ndarray:
+    if img.mode not in ("RGB", "RGBA", "L", "P"):
+        raise QueryError(f"{what}: expected an RGB image, got PIL mode {img.mode!r}")
+    arr = np.asarray(img.convert("RGB"), dtype=np.float32)
+    return np.ascontiguousarray(arr.transpose(2, 0, 1) / 127.5 - 1.0, dtype=np.float32)
+
+
+def load_image(image: ImageLike, *, name: str = "image") -> np.ndarray:
+    """Return ``image`` as float32 (3, H, W) in [-1, 1].
+
+    Raises
+    ------
+    QueryError
+        If the file cannot be read or the array has the wrong shape, dtype or channel count.
+    """
+    if isinstance(image, (str, Path)):
+        path = Path(image)
+        if not path.is_file():
+            raise QueryError(f"{name}: no such image file: {str(path)!r}")
+        try:
+            with Image.open(path) as img:
+                img.load()
+                return _from_pil(img, str(path))
+        except (UnidentifiedImageError, OSError) as exc:
+            raise QueryError(f"{path}: cannot read as an image ({exc})") from None
+    if isinstance(image, Image.Image):
+        return _from_pil(image, name)
+    if isinstance(image, np.ndarray):
+        arr = image
+        if arr.ndim == 3 and arr.shape[-1] in (3, 4) and arr.shape[0] not in (3,):
+            arr = arr[..., :3].transpose(2, 0, 1)
+        if arr.ndim != 3 or arr.shape[0] != 3:
+            raise QueryError(
+                f"{name}: expected an array of shape (3, H, W) or (H, W, 3), got {image.shape}"
+            )
+        if arr.dtype == np.uint8:
+            arr = arr.astype(np.float32) / 127.5 - 1.0
+        elif np.issubdtype(arr.dtype, np.floating):
+            arr = arr.astype(np.float32)
+            if not np.isfinite(arr).all():
+                raise QueryError(f"{name}: array contains NaN or infinite values")
+            lo, hi = float(arr.min()), float(arr.max())
+            if lo < -1.001 or hi > 1.001:
+                raise QueryError(
+                    f"{name}: expected float values in [-1, 1] (or uint8), got range [{lo:.3g}, {hi:.3g}]"
+                )
+        else:
+            raise QueryError(f"{name}: expected uint8 or float array, got dtype {arr.dtype}")
+        return np.ascontiguousarray(arr, dtype=np.float32)
+    raise QueryError(
+        f"{name}: expected an array, PIL image, path or dataset id, got {type(image).__name__}"
+    )
