@@ -1,0 +1,132 @@
+"""What every built-in network shares: identity, named layer taps, and the input-size rule."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from compnn_index.errors import ModelError
+
+TASKS = ("translate", "segment")
+
+
+class TapModel(nn.Module):
+    """Base class of the built-in encoder-decoder networks.
+
+    Subclasses set :attr:`arch` and :attr:`config` and implement :meth:`layer_taps`,
+    :meth:`bottleneck_tap` and :meth:`size_multiple`.
+
+    Attributes
+    ----------
+    arch : str
+        Architecture name understood by :func:`compnn_index.models.build_model`.
+    config : dict
+        JSON-able keyword arguments; ``build_model(**model.config)`` rebuilds the network
+        (with fresh weights).
+    """
+
+    arch: str = ""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.config: dict = {}
+
+    def layer_taps(self) -> dict[str, tuple[str, str]]:
+        """Named points whose activations can be read.
+
+        Returns
+        -------
+        dict
+            ``{tap name: (module path, "input" | "output")}`` in network order.
+        """
+        raise NotImplementedError
+
+    def bottleneck_tap(self) -> str:
+        """Name of the tap used as the default global descriptor."""
+        raise NotImplementedError
+
+    def size_multiple(self) -> int:
+        """Image height and width must be a multiple of this number."""
+        raise NotImplementedError
+
+    def check_input_size(self, height: int, width: int) -> None:
+        """Raise :class:`ModelError` unless ``height`` and ``width`` suit the network.
+
+        Parameters
+        ----------
+        height, width : int
+            Image size in pixels.
+        """
+        m = self.size_multiple()
+        if height < m or width < m or height % m or width % m:
+            raise ModelError(
+                f"image size {height}×{width} is not a multiple of {m} required by "
+                f"{self._size_requirement()}; resize the images (size option)"
+            )
+
+    def _size_requirement(self) -> str:
+        """Words naming what sets :meth:`size_multiple` (used in error messages)."""
+        return self.arch
+
+
+def init_weights(module: nn.Module, *, seed: int | None) -> None:
+    """pix2pix initialisation: conv weights N(0, 0.02), norm weights N(1, 0.02), biases 0.
+
+    Parameters
+    ----------
+    module : nn.Module
+        Network to initialise in place.
+    seed : int or None
+        Seed for a private generator (the global RNG is left untouched); ``None`` uses the
+        global RNG.
+    """
+    gen = None
+    if seed is not None:
+        device = next(module.parameters()).device
+        if device.type != "meta":
+            gen = torch.Generator(device=device).manual_seed(int(seed))
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+                m.weight.normal_(0.0, 0.02, generator=gen)
+                if m.bias is not None:
+                    m.bias.zero_()
+            elif isinstance(m, nn.BatchNorm2d):
+                m.weight.normal_(1.0, 0.02, generator=gen)
+                m.bias.zero_()
+
+
+def check_common_options(
+    arch: str, *, task: str, in_channels: int, out_channels: int | None, ngf: int
+) -> int:
+    """Validate the options every architecture shares; return the resolved ``out_channels``.
+
+    Raises
+    ------
+    ModelError
+        For an unknown task or a non-positive channel count / width.
+    """
+    if task not in TASKS:
+        raise ModelError(f"Expected task to be one of {list(TASKS)}, but task = {task!r}")
+    for name, value in (("in_channels", in_channels), ("ngf", ngf)):
+        if not _is_positive_int(value):
+            raise ModelError(
+                f"Expected {name} to be a positive integer for {arch}, but {name} = {value!r}"
+            )
+    if out_channels is None:
+        if task == "segment":
+            raise ModelError(
+                f"out_channels (the number of classes) is required for a {arch} with "
+                "task='segment'"
+            )
+        out_channels = 3
+    minimum = 2 if task == "segment" else 1
+    if not _is_positive_int(out_channels) or out_channels < minimum:
+        raise ModelError(
+            f"Expected out_channels >= {minimum} for a {arch} with task={task!r}, "
+            f"but out_channels = {out_channels!r}"
+        )
+    return int(out_channels)
+
+
+def _is_positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
