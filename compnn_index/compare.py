@@ -1,0 +1,240 @@
+"""``compnn compare``: what the approximation costs — exact search vs HyperPatch-Match vs FAISS ANN.
+
+For each query image and top-k, exact search runs once; every approximate setting is measured
+against it on the same query hyperpatches and the same shortlist:
+
+- ``seconds_per_query`` and ``speedup`` (exact time / this time),
+- ``recall_at_1``: same (image, y, x) as exact,
+- ``similarity_ratio``: mean of (approximate similarity / exact similarity),
+- ``agreement``: label-transfer pixel agreement with exact's reconstruction (segmentation) or
+  mean absolute difference of output reconstructions (translation),
+- ``fidelity``: the reconstruction's agreement with the CNN's own output — label-transfer pixel
+  accuracy (segmentation) or PSNR (translation). This is the gate: does the approximate answer
+  explain the network as well as the exact one?
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Sequence
+
+import faiss
+import numpy as np
+from tqdm import tqdm
+
+from .errors import QueryError
+from .features import hyperpatches, global_descriptor
+from .metrics import psnr
+from .search import NNField, exact_search
+
+
+def _agreement(a: np.ndarray, b: np.ndarray, seg: bool) -> float:
+    return float((a == b).mean()) if seg else float(np.abs(a - b).mean())
+
+
+def _fidelity(recon: np.ndarray, cnn_out: np.ndarray, seg: bool) -> float:
+    return float((recon == cnn_out).mean()) if seg else float(psnr(recon, cnn_out))
+
+
+def ann_field(kind: str, params: dict, q: np.ndarray, vectors: np.ndarray, ids: np.ndarray,
+              offsets: np.ndarray, grids: np.ndarray, threads: int | None) -> tuple[NNField, float, float]:
+    """Top-1 with a FAISS approximate index over the shortlist's vectors.
+
+    Returns (field, build seconds, search seconds). The ANN index needs its own copy of the
+    shortlisted vectors (unlike exact search and HyperPatch-Match, which read the store in place).
+    """
+    hq, wq, d = q.shape
+    parts = [np.asarray(vectors[offsets[n]: offsets[n + 1]]) for n in ids]
+    base = np.concatenate([np.zeros(1, np.int64), np.cumsum([len(p) for p in parts])])
+    xb = np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
+    t = time.perf_counter()
+    if kind == "hnsw":
+        index = faiss.IndexHNSWFlat(d, int(params.get("M", 16)), faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = int(params.get("efConstruction", 40))
+        index.add(xb)
+        index.hnsw.efSearch = int(params.get("efSearch", 32))
+    elif kind == "ivf":
+        nlist = int(params.get("nlist", 256))
+        quant = faiss.IndexFlatIP(d)
+        index = faiss.IndexIVFFlat(quant, d, nlist, faiss.METRIC_INNER_PRODUCT)
+        rng = np.random.default_rng(0)
+        sample = xb[rng.choice(len(xb), size=min(len(xb), nlist * 64), replace=False)]
+        index.train(sample)
+        index.add(xb)
+        index.nprobe = int(params.get("nprobe", 8))
+    else:
+        raise QueryError(f"Unknown baseline {kind!r}; expected 'hnsw' or 'ivf'")
+    build_s = time.perf_counter() - t
+    t = time.perf_counter()
+    sims, lab = index.search(np.ascontiguousarray(q.reshape(-1, d)), 1)
+    search_s = time.perf_counter() - t
+    lab = np.maximum(lab[:, 0], 0)
+    slot = np.searchsorted(base, lab, side="right") - 1
+    img = ids[slot]
+    local = lab - base[slot]
+    wgrid = grids[img, 1]
+    nnf = NNField(img.reshape(hq, wq), (local // wgrid).reshape(hq, wq),
+                  (local % wgrid).reshape(hq, wq), sims[:, 0].reshape(hq, wq))
+    return nnf, build_s, search_s
+
+
+DEFAULT_BASELINES = {
+    "hnsw": [{"M": 16, "efConstruction": 40, "efSearch": 16}, {"M": 16, "efConstruction": 40, "efSearch": 64}],
+    "ivf": [{"nlist": 256, "nprobe": 4}, {"nlist": 256, "nprobe": 16}],
+}
+
+
+def compare(
+    index: str | Path, *, data: str, split: str = "test", direction: str | None = None,
+    size: int | None = None, limit: int | None = 5, seed: int = 0, layer: str | None = None,
+    top_k: Sequence[int] = (16,), iterations: Sequence[int] = (2, 4, 8, 16, 32),
+    init: Sequence[str] = ("random",), baselines: Sequence[str] = ("hnsw", "ivf"),
+    samples: int = 4, threads: int | None = None, out: str | Path, progress: bool = True,
+    cnn=None, max_baseline_vectors: int = 2_000_000,
+) -> dict:
+    """Run the comparison and write ``comparison.json``, ``comparison.md`` and ``comparison.png``."""
+    import torch
+
+    from .api import CompNN
+    from .data import open_dataset
+    from .search import patchmatch
+
+    cnn = cnn or CompNN.load(index, threads=threads)
+    layer = cnn._check_layer(layer)
+    spec = cnn.store.spec(layer)
+    trained = cnn.store.manifest.get("dataset", {})
+    seg = cnn.task == "segment"
+    for k in top_k:
+        if not 1 <= int(k) <= cnn.num_images:
+            raise QueryError(f"Expected 1 <= --top-k <= {cnn.num_images}, but got {k}")
+    ds = open_dataset(data, split=split, direction=direction or trained.get("direction", "AtoB"),
+                      task=cnn.task, size=size or trained.get("size"), limit=limit, seed=seed)
+    vectors, offsets, grids = cnn.store.vectors(layer), cnn.store.offsets(layer), cnn.store.grids(layer)
+    src = cnn.array("targets")
+    rec = lambda f: cnn.compose(f, spec, "target", size_hw)  # noqa: E731
+
+    exact_stats = defaultdict(list)
+    acc: dict[tuple, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    for i in tqdm(range(len(ds)), desc="compare", unit="img", disable=not progress):
+        s = ds[i]
+        size_hw = s.input.shape[1:]
+        with cnn._limits(threads), torch.no_grad():
+            out, acts = cnn._forward(s.input, [spec, cnn._global_spec])
+            q = hyperpatches(acts[layer], spec.k)[0]
+            g = global_descriptor(acts[cnn.global_tap])[0]
+        cnn_out = cnn._output_from_logits(out)
+        for k in top_k:
+            ids, _ = cnn.shortlist(g, np.arange(cnn.num_images), int(k))
+            t = time.perf_counter()
+            ex = exact_search(q, vectors, ids, offsets=offsets, grids=grids, threads=threads)
+            ex_s = time.perf_counter() - t
+            n_db = int(sum(offsets[n + 1] - offsets[n] for n in ids))
+            ex_rec = rec(ex)
+            exact_stats[k].append({"seconds": ex_s, "fidelity": _fidelity(ex_rec, cnn_out, seg),
+                                   "gflops": 2.0 * q.shape[0] * q.shape[1] * n_db * q.shape[2] / ex_s / 1e9})
+
+            def record(method: str, params: dict, f: NNField, secs: float, extra: dict | None = None):
+                r = rec(f)
+                key = (method, json.dumps(params, sort_keys=True), int(k))
+                m = acc[key]
+                m["seconds"].append(secs)
+                m["exact_seconds"].append(ex_s)
+                m["recall_at_1"].append(float(((f.image == ex.image) & (f.y == ex.y) & (f.x == ex.x)).mean()))
+                m["similarity_ratio"].append(float(np.mean(f.similarity / np.maximum(ex.similarity, 1e-6))))
+                m["agreement"].append(_agreement(r, ex_rec, seg))
+                m["fidelity"].append(_fidelity(r, cnn_out, seg))
+                for key2, v in (extra or {}).items():
+                    m[key2].append(v)
+
+            for mode in init:
+                for it in iterations:
+                    t = time.perf_counter()
+                    f = cnn.patchmatch_field(q, ids, layer=layer, iterations=int(it), samples=samples,
+                                             init=mode, seed=seed, threads=threads, image=s.input) \
+                        if hasattr(cnn, "patchmatch_field") else patchmatch(
+                            q, vectors, ids, offsets=offsets, grids=grids, iterations=int(it),
+                            samples=samples, seed=seed, init=mode, threads=threads)
+                    record("patchmatch", {"iterations": int(it), "init": mode, "samples": samples},
+                           f, time.perf_counter() - t)
+            if n_db <= max_baseline_vectors:
+                for kind in baselines:
+                    for params in DEFAULT_BASELINES.get(kind, []):
+                        f, b_s, s_s = ann_field(kind, params, q, vectors, ids, offsets, grids, threads)
+                        record(kind, params, f, s_s, {"build_seconds": b_s})
+
+    exact = {}
+    for k, items in exact_stats.items():
+        exact[str(k)] = {key: float(np.mean([it[key] for it in items])) for key in ("fidelity", "gflops")}
+        exact[str(k)]["seconds_per_query"] = float(np.mean([it["seconds"] for it in items]))
+    settings = []
+    for (method, params, k), m in acc.items():
+        spq = float(np.mean(m["seconds"]))
+        row = {"method": method, "params": json.loads(params), "top_k": k, "seconds_per_query": spq,
+               "speedup": float(np.mean(m["exact_seconds"]) / spq) if spq > 0 else float("inf")}
+        for key in ("recall_at_1", "similarity_ratio", "agreement", "fidelity", "build_seconds"):
+            if key in m:
+                row[key] = float(np.mean(m[key]))
+        row["fidelity_delta"] = row["fidelity"] - exact[str(k)]["fidelity"]
+        settings.append(row)
+    first = exact[str(top_k[0])]
+    doc = {"index": str(index), "layer": layer, "task": cnn.task, "queries": len(ds),
+           "exact": {**first, "by_top_k": exact}, "settings": settings}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "comparison.json.tmp"
+    tmp.write_text(json.dumps(doc, indent=1))
+    os.replace(tmp, out / "comparison.json")
+    md = _markdown(doc)
+    (out / "comparison.md").write_text(md)
+    _plot(doc, out / "comparison.png")
+    if progress:
+        print(md)
+        print(f"wrote {out / 'comparison.json'}")
+    return doc
+
+
+def _markdown(doc: dict) -> str:
+    fid = "label-transfer pixel accuracy vs CNN" if doc["task"] == "segment" else "PSNR vs CNN"
+    lines = [f"# Exact vs approximate search: layer {doc['layer']}, {doc['queries']} queries",
+             "", f"fidelity = {fid}", "",
+             "| method | top_k | params | s/query | speed-up | recall@1 | sim. ratio | agreement | fidelity | Δ fidelity vs exact |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for k, e in doc["exact"]["by_top_k"].items():
+        lines.append(f"| exact | {k} | {e['gflops']:.0f} GFLOP/s | {e['seconds_per_query']:.3f} | 1.0 | 1 | 1 | 1 | "
+                     f"{e['fidelity']:.4f} | 0 |")
+    for r in doc["settings"]:
+        p = ", ".join(f"{a}={b}" for a, b in r["params"].items())
+        lines.append(f"| {r['method']} | {r['top_k']} | {p} | {r['seconds_per_query']:.3f} | {r['speedup']:.1f} | "
+                     f"{r['recall_at_1']:.3f} | {r['similarity_ratio']:.4f} | {r['agreement']:.4f} | "
+                     f"{r['fidelity']:.4f} | {r['fidelity_delta']:+.4f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _plot(doc: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    groups = defaultdict(list)
+    for r in doc["settings"]:
+        label = r["method"] + (f" ({r['params'].get('init')})" if r["method"] == "patchmatch" else "")
+        groups[(label, r["top_k"])].append((r["seconds_per_query"], r["fidelity"]))
+    for (label, k), pts in groups.items():
+        pts.sort()
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{label}, top-{k}")
+    for k, e in doc["exact"]["by_top_k"].items():
+        ax.scatter([e["seconds_per_query"]], [e["fidelity"]], marker="*", s=150, zorder=5, label=f"exact, top-{k}")
+    ax.set_xscale("log")
+    ax.set_xlabel("seconds per query (log)")
+    ax.set_ylabel("fidelity (" + ("pixel acc. vs CNN" if doc["task"] == "segment" else "PSNR vs CNN") + ")")
+    ax.set_title(f"Quality vs time, layer {doc['layer']}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
