@@ -1,0 +1,179 @@
+"""Compositor: identity reconstruction, hand-computed pastes, source maps, validation."""
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from compnn_index.compose import paste, source_coords, source_map, used_mask
+from compnn_index.errors import QueryError
+from compnn_index.metrics import psnr
+from compnn_index.search.field import NNField
+
+STRIDE, REGION, GRID = 2, 4, 64  # 64x64 feature grid of a 2x2-window layer at stride 2
+SIZE = (GRID + 1) * STRIDE  # 130: valid windows of a 65x65 map reach every pixel
+
+
+def identity_field(n: int, grid: int = GRID) -> NNField:
+    yy, xx = np.mgrid[0:grid, 0:grid]
+    return NNField(np.full((grid, grid), n), yy, xx, np.ones((grid, grid)))
+
+
+@pytest.fixture(scope="module")
+def images() -> np.ndarray:
+    return np.random.default_rng(0).uniform(-1, 1, (3, 3, SIZE, SIZE)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def labels() -> np.ndarray:
+    return np.random.default_rng(1).integers(0, 12, (3, SIZE, SIZE))
+
+
+# Hand-made 2x2 field over two 3x3 one-channel images, stride 1, region 2 (output 3x3).
+HAND_FIELD = NNField(
+    image=np.array([[0, 1], [0, 1]]),
+    y=np.array([[0, 1], [1, 0]]),
+    x=np.array([[0, 1], [0, 0]]),
+    similarity=np.ones((2, 2)),
+)
+
+
+def test_identity_field_reproduces_images_exactly(images):
+    out = paste(identity_field(2), source=images, stride=STRIDE, region=REGION, out_size=(SIZE, SIZE))
+    assert out.dtype == np.float32 and out.shape == (3, SIZE, SIZE)
+    assert np.array_equal(out, images[2])
+    assert psnr(out, images[2]) == float("inf")
+
+
+def test_identity_field_reproduces_labels_exactly(labels):
+    out = paste(identity_field(1), source=labels, stride=STRIDE, region=REGION, out_size=(SIZE, SIZE),
+                mode="vote", num_classes=12)
+    assert out.dtype == np.int64
+    assert np.array_equal(out, labels[1])
+
+
+def test_spec_object_gives_same_result_as_stride_region(images):
+    spec = SimpleNamespace(stride=STRIDE, region=REGION, k=2)
+    a = paste(identity_field(0), spec, images, out_size=(SIZE, SIZE))
+    b = paste(identity_field(0), spec=SimpleNamespace(stride=STRIDE, region=None, k=2), source=images,
+              out_size=(SIZE, SIZE))
+    assert np.array_equal(a, images[0]) and np.array_equal(b, images[0])
+
+
+def test_memmap_source_is_read_only_at_used_images(tmp_path, images):
+    path = tmp_path / "imgs.npy"
+    np.save(path, images)
+    mm = np.load(path, mmap_mode="r")
+    out = paste(identity_field(1), source=mm, stride=STRIDE, region=REGION, out_size=(SIZE, SIZE))
+    assert np.array_equal(out, images[1])
+
+
+def test_hand_made_field_averages_overlaps():
+    src = np.stack([np.arange(9.0).reshape(3, 3), 10.0 * (np.arange(9.0).reshape(3, 3) + 1)])[:, None]
+    out = paste(HAND_FIELD, source=src.astype(np.float32), stride=1, region=2, out_size=(3, 3))
+    expected = [[0, 25.5, 60], [3, 24.5, 55], [6, 23.5, 50]]
+    np.testing.assert_allclose(out[0], expected)
+
+
+LAB0 = [[1, 2, 0], [3, 9, 0], [9, 1, 0]]
+LAB1 = [[3, 1, 0], [3, 9, 0], [0, 2, 1]]
+
+
+def test_hand_made_field_votes_with_ignore_index_and_ties():
+    src = np.array([LAB0, LAB1])
+    out = paste(HAND_FIELD, source=src, stride=1, region=2, out_size=(3, 3), mode="vote",
+                num_classes=4, ignore_index=9)
+    # (1,1): votes 2 and 3 once each once the two 9s are ignored -> tie -> lowest (2);
+    # (2,0) and (2,2): only ignored source pixels -> ignore_index.
+    assert out.tolist() == [[1, 2, 0], [3, 2, 1], [9, 1, 9]]
+
+
+def test_hand_made_field_votes_without_ignore_index():
+    src = np.array([LAB0, LAB1])
+    out = paste(HAND_FIELD, source=src, stride=1, region=2, out_size=(3, 3), mode="vote", num_classes=10)
+    assert out.tolist() == [[1, 2, 0], [3, 9, 1], [9, 1, 9]]
+
+
+def test_uncovered_pixels_copy_nearest_covered_pixel():
+    src = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
+    field = identity_field(0, grid=2)  # stride 2 region 2 reaches rows/cols 0..3 of a 5x5 output
+    out = paste(field, source=src, stride=2, region=2, out_size=(5, 5))[0]
+    np.testing.assert_array_equal(out[:4, :4], src[0, 0])
+    np.testing.assert_array_equal(out[4, :4], src[0, 0, 3])
+    np.testing.assert_array_equal(out[:4, 4], src[0, 0, :, 3])
+    assert out[4, 4] == src[0, 0, 3, 3]
+
+
+def test_blocks_clipped_at_source_border():
+    # Position (0, 0) matched to source position (1, 1) at stride 2 region 4: block rows 2..5 of a
+    # 4-row source -> only rows/cols 2..3 exist, the rest of the output is filled from them.
+    src = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
+    field = NNField(np.zeros((1, 1)), np.ones((1, 1)), np.ones((1, 1)), np.ones((1, 1)))
+    out = paste(field, source=src, stride=2, region=4, out_size=(4, 4))[0]
+    np.testing.assert_array_equal(out[:2, :2], src[0, 0, 2:, 2:])
+    assert out[3, 3] == src[0, 0, 3, 3]
+
+
+def test_source_map_of_identity_field_is_that_image():
+    sm = source_map(identity_field(5), stride=STRIDE, region=REGION, out_size=(SIZE, SIZE))
+    assert sm.dtype == np.int64 and sm.shape == (SIZE, SIZE) and (sm == 5).all()
+
+
+def test_source_map_votes_ties_to_lowest_id():
+    sm = source_map(HAND_FIELD, stride=1, region=2, out_size=(3, 3))
+    # (0,1) is covered by images 0 and 1 once each -> 0; (1,1) by 0,1,0,1 -> 0; (1,2) only by 1.
+    assert sm.tolist() == [[0, 0, 1], [0, 0, 1], [0, 0, 1]]
+
+
+def test_source_coords_of_identity_field_are_the_pixel_grid():
+    sc = source_coords(identity_field(4), stride=STRIDE, region=REGION, out_size=(SIZE, SIZE))
+    assert (sc.image == 4).all()
+    assert np.array_equal(sc.y, np.broadcast_to(np.arange(SIZE)[:, None], (SIZE, SIZE)))
+    assert np.array_equal(sc.x, np.broadcast_to(np.arange(SIZE)[None, :], (SIZE, SIZE)))
+
+
+def test_source_coords_pick_most_similar_block_and_centre():
+    field = NNField(
+        image=np.array([[0, 0]]), y=np.array([[0, 3]]), x=np.array([[0, 5]]), similarity=np.array([[0.2, 0.9]])
+    )
+    sc = source_coords(field, stride=1, region=2, out_size=(2, 3))
+    # output pixel (0, 1) is covered by both blocks; the second (similarity 0.9) wins: offset (0, 0).
+    assert (sc.y[0, 1], sc.x[0, 1]) == (3, 5)
+    assert (sc.y[1, 0], sc.x[1, 0]) == (1, 0)
+    centre = source_coords(field, stride=1, region=2, out_size=(2, 3), at="centre")
+    assert (centre.y[0, 1], centre.x[0, 1]) == (4, 6)
+    assert (centre.y[0, 0], centre.x[0, 0]) == (1, 1)
+
+
+def test_used_mask_is_union_of_matched_blocks():
+    mask = used_mask(HAND_FIELD, 1, stride=1, region=2, source_size=(3, 3))
+    # image 1 is matched at (1, 1) and (0, 0): blocks rows/cols 1..2 and 0..1.
+    assert mask.tolist() == [[True, True, False], [True, True, True], [False, True, True]]
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(mode="mean", source=np.zeros((2, 3, 3), np.int64)), r"mode='mean' expects a float source.*use mode='vote'"),
+        (dict(mode="vote", source=np.zeros((2, 1, 3, 3), np.float32)), r"mode='vote' expects integer labels"),
+        (dict(mode="median", source=np.zeros((2, 1, 3, 3), np.float32)), r"Expected mode 'mean' or 'vote', got mode = 'median'"),
+        (dict(source=np.zeros((1, 1, 3, 3), np.float32)), r"max image id = 1, source images = 1"),
+        (dict(source=np.zeros((2, 1, 3, 3), np.float32), out_size=(1, 3)), r"outside out_size = \(1, 3\)"),
+        (dict(source=np.zeros((2, 1, 3, 3), np.float32), out_size=(3,)), r"Expected out_size = \(H, W\)"),
+        (dict(source=np.zeros((2, 1, 3, 3), np.float32), spec=SimpleNamespace(stride=1, region=2)),
+         r"either spec or stride/region, not both"),
+        (dict(source=np.zeros((2, 1, 3, 3), np.float32), stride=0), r"stride to be a positive int, got stride = 0"),
+        (dict(source=np.array([LAB0, LAB1]), mode="vote", num_classes=4), r"labels in \[0, 4\).*got labels in \[0, 9\]"),
+        (dict(source=None), r"got None"),
+    ],
+)
+def test_paste_rejects_bad_input(kwargs, match):
+    args = dict(stride=1, region=2, out_size=(3, 3))
+    args.update(kwargs)
+    with pytest.raises(QueryError, match=match):
+        paste(HAND_FIELD, **args)
+
+
+def test_paste_rejects_positions_outside_source():
+    field = NNField(np.zeros((1, 1)), np.full((1, 1), 2), np.zeros((1, 1)), np.ones((1, 1)))
+    with pytest.raises(QueryError, match=r"outside the source images of size \(3, 3\)"):
+        paste(field, source=np.zeros((1, 1, 3, 3), np.float32), stride=2, region=2, out_size=(3, 3))
