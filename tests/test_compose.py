@@ -177,3 +177,88 @@ def test_paste_rejects_positions_outside_source():
     field = NNField(np.zeros((1, 1)), np.full((1, 1), 2), np.zeros((1, 1)), np.ones((1, 1)))
     with pytest.raises(QueryError, match=r"outside the source images of size \(3, 3\)"):
         paste(field, source=np.zeros((1, 1, 3, 3), np.float32), stride=2, region=2, out_size=(3, 3))
+
+
+# --------------------------------------------------------------------------- pictures
+
+from compnn_index.pictures import (  # noqa: E402
+    correspondence_map,
+    correspondence_pairs,
+    grid,
+    image_to_uint8,
+    label_to_rgb,
+    outline_region,
+    source_colours,
+)
+
+
+def test_image_to_uint8_and_label_to_rgb():
+    img = np.array([[[-1.0, 0.0, 1.0, 2.0]]] * 3, np.float32)  # (3, 1, 4)
+    assert image_to_uint8(img)[0, :, 0].tolist() == [0, 128, 255, 255]
+    palette = np.array([[10, 20, 30], [40, 50, 60]], np.uint8)
+    rgb = label_to_rgb(np.array([[0, 1, 255]]), palette)
+    assert rgb.tolist() == [[[10, 20, 30], [40, 50, 60], [0, 0, 0]]]
+    with pytest.raises(QueryError, match=r"float \(3, H, W\) image.*got dtype uint8"):
+        image_to_uint8(np.zeros((3, 4, 4), np.uint8))
+
+
+def test_outline_region_draws_mask_boundary_in_colour():
+    mask = np.zeros((12, 12), bool)
+    mask[2:10, 3:9] = True
+    out = outline_region(np.full((12, 12, 3), 100, np.uint8), mask, (255, 0, 0), width=2)
+    red = (out == [255, 0, 0]).all(axis=-1)
+    ring = mask.copy()
+    ring[4:8, 5:7] = False  # the 2-px inner boundary of the rectangle
+    assert np.array_equal(red, ring)
+    assert (out[~mask] > 100).all()  # outside faded towards white
+
+
+def two_source_field(grid_size: int = 15) -> NNField:
+    yy, xx = np.mgrid[0:grid_size, 0:grid_size]
+    image = (xx >= grid_size // 2 + 1).astype(int)  # left columns from image 0, right from image 1
+    return NNField(image, yy, xx, np.ones_like(yy, float))
+
+
+def test_correspondence_map_colours_pixels_by_source_and_outlines_used_regions():
+    field = two_source_field()
+    db = {0: np.full((32, 32, 3), 90, np.uint8), 1: np.full((32, 32, 3), 60, np.uint8)}
+    pic = np.asarray(correspondence_map(field, stride=2, region=4, out_size=(32, 32), db_images=db,
+                                        thumb_height=32))
+    colours = source_colours(2)
+    left = pic[6:38, 6:38]  # the map is the first grid cell (pad 6)
+    assert (left[:, :16] == colours[0]).all() and (left[:, 18:] == colours[1]).all()
+    right = pic[:, 38:]
+    for c in colours:
+        assert (right == c).all(axis=-1).sum() > 4 * 32  # outline and colour key of each thumbnail
+    assert pic.shape[0] >= 32 + 12 and pic.shape[1] >= 38 + 2 * 32
+
+
+def test_correspondence_map_greys_sources_beyond_max_sources():
+    field = two_source_field()
+    db = {0: np.zeros((32, 32, 3), np.uint8), 1: np.zeros((32, 32, 3), np.uint8)}
+    query = np.zeros((32, 32, 3), np.uint8)
+    pic = np.asarray(correspondence_map(field, stride=2, region=4, out_size=(32, 32), db_images=db,
+                                        query_image=query, max_sources=1, alpha=1.0))
+    left = pic[6:38, 6:38]
+    assert (left[:, :16] == source_colours(1)[0]).all()
+    assert (left[:, 18:] == 150).all()  # "other" grey
+
+
+def test_correspondence_pairs_size_and_lines():
+    a = np.zeros((32, 40, 3), np.uint8)
+    b = np.full((24, 30, 3), 255, np.uint8)
+    field = two_source_field(15)
+    plain = np.asarray(correspondence_pairs(a, b, field, stride=2, region=4, n_lines=0, gap=8))
+    assert plain.shape == (32, 40 + 8 + 30, 3)
+    assert (plain[:, :40] == 0).all() and (plain[:24, 48:] == 255).all()
+    drawn = np.asarray(correspondence_pairs(a, b, field, stride=2, region=4, n_lines=10, gap=8))
+    assert (drawn != plain).any()
+
+
+def test_grid_layout_size_and_column_headers():
+    tiles = [[np.zeros((10, 10, 3), np.uint8)] * 2] * 2
+    assert grid(tiles, pad=6).size == (6 + 2 * 16, 6 + 2 * 16)
+    with_headers = grid(tiles, ["a", "b"], pad=6)
+    assert with_headers.size[1] > 38
+    with pytest.raises(QueryError, match=r"one caption row per image row, got 1 caption rows for 2 rows"):
+        grid(tiles, [["a", "b"]])
