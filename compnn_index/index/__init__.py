@@ -1,0 +1,12 @@
+"""The index store: per-layer FAISS ``IndexFlatIP`` files of L2-normalised hyperpatches, a
+global-descriptor index, sidecar arrays and a manifest, built once and opened read-only.
+
+``build_index`` streams a model's hyperpatches over a dataset to disk (atomically);
+``IndexStore.open`` loads it (memory-mapped by default) and does the id ↔ (image, y, x)
+arithmetic: image ``n``'s positions occupy ids ``offsets[n] .. offsets[n+1]-1``, row-major.
+"""
+from .build import build_index
+from .manifest import FORMAT_VERSION
+from .store import IndexStore, ReadOnlyFlatIndex
+
+__all__ = ["FORMAT_VERSION", "IndexStore", "ReadOnlyFlatIndex", "build_index"]

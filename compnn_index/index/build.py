@@ -1,0 +1,344 @@
+"""``build_index``: extract every training image's hyperpatches once and store them on disk.
+
+Memory: the build streams. Each batch's hyperpatches are appended straight to the layer's
+``.faiss`` file by :class:`~compnn_index.index.flatfile.FlatIPWriter` (the exact
+``faiss.write_index`` format), and the sidecar arrays are ``.npy`` memory maps filled batch by
+batch, so peak RAM is about one batch of activations whatever the number of images. The store's
+size is estimated from a one-image probe before anything is written, and a build that would not
+fit on the disk is refused.
+
+Atomicity: everything is written into a hidden temporary folder beside ``out``
+(``.<name>.building-XXXX``), the manifest last; only after a complete build is the folder renamed
+to ``out`` (``os.replace``). Any exception, ``KeyboardInterrupt`` included, removes the temporary
+folder and leaves ``out`` as it was.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import IndexStoreError, ModelError
+from ..features import FeatureExtractor, LayerSpec, default_layer_specs
+from ..models import model_hash
+from ..search.exact import thread_limit
+from .flatfile import HEADER_BYTES, FlatIPWriter
+from .manifest import ARRAY_DIR, FORMAT_VERSION, GLOBAL_FILE, LAYER_DIR, library_versions, write_manifest
+from .memory import StoreSize, check_disk, check_memory
+
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def _layer_file(layer: str) -> str:
+    """Relative path of a layer's FAISS file (the tap name, made file-system safe)."""
+    return f"{LAYER_DIR}/{_SAFE_NAME.sub('_', layer)}.faiss"
+
+
+def _resolve_specs(
+    model: torch.nn.Module, layers: Sequence[str], specs: Mapping[str, LayerSpec] | None,
+    image_size: tuple[int, int],
+) -> dict[str, LayerSpec]:
+    """The LayerSpec of every requested layer, in request order."""
+    if isinstance(layers, str) or not layers:
+        raise IndexStoreError(
+            f"Expected layers to be a non-empty list of layer names, but layers = {layers!r}"
+        )
+    if len(set(layers)) != len(layers):
+        raise IndexStoreError(f"Expected distinct layer names, but layers = {list(layers)}")
+    available = dict(specs) if specs is not None else default_layer_specs(model, image_size)
+    unknown = [name for name in layers if name not in available]
+    if unknown:
+        raise ModelError(
+            f"unknown layers {unknown}: expected names among {', '.join(available)}"
+        )
+    return {name: available[name] for name in layers}
+
+
+def _array_layouts(dataset: Any, sample: Any, out_channels: int) -> dict[str, tuple[tuple, np.dtype]]:
+    """Shape and dtype of the sidecar arrays ``inputs``, ``targets``, ``outputs``."""
+    n = len(dataset)
+    h, w = sample.input.shape[1:]
+    target = np.asarray(sample.target)
+    target_dtype = np.dtype(np.int64) if np.issubdtype(target.dtype, np.integer) else np.dtype(np.float32)
+    if dataset.task == "segment":
+        outputs = ((n, h, w), np.dtype(np.int64))
+    else:
+        outputs = ((n, out_channels, h, w), np.dtype(np.float32))
+    return {
+        "inputs": ((n,) + tuple(sample.input.shape), np.dtype(np.float32)),
+        "targets": ((n,) + tuple(target.shape), target_dtype),
+        "outputs": outputs,
+    }
+
+
+def _estimate(
+    extractor: FeatureExtractor, image_size: tuple[int, int], n: int,
+    arrays: Mapping[str, tuple[tuple, np.dtype]],
+) -> tuple[StoreSize, dict[str, tuple[int, int, int]], int]:
+    """Bytes on disk, per-layer (Hp, Wp, D) and the global dimension, from a one-image probe."""
+    shapes = extractor.layer_shapes(image_size)
+    gdim = extractor.global_dim(image_size)
+    size = StoreSize(
+        layers={name: HEADER_BYTES + n * hp * wp * d * 4 for name, (hp, wp, d) in shapes.items()},
+        global_bytes=HEADER_BYTES + n * gdim * 4,
+        arrays={k: int(np.prod(shape)) * dtype.itemsize for k, (shape, dtype) in arrays.items()},
+    )
+    return size, shapes, gdim
+
+
+def _batch_bytes(shapes: Mapping[str, tuple[int, int, int]], gdim: int, per_image_arrays: int,
+                 batch_size: int) -> int:
+    """Rough peak RAM of one batch: hyperpatches (plus their construction) and activations."""
+    per_image = sum(hp * wp * d * 4 for hp, wp, d in shapes.values())
+    return batch_size * (3 * per_image + 2 * gdim * 4 + 2 * per_image_arrays)
+
+
+def _image_record(i: int, sample: Any) -> dict[str, Any]:
+    h, w = (int(s) for s in sample.input.shape[1:])
+    return {"id": i, "name": str(sample.name), "height": h, "width": w, "meta": dict(sample.meta or {})}
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _move_into_place(tmp: Path, out: Path) -> None:
+    """Rename the finished temporary store to ``out``, replacing what was there."""
+    old = None
+    if out.exists() or out.is_symlink():
+        old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
+
+
+def build_index(
+    model: torch.nn.Module,
+    dataset: Any,
+    *,
+    layers: Sequence[str],
+    out: str | os.PathLike,
+    specs: Mapping[str, LayerSpec] | None = None,
+    global_layer: str | None = None,
+    batch_size: int = 8,
+    threads: int | None = None,
+    progress: bool = True,
+    model_path: str | os.PathLike | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Build an index store of ``model``'s hyperpatches over every image of ``dataset``.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The network (a built-in model, or any module with ``specs`` given). Run in eval mode.
+    dataset : PairedDataset
+        Sequence of samples with ``task``, ``num_classes``, ``ignore_index``, ``palette``,
+        ``identity`` and ``image_size`` (see ``compnn_index.data``); every image the same size.
+    layers : list of str
+        Layers to index, each as one ``IndexFlatIP`` of L2-normalised hyperpatches.
+    out : path-like
+        Folder to create.
+    specs : dict of str to LayerSpec, optional
+        Layer geometry; default :func:`compnn_index.features.default_layer_specs`.
+    global_layer : str, optional
+        Tap whose flattened, L2-normalised activation is the global descriptor
+        (default ``model.bottleneck_tap()``).
+    batch_size : int, default 8
+        Images per forward pass (peak RAM grows with it).
+    threads : int, optional
+        torch / OpenMP / BLAS threads during the build (default: unchanged).
+    progress : bool, default True
+        Show a tqdm bar (images/s).
+    model_path : path-like, optional
+        Checkpoint the model came from, recorded (absolute) in the manifest.
+    overwrite : bool, default False
+        Replace an existing ``out`` (only once the new store is complete).
+
+    Returns
+    -------
+    Path
+        ``out``.
+
+    Raises
+    ------
+    IndexStoreError
+        ``out`` exists (without ``overwrite``), the store would not fit on disk, a batch would
+        not fit in RAM, images differ in size, or features are not finite.
+    ModelError
+        Unknown layer or global layer.
+
+    Notes
+    -----
+    On disk: ``manifest.json`` (see :mod:`compnn_index.index.manifest`), ``global.faiss``,
+    ``layers/<layer>.faiss``, and ``arrays/{inputs,targets,outputs}.npy``: inputs float32
+    ``(N, 3, H, W)``; targets float32 ``(N, 3, H, W)`` or int64 ``(N, H, W)``; outputs the
+    network's own outputs on the training images, float32 ``(N, C, H, W)`` for ``translate``
+    and int64 argmax labels ``(N, H, W)`` for ``segment``.
+    """
+    out = Path(out)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise IndexStoreError(f"Expected batch_size to be a positive integer, but batch_size = {batch_size!r}")
+    if (out.exists() or out.is_symlink()) and not overwrite:
+        raise IndexStoreError(
+            f"index store {os.fspath(out)!r} already exists; pass overwrite=True to replace it"
+        )
+    n = len(dataset)
+    if n == 0:
+        raise IndexStoreError("the dataset is empty: expected at least one image to index")
+    image_size = tuple(int(s) for s in dataset.image_size)
+    model.eval()
+    started = time.perf_counter()
+    with thread_limit(threads):
+        layer_specs = _resolve_specs(model, layers, specs, image_size)
+        extractor = FeatureExtractor(model, layer_specs, global_tap=global_layer)
+        first = dataset[0]
+        out_channels = int(getattr(dataset, "out_channels", 3) or 3)
+        arrays = _array_layouts(dataset, first, out_channels)
+        size, shapes, gdim = _estimate(extractor, image_size, n, arrays)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        check_disk(size, out.parent)
+        per_image_arrays = sum(int(np.prod(s[1:])) * d.itemsize for s, d in arrays.values())
+        check_memory(_batch_bytes(shapes, gdim, per_image_arrays, int(batch_size)),
+                     what=f"one batch of {batch_size} images")
+
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
+        os.chmod(tmp, 0o777 & ~_current_umask())  # mkdtemp makes it private (0700)
+        try:
+            manifest = _write_store(
+                tmp, model, dataset, extractor, shapes, gdim, arrays,
+                batch_size=int(batch_size), progress=progress,
+            )
+            manifest.update(
+                format_version=FORMAT_VERSION,
+                created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                build_seconds=round(time.perf_counter() - started, 3),
+                model={
+                    "arch": getattr(model, "arch", type(model).__name__),
+                    "config": dict(getattr(model, "config", {}) or {}),
+                    "hash": model_hash(model),
+                    "checkpoint": os.fspath(Path(model_path).resolve()) if model_path else None,
+                },
+                dataset=dict(getattr(dataset, "identity", {}) or {}),
+                task=dataset.task,
+                num_classes=getattr(dataset, "num_classes", None),
+                ignore_index=getattr(dataset, "ignore_index", None),
+                palette=None if getattr(dataset, "palette", None) is None
+                else np.asarray(dataset.palette).astype(int).tolist(),
+                image_size=list(image_size),
+                versions=library_versions(),
+            )
+            order = ["format_version", "created", "build_seconds", "model", "dataset", "task",
+                     "num_classes", "ignore_index", "palette", "image_size", "images", "layers",
+                     "global", "arrays", "versions"]
+            write_manifest(tmp, {k: manifest[k] for k in order})
+            _move_into_place(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return out
+
+
+def _write_store(
+    tmp: Path,
+    model: torch.nn.Module,
+    dataset: Any,
+    extractor: FeatureExtractor,
+    shapes: Mapping[str, tuple[int, int, int]],
+    gdim: int,
+    arrays: Mapping[str, tuple[tuple, np.dtype]],
+    *,
+    batch_size: int,
+    progress: bool,
+) -> dict[str, Any]:
+    """Stream every batch into the layer files, global file and array memmaps in ``tmp``.
+
+    Returns the manifest's ``images``, ``layers``, ``global`` and ``arrays`` entries.
+    """
+    n = len(dataset)
+    (tmp / LAYER_DIR).mkdir()
+    (tmp / ARRAY_DIR).mkdir()
+    writers = {name: FlatIPWriter(tmp / _layer_file(name), d) for name, (_, _, d) in shapes.items()}
+    gwriter = FlatIPWriter(tmp / GLOBAL_FILE, gdim)
+    maps = {
+        name: np.lib.format.open_memmap(tmp / ARRAY_DIR / f"{name}.npy", mode="w+", dtype=dtype, shape=shape)
+        for name, (shape, dtype) in arrays.items()
+    }
+    images: list[dict[str, Any]] = []
+    expected_size = tuple(arrays["inputs"][0][1:])
+    try:
+        bar = tqdm(total=n, unit="img", desc="build index", disable=not progress, dynamic_ncols=True)
+        with bar:
+            for start in range(0, n, batch_size):
+                samples = [dataset[i] for i in range(start, min(start + batch_size, n))]
+                for i, s in enumerate(samples, start):
+                    if tuple(np.shape(s.input)) != expected_size:
+                        raise IndexStoreError(
+                            f"image {i} ({s.name!r}) has shape {tuple(np.shape(s.input))}, but every "
+                            f"image must have shape {expected_size} like image 0"
+                        )
+                    images.append(_image_record(i, s))
+                x = np.stack([np.asarray(s.input, dtype=np.float32) for s in samples])
+                outputs, patches, gdesc = extractor(x)
+                for name, hp in patches.items():
+                    flat = hp.reshape(-1, hp.shape[-1])
+                    if not np.isfinite(flat).all():
+                        raise IndexStoreError(
+                            f"layer {name!r}: non-finite hyperpatches in images {start}..{start + len(samples) - 1}"
+                        )
+                    writers[name].add(flat)
+                gwriter.add(gdesc)
+                stop = start + len(samples)
+                maps["inputs"][start:stop] = x
+                maps["targets"][start:stop] = np.stack([np.asarray(s.target) for s in samples])
+                maps["outputs"][start:stop] = (
+                    outputs.argmax(axis=1) if dataset.task == "segment" else outputs
+                )
+                bar.update(len(samples))
+        ntotals = {name: w.close() for name, w in writers.items()}
+        gtotal = gwriter.close()
+        for m in maps.values():
+            m.flush()
+    finally:
+        for w in (*writers.values(), gwriter):
+            w.abort()
+        maps.clear()
+
+    layers = {}
+    for name, (hp, wp, d) in shapes.items():
+        if ntotals[name] != n * hp * wp:
+            raise IndexStoreError(
+                f"layer {name!r}: wrote {ntotals[name]} vectors, expected {n} × {hp} × {wp}"
+            )
+        layers[name] = {
+            "spec": extractor.specs[name].to_dict(), "grid": [hp, wp], "dim": d,
+            "ntotal": ntotals[name], "file": _layer_file(name),
+        }
+    return {
+        "images": images,
+        "layers": layers,
+        "global": {
+            "layer": extractor.global_spec.name, "spec": extractor.global_spec.to_dict(),
+            "descriptor": "flatten-l2", "dim": gdim, "ntotal": gtotal, "file": GLOBAL_FILE,
+        },
+        "arrays": {
+            name: {"file": f"{ARRAY_DIR}/{name}.npy", "dtype": str(dtype), "shape": list(shape)}
+            for name, (shape, dtype) in arrays.items()
+        },
+    }

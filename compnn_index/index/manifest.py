@@ -1,0 +1,109 @@
+"""The index store's ``manifest.json``: what was built, from what, with which libraries.
+
+Layout (``FORMAT_VERSION`` 1)::
+
+    {
+      "format_version": 1,
+      "created": "2026-01-01T12:00:00+00:00", "build_seconds": 12.3,
+      "model":   {"arch": "unet", "config": {...}, "hash": "<sha256>", "checkpoint": "/abs/path.pt" | null},
+      "dataset": {...dataset.identity...},
+      "task": "translate" | "segment", "num_classes": int | null, "ignore_index": int | null,
+      "palette": [[r, g, b], ...] | null,
+      "image_size": [H, W],
+      "images":  [{"id": 0, "name": "1", "height": H, "width": W, "meta": {...}}, ...],
+      "layers":  {"decoder2": {"spec": {...LayerSpec.to_dict()...}, "grid": [Hp, Wp], "dim": D,
+                               "ntotal": n * Hp * Wp, "file": "layers/decoder2.faiss"}, ...},
+      "global":  {"layer": "encoder8", "spec": {...}, "descriptor": "flatten-l2", "dim": Dg,
+                  "ntotal": n, "file": "global.faiss"},
+      "arrays":  {"inputs": {"file": "arrays/inputs.npy", "dtype": "float32", "shape": [...]}, ...},
+      "versions": {"compnn_index": ..., "faiss": ..., "torch": ..., "numpy": ..., "python": ...}
+    }
+
+Every layer index is an ``IndexFlatIP`` of L2-normalised hyperpatches; image ``i``'s positions
+occupy ids ``sum(n_j for j < i) ...`` row-major over its grid.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+from ..errors import IndexStoreError
+
+#: Version of the on-disk layout this code writes and reads.
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+GLOBAL_FILE = "global.faiss"
+LAYER_DIR = "layers"
+ARRAY_DIR = "arrays"
+
+_REQUIRED = ("format_version", "model", "dataset", "task", "images", "layers", "global", "arrays")
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that shape the stored vectors (recorded in the manifest)."""
+    import faiss
+    import numpy
+    import torch
+
+    from .. import __version__
+
+    return {
+        "compnn_index": __version__,
+        "faiss": faiss.__version__,
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def write_manifest(directory: str | os.PathLike, manifest: dict[str, Any]) -> Path:
+    """Write ``manifest.json`` into ``directory`` (UTF-8, indented); return its path."""
+    path = Path(directory) / MANIFEST_NAME
+    text = json.dumps(manifest, indent=1, sort_keys=False, allow_nan=False)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    return path
+
+
+def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
+    """Read and check the manifest of the index store in ``directory``.
+
+    Raises
+    ------
+    IndexStoreError
+        If the folder or its manifest is missing, not JSON, of another format version, or lacks
+        a required key (the message names the file).
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise IndexStoreError(f"index store {os.fspath(directory)!r} is not a directory")
+    path = directory / MANIFEST_NAME
+    if not path.is_file():
+        raise IndexStoreError(
+            f"{os.fspath(path)!r} is missing: {os.fspath(directory)!r} is not a (complete) index store"
+        )
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise IndexStoreError(f"{os.fspath(path)!r} is not a readable JSON manifest: {exc}") from None
+    if not isinstance(manifest, dict):
+        raise IndexStoreError(
+            f"{os.fspath(path)!r}: expected a JSON object, but found {type(manifest).__name__}"
+        )
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise IndexStoreError(
+            f"{os.fspath(path)!r}: expected format_version {FORMAT_VERSION}, but format_version = "
+            f"{version!r}; rebuild the index with this version of compnn-index"
+        )
+    missing = [k for k in _REQUIRED if k not in manifest]
+    if missing:
+        raise IndexStoreError(f"{os.fspath(path)!r} lacks required keys {missing}")
+    if not manifest["layers"]:
+        raise IndexStoreError(f"{os.fspath(path)!r} lists no layers")
+    return manifest

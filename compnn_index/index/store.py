@@ -1,0 +1,447 @@
+"""``IndexStore``: read-only access to an index store written by ``build_index``.
+
+Layer indexes are loaded lazily, memory-mapped by default (``faiss.IO_FLAG_MMAP_IFC``: the
+vectors stay in the page cache, shared between processes, and opening a 13 GB store is instant).
+A mapped FAISS index aborts the process on ``add``/``reset``, so the store never hands out the
+raw index: :meth:`IndexStore.layer_index` returns a :class:`ReadOnlyFlatIndex` exposing only the
+search side, and :meth:`IndexStore.vectors` a read-only NumPy view of the index's own storage.
+
+Lifetime of views: every array returned by :meth:`IndexStore.vectors` /
+:meth:`IndexStore.global_vectors` has as its ``base`` a small owner object that references the
+FAISS index, so the view (and any slice or ``torch.from_numpy`` of it) keeps the index — and its
+memory map — alive on its own, even after the store is garbage-collected.
+
+Alignment: in a memory-mapped store the vectors start at byte 45 of the file (the FAISS header),
+so the view is not 4-byte aligned. Torch and FAISS handle that at full speed; NumPy's ``matmul``
+does not use BLAS for unaligned operands (use ``torch.from_numpy`` or ``faiss.knn``).
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Any, Sequence
+
+import faiss
+import numpy as np
+import torch
+
+from ..errors import IndexStoreError, QueryError
+from ..features import LayerSpec
+from .flatfile import HEADER_BYTES
+from .manifest import read_manifest
+
+_MUTATORS = frozenset(
+    {"add", "add_with_ids", "add_c", "reset", "remove_ids", "train", "merge_from",
+     "update_vectors", "sa_decode", "permute_entries", "get_xb", "codes"}
+)
+
+
+class _ViewOwner:
+    """Exposes a float32 buffer of a FAISS index to NumPy and keeps the index alive."""
+
+    def __init__(self, index: faiss.Index, shape: tuple[int, int]) -> None:
+        self.index = index
+        ptr = faiss.rev_swig_ptr(index.get_xb(), 1).ctypes.data
+        self.__array_interface__ = {
+            "data": (ptr, True),  # read-only
+            "shape": shape,
+            "typestr": "<f4",
+            "version": 3,
+        }
+
+
+def _readonly_view(index: faiss.Index) -> np.ndarray:
+    """Zero-copy, read-only ``(ntotal, d)`` float32 view of a flat index's storage."""
+    return np.asarray(_ViewOwner(index, (int(index.ntotal), int(index.d))))
+
+
+class ReadOnlyFlatIndex:
+    """The search side of a stored ``IndexFlatIP``; mutation is refused.
+
+    Attributes
+    ----------
+    name : str
+        Layer name (or ``"global"``).
+    d, ntotal : int
+        Dimension and number of vectors.
+    """
+
+    def __init__(self, index: faiss.Index, name: str) -> None:
+        self._index = index
+        self.name = name
+
+    @property
+    def d(self) -> int:
+        return int(self._index.d)
+
+    @property
+    def ntotal(self) -> int:
+        return int(self._index.ntotal)
+
+    @property
+    def metric_type(self) -> int:
+        return int(self._index.metric_type)
+
+    def search(
+        self, queries: np.ndarray, k: int = 1, *, id_range: tuple[int, int] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` inner-product search, optionally within ids ``[a, b)``.
+
+        Parameters
+        ----------
+        queries : array_like, shape (nq, d)
+            Converted to C-contiguous float32.
+        k : int, default 1
+            Neighbours per query (``1 <= k <= ntotal``).
+        id_range : (int, int), optional
+            Restrict to ids ``a <= id < b`` (``faiss.IDSelectorRange``: keeps BLAS speed).
+
+        Returns
+        -------
+        similarities : ndarray of float32, shape (nq, k)
+        ids : ndarray of int64, shape (nq, k)
+            Global ids; -1 where fewer than ``k`` vectors were searched.
+        """
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        if q.ndim != 2 or q.shape[1] != self.d:
+            raise QueryError(
+                f"layer {self.name!r}: expected queries of shape (nq, {self.d}), but got {q.shape}"
+            )
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= self.ntotal:
+            raise QueryError(f"Expected 1 <= k <= ntotal = {self.ntotal}, but k = {k!r}")
+        if id_range is None:
+            return self._index.search(q, int(k))
+        a, b = (int(v) for v in id_range)
+        if not 0 <= a < b <= self.ntotal:
+            raise QueryError(
+                f"Expected id_range (a, b) with 0 <= a < b <= ntotal = {self.ntotal}, but "
+                f"id_range = {id_range!r}"
+            )
+        params = faiss.SearchParameters(sel=faiss.IDSelectorRange(a, b))
+        return self._index.search(q, int(k), params=params)
+
+    def reconstruct(self, i: int) -> np.ndarray:
+        """A copy of vector ``i``."""
+        if not 0 <= int(i) < self.ntotal:
+            raise QueryError(f"Expected 0 <= id < ntotal = {self.ntotal}, but id = {i}")
+        return self._index.reconstruct(int(i))
+
+    def __getattr__(self, name: str) -> Any:
+        if name in _MUTATORS:
+            raise IndexStoreError(
+                f"layer {self.name!r}: the index store is read-only ({name} is not allowed); "
+                "build a new store with build_index"
+            )
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __repr__(self) -> str:
+        return f"ReadOnlyFlatIndex({self.name!r}, d={self.d}, ntotal={self.ntotal})"
+
+
+class IndexStore:
+    """An opened index store (see :mod:`compnn_index.index.manifest` for the layout).
+
+    Use :meth:`open`. Layer indexes load on first use and are cached for the store's lifetime.
+
+    Attributes
+    ----------
+    path : Path
+        The store's folder.
+    manifest : dict
+        The parsed ``manifest.json``.
+    mmap : bool
+        Whether FAISS files are memory-mapped.
+    """
+
+    def __init__(self, path: Path, manifest: dict[str, Any], *, mmap: bool) -> None:
+        self.path = path
+        self.manifest = manifest
+        self.mmap = mmap
+        self._indexes: dict[str, faiss.Index] = {}
+        self._views: dict[str, np.ndarray] = {}
+        self._arrays: dict[str, np.ndarray] = {}
+        self._grids: dict[str, np.ndarray] = {}
+        self._offsets: dict[str, np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ opening
+    @classmethod
+    def open(cls, path: str | os.PathLike, *, mmap: bool = True) -> "IndexStore":
+        """Open the index store in ``path``.
+
+        Parameters
+        ----------
+        path : path-like
+            Folder written by :func:`build_index`.
+        mmap : bool, default True
+            Memory-map the FAISS files (read-only) instead of reading them into RAM.
+
+        Raises
+        ------
+        IndexStoreError
+            Missing folder, manifest or file, corrupt manifest, other format version, or a file
+            whose size does not match the manifest (the message names it).
+        """
+        path = Path(path)
+        manifest = read_manifest(path)
+        store = cls(path, manifest, mmap=bool(mmap))
+        store._check_files()
+        return store
+
+    def _check_files(self) -> None:
+        """Every file the manifest names exists, and FAISS files have the expected size."""
+        n = self.num_images
+        if len(self.manifest["images"]) != n or n < 1:
+            raise IndexStoreError(f"{self._manifest_path}: expected at least one image")
+        for name, entry in self.manifest["layers"].items():
+            hp, wp = entry["grid"]
+            if entry["ntotal"] != n * hp * wp:
+                raise IndexStoreError(
+                    f"{self._manifest_path}: layer {name!r} has ntotal {entry['ntotal']}, expected "
+                    f"{n} images × {hp} × {wp} = {n * hp * wp}"
+                )
+            self._check_flat_file(entry["file"], entry["ntotal"], entry["dim"])
+        g = self.manifest["global"]
+        self._check_flat_file(g["file"], g["ntotal"], g["dim"])
+        for name, entry in self.manifest["arrays"].items():
+            if not (self.path / entry["file"]).is_file():
+                raise IndexStoreError(f"array {name!r}: file {os.fspath(self.path / entry['file'])!r} is missing")
+
+    def _check_flat_file(self, rel: str, ntotal: int, dim: int) -> None:
+        file = self.path / rel
+        if not file.is_file():
+            raise IndexStoreError(f"index file {os.fspath(file)!r} is missing")
+        expected = HEADER_BYTES + int(ntotal) * int(dim) * 4
+        actual = file.stat().st_size
+        if actual != expected:
+            raise IndexStoreError(
+                f"index file {os.fspath(file)!r} has {actual} bytes, expected {expected} "
+                f"({ntotal} vectors of dimension {dim}); the store is incomplete or corrupt"
+            )
+
+    @property
+    def _manifest_path(self) -> str:
+        return os.fspath(self.path / "manifest.json")
+
+    def _load(self, key: str, rel: str, ntotal: int, dim: int) -> faiss.Index:
+        with self._lock:
+            index = self._indexes.get(key)
+            if index is not None:
+                return index
+            file = os.fspath(self.path / rel)
+            try:
+                index = faiss.read_index(file, faiss.IO_FLAG_MMAP_IFC if self.mmap else 0)
+            except RuntimeError as exc:
+                raise IndexStoreError(f"index file {file!r} cannot be read by FAISS: {str(exc).splitlines()[0]}") from None
+            if (not isinstance(index, faiss.IndexFlat) or index.metric_type != faiss.METRIC_INNER_PRODUCT
+                    or index.ntotal != ntotal or index.d != dim):
+                raise IndexStoreError(
+                    f"index file {file!r}: expected an IndexFlatIP of {ntotal} × {dim}, but found "
+                    f"{type(index).__name__} of {index.ntotal} × {index.d}"
+                )
+            self._indexes[key] = index
+            self._views[key] = _readonly_view(index)
+            return index
+
+    # ------------------------------------------------------------------ description
+    @property
+    def layers(self) -> list[str]:
+        """Indexed layer names, in build order."""
+        return list(self.manifest["layers"])
+
+    @property
+    def num_images(self) -> int:
+        return len(self.manifest["images"])
+
+    @property
+    def image_names(self) -> list[str]:
+        return [im["name"] for im in self.manifest["images"]]
+
+    @property
+    def image_meta(self) -> list[dict[str, Any]]:
+        """Per-image metadata dicts, indexed by image id."""
+        return [dict(im.get("meta") or {}) for im in self.manifest["images"]]
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        h, w = self.manifest["image_size"]
+        return int(h), int(w)
+
+    def _layer(self, layer: str) -> dict[str, Any]:
+        entry = self.manifest["layers"].get(layer) if isinstance(layer, str) else None
+        if entry is None:
+            raise IndexStoreError(
+                f"unknown layer {layer!r}: the index store {os.fspath(self.path)!r} has layers "
+                f"{', '.join(self.layers)}"
+            )
+        return entry
+
+    def spec(self, layer: str) -> LayerSpec:
+        """The layer's :class:`LayerSpec`."""
+        return LayerSpec.from_dict(self._layer(layer)["spec"])
+
+    def dim(self, layer: str) -> int:
+        """Hyperpatch dimension ``k * k * C`` of ``layer``."""
+        return int(self._layer(layer)["dim"])
+
+    def grid(self, layer: str) -> tuple[int, int]:
+        """Feature grid ``(Hp, Wp)`` of ``layer`` (the same for every image)."""
+        hp, wp = self._layer(layer)["grid"]
+        return int(hp), int(wp)
+
+    def grids(self, layer: str) -> np.ndarray:
+        """Per-image grids, read-only int64 ``(num_images, 2)``."""
+        if layer not in self._grids:
+            g = np.tile(np.asarray(self.grid(layer), dtype=np.int64), (self.num_images, 1))
+            g.flags.writeable = False
+            self._grids[layer] = g
+        return self._grids[layer]
+
+    def offsets(self, layer: str) -> np.ndarray:
+        """Id offsets, read-only int64 ``(num_images + 1,)``: image i is ``offsets[i] .. offsets[i+1]-1``."""
+        if layer not in self._offsets:
+            g = self.grids(layer)
+            offs = np.zeros(self.num_images + 1, dtype=np.int64)
+            np.cumsum(g[:, 0] * g[:, 1], out=offs[1:])
+            offs.flags.writeable = False
+            self._offsets[layer] = offs
+        return self._offsets[layer]
+
+    # ------------------------------------------------------------------ vectors
+    def layer_index(self, layer: str) -> ReadOnlyFlatIndex:
+        """The layer's index, wrapped read-only (search, reconstruct, ``d``, ``ntotal``)."""
+        entry = self._layer(layer)
+        return ReadOnlyFlatIndex(self._load(layer, entry["file"], entry["ntotal"], entry["dim"]), layer)
+
+    def vectors(self, layer: str) -> np.ndarray:
+        """Read-only zero-copy ``(ntotal, d)`` float32 view of the layer index's storage.
+
+        The view keeps the FAISS index (and its memory map) alive through its ``base``.
+        """
+        entry = self._layer(layer)
+        self._load(layer, entry["file"], entry["ntotal"], entry["dim"])
+        return self._views[layer]
+
+    def global_index(self) -> ReadOnlyFlatIndex:
+        """The global-descriptor index (one vector per image), wrapped read-only."""
+        g = self.manifest["global"]
+        return ReadOnlyFlatIndex(self._load("\0global", g["file"], g["ntotal"], g["dim"]), "global")
+
+    def global_vectors(self) -> np.ndarray:
+        """Read-only ``(num_images, Dg)`` float32 view of the global descriptors."""
+        self.global_index()
+        return self._views["\0global"]
+
+    def array(self, name: str) -> np.ndarray:
+        """A sidecar array (``inputs``, ``targets``, ``outputs``), memory-mapped read-only.
+
+        Raises
+        ------
+        IndexStoreError
+            Unknown name (the message lists the available arrays) or unreadable file.
+        """
+        entries = self.manifest["arrays"]
+        if name not in entries:
+            raise IndexStoreError(
+                f"unknown array {name!r}: the index store has arrays {', '.join(entries)}"
+            )
+        if name not in self._arrays:
+            file = self.path / entries[name]["file"]
+            try:
+                arr = np.load(file, mmap_mode="r", allow_pickle=False)
+            except (OSError, ValueError) as exc:
+                raise IndexStoreError(f"array file {os.fspath(file)!r} cannot be read: {exc}") from None
+            expected = tuple(entries[name]["shape"])
+            if arr.shape != expected or str(arr.dtype) != entries[name]["dtype"]:
+                raise IndexStoreError(
+                    f"array file {os.fspath(file)!r}: expected {entries[name]['dtype']} {expected}, "
+                    f"but found {arr.dtype} {arr.shape}"
+                )
+            self._arrays[name] = arr
+        return self._arrays[name]
+
+    # ------------------------------------------------------------------ id arithmetic
+    def ids_to_positions(
+        self, layer: str, ids: np.ndarray | Sequence[int]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Database ids of ``layer`` → ``(image, y, x)`` int64 arrays shaped like ``ids``.
+
+        Raises
+        ------
+        QueryError
+            For ids outside ``0 <= id < ntotal``.
+        """
+        offs = self.offsets(layer)
+        ids = np.asarray(ids)
+        if ids.size and not np.issubdtype(ids.dtype, np.integer):
+            raise QueryError(f"Expected integer ids, but ids.dtype = {ids.dtype}")
+        ids = ids.astype(np.int64)
+        bad = (ids < 0) | (ids >= offs[-1])
+        if bad.any():
+            raise QueryError(
+                f"layer {layer!r}: expected ids 0 <= id < {offs[-1]}, but ids contains "
+                f"{ids[bad][:8].tolist()}"
+            )
+        image = np.searchsorted(offs, ids, side="right") - 1
+        local = ids - offs[image]
+        wp = self.grids(layer)[image, 1]
+        return image, local // wp, local % wp
+
+    def positions_to_ids(
+        self, layer: str, image: np.ndarray | int, y: np.ndarray | int, x: np.ndarray | int
+    ) -> np.ndarray:
+        """``(image, y, x)`` (broadcast together) → int64 database ids of ``layer``.
+
+        Raises
+        ------
+        QueryError
+            For an image id or a position outside that image's grid.
+        """
+        image, y, x = (np.asarray(v).astype(np.int64) for v in np.broadcast_arrays(image, y, x))
+        n = self.num_images
+        if image.size and (image.min() < 0 or image.max() >= n):
+            raise QueryError(f"Expected image ids 0 <= image < {n}, but got {np.unique(image[(image < 0) | (image >= n)])[:8].tolist()}")
+        g = self.grids(layer)[image]
+        bad = (y < 0) | (y >= g[..., 0]) | (x < 0) | (x >= g[..., 1])
+        if bad.any():
+            i = tuple(np.argwhere(bad)[0])
+            raise QueryError(
+                f"layer {layer!r}: position (y, x) = ({y[i]}, {x[i]}) is outside image {image[i]}'s "
+                f"grid {tuple(int(v) for v in g[i])}"
+            )
+        return self.offsets(layer)[image] + y * g[..., 1] + x
+
+    # ------------------------------------------------------------------ model check
+    def check_model(self, model: torch.nn.Module) -> None:
+        """Raise :class:`IndexStoreError` listing every way ``model`` differs from the manifest.
+
+        Compares ``model_hash(model)``, ``model.arch`` and every key of ``model.config``.
+        """
+        from ..models import model_hash
+
+        recorded = self.manifest["model"]
+        problems = []
+        arch = getattr(model, "arch", type(model).__name__)
+        if arch != recorded.get("arch"):
+            problems.append(f"arch {arch!r} vs {recorded.get('arch')!r}")
+        config = json.loads(json.dumps(dict(getattr(model, "config", {}) or {}), default=str))
+        stored = recorded.get("config") or {}
+        for key in sorted(set(config) | set(stored)):
+            if config.get(key, "<missing>") != stored.get(key, "<missing>"):
+                problems.append(f"config {key} {config.get(key, '<missing>')!r} vs {stored.get(key, '<missing>')!r}")
+        digest = model_hash(model)
+        if digest != recorded.get("hash"):
+            problems.insert(0, f"model hash {digest[:12]}… differs from the index's {str(recorded.get('hash'))[:12]}…")
+        if problems:
+            raise IndexStoreError(
+                f"the model does not match index store {os.fspath(self.path)!r} (model vs index): "
+                + "; ".join(problems)
+            )
+
+    def __repr__(self) -> str:
+        return (
+            f"IndexStore({os.fspath(self.path)!r}, images={self.num_images}, layers={self.layers}, "
+            f"mmap={self.mmap})"
+        )
