@@ -1,0 +1,159 @@
+""":func:`open_dataset`: validate the options, recognise the folder layout, build the reader."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..errors import DataError
+from .annotated import AnnotatedDataset
+from .base import PairedDataset
+from .images import IMAGE_EXTENSIONS, SIZE_MULTIPLE, describe_listing, list_images
+from .pix2pix import Pix2PixDataset
+from .synthetic import SyntheticFacades
+
+DIRECTIONS = ("AtoB", "BtoA")
+TASKS = ("translate", "segment")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _normalise_size(size: int | tuple[int, int] | None) -> tuple[int, int] | None:
+    if size is None:
+        return None
+    pair = (size, size) if _is_int(size) else tuple(size) if isinstance(size, (tuple, list)) else None
+    if (
+        pair is None or len(pair) != 2 or not all(_is_int(v) for v in pair)
+        or not all(v > 0 and v % SIZE_MULTIPLE == 0 for v in pair)
+    ):
+        raise DataError(
+            f"Expected size = None, an int or (H, W) of positive multiples of {SIZE_MULTIPLE}, "
+            f"but size = {size!r}"
+        )
+    return int(pair[0]), int(pair[1])
+
+
+def _check_options(split: str, direction: str, task: str | None, limit: int | None, seed: int,
+                   ignore_index: int | None) -> None:
+    if not isinstance(split, str) or not split or "/" in split or "\\" in split or split in (".", ".."):
+        raise DataError(f"Expected split to be a folder name such as 'train', but split = {split!r}")
+    if direction not in DIRECTIONS:
+        raise DataError(f"Expected direction in {DIRECTIONS}, but direction = {direction!r}")
+    if task is not None and task not in TASKS:
+        raise DataError(f"Expected task in {TASKS}, but task = {task!r}")
+    if limit is not None and (not _is_int(limit) or limit < 1):
+        raise DataError(f"Expected limit = None or an int >= 1, but limit = {limit!r}")
+    if not _is_int(seed) or seed < 0:
+        raise DataError(f"Expected seed to be an int >= 0, but seed = {seed!r}")
+    if ignore_index is not None and (not _is_int(ignore_index) or ignore_index < 0):
+        raise DataError(f"Expected ignore_index = None or an int >= 0, but ignore_index = {ignore_index!r}")
+
+
+def _split_files(root: Path, split: str, limit: int | None) -> list[Path]:
+    folder = root / split
+    if not folder.is_dir():
+        found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.endswith("annot"))
+        listing = ", ".join(f"{name} ({len(list_images(root / name))} images)" for name in found)
+        raise DataError(f"{folder} does not exist; found splits: {listing or 'none'}")
+    files = list_images(folder)
+    if not files:
+        raise DataError(
+            f"{folder} contains no {'/'.join(IMAGE_EXTENSIONS)} images; found {describe_listing(folder)}"
+        )
+    return files[:limit] if limit is not None else files
+
+
+def open_dataset(
+    data: str | os.PathLike,
+    *,
+    split: str = "train",
+    direction: str = "AtoB",
+    task: str | None = None,
+    size: int | tuple[int, int] | None = None,
+    limit: int | None = None,
+    seed: int = 0,
+    ignore_index: int | None = None,
+) -> PairedDataset:
+    """Open a paired dataset lazily (files are read on access).
+
+    Parameters
+    ----------
+    data : str or path
+        ``"synthetic"`` for the built-in synthetic facades; a folder with ``{split}/`` and
+        ``{split}annot/`` (image + annotation layout, e.g. CamVid); or a folder with
+        ``{split}/*.jpg|png`` AB images (pix2pix layout).
+    split : str
+        Sub-folder to read (``"train"``, ``"val"``, ``"test"``); for synthetic data it selects an
+        independent seed stream.
+    direction : {"AtoB", "BtoA"}
+        pix2pix / synthetic: which half is the input (A is the left half; synthetic A = photo,
+        B = label map). The annotation layout only supports ``"AtoB"``.
+    task : {"translate", "segment"}, optional
+        ``"translate"``: image targets, float32 ``(3, H, W)`` in ``[-1, 1]``. ``"segment"``:
+        int64 ``(H, W)`` class targets (a pix2pix target half is read by nearest Facades
+        palette colour). Default: ``"segment"`` for the annotation layout, otherwise
+        ``"translate"``.
+    size : int or (H, W), optional
+        Resize every image to this size (bilinear for photos, nearest for labels). Must be a
+        multiple of 32. Default: native size (synthetic: 256).
+    limit : int, optional
+        Keep only the first ``limit`` images in sorted order (synthetic: how many to generate;
+        default 400 train, 100 val/test).
+    seed : int
+        Synthetic generator seed (recorded but unused for folders).
+    ignore_index : int, optional
+        Target label skipped by losses and metrics (segmentation only). Default: 11 for the
+        annotation layout (CamVid void), None otherwise.
+
+    Returns
+    -------
+    PairedDataset
+
+    Raises
+    ------
+    DataError
+        Bad options, a missing folder or split, missing annotations, or a first image of the
+        wrong shape. Bad individual files raise :class:`DataError` when read.
+    """
+    _check_options(split, direction, task, limit, seed, ignore_index)
+    shape = _normalise_size(size)
+    if isinstance(data, str) and data == "synthetic":
+        task = task or "translate"
+        _check_ignore(task, ignore_index)
+        return SyntheticFacades(split=split, direction=direction, task=task, size=shape,
+                                limit=limit, seed=seed, ignore_index=ignore_index)
+    if not isinstance(data, (str, os.PathLike)):
+        raise DataError(f"Expected data = 'synthetic' or a folder path, but data = {data!r}")
+    root = Path(data)
+    if not root.is_dir():
+        raise DataError(
+            f"dataset folder {str(root)!r} does not exist (expected 'synthetic' or a folder with "
+            "train/ test/ splits)"
+        )
+    if (root / f"{split}annot").is_dir():
+        if task == "translate":
+            raise DataError(
+                f"{root} has the image + annotation layout ({split}/ and {split}annot/), which "
+                "only supports task='segment', but task = 'translate'"
+            )
+        if direction != "AtoB":
+            raise DataError(
+                f"{root} has the image + annotation layout, which only supports direction='AtoB' "
+                f"(image to labels), but direction = {direction!r}"
+            )
+        return AnnotatedDataset(_split_files(root, split, limit), root=root, split=split,
+                                size=shape, limit=limit, seed=seed, ignore_index=ignore_index)
+    task = task or "translate"
+    _check_ignore(task, ignore_index)
+    return Pix2PixDataset(_split_files(root, split, limit), root=root, split=split,
+                          direction=direction, task=task, size=shape, limit=limit, seed=seed,
+                          ignore_index=ignore_index)
+
+
+def _check_ignore(task: str, ignore_index: int | None) -> None:
+    if task == "translate" and ignore_index is not None:
+        raise DataError(
+            "ignore_index only applies to task='segment', but task = 'translate' and "
+            f"ignore_index = {ignore_index}"
+        )
