@@ -1,3 +1,593 @@
-// HyperPatch-Match native kernel (placeholder until the kernel lands).
+// HyperPatch-Match: PatchMatch (Barnes et al. 2009) across a database of images, as used by
+// Compositional Nearest Neighbors. For every query hyperpatch it finds a database hyperpatch of
+// high inner product, reading database vectors in place from a FAISS IndexFlatIP's storage.
+//
+// The algorithm is specified (and mirrored line by line) by `patchmatch_reference` in
+// compnn_index/search/patchmatch.py; tests check that both give identical fields.
+//
+// Determinism. All random numbers come from a counter-based generator: a value is a hash of
+// (seed, iteration, query position, stream), so it does not depend on which thread draws it or
+// when. Each iteration has two passes with a fixed data flow:
+//   1. row pass (parallel over query rows; each row is scanned sequentially, left to right on
+//      even iterations and right to left on odd ones): propagation from the previous position in
+//      the row, then random search and jumps around the resulting match;
+//   2. column pass (parallel over query columns, each scanned top to bottom on even iterations,
+//      bottom to top on odd ones): propagation from the previous position in the column.
+// A row (column) reads and writes only its own positions, so the field depends only on the seed
+// and the inputs: it is the same for every thread count.
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
-PYBIND11_MODULE(_hpm, m) { m.doc() = "HyperPatch-Match kernel"; }
+#include <pybind11/stl.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <exception>
+#include <mutex>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define HPM_X86 1
+#endif
+
+namespace py = pybind11;
+
+namespace {
+
+// ---------------------------------------------------------------------------------------------
+// Counter-based random numbers (splitmix64 finaliser). Mirrored in patchmatch.py.
+
+constexpr uint64_t kInitIteration = ~0ULL;      // iteration key used by the random initial field
+constexpr uint64_t kJumpStream = 1ULL << 32;   // first stream id used by jumps
+
+inline uint64_t mix64(uint64_t z) {
+    z += 0x9E3779B97F4A7C15ULL;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+
+inline uint64_t position_key(uint64_t seed, uint64_t iteration, uint64_t position) {
+    return mix64(mix64(mix64(seed) ^ iteration) ^ position);
+}
+
+inline uint64_t draw(uint64_t key, uint64_t stream) { return mix64(key ^ stream); }
+
+// Integer in [0, n) from the high 32 bits of r (multiply-shift; n < 2**31).
+inline int32_t below(uint64_t r, int64_t n) {
+    return static_cast<int32_t>(((r >> 32) * static_cast<uint64_t>(n)) >> 32);
+}
+
+inline int32_t clip(int64_t v, int32_t hi) {  // to [0, hi - 1]
+    return static_cast<int32_t>(v < 0 ? 0 : (v >= hi ? hi - 1 : v));
+}
+
+// Uniform integer in the window [c - r, c + r] clipped to [0, n - 1].
+inline int32_t uniform_around(uint64_t rnd, int64_t c, int64_t r, int64_t n) {
+    const int64_t lo = std::max<int64_t>(0, c - r), hi = std::min<int64_t>(n - 1, c + r);
+    return static_cast<int32_t>(lo + below(rnd, hi - lo + 1));
+}
+
+inline int32_t bit_length(int64_t v) {
+    int32_t n = 0;
+    while (v > 0) { ++n; v >>= 1; }
+    return n;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dot products of one query vector with G candidate vectors, several chains in flight.
+
+using DotFn = void (*)(const float* q, const float* const* c, int g, int64_t d, float* out);
+
+void dot_generic(const float* q, const float* const* c, int g, int64_t d, float* out) {
+    for (int k = 0; k < g; ++k) {
+        float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        int64_t i = 0;
+        for (; i + 8 <= d; i += 8)
+            for (int j = 0; j < 8; ++j) acc[j] += q[i + j] * c[k][i + j];
+        for (; i < d; ++i) acc[0] += q[i] * c[k][i];
+        out[k] = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    }
+}
+
+#ifdef HPM_X86
+template <int G>
+__attribute__((target("avx2,fma"))) inline void dot_avx2_group(const float* q, const float* const* c,
+                                                                int64_t d, float* out) {
+    __m256 acc[G][2];
+    for (int k = 0; k < G; ++k) acc[k][0] = acc[k][1] = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= d; i += 16) {
+        const __m256 q0 = _mm256_loadu_ps(q + i), q1 = _mm256_loadu_ps(q + i + 8);
+        for (int k = 0; k < G; ++k) {
+            acc[k][0] = _mm256_fmadd_ps(q0, _mm256_loadu_ps(c[k] + i), acc[k][0]);
+            acc[k][1] = _mm256_fmadd_ps(q1, _mm256_loadu_ps(c[k] + i + 8), acc[k][1]);
+        }
+    }
+    for (int k = 0; k < G; ++k) {
+        const __m256 s = _mm256_add_ps(acc[k][0], acc[k][1]);
+        __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+        h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+        h = _mm_add_ss(h, _mm_movehdup_ps(h));
+        float tail = 0.0f;
+        for (int64_t j = i; j < d; ++j) tail += q[j] * c[k][j];
+        out[k] = _mm_cvtss_f32(h) + tail;
+    }
+}
+
+__attribute__((target("avx2,fma"))) void dot_avx2(const float* q, const float* const* c, int g, int64_t d,
+                                                  float* out) {
+    int k = 0;
+    for (; k + 4 <= g; k += 4) dot_avx2_group<4>(q, c + k, d, out + k);
+    switch (g - k) {
+        case 3: dot_avx2_group<3>(q, c + k, d, out + k); break;
+        case 2: dot_avx2_group<2>(q, c + k, d, out + k); break;
+        case 1: dot_avx2_group<1>(q, c + k, d, out + k); break;
+        default: break;
+    }
+}
+
+template <int G>
+__attribute__((target("avx512f"))) inline void dot_avx512_group(const float* q, const float* const* c,
+                                                                 int64_t d, float* out) {
+    __m512 acc[G][2];
+    for (int k = 0; k < G; ++k) acc[k][0] = acc[k][1] = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 32 <= d; i += 32) {
+        const __m512 q0 = _mm512_loadu_ps(q + i), q1 = _mm512_loadu_ps(q + i + 16);
+        for (int k = 0; k < G; ++k) {
+            acc[k][0] = _mm512_fmadd_ps(q0, _mm512_loadu_ps(c[k] + i), acc[k][0]);
+            acc[k][1] = _mm512_fmadd_ps(q1, _mm512_loadu_ps(c[k] + i + 16), acc[k][1]);
+        }
+    }
+    for (; i < d; i += 16) {
+        const int64_t left = d - i;
+        const __mmask16 m = left >= 16 ? static_cast<__mmask16>(0xFFFF)
+                                       : static_cast<__mmask16>((1u << left) - 1u);
+        const __m512 q0 = _mm512_maskz_loadu_ps(m, q + i);
+        for (int k = 0; k < G; ++k)
+            acc[k][0] = _mm512_fmadd_ps(q0, _mm512_maskz_loadu_ps(m, c[k] + i), acc[k][0]);
+    }
+    for (int k = 0; k < G; ++k) out[k] = _mm512_reduce_add_ps(_mm512_add_ps(acc[k][0], acc[k][1]));
+}
+
+__attribute__((target("avx512f"))) void dot_avx512(const float* q, const float* const* c, int g, int64_t d,
+                                                    float* out) {
+    int k = 0;
+    for (; k + 4 <= g; k += 4) dot_avx512_group<4>(q, c + k, d, out + k);
+    switch (g - k) {
+        case 3: dot_avx512_group<3>(q, c + k, d, out + k); break;
+        case 2: dot_avx512_group<2>(q, c + k, d, out + k); break;
+        case 1: dot_avx512_group<1>(q, c + k, d, out + k); break;
+        default: break;
+    }
+}
+#endif
+
+struct DotKernel {
+    DotFn fn;
+    const char* name;
+};
+
+DotKernel select_dot() {
+#ifdef HPM_X86
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f")) return {dot_avx512, "avx512f"};
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return {dot_avx2, "avx2+fma"};
+#endif
+    return {dot_generic, "generic"};
+}
+
+const DotKernel kDot = select_dot();
+
+// ---------------------------------------------------------------------------------------------
+// Problem description and search state.
+
+struct Slot {          // one shortlisted database image
+    int64_t image;     // image id in the store
+    int64_t base;      // id of its position (0, 0)
+    int32_t h, w;      // feature grid
+    int32_t radius;    // max(h, w): the first random-search radius
+    int32_t levels;    // number of radii radius >> k that are >= 1
+};
+
+struct Problem {
+    const float* queries;
+    int64_t hq, wq, d;
+    const float* vectors;
+    std::vector<Slot> slots;
+    uint64_t seed;
+    int32_t samples, jumps;
+};
+
+struct Match {
+    int32_t slot, y, x;
+    bool operator==(const Match& o) const { return slot == o.slot && y == o.y && x == o.x; }
+    bool operator!=(const Match& o) const { return !(*this == o); }
+};
+
+struct State {
+    std::vector<Match> match;  // per query position, row-major
+    std::vector<float> sim;
+};
+
+inline const float* vector_of(const Problem& p, const Match& m) {
+    const Slot& s = p.slots[m.slot];
+    return p.vectors + (s.base + static_cast<int64_t>(m.y) * s.w + m.x) * p.d;
+}
+
+inline const float* query_of(const Problem& p, int64_t q) { return p.queries + q * p.d; }
+
+// Evaluate one candidate for position q; keep it if strictly better. Returns 1 if evaluated.
+inline int64_t try_candidate(const Problem& p, State& st, int64_t q, const Match& cand) {
+    if (cand == st.match[q]) return 0;
+    const float* c = vector_of(p, cand);
+    float s;
+    kDot.fn(query_of(p, q), &c, 1, p.d, &s);
+    if (s > st.sim[q]) {
+        st.match[q] = cand;
+        st.sim[q] = s;
+    }
+    return 1;
+}
+
+// Per-worker scratch buffers for the random-search candidates of one position.
+struct Scratch {
+    std::vector<Match> cand;
+    std::vector<const float*> ptr;
+    std::vector<float> sim;
+};
+
+// Random search (samples uniform in a window around the current match, clipped to the image,
+// radii shrinking by 1/2 from the image size,
+// the levels visited rotating with the iteration) and jumps (random positions in random other
+// shortlisted images). All candidates are drawn around the match held before this step, then
+// evaluated together (the memory reads overlap) and accepted in draw order if strictly better.
+int64_t random_search(const Problem& p, State& st, int64_t q, int64_t t, Scratch& sc) {
+    const Match centre = st.match[q];
+    const Slot& cs = p.slots[centre.slot];
+    const uint64_t key = position_key(p.seed, static_cast<uint64_t>(t), static_cast<uint64_t>(q));
+    sc.cand.clear();
+    for (int32_t i = 0; i < p.samples; ++i) {
+        const int64_t level = (t * p.samples + i) % cs.levels;
+        const int64_t r = cs.radius >> level;
+        const Match m{centre.slot, uniform_around(draw(key, 2 * static_cast<uint64_t>(i)), centre.y, r, cs.h),
+                      uniform_around(draw(key, 2 * static_cast<uint64_t>(i) + 1), centre.x, r, cs.w)};
+        if (m != centre) sc.cand.push_back(m);
+    }
+    const int32_t n_slots = static_cast<int32_t>(p.slots.size());
+    for (int32_t j = 0; j < p.jumps; ++j) {
+        const uint64_t stream = kJumpStream + 3 * static_cast<uint64_t>(j);
+        int32_t s = 0;
+        if (n_slots > 1) {
+            s = below(draw(key, stream), n_slots - 1);
+            if (s >= centre.slot) ++s;
+        }
+        const Slot& js = p.slots[s];
+        const Match m{s, below(draw(key, stream + 1), js.h), below(draw(key, stream + 2), js.w)};
+        if (m != centre) sc.cand.push_back(m);
+    }
+    const int n = static_cast<int>(sc.cand.size());
+    if (n == 0) return 0;
+    sc.ptr.resize(n);
+    sc.sim.resize(n);
+    for (int k = 0; k < n; ++k) sc.ptr[k] = vector_of(p, sc.cand[k]);
+    kDot.fn(query_of(p, q), sc.ptr.data(), n, p.d, sc.sim.data());
+    for (int k = 0; k < n; ++k) {
+        if (sc.sim[k] > st.sim[q]) {
+            st.match[q] = sc.cand[k];
+            st.sim[q] = sc.sim[k];
+        }
+    }
+    return n;
+}
+
+int64_t row_pass(const Problem& p, State& st, int64_t t, int64_t row, Scratch& sc) {
+    const bool forward = (t % 2) == 0;
+    const int64_t step = forward ? 1 : -1;
+    int64_t evaluated = 0;
+    for (int64_t i = 0; i < p.wq; ++i) {
+        const int64_t x = forward ? i : p.wq - 1 - i;
+        const int64_t q = row * p.wq + x;
+        if (i > 0) {
+            const Match& nb = st.match[q - step];
+            const Slot& s = p.slots[nb.slot];
+            evaluated += try_candidate(p, st, q, Match{nb.slot, nb.y, clip(int64_t{nb.x} + step, s.w)});
+        }
+        evaluated += random_search(p, st, q, t, sc);
+    }
+    return evaluated;
+}
+
+int64_t column_pass(const Problem& p, State& st, int64_t t, int64_t col) {
+    const bool forward = (t % 2) == 0;
+    const int64_t step = forward ? 1 : -1;
+    int64_t evaluated = 0;
+    for (int64_t i = 1; i < p.hq; ++i) {
+        const int64_t y = forward ? i : p.hq - 1 - i;
+        const int64_t q = y * p.wq + col;
+        const Match& nb = st.match[q - step * p.wq];
+        const Slot& s = p.slots[nb.slot];
+        evaluated += try_candidate(p, st, q, Match{nb.slot, clip(int64_t{nb.y} + step, s.h), nb.x});
+    }
+    return evaluated;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Threads: tasks 0..n-1 handed out dynamically; the first exception of any worker is rethrown.
+
+template <class F>
+void parallel_for(int64_t n, int threads, F&& f) {
+    const int64_t workers = std::min<int64_t>(threads, n);
+    if (workers <= 1) {
+        for (int64_t i = 0; i < n; ++i) f(i);
+        return;
+    }
+    std::atomic<int64_t> next{0};
+    std::atomic<bool> failed{false};
+    std::exception_ptr error;
+    std::mutex error_mutex;
+    auto work = [&]() {
+        try {
+            for (;;) {
+                if (failed.load(std::memory_order_relaxed)) return;
+                const int64_t i = next.fetch_add(1);
+                if (i >= n) return;
+                f(i);
+            }
+        } catch (...) {
+            std::lock_guard<std::mutex> lock(error_mutex);
+            if (!error) error = std::current_exception();
+            failed = true;
+        }
+    };
+    std::vector<std::thread> pool;
+    pool.reserve(workers - 1);
+    try {
+        for (int64_t k = 1; k < workers; ++k) pool.emplace_back(work);
+    } catch (...) {  // could not start a thread: stop the others, then report
+        failed = true;
+        for (auto& th : pool) th.join();
+        throw;
+    }
+    work();
+    for (auto& th : pool) th.join();
+    if (error) std::rethrow_exception(error);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Argument checks (the Python wrapper checks first with QueryError; these guard direct calls).
+
+[[noreturn]] void fail(const std::string& msg) { throw std::invalid_argument(msg); }
+
+std::string shape_str(const py::array& a) {
+    std::ostringstream s;
+    s << "(";
+    for (py::ssize_t i = 0; i < a.ndim(); ++i) s << (i ? ", " : "") << a.shape(i);
+    s << (a.ndim() == 1 ? ",)" : ")");
+    return s.str();
+}
+
+std::string dtype_str(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
+
+// A view of `a` with element type T, C-contiguous, never copied.
+template <class T>
+py::array_t<T, py::array::c_style> require(const py::array& a, const char* name, py::ssize_t ndim) {
+    if (!py::array_t<T>::check_(a))
+        fail(std::string("Expected ") + name + " of dtype " + py::str(py::dtype::of<T>()).cast<std::string>() +
+             ", but " + name + ".dtype = " + dtype_str(a));
+    if (a.ndim() != ndim)
+        fail(std::string("Expected ") + name + " with " + std::to_string(ndim) + " dimensions, but " + name +
+             ".shape = " + shape_str(a));
+    if (!py::array_t<T, py::array::c_style>::check_(a))
+        fail(std::string("Expected ") + name + " to be C-contiguous (it is read in place, never copied), but it is not");
+    return py::array_t<T, py::array::c_style>::ensure(a);
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+
+py::tuple patchmatch(const py::array& queries_in, const py::array& vectors_in, const py::array& images_in,
+                     const py::array& offsets_in, const py::array& grids_in, const py::object& init_image,
+                     const py::object& init_y, const py::object& init_x, int64_t iterations, int64_t samples,
+                     int64_t jumps, uint64_t seed, int64_t threads, double tol) {
+    auto queries = require<float>(queries_in, "queries", 3);
+    auto vectors = require<float>(vectors_in, "vectors", 2);
+    auto images = require<int64_t>(images_in, "images", 1);
+    auto offsets = require<int64_t>(offsets_in, "offsets", 1);
+    auto grids = require<int64_t>(grids_in, "grids", 2);
+
+    Problem p;
+    p.hq = queries.shape(0);
+    p.wq = queries.shape(1);
+    p.d = queries.shape(2);
+    const int64_t n_vectors = vectors.shape(0);
+    if (vectors.shape(1) != p.d)
+        fail("Expected vectors of dimension D = " + std::to_string(p.d) + " (the queries' last axis), but vectors.shape = " +
+             shape_str(vectors));
+    if (p.hq < 1 || p.wq < 1 || p.d < 1)
+        fail("Expected queries with at least one position and one dimension, but queries.shape = " + shape_str(queries));
+    if (iterations < 0) fail("Expected iterations >= 0, but iterations = " + std::to_string(iterations));
+    if (samples < 0 || samples > 1000000) fail("Expected 0 <= samples <= 1000000, but samples = " + std::to_string(samples));
+    if (jumps < 0 || jumps > 1000000) fail("Expected 0 <= jumps <= 1000000, but jumps = " + std::to_string(jumps));
+    if (threads < 1) fail("Expected threads >= 1, but threads = " + std::to_string(threads));
+    p.samples = static_cast<int32_t>(samples);
+    p.jumps = static_cast<int32_t>(jumps);
+    p.seed = seed;
+
+    const int64_t n_images = grids.shape(0);
+    if (grids.shape(1) != 2) fail("Expected grids of shape (n_images, 2), but grids.shape = " + shape_str(grids));
+    if (offsets.shape(0) != n_images + 1)
+        fail("Expected offsets of shape (n_images + 1,) = (" + std::to_string(n_images + 1) +
+             ",), but offsets.shape = " + shape_str(offsets));
+    auto off = offsets.unchecked<1>();
+    auto grid = grids.unchecked<2>();
+    if (off(0) != 0) fail("Expected offsets[0] = 0, but offsets[0] = " + std::to_string(off(0)));
+    for (int64_t n = 0; n < n_images; ++n) {
+        const int64_t h = grid(n, 0), w = grid(n, 1);
+        if (h < 0 || w < 0 || h > INT32_MAX || w > INT32_MAX)
+            fail("Expected grids with entries in [0, 2**31), but grids[" + std::to_string(n) + "] = (" +
+                 std::to_string(h) + ", " + std::to_string(w) + ")");
+        if (off(n + 1) - off(n) != h * w)
+            fail("Expected offsets[n + 1] - offsets[n] = Hp * Wp for every image, but image " + std::to_string(n) +
+                 " has " + std::to_string(off(n + 1) - off(n)) + " ids for a grid of " + std::to_string(h) + " x " +
+                 std::to_string(w));
+    }
+    if (off(n_images) > n_vectors)
+        fail("Expected offsets[-1] <= N (the number of vectors), but offsets[-1] = " + std::to_string(off(n_images)) +
+             ", N = " + std::to_string(n_vectors));
+
+    const int64_t m = images.shape(0);
+    if (m < 1) fail("Expected at least one database image in images, but images is empty");
+    auto img = images.unchecked<1>();
+    std::vector<int32_t> slot_of(n_images, -1);
+    for (int64_t k = 0; k < m; ++k) {
+        const int64_t id = img(k);
+        if (id < 0 || id >= n_images)
+            fail("Expected image ids in [0, " + std::to_string(n_images) + "), but images[" + std::to_string(k) +
+                 "] = " + std::to_string(id));
+        if (slot_of[id] >= 0) fail("Expected distinct image ids, but image " + std::to_string(id) + " appears twice in images");
+        const int64_t h = grid(id, 0), w = grid(id, 1);
+        if (h * w == 0) fail("Expected database images with a non-empty grid, but image " + std::to_string(id) + " has 0 positions");
+        slot_of[id] = static_cast<int32_t>(k);
+        const int32_t radius = static_cast<int32_t>(std::max(h, w));
+        p.slots.push_back(Slot{id, off(id), static_cast<int32_t>(h), static_cast<int32_t>(w), radius, bit_length(radius)});
+    }
+    p.queries = queries.data();
+    p.vectors = vectors.data();
+
+    const int64_t n_pos = p.hq * p.wq;
+    State st;
+    st.match.resize(n_pos);
+    st.sim.resize(n_pos);
+    const bool random_init = init_image.is_none();
+    if (!random_init) {
+        auto fi = require<int64_t>(init_image.cast<py::array>(), "init_image", 2);
+        auto fy = require<int32_t>(init_y.cast<py::array>(), "init_y", 2);
+        auto fx = require<int32_t>(init_x.cast<py::array>(), "init_x", 2);
+        for (const py::array* a : {static_cast<const py::array*>(&fi), static_cast<const py::array*>(&fy),
+                                   static_cast<const py::array*>(&fx)})
+            if (a->shape(0) != p.hq || a->shape(1) != p.wq)
+                fail("Expected an initial field of the query grid's shape (" + std::to_string(p.hq) + ", " +
+                     std::to_string(p.wq) + "), but it has shape " + shape_str(*a));
+        const int64_t* pi = fi.data();
+        const int32_t* py_ = fy.data();
+        const int32_t* px = fx.data();
+        for (int64_t q = 0; q < n_pos; ++q) {
+            const int64_t id = pi[q];
+            const std::string where = "(" + std::to_string(q / p.wq) + ", " + std::to_string(q % p.wq) + ")";
+            if (id < 0 || id >= n_images || slot_of[id] < 0)
+                fail("Expected initial-field images among the searched images, but position " + where + " has image " +
+                     std::to_string(id));
+            const Slot& s = p.slots[slot_of[id]];
+            if (py_[q] < 0 || py_[q] >= s.h || px[q] < 0 || px[q] >= s.w)
+                fail("Expected initial-field positions inside their image's grid, but position " + where + " has (y, x) = (" +
+                     std::to_string(py_[q]) + ", " + std::to_string(px[q]) + ") in image " + std::to_string(id) +
+                     " of grid " + std::to_string(s.h) + " x " + std::to_string(s.w));
+            st.match[q] = Match{slot_of[id], py_[q], px[q]};
+        }
+    }
+
+    const int n_threads = static_cast<int>(std::min<int64_t>(threads, 1024));
+    std::vector<double> mean_similarity;
+    std::atomic<int64_t> candidates{0};
+    int64_t iterations_run = 0;
+    {
+        py::gil_scoped_release release;
+        auto mean_sim = [&]() {
+            double total = 0.0;
+            for (int64_t q = 0; q < n_pos; ++q) total += st.sim[q];
+            return total / static_cast<double>(n_pos);
+        };
+        // Initial field and its similarities.
+        parallel_for(p.hq, n_threads, [&](int64_t row) {
+            for (int64_t q = row * p.wq; q < (row + 1) * p.wq; ++q) {
+                if (random_init) {
+                    const uint64_t key = position_key(p.seed, kInitIteration, static_cast<uint64_t>(q));
+                    const int32_t s = below(draw(key, 0), static_cast<int64_t>(p.slots.size()));
+                    st.match[q] = Match{s, below(draw(key, 1), p.slots[s].h), below(draw(key, 2), p.slots[s].w)};
+                }
+                const float* c = vector_of(p, st.match[q]);
+                kDot.fn(query_of(p, q), &c, 1, p.d, &st.sim[q]);
+            }
+            candidates += p.wq;
+        });
+        mean_similarity.push_back(mean_sim());
+        for (int64_t t = 0; t < iterations; ++t) {
+            parallel_for(p.hq, n_threads, [&](int64_t row) {
+                Scratch sc;
+                candidates += row_pass(p, st, t, row, sc);
+            });
+            parallel_for(p.wq, n_threads, [&](int64_t col) { candidates += column_pass(p, st, t, col); });
+            mean_similarity.push_back(mean_sim());
+            ++iterations_run;
+            if (mean_similarity.back() - mean_similarity[mean_similarity.size() - 2] < tol) break;
+        }
+    }
+
+    py::array_t<int64_t> out_image({p.hq, p.wq});
+    py::array_t<int32_t> out_y({p.hq, p.wq});
+    py::array_t<int32_t> out_x({p.hq, p.wq});
+    py::array_t<float> out_sim({p.hq, p.wq});
+    int64_t* oi = out_image.mutable_data();
+    int32_t* oy = out_y.mutable_data();
+    int32_t* ox = out_x.mutable_data();
+    float* os = out_sim.mutable_data();
+    for (int64_t q = 0; q < n_pos; ++q) {
+        oi[q] = p.slots[st.match[q].slot].image;
+        oy[q] = st.match[q].y;
+        ox[q] = st.match[q].x;
+        os[q] = st.sim[q];
+    }
+    py::dict stats;
+    stats["iterations"] = iterations_run;
+    stats["mean_similarity"] = py::cast(mean_similarity);
+    stats["candidates"] = candidates.load();
+    return py::make_tuple(out_image, out_y, out_x, out_sim, stats);
+}
+
+py::array_t<float> dot_many(const py::array& query_in, const py::array& vectors_in) {
+    // Benchmark helper: the dot product of `query` (D,) with every row of `vectors` (N, D).
+    auto query = require<float>(query_in, "query", 1);
+    auto vectors = require<float>(vectors_in, "vectors", 2);
+    if (vectors.shape(1) != query.shape(0))
+        fail("Expected vectors of dimension D = " + std::to_string(query.shape(0)) + ", but vectors.shape = " +
+             shape_str(vectors));
+    const int64_t n = vectors.shape(0), d = query.shape(0);
+    py::array_t<float> out(n);
+    float* o = out.mutable_data();
+    const float* q = query.data();
+    const float* v = vectors.data();
+    {
+        py::gil_scoped_release release;
+        std::vector<const float*> ptr(4);
+        int64_t i = 0;
+        for (; i + 4 <= n; i += 4) {
+            for (int k = 0; k < 4; ++k) ptr[k] = v + (i + k) * d;
+            kDot.fn(q, ptr.data(), 4, d, o + i);
+        }
+        for (; i < n; ++i) {
+            const float* c = v + i * d;
+            kDot.fn(q, &c, 1, d, o + i);
+        }
+    }
+    return out;
+}
+
+PYBIND11_MODULE(_hpm, m) {
+    m.doc() = "HyperPatch-Match kernel: PatchMatch across a database of images (see search/patchmatch.py).";
+    m.def("patchmatch", &patchmatch, py::arg("queries"), py::arg("vectors"), py::arg("images"), py::arg("offsets"),
+          py::arg("grids"), py::arg("init_image"), py::arg("init_y"), py::arg("init_x"), py::arg("iterations"),
+          py::arg("samples"), py::arg("jumps"), py::arg("seed"), py::arg("threads"), py::arg("tol"),
+          "Run HyperPatch-Match; returns (image, y, x, similarity, stats). Arrays are read in place, never copied.");
+    m.def("dot_many", &dot_many, py::arg("query"), py::arg("vectors"),
+          "Inner products of one query with every row of vectors, with the kernel's dot product (benchmarks).");
+    m.attr("dot_kernel") = kDot.name;
+}

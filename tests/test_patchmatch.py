@@ -1,0 +1,337 @@
+"""HyperPatch-Match: native kernel vs NumPy reference, quality against brute force, errors."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from compnn_index.errors import QueryError
+from compnn_index.search.field import NNField
+from compnn_index.search.patchmatch import (
+    PatchMatchStats,
+    native_available,
+    patchmatch,
+    patchmatch_reference,
+    upsample_field,
+)
+
+_hpm = pytest.importorskip("compnn_index._hpm", reason="native kernel not built")
+
+
+# ------------------------------------------------------------------------------------------------
+# Data
+
+
+def _store(vectors_per_image: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Stack per-image (Hp, Wp, D) grids into (vectors, offsets, grids) like an index store."""
+    grids = np.array([v.shape[:2] for v in vectors_per_image], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(grids[:, 0] * grids[:, 1])]).astype(np.int64)
+    vectors = np.concatenate([v.reshape(-1, v.shape[-1]) for v in vectors_per_image]).astype(np.float32)
+    return np.ascontiguousarray(vectors), offsets, grids
+
+
+def _normalise(a: np.ndarray) -> np.ndarray:
+    return (a / np.linalg.norm(a, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def _smooth_images(rng: np.random.Generator, n: int, hp: int, wp: int, channels: int) -> list[np.ndarray]:
+    """Hyperpatches (2x2 windows, L2-normalised) of blurred random feature maps."""
+    out = []
+    for _ in range(n):
+        a = rng.standard_normal((hp + 1, wp + 1, channels))
+        for axis in (0, 1):
+            for _ in range(3):  # box blur of width 5, three times ~ Gaussian
+                a = sum(np.roll(a, s, axis=axis) for s in range(-2, 3)) / 5
+        windows = [a[dy : dy + hp, dx : dx + wp] for dy in (0, 1) for dx in (0, 1)]
+        out.append(_normalise(np.concatenate(windows, axis=-1)))
+    return out
+
+
+def _exact_grid(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """Values k/8, |k| <= 8: every dot product is exact in float32, whatever the summation order."""
+    return (rng.integers(-8, 9, size=shape) / 8).astype(np.float32)
+
+
+def _brute_force(queries: np.ndarray, vectors: np.ndarray, images, offsets, grids) -> np.ndarray:
+    """Best similarity per query position over the given images."""
+    ids = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in images])
+    sims = queries.reshape(-1, queries.shape[-1]).astype(np.float64) @ vectors[ids].astype(np.float64).T
+    return sims.max(axis=1).reshape(queries.shape[:2])
+
+
+def _recomputed(field: NNField, queries, vectors, offsets, grids) -> np.ndarray:
+    ids = offsets[field.image] + field.y * grids[field.image, 1] + field.x
+    return np.einsum("hwd,hwd->hw", queries.astype(np.float64), vectors[ids].astype(np.float64))
+
+
+def _assert_valid(field: NNField, queries, vectors, images, offsets, grids) -> None:
+    assert field.shape == queries.shape[:2]
+    assert np.isin(field.image, images).all()
+    assert (field.y >= 0).all() and (field.y < grids[field.image, 0]).all()
+    assert (field.x >= 0).all() and (field.x < grids[field.image, 1]).all()
+    np.testing.assert_allclose(field.similarity, _recomputed(field, queries, vectors, offsets, grids), atol=2e-6)
+
+
+@pytest.fixture(scope="module")
+def exact_problem():
+    """Small database where all arithmetic is exact, so kernel and reference must agree bit for bit."""
+    rng = np.random.default_rng(1)
+    vectors, offsets, grids = _store([_exact_grid(rng, (h, w, 24)) for h, w in [(9, 11), (7, 7), (12, 5), (10, 10)]])
+    queries = _exact_grid(rng, (8, 9, 24))
+    return queries, vectors, np.array([0, 1, 3], dtype=np.int64), offsets, grids
+
+
+@pytest.fixture(scope="module")
+def smooth_problem():
+    """Six smooth images; the query is image 4 with a little noise, so identity is the answer."""
+    rng = np.random.default_rng(2)
+    per_image = _smooth_images(rng, 6, 20, 22, 16)
+    vectors, offsets, grids = _store(per_image)
+    queries = _normalise(per_image[4] + 0.02 * rng.standard_normal(per_image[4].shape))
+    return queries, vectors, np.arange(6, dtype=np.int64), offsets, grids
+
+
+# ------------------------------------------------------------------------------------------------
+# Kernel vs reference
+
+
+def test_native_kernel_is_built():
+    assert native_available()
+    assert _hpm.dot_kernel in {"avx512f", "avx2+fma", "generic"}
+
+
+def _fields_equal(a: NNField, b: NNField) -> None:
+    for name in ("image", "y", "x", "similarity"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+
+
+def test_propagation_only_matches_reference_from_same_initial_field(exact_problem):
+    queries, vectors, images, offsets, grids = exact_problem
+    rng = np.random.default_rng(5)
+    image = rng.choice(images, size=queries.shape[:2])
+    init = NNField(image, rng.integers(0, grids[image, 0]), rng.integers(0, grids[image, 1]),
+                   np.zeros(queries.shape[:2]))
+    kw = dict(offsets=offsets, grids=grids, iterations=4, samples=0, jumps=0, init=init, return_stats=True)
+    native, ns = patchmatch(queries, vectors, images, **kw)
+    ref, rs = patchmatch_reference(queries, vectors, images, **kw)
+    _fields_equal(native, ref)
+    assert ns.candidates == rs.candidates
+    assert ns.mean_similarity[-1] > ns.mean_similarity[0]  # propagation did something
+
+
+@pytest.mark.parametrize("samples, jumps", [(3, 1), (9, 4)])
+def test_full_search_matches_reference(exact_problem, samples, jumps):
+    queries, vectors, images, offsets, grids = exact_problem
+    kw = dict(offsets=offsets, grids=grids, iterations=5, samples=samples, jumps=jumps, seed=11, return_stats=True)
+    native, ns = patchmatch(queries, vectors, images, **kw)
+    ref, rs = patchmatch_reference(queries, vectors, images, **kw)
+    _fields_equal(native, ref)
+    assert (ns.iterations, ns.candidates, ns.mean_similarity) == (rs.iterations, rs.candidates, rs.mean_similarity)
+    assert ns.native and not rs.native
+
+
+def test_reported_similarity_is_dot_product_and_never_above_exact(smooth_problem):
+    queries, vectors, images, offsets, grids = smooth_problem
+    noise = _normalise(queries + 0.3 * np.random.default_rng(3).standard_normal(queries.shape))
+    field = patchmatch(noise, vectors, images[:4], offsets=offsets, grids=grids, iterations=2, seed=4)
+    _assert_valid(field, noise, vectors, images[:4], offsets, grids)
+    assert (field.similarity <= _brute_force(noise, vectors, images[:4], offsets, grids) + 1e-5).all()
+
+
+# ------------------------------------------------------------------------------------------------
+# Search quality
+
+
+def test_finds_the_query_image_itself(smooth_problem):
+    queries, vectors, images, offsets, grids = smooth_problem
+    field, stats = patchmatch(queries, vectors, images, offsets=offsets, grids=grids, iterations=4, seed=0,
+                              return_stats=True)
+    hq, wq = queries.shape[:2]
+    identity = (field.image == 4) & (field.y == np.arange(hq)[:, None]) & (field.x == np.arange(wq)[None, :])
+    assert identity.mean() >= 0.99, identity.mean()
+    assert stats.iterations == 4
+    assert np.all(np.diff(stats.mean_similarity) >= 0)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_many_iterations_reach_exact_on_tiny_problem(seed):
+    rng = np.random.default_rng(6 + seed)
+    vectors, offsets, grids = _store([_normalise(rng.standard_normal((4, 5, 16))) for _ in range(3)])
+    queries = _normalise(rng.standard_normal((4, 4, 16)))
+    images = np.arange(3)
+    field = patchmatch(queries, vectors, images, offsets=offsets, grids=grids, iterations=60, samples=4, jumps=4,
+                       seed=seed)
+    best = _brute_force(queries, vectors, images, offsets, grids)
+    assert np.mean(field.similarity >= best - 1e-5) >= 0.99
+
+
+def test_tol_stops_early(smooth_problem):
+    queries, vectors, images, offsets, grids = smooth_problem
+    _, stats = patchmatch(queries, vectors, images, offsets=offsets, grids=grids, iterations=50, tol=1e-4,
+                          return_stats=True)
+    assert 1 <= stats.iterations < 50
+    assert len(stats.mean_similarity) == stats.iterations + 1
+    assert stats.mean_similarity[-1] - stats.mean_similarity[-2] < 1e-4
+
+
+def test_zero_iterations_returns_scored_initial_field(smooth_problem):
+    queries, vectors, images, offsets, grids = smooth_problem
+    field, stats = patchmatch(queries, vectors, images[2:], offsets=offsets, grids=grids, iterations=0,
+                              return_stats=True)
+    _assert_valid(field, queries, vectors, images[2:], offsets, grids)
+    assert stats.iterations == 0 and stats.candidates == queries.shape[0] * queries.shape[1]
+
+
+def test_initial_field_from_upsampled_coarse_field(smooth_problem):
+    queries, vectors, images, offsets, grids = smooth_problem
+    hq, wq = queries.shape[:2]
+    cy, cx = np.mgrid[0 : (hq + 1) // 2, 0 : (wq + 1) // 2]
+    coarse = NNField(np.full(cy.shape, 4), cy, cx, np.ones(cy.shape))
+    init = upsample_field(coarse, (hq, wq), 2, grids=grids)
+    assert np.isnan(init.similarity).all()
+    np.testing.assert_array_equal(init.y, np.broadcast_to(np.arange(hq)[:, None], (hq, wq)))
+    np.testing.assert_array_equal(init.x, np.broadcast_to(np.arange(wq)[None, :], (hq, wq)))
+    field = patchmatch(queries, vectors, images, offsets=offsets, grids=grids, iterations=0, init=init)
+    np.testing.assert_allclose(field.similarity, _recomputed(init, queries, vectors, offsets, grids), atol=2e-6)
+
+
+def test_upsample_field_clips_to_image_grid():
+    grids = np.array([[4, 5], [3, 3]])
+    coarse = NNField(np.array([[0, 1]]), np.array([[1, 2]]), np.array([[2, 2]]), np.zeros((1, 2)))
+    fine = upsample_field(coarse, (2, 4), 2, grids=grids)
+    np.testing.assert_array_equal(fine.image, [[0, 0, 1, 1], [0, 0, 1, 1]])
+    np.testing.assert_array_equal(fine.y, [[2, 2, 2, 2], [3, 3, 2, 2]])
+    np.testing.assert_array_equal(fine.x, [[4, 4, 2, 2], [4, 4, 2, 2]])
+
+
+# ------------------------------------------------------------------------------------------------
+# Threads and determinism
+
+
+def test_same_seed_same_field_for_any_thread_count(smooth_problem):
+    queries, vectors, images, offsets, grids = smooth_problem
+    noise = _normalise(queries + 0.3 * np.random.default_rng(7).standard_normal(queries.shape))
+    runs = [patchmatch(noise, vectors, images, offsets=offsets, grids=grids, iterations=3, seed=9, threads=t)
+            for t in (2, 2, 1, 3)]
+    for other in runs[1:]:
+        _fields_equal(runs[0], other)
+    _assert_valid(runs[2], noise, vectors, images, offsets, grids)
+    different = patchmatch(noise, vectors, images, offsets=offsets, grids=grids, iterations=3, seed=10, threads=2)
+    assert not np.array_equal(different.x, runs[0].x)
+
+
+# ------------------------------------------------------------------------------------------------
+# FAISS storage, read in place
+
+
+def test_reads_faiss_index_storage_without_copy(smooth_problem, monkeypatch):
+    faiss = pytest.importorskip("faiss")
+    queries, vectors, images, offsets, grids = smooth_problem
+    index = faiss.IndexFlatIP(vectors.shape[1])
+    index.add(vectors)
+    view = faiss.rev_swig_ptr(index.get_xb(), index.ntotal * index.d).reshape(index.ntotal, index.d)
+    view.flags.writeable = False
+    seen = []
+    original = _hpm.patchmatch
+
+    def spy(q, v, *args):
+        seen.append(v)
+        return original(q, v, *args)
+
+    monkeypatch.setattr(_hpm, "patchmatch", spy)
+    field = patchmatch(queries, view, images, offsets=offsets, grids=grids, iterations=4)
+    monkeypatch.undo()
+    assert seen[0] is view and np.shares_memory(seen[0], view)
+    _fields_equal(field, patchmatch(queries, vectors, images, offsets=offsets, grids=grids, iterations=4))
+
+
+# ------------------------------------------------------------------------------------------------
+# Errors
+
+
+def _call(problem, **overrides):
+    queries, vectors, images, offsets, grids = problem
+    args = dict(queries=queries, vectors=vectors, images=images, offsets=offsets, grids=grids)
+    args.update(overrides)
+    return patchmatch(args.pop("queries"), args.pop("vectors"), args.pop("images"), **args)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"iterations": -1}, r"Expected 0 <= iterations, but iterations = -1"),
+        ({"samples": 2.5}, r"Expected samples to be an integer, but samples = 2.5"),
+        ({"threads": 0}, r"Expected 1 <= threads, but threads = 0"),
+        ({"tol": -0.1}, r"Expected tol >= 0, but tol = -0.1"),
+        ({"images": np.array([], dtype=np.int64)}, r"non-empty 1-D array of database image ids.*\(0,\)"),
+        ({"images": np.array([0, 9])}, r"Expected image ids in \[0, 4\), but images contains 9"),
+        ({"images": np.array([1, 1])}, r"image 1 appears more than once"),
+        ({"queries": np.zeros((2, 2, 23), np.float32)}, r"dimension D = 23, but vectors.shape = \(\d+, 24\)"),
+        ({"queries": np.zeros((4, 24), np.float32)}, r"queries of shape \(Hq, Wq, D\).*\(4, 24\)"),
+        ({"init": "zeros"}, r"init = 'random' or an NNField, but init = 'zeros'"),
+        ({"offsets": np.array([0, 1])}, r"offsets as an integer array of shape \(n_images \+ 1,\) = \(5,\)"),
+    ],
+)
+def test_bad_arguments_raise_query_error(exact_problem, overrides, message):
+    with pytest.raises(QueryError, match=message):
+        _call(exact_problem, **overrides)
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda v: v.astype(np.float64), r"float32 C-contiguous.*vectors.dtype = float64"),
+        (lambda v: np.asfortranarray(v), r"float32 C-contiguous.*C-contiguous = False"),
+        (lambda v: v[::2], r"float32 C-contiguous.*C-contiguous = False"),
+    ],
+)
+def test_vectors_that_would_need_a_copy_are_refused(exact_problem, make, message):
+    with pytest.raises(QueryError, match=message):
+        _call(exact_problem, vectors=make(exact_problem[1]))
+
+
+def test_bad_initial_field(exact_problem):
+    queries, vectors, images, offsets, grids = exact_problem
+    shape = queries.shape[:2]
+    wrong_shape = NNField(np.zeros((2, 2)), np.zeros((2, 2)), np.zeros((2, 2)), np.zeros((2, 2)))
+    with pytest.raises(QueryError, match=r"query grid's shape \(8, 9\), but init.shape = \(2, 2\)"):
+        _call(exact_problem, init=wrong_shape)
+    not_listed = NNField(np.full(shape, 2), np.zeros(shape), np.zeros(shape), np.zeros(shape))
+    with pytest.raises(QueryError, match=r"among the searched images, but init.image contains 2"):
+        _call(exact_problem, init=not_listed)
+    outside = NNField(np.full(shape, 1), np.full(shape, 7), np.zeros(shape), np.zeros(shape))
+    with pytest.raises(QueryError, match=r"init at \(0, 0\) is \(y, x\) = \(7, 0\) in image 1 of grid 7 x 7"):
+        _call(exact_problem, init=outside)
+
+
+def test_kernel_validates_direct_calls(exact_problem):
+    queries, vectors, images, offsets, grids = exact_problem
+
+    def call(**kw):
+        args = dict(queries=queries, vectors=vectors, images=images, offsets=offsets, grids=grids,
+                    init_image=None, init_y=None, init_x=None, iterations=1, samples=1, jumps=1, seed=0,
+                    threads=1, tol=0.0)
+        args.update(kw)
+        return _hpm.patchmatch(**args)
+
+    with pytest.raises(ValueError, match=r"vectors to be C-contiguous \(it is read in place, never copied\)"):
+        call(vectors=vectors[:, :12])
+    with pytest.raises(ValueError, match=r"Expected vectors of dtype float32, but vectors.dtype = float64"):
+        call(vectors=vectors.astype(np.float64))
+    with pytest.raises(ValueError, match=r"vectors of dimension D = 24 .*vectors.shape = \(\d+, 12\)"):
+        call(vectors=np.ascontiguousarray(vectors[:, :12]))
+    with pytest.raises(ValueError, match=r"image ids in \[0, 4\), but images\[1\] = 7"):
+        call(images=np.array([0, 7], dtype=np.int64))
+    with pytest.raises(ValueError, match=r"offsets\[-1\] <= N .* offsets\[-1\] = \d+, N = 10"):
+        call(vectors=np.ascontiguousarray(vectors[:10]))
+    with pytest.raises(ValueError, match=r"Expected iterations >= 0, but iterations = -2"):
+        call(iterations=-2)
+    bad_y = np.full(queries.shape[:2], 99, dtype=np.int32)
+    with pytest.raises(ValueError, match=r"position \(0, 0\) has \(y, x\) = \(99, 0\) in image 0"):
+        call(init_image=np.zeros(queries.shape[:2], np.int64), init_y=bad_y,
+             init_x=np.zeros(queries.shape[:2], np.int32))
+
+
+def test_stats_to_dict():
+    stats = PatchMatchStats(2, [0.5, 0.75, 0.8], 120, True)
+    assert stats.to_dict() == {"iterations": 2, "mean_similarity": [0.5, 0.75, 0.8], "candidates": 120,
+                               "native": True}
