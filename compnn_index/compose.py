@@ -283,24 +283,26 @@ def paste(
     _check_against_source(field, stride, n, hs, ws)
 
     used = np.unique(field.image)
-    sub = np.asarray(source[used])  # reads only the images the field uses (memmap-friendly)
+    # Fancy indexing reads only the images the field uses (one read per image for a memmap).
+    sub = np.ascontiguousarray(source[used]).reshape(-1)
     cand = _candidates(field, stride, region, out_size, (hs, ws))
     slot = np.searchsorted(used, cand.image)
-    flat = (slot * hs + np.where(cand.valid, cand.sy, 0)) * ws + np.where(cand.valid, cand.sx, 0)
+    pix = np.where(cand.valid, cand.sy * ws + cand.sx, 0)  # invalid entries read pixel 0, weight 0
     covered = cand.valid.any(axis=0)
 
     if mode == "mean":
-        pixels = np.ascontiguousarray(np.moveaxis(sub, 1, -1)).reshape(-1, c)  # (n_used*hs*ws, C)
-        acc = np.zeros((*out_size, c), np.float64)
-        for i in range(flat.shape[0]):
-            v = cand.valid[i]
-            acc[v] += pixels[flat[i][v]]
+        plane = hs * ws
+        base = slot * (c * plane) + pix
+        acc = np.zeros((c, *out_size), np.float64)  # float64: sums of equal float32 values are exact
+        for i in range(base.shape[0]):
+            for ch in range(c):
+                acc[ch] += np.where(cand.valid[i], sub[base[i] + ch * plane], 0.0)
         count = cand.valid.sum(axis=0)
-        out = (acc / np.maximum(count, 1)[..., None]).astype(np.float32)
-        return np.ascontiguousarray(_nearest_fill(np.moveaxis(out, -1, 0), covered))
+        out = (acc / np.maximum(count, 1.0)).astype(np.float32)
+        return np.ascontiguousarray(_nearest_fill(out, covered))
 
-    labels = sub.reshape(-1)[flat].astype(np.int64)
     _check_labels(sub, num_classes, ignore_index)
+    labels = sub[slot * (hs * ws) + pix].astype(np.int64)
     votes = cand.valid if ignore_index is None else cand.valid & (labels != ignore_index)
     winner, has_vote = _mode(labels, votes)
     out = np.where(has_vote, winner, 0 if ignore_index is None else ignore_index)
