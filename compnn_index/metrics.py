@@ -155,9 +155,10 @@ def recall_at_1(approx: NNField, exact: NNField, *, tol: float = 1e-5) -> float:
 
 
 def similarity_ratio(approx: NNField, exact: NNField) -> float:
-    """Mean approximate similarity over mean exact similarity (1.0 = as good as exact search)."""
+    """Mean over positions of approximate / exact similarity (1.0 = as good as exact search).
+
+    Exact similarities are floored at 1e-6 so a zero or negative exact match cannot blow up the mean.
+    """
     _same_shape(approx.similarity, exact.similarity, ("approx field", "exact field"))
-    denom = float(np.mean(exact.similarity, dtype=np.float64))
-    if denom == 0.0:
-        return float("nan")
-    return float(np.mean(approx.similarity, dtype=np.float64)) / denom
+    ratio = approx.similarity.astype(np.float64) / np.maximum(exact.similarity.astype(np.float64), 1e-6)
+    return float(np.mean(ratio))

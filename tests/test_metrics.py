@@ -95,4 +95,4 @@ def test_recall_and_similarity_ratio_count_ties_as_hits():
     # position 0: same match; position 1: other id, equal similarity (a tie); position 2: worse.
     approx = NNField(np.array([[0, 3, 4]]), np.zeros((1, 3)), np.zeros((1, 3)), np.array([[0.9, 0.8, 0.25]]))
     assert recall_at_1(approx, exact) == pytest.approx(2 / 3)
-    assert similarity_ratio(approx, exact) == pytest.approx((0.9 + 0.8 + 0.25) / (0.9 + 0.8 + 0.5))
+    assert similarity_ratio(approx, exact) == pytest.approx((1 + 1 + 0.5) / 3)
