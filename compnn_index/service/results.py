@@ -1,0 +1,149 @@
+"""Query results kept for their pictures: a bounded, thread-safe LRU cache.
+
+A result's PNGs are rendered on first request and kept with it; evicted results answer 404.
+Picture names come from fixed allow-lists (:data:`QUERY_PICTURES`, :data:`CORRESPOND_PICTURES`),
+so a URL can never name anything else.
+"""
+from __future__ import annotations
+
+import io
+import re
+import threading
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+from ..api import CompNN, Correspondence, QueryResult
+from ..workflows import to_rgb
+
+QUERY_PICTURES = (
+    "input", "output", "reconstruction_target", "reconstruction_input", "reconstruction_self",
+    "correspondence_map",
+)
+CORRESPOND_PICTURES = ("image_a", "image_b", "correspondence")
+RESULT_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def png_bytes(rgb: np.ndarray | Image.Image) -> bytes:
+    """Encode a uint8 (H, W, 3) array or PIL image as PNG."""
+    img = rgb if isinstance(rgb, Image.Image) else Image.fromarray(np.ascontiguousarray(rgb))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def palette_of(cnn: CompNN) -> np.ndarray | None:
+    """The manifest's label palette as uint8 (K, 3), or None."""
+    pal = cnn.store.manifest.get("palette")
+    return None if pal is None else np.asarray(pal, dtype=np.uint8)
+
+
+def database_rgb(cnn: CompNN, image_id: int, kind: str) -> np.ndarray:
+    """A database image as uint8 (H, W, 3): ``kind`` is input, target or output."""
+    arr = np.asarray(cnn.array({"input": "inputs", "target": "targets", "output": "outputs"}[kind])[image_id])
+    if arr.ndim == 3:
+        arr = arr.astype(np.float32)
+    return to_rgb(arr, palette_of(cnn))
+
+
+def _query_picture(cnn: CompNN, res: QueryResult, name: str) -> np.ndarray | Image.Image | None:
+    palette = palette_of(cnn)
+    if name == "input":
+        return to_rgb(res.query_input, None)
+    if name == "output":
+        return to_rgb(res.output, palette)
+    if name.startswith("reconstruction_"):
+        arr = res.reconstructions.get(name[len("reconstruction_"):])
+        return None if arr is None else to_rgb(arr, palette)
+    from ..pictures import correspondence_map
+
+    return correspondence_map(
+        res.field, stride=res.spec.stride, region=res.spec.region,
+        out_size=res.query_input.shape[1:], db_images=lambda i: database_rgb(cnn, int(i), "input"),
+        query_image=to_rgb(res.query_input, None), names=list(cnn.store.image_names),
+    )
+
+
+def _correspond_picture(cnn: CompNN, res: Correspondence, name: str) -> np.ndarray | Image.Image:
+    if name == "image_a":
+        return to_rgb(res.image_a, None)
+    if name == "image_b":
+        return to_rgb(res.image_b, None)
+    from ..pictures import correspondence_pairs
+
+    return correspondence_pairs(to_rgb(res.image_a, None), to_rgb(res.image_b, None), res.field,
+                                stride=res.spec.stride, region=res.spec.region)
+
+
+@dataclass
+class StoredResult:
+    """A query or correspondence result and its rendered pictures."""
+
+    kind: str  # "query" | "correspond"
+    result: QueryResult | Correspondence
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    _pngs: dict = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def picture_names(self) -> tuple[str, ...]:
+        """The pictures this result has (allow-listed names)."""
+        if self.kind == "correspond":
+            return CORRESPOND_PICTURES
+        res = self.result
+        recon = tuple(f"reconstruction_{s}" for s in res.reconstructions)  # type: ignore[union-attr]
+        return ("input", "output", *recon, "correspondence_map")
+
+    def links(self, prefix: str = "/v1/results") -> dict[str, str]:
+        """URL of each picture."""
+        return {n: f"{prefix}/{self.id}/{n}.png" for n in self.picture_names}
+
+    def png(self, cnn: CompNN, name: str) -> bytes | None:
+        """The PNG called ``name`` (rendered once), or None if this result has no such picture."""
+        if name not in self.picture_names:
+            return None
+        with self._lock:
+            if name not in self._pngs:
+                render: Callable = _correspond_picture if self.kind == "correspond" else _query_picture
+                pic = render(cnn, self.result, name)
+                if pic is None:
+                    return None
+                self._pngs[name] = png_bytes(pic)
+            return self._pngs[name]
+
+
+class ResultCache:
+    """At most ``capacity`` results, least recently used evicted first (thread-safe)."""
+
+    def __init__(self, capacity: int) -> None:
+        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
+            raise ValueError(f"Expected cache_size >= 1, but cache_size = {capacity!r}")
+        self.capacity = capacity
+        self._items: "OrderedDict[str, StoredResult]" = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
+
+    def put(self, item: StoredResult) -> StoredResult:
+        with self._lock:
+            self._items[item.id] = item
+            self._items.move_to_end(item.id)
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+        return item
+
+    def get(self, result_id: str) -> StoredResult | None:
+        """The result, marked recently used; None if unknown, evicted or not a valid id."""
+        if not RESULT_ID.match(result_id):
+            return None
+        with self._lock:
+            item = self._items.get(result_id)
+            if item is not None:
+                self._items.move_to_end(result_id)
+            return item
