@@ -185,9 +185,11 @@ def _nearest_fill(values: np.ndarray, covered: np.ndarray) -> np.ndarray:
     return values[..., iy, ix]
 
 
-def _mode(values: np.ndarray, valid: np.ndarray, *, weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def _mode(values: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-pixel most frequent value over axis 0 among valid entries; ties go to the lowest value.
 
+    Pairwise comparison of the ``m = ceil(region/stride)**2`` candidates: ``O(m**2 * H * W)``,
+    independent of the number of classes or image ids (m = 4 for 2x2 windows).
     Returns ``(winner, has_vote)``; ``winner`` is 0 where no entry is valid.
     """
     m = values.shape[0]
