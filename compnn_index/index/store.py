@@ -428,7 +428,7 @@ class IndexStore:
             problems.append(f"arch {arch!r} vs {recorded.get('arch')!r}")
         config = json.loads(json.dumps(dict(getattr(model, "config", {}) or {}), default=str))
         stored = recorded.get("config") or {}
-        for key in sorted(set(config) | set(stored)):
+        for key in sorted((set(config) | set(stored)) - {"arch"}):  # arch is compared above
             if config.get(key, "<missing>") != stored.get(key, "<missing>"):
                 problems.append(f"config {key} {config.get(key, '<missing>')!r} vs {stored.get(key, '<missing>')!r}")
         digest = model_hash(model)
