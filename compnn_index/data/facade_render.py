@@ -106,7 +106,10 @@ def render_photo(labels: np.ndarray, detail: np.ndarray, params: FacadeParams,
     colour[FACADE], colour[PILLAR] = wall, np.minimum(wall * 1.1 + 8.0, 255.0)
     colour[WINDOW], colour[DOOR], colour[BLIND] = p.glass_rgb, p.door_rgb, p.blind_rgb
     colour[SHOP], colour[BACKGROUND] = (38.0, 40.0, 46.0), sky
-    colour[JOINT] = (196.0, 188.0, 176.0) if p.material == "brick" else wall * 0.62
+    # A joint is one pixel wide at every size; below 256 px it stands for a thinner line, so its
+    # colour is mixed with the wall's as if averaged over the pixel.
+    joint = np.asarray((196.0, 188.0, 176.0), np.float32) if p.material == "brick" else wall * 0.62
+    colour[JOINT] = wall + (joint - wall) * min(1.0, max(0.3, unit))
     colour[FRAME_CODE], colour[SIGN_CODE], colour[RAIL] = p.frame_rgb, p.sign_rgb, (42.0, 42.0, 46.0)
     colour[BALCONY_GAP], colour[NEIGHBOUR] = wall * 0.55, sky[::-1] * 0.55 + 30.0
 
