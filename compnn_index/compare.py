@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from .errors import QueryError
 from .features import hyperpatches, global_descriptor
-from .metrics import psnr
+from .metrics import psnr, recall_at_1
 from .search import NNField, exact_search
 
 
@@ -142,7 +142,7 @@ def compare(
                 m = acc[key]
                 m["seconds"].append(secs)
                 m["exact_seconds"].append(ex_s)
-                m["recall_at_1"].append(float(((f.image == ex.image) & (f.y == ex.y) & (f.x == ex.x)).mean()))
+                m["recall_at_1"].append(float(recall_at_1(f, ex)))
                 m["similarity_ratio"].append(float(np.mean(f.similarity / np.maximum(ex.similarity, 1e-6))))
                 m["agreement"].append(_agreement(r, ex_rec, seg))
                 m["fidelity"].append(_fidelity(r, cnn_out, seg))
