@@ -285,7 +285,7 @@ def test_annotated_classes_txt_and_range_check(tmp_path):
 def test_annotated_palette_mode_annotation_is_read_as_indices(tmp_path):
     root = make_annotated(tmp_path / "camvid", n=1)
     labels = np.asarray(Image.open(root / "trainannot" / "f0.png"))
-    img = Image.fromarray(labels, mode="L").convert("P")
+    img = Image.fromarray(labels).convert("P")
     img.putpalette([v for i in range(256) for v in (i, 255 - i, 0)])
     img.save(root / "trainannot" / "f0.png")
     np.testing.assert_array_equal(open_dataset(root)[0].target, labels)

@@ -137,6 +137,8 @@ def colorize(
     if not np.issubdtype(labels.dtype, np.integer):
         raise DataError(f"Expected integer class labels, got dtype {labels.dtype}")
     k = palette.shape[0]
+    if labels.size == 0 or (labels.min() >= 0 and labels.max() < k):
+        return np.take(palette, labels, axis=0)
     void = labels == ignore_index if ignore_index is not None else np.zeros(labels.shape, bool)
     bad = ((labels < 0) | (labels >= k)) & ~void
     if bad.any():
