@@ -70,6 +70,7 @@ class LayerSpec:
                     f"layer {self.name!r}: expected {option} to be a positive integer, "
                     f"but {option} = {value!r}"
                 )
+            object.__setattr__(self, option, int(value))
         if self.region is None:
             object.__setattr__(self, "region", self.k * self.stride)
         elif not _is_positive_int(self.region):
@@ -77,6 +78,8 @@ class LayerSpec:
                 f"layer {self.name!r}: expected region to be a positive integer (pixels), "
                 f"but region = {self.region!r}"
             )
+        else:
+            object.__setattr__(self, "region", int(self.region))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict; :meth:`from_dict` inverts it."""
