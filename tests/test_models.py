@@ -269,9 +269,9 @@ def test_training_reduces_cross_entropy_with_ignore_index():
 
 
 def test_gan_training_runs_and_reports_l1():
-    ds = TinyDataset("translate", n=4, size=32)
+    ds = TinyDataset("translate", n=2, size=32)
     model = build_model("unet", task="translate", ngf=8, size=32)
-    losses = train_model(model, ds, epochs=2, batch_size=2, gan=True, progress=False)
+    losses = train_model(model, ds, epochs=2, batch_size=2, gan=True, threads=1, progress=False)
     assert len(losses) == 2 and all(0 < v < 2 for v in losses)
 
 
