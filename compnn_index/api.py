@@ -90,6 +90,16 @@ class GlobalNN:
     similarities: np.ndarray
 
 
+INITS = ("random", "coarse")
+
+
+def _check_init(init) -> None:
+    if isinstance(init, NNField):
+        return
+    if not isinstance(init, str) or init not in INITS:
+        raise QueryError(f"Unknown init {init!r}; expected one of {', '.join(INITS)} or an NNField")
+
+
 def _positive_int(value, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise QueryError(f"Expected {name} to be an integer, but {name} = {value!r}")
@@ -174,7 +184,7 @@ class CompNN:
         """Return a query image as float32 (3, H, W); an int is a database image id."""
         if isinstance(image, (int, np.integer)) and not isinstance(image, bool):
             idx = self._check_ids([image], what=name)[0]
-            return np.ascontiguousarray(self.array("inputs")[idx], dtype=np.float32)
+            return np.array(self.array("inputs")[idx], dtype=np.float32)
         arr = load_image(image, name=name)
         check = getattr(self.model, "check_input_size", None)
         if check is not None:
@@ -290,14 +300,15 @@ class CompNN:
             raise QueryError(
                 f"Expected 1 <= top_k <= number of database images ({len(cands)}), but top_k = {top_k}"
             )
+        if search == "patchmatch":
+            _check_init(init)
         img = self.resolve_image(image)
         spec = self.store.spec(layer)
         timings: dict[str, float] = {}
         with self._limits(threads), torch.no_grad():
             t = time.perf_counter()
-            out, acts = self._forward(img, [spec, self._global_spec] if layer != self.global_tap else [spec])
-            q = hyperpatches(acts[layer], spec.k)[0]
-            g = global_descriptor(acts[self.global_tap])[0]
+            need = self.pyramid(layer) if (search == "patchmatch" and init == "coarse") else [layer]
+            out, feats, g = self.features(img, need)
             timings["features"] = time.perf_counter() - t
 
             t = time.perf_counter()
@@ -305,26 +316,13 @@ class CompNN:
             timings["shortlist"] = time.perf_counter() - t
 
             t = time.perf_counter()
+            nnf = self.search_field(feats, ids, layer=layer, search=search, iterations=iterations,
+                                    samples=samples, seed=seed, init=init, threads=threads)
+            timings["search"] = time.perf_counter() - t
             params: dict = {"top_k": top_k}
-            common = dict(offsets=self.store.offsets(layer), grids=self.store.grids(layer))
-            vectors = self.store.vectors(layer)
-            if q.shape[-1] != vectors.shape[1]:
-                raise QueryError(
-                    f"layer {layer!r}: query hyperpatches have {q.shape[-1]} dims but the index "
-                    f"holds {vectors.shape[1]}; was the index built with this model?"
-                )
-            if search == "exact":
-                nnf = exact_search(q, vectors, ids, **common, threads=threads or self.threads)
-            else:
-                from .search import patchmatch
-
-                nnf = patchmatch(
-                    q, vectors, ids, **common, iterations=iterations, samples=samples,
-                    seed=seed, init=init, threads=threads or self.threads,
-                )
+            if search == "patchmatch":
                 params.update(iterations=iterations, samples=samples, seed=seed,
                               init=init if isinstance(init, str) else "field")
-            timings["search"] = time.perf_counter() - t
 
             t = time.perf_counter()
             recon = {s: self.compose(nnf, spec, s, img.shape[1:]) for s in sources}
@@ -335,6 +333,85 @@ class CompNN:
             query_input=img, output=self._output_from_logits(out), reconstructions=recon,
             timings=timings, search=search, params=params,
         )
+
+    def pyramid(self, layer: str) -> list[str]:
+        """``layer`` and every indexed layer coarser than it (larger stride), coarsest last.
+
+        These are the levels of a coarse-to-fine HyperPatch-Match (``init="coarse"``).
+        """
+        layer = self._check_layer(layer)
+        stride = self.store.spec(layer).stride
+        coarser = [n for n in self.layers if self.store.spec(n).stride > stride]
+        return [layer] + sorted(coarser, key=lambda n: self.store.spec(n).stride)
+
+    def features(self, image: np.ndarray, layers: Sequence[str]):
+        """One forward pass: (network output logits (C, H, W), {layer: hyperpatches (Hq, Wq, D)},
+        global descriptor (D_g,))."""
+        specs = [self.store.spec(n) for n in layers]
+        if self.global_tap not in layers:
+            specs.append(self._global_spec)
+        with torch.no_grad():
+            out, acts = self._forward(image, specs)
+        feats = {s.name: hyperpatches(acts[s.name], s.k)[0] for s in specs if s.name in layers}
+        return out, feats, global_descriptor(acts[self.global_tap])[0]
+
+    def search_field(
+        self,
+        feats: dict,
+        ids: np.ndarray,
+        *,
+        layer: str,
+        search: str = "exact",
+        iterations: int = 8,
+        samples: int = 4,
+        seed: int = 0,
+        init: Union[str, NNField] = "random",
+        threads: int | None = None,
+        coarse_exact_gflop: float = 40.0,
+    ) -> NNField:
+        """Search ``feats[layer]`` against the database images ``ids``.
+
+        ``init="coarse"`` runs HyperPatch-Match coarse to fine down :meth:`pyramid`: the coarsest
+        level is searched exactly when that costs under ``coarse_exact_gflop`` GFLOP (else by
+        HyperPatch-Match from a random field), and each finer level starts from the upsampled
+        field of the level above.
+        """
+        threads = threads or self.threads
+        q = feats[layer]
+        vectors = self.store.vectors(layer)
+        if q.shape[-1] != vectors.shape[1]:
+            raise QueryError(
+                f"layer {layer!r}: query hyperpatches have {q.shape[-1]} dims but the index "
+                f"holds {vectors.shape[1]}; was the index built with this model?"
+            )
+        common = dict(offsets=self.store.offsets(layer), grids=self.store.grids(layer))
+        if search == "exact":
+            return exact_search(q, vectors, ids, **common, threads=threads)
+        from .search.patchmatch import patchmatch, upsample_field
+
+        if isinstance(init, str) and init == "coarse":
+            levels = [n for n in self.pyramid(layer) if n in feats][::-1]  # coarsest first
+            field, prev_stride = None, None
+            for level in levels:
+                lq, lv = feats[level], self.store.vectors(level)
+                lcommon = dict(offsets=self.store.offsets(level), grids=self.store.grids(level))
+                if field is None:
+                    n_db = int(sum(lcommon["offsets"][n + 1] - lcommon["offsets"][n] for n in ids))
+                    gflop = 2.0 * lq.shape[0] * lq.shape[1] * n_db * lq.shape[2] / 1e9
+                    if level != layer and gflop <= coarse_exact_gflop:
+                        field = exact_search(lq, lv, ids, **lcommon, threads=threads)
+                    else:
+                        field = patchmatch(lq, lv, ids, **lcommon, iterations=iterations,
+                                           samples=samples, seed=seed, init="random", threads=threads)
+                else:
+                    scale = prev_stride / self.store.spec(level).stride
+                    start = upsample_field(field, lq.shape[:2], scale, grids=lcommon["grids"])
+                    field = patchmatch(lq, lv, ids, **lcommon, iterations=iterations, samples=samples,
+                                       seed=seed, init=start, threads=threads)
+                prev_stride = self.store.spec(level).stride
+            return field
+        return patchmatch(q, vectors, ids, **common, iterations=iterations, samples=samples,
+                          seed=seed, init=init, threads=threads)
 
     def compose(self, nnf: NNField, spec: LayerSpec, source: str, out_size) -> np.ndarray:
         """Paste ``source`` ("target", "input", "self") from the images the field names."""

@@ -26,7 +26,6 @@ import numpy as np
 from tqdm import tqdm
 
 from .errors import QueryError
-from .features import hyperpatches, global_descriptor
 from .metrics import psnr, recall_at_1
 from .search import NNField, exact_search
 
@@ -57,7 +56,8 @@ def ann_field(kind: str, params: dict, q: np.ndarray, vectors: np.ndarray, ids: 
         index.add(xb)
         index.hnsw.efSearch = int(params.get("efSearch", 32))
     elif kind == "ivf":
-        nlist = int(params.get("nlist", 256))
+        # FAISS wants >= 39 training points per centroid; small shortlists get fewer lists.
+        nlist = max(1, min(int(params.get("nlist", 256)), len(xb) // 39))
         quant = faiss.IndexFlatIP(d)
         index = faiss.IndexIVFFlat(quant, d, nlist, faiss.METRIC_INNER_PRODUCT)
         rng = np.random.default_rng(0)
@@ -96,11 +96,9 @@ def compare(
     cnn=None, max_baseline_vectors: int = 2_000_000,
 ) -> dict:
     """Run the comparison and write ``comparison.json``, ``comparison.md`` and ``comparison.png``."""
-    import torch
 
     from .api import CompNN
     from .data import open_dataset
-    from .search import patchmatch
 
     cnn = cnn or CompNN.load(index, threads=threads)
     layer = cnn._check_layer(layer)
@@ -113,7 +111,6 @@ def compare(
     ds = open_dataset(data, split=split, direction=direction or trained.get("direction", "AtoB"),
                       task=cnn.task, size=size or trained.get("size"), limit=limit, seed=seed)
     vectors, offsets, grids = cnn.store.vectors(layer), cnn.store.offsets(layer), cnn.store.grids(layer)
-    src = cnn.array("targets")
     rec = lambda f: cnn.compose(f, spec, "target", size_hw)  # noqa: E731
 
     exact_stats = defaultdict(list)
@@ -121,15 +118,16 @@ def compare(
     for i in tqdm(range(len(ds)), desc="compare", unit="img", disable=not progress):
         s = ds[i]
         size_hw = s.input.shape[1:]
-        with cnn._limits(threads), torch.no_grad():
-            out, acts = cnn._forward(s.input, [spec, cnn._global_spec])
-            q = hyperpatches(acts[layer], spec.k)[0]
-            g = global_descriptor(acts[cnn.global_tap])[0]
-        cnn_out = cnn._output_from_logits(out)
+        levels = cnn.pyramid(layer) if "coarse" in init else [layer]
+        with cnn._limits(threads):
+            logits, feats, g = cnn.features(s.input, levels)
+        q = feats[layer]
+        cnn_out = cnn._output_from_logits(logits)
         for k in top_k:
             ids, _ = cnn.shortlist(g, np.arange(cnn.num_images), int(k))
             t = time.perf_counter()
-            ex = exact_search(q, vectors, ids, offsets=offsets, grids=grids, threads=threads)
+            with cnn._limits(threads):
+                ex = exact_search(q, vectors, ids, offsets=offsets, grids=grids, threads=threads)
             ex_s = time.perf_counter() - t
             n_db = int(sum(offsets[n + 1] - offsets[n] for n in ids))
             ex_rec = rec(ex)
@@ -152,11 +150,10 @@ def compare(
             for mode in init:
                 for it in iterations:
                     t = time.perf_counter()
-                    f = cnn.patchmatch_field(q, ids, layer=layer, iterations=int(it), samples=samples,
-                                             init=mode, seed=seed, threads=threads, image=s.input) \
-                        if hasattr(cnn, "patchmatch_field") else patchmatch(
-                            q, vectors, ids, offsets=offsets, grids=grids, iterations=int(it),
-                            samples=samples, seed=seed, init=mode, threads=threads)
+                    with cnn._limits(threads):
+                        f = cnn.search_field(feats, ids, layer=layer, search="patchmatch",
+                                             iterations=int(it), samples=samples, seed=seed,
+                                             init=mode, threads=threads)
                     record("patchmatch", {"iterations": int(it), "init": mode, "samples": samples},
                            f, time.perf_counter() - t)
             if n_db <= max_baseline_vectors:
