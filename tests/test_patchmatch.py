@@ -1,6 +1,8 @@
 """HyperPatch-Match: native kernel vs NumPy reference, quality against brute force, errors."""
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 
@@ -262,13 +264,14 @@ def _call(problem, **overrides):
         ({"samples": 2.5}, r"Expected samples to be an integer, but samples = 2.5"),
         ({"threads": 0}, r"Expected 1 <= threads, but threads = 0"),
         ({"tol": -0.1}, r"Expected tol >= 0, but tol = -0.1"),
-        ({"images": np.array([], dtype=np.int64)}, r"non-empty 1-D array of database image ids.*\(0,\)"),
-        ({"images": np.array([0, 9])}, r"Expected image ids in \[0, 4\), but images contains 9"),
-        ({"images": np.array([1, 1])}, r"image 1 appears more than once"),
-        ({"queries": np.zeros((2, 2, 23), np.float32)}, r"dimension D = 23, but vectors.shape = \(\d+, 24\)"),
-        ({"queries": np.zeros((4, 24), np.float32)}, r"queries of shape \(Hq, Wq, D\).*\(4, 24\)"),
+        ({"images": np.array([], dtype=np.int64)}, r"at least one database image to search, but images is empty"),
+        ({"images": np.array([0, 9])}, r"Expected image ids 0 <= id < 4, but images contains \[9\]"),
+        ({"queries": np.zeros((2, 2, 23), np.float32)}, r"D = vectors.shape\[1\] = 24, but queries.shape\[2\] = 23"),
+        ({"queries": np.zeros((4, 24), np.float32)}, r"queries of shape \(Hq, Wq, D\), but queries.shape = \(4, 24\)"),
         ({"init": "zeros"}, r"init = 'random' or an NNField, but init = 'zeros'"),
-        ({"offsets": np.array([0, 1])}, r"offsets as an integer array of shape \(n_images \+ 1,\) = \(5,\)"),
+        ({"offsets": np.array([0, 99])}, r"grids of shape \(n, 2\) = \(1, 2\), but grids.shape = \(4, 2\)"),
+        ({"grids": np.array([[9, 11], [7, 7], [12, 5], [10, 9]])},
+         r"grids\[i, 0\] \* grids\[i, 1\] == offsets\[i\+1\] - offsets\[i\], but for image 3: 10 \* 9 != 100"),
     ],
 )
 def test_bad_arguments_raise_query_error(exact_problem, overrides, message):
@@ -279,9 +282,9 @@ def test_bad_arguments_raise_query_error(exact_problem, overrides, message):
 @pytest.mark.parametrize(
     "make, message",
     [
-        (lambda v: v.astype(np.float64), r"float32 C-contiguous.*vectors.dtype = float64"),
-        (lambda v: np.asfortranarray(v), r"float32 C-contiguous.*C-contiguous = False"),
-        (lambda v: v[::2], r"float32 C-contiguous.*C-contiguous = False"),
+        (lambda v: v.astype(np.float64), r"C-contiguous float32 array .*never copied.*vectors.dtype = float64"),
+        (lambda v: np.asfortranarray(v), r"C-contiguous float32 array .*C-contiguous = False"),
+        (lambda v: v[::2], r"C-contiguous float32 array .*C-contiguous = False"),
     ],
 )
 def test_vectors_that_would_need_a_copy_are_refused(exact_problem, make, message):
@@ -329,6 +332,19 @@ def test_kernel_validates_direct_calls(exact_problem):
     with pytest.raises(ValueError, match=r"position \(0, 0\) has \(y, x\) = \(99, 0\) in image 0"):
         call(init_image=np.zeros(queries.shape[:2], np.int64), init_y=bad_y,
              init_x=np.zeros(queries.shape[:2], np.int32))
+
+
+def test_missing_native_kernel_falls_back_to_reference_with_a_warning(exact_problem, monkeypatch):
+    module = importlib.import_module("compnn_index.search.patchmatch")
+    queries, vectors, images, offsets, grids = exact_problem
+    expected = patchmatch(queries, vectors, images, offsets=offsets, grids=grids, iterations=2)
+    monkeypatch.setattr(module, "_hpm", None)
+    monkeypatch.setattr(module, "_NATIVE_ERROR", "ImportError: no _hpm")
+    assert not module.native_available()
+    with pytest.warns(RuntimeWarning, match=r"could not be imported \(ImportError: no _hpm\); falling back to "
+                                            r"patchmatch_reference"):
+        field = module.patchmatch(queries, vectors, images, offsets=offsets, grids=grids, iterations=2)
+    _fields_equal(field, expected)
 
 
 def test_stats_to_dict():

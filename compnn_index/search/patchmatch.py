@@ -47,6 +47,7 @@ from typing import Any, Union
 import numpy as np
 
 from ..errors import QueryError
+from .exact import check_search_inputs
 from .field import NNField
 
 try:
@@ -154,83 +155,11 @@ def _validate(
     threads: Any,
     tol: Any,
 ) -> _Problem:
-    queries = np.asarray(queries)
-    if queries.ndim != 3 or min(queries.shape) < 1:
+    queries, images, offsets, grids = check_search_inputs(queries, vectors, images, offsets=offsets, grids=grids)
+    sizes = grids[images, 0] * grids[images, 1]
+    if (sizes == 0).any():
         raise QueryError(
-            f"Expected queries of shape (Hq, Wq, D) with every axis >= 1, but queries.shape = {queries.shape}"
-        )
-    if not np.issubdtype(queries.dtype, np.floating):
-        raise QueryError(f"Expected floating-point queries, but queries.dtype = {queries.dtype}")
-    queries = np.ascontiguousarray(queries, dtype=np.float32)
-    if not isinstance(vectors, np.ndarray) or vectors.ndim != 2:
-        shape = getattr(vectors, "shape", type(vectors).__name__)
-        raise QueryError(f"Expected vectors as an (N, D) NumPy array, but vectors.shape = {shape}")
-    if vectors.dtype != np.float32 or not vectors.flags.c_contiguous:
-        raise QueryError(
-            "Expected vectors as a float32 C-contiguous array (the index storage, read in place and "
-            f"never copied), but vectors.dtype = {vectors.dtype}, "
-            f"C-contiguous = {bool(vectors.flags.c_contiguous)}"
-        )
-    d = queries.shape[2]
-    if vectors.shape[1] != d:
-        raise QueryError(
-            f"Expected vectors of the queries' dimension D = {d}, but vectors.shape = {vectors.shape}"
-        )
-
-    offsets = np.asarray(offsets)
-    grids = np.asarray(grids)
-    if grids.ndim != 2 or grids.shape[1] != 2 or not np.issubdtype(grids.dtype, np.integer):
-        raise QueryError(
-            f"Expected grids as an integer (n_images, 2) array, but grids.shape = {grids.shape}, "
-            f"dtype = {grids.dtype}"
-        )
-    n_images = grids.shape[0]
-    if offsets.shape != (n_images + 1,) or not np.issubdtype(offsets.dtype, np.integer):
-        raise QueryError(
-            f"Expected offsets as an integer array of shape (n_images + 1,) = ({n_images + 1},), "
-            f"but offsets.shape = {offsets.shape}, dtype = {offsets.dtype}"
-        )
-    offsets = np.ascontiguousarray(offsets, dtype=np.int64)
-    grids = np.ascontiguousarray(grids, dtype=np.int64)
-    if (grids < 0).any():
-        raise QueryError(f"Expected non-negative grid sizes, but grids has {grids.min()}")
-    counts = np.diff(offsets)
-    sizes = grids[:, 0] * grids[:, 1]
-    if offsets[0] != 0 or not np.array_equal(counts, sizes):
-        bad = int(np.flatnonzero(counts != sizes)[0]) if not np.array_equal(counts, sizes) else 0
-        raise QueryError(
-            "Expected offsets[0] = 0 and offsets[n + 1] - offsets[n] = Hp * Wp for every image, but "
-            f"image {bad} has offsets {offsets[bad]}..{offsets[bad + 1]} for a grid of "
-            f"{grids[bad, 0]} x {grids[bad, 1]}"
-        )
-    if offsets[-1] > vectors.shape[0]:
-        raise QueryError(
-            f"Expected offsets[-1] <= N, the number of vectors, but offsets[-1] = {offsets[-1]}, "
-            f"N = {vectors.shape[0]}"
-        )
-
-    images = np.asarray(images)
-    if images.ndim != 1 or images.size == 0:
-        raise QueryError(
-            f"Expected images as a non-empty 1-D array of database image ids, but images.shape = {images.shape}"
-        )
-    if not np.issubdtype(images.dtype, np.integer):
-        raise QueryError(f"Expected integer image ids, but images.dtype = {images.dtype}")
-    images = np.ascontiguousarray(images, dtype=np.int64)
-    out = (images < 0) | (images >= n_images)
-    if out.any():
-        raise QueryError(
-            f"Expected image ids in [0, {n_images}), but images contains {int(images[out][0])}"
-        )
-    if np.unique(images).size != images.size:
-        values, counts_ = np.unique(images, return_counts=True)
-        raise QueryError(
-            f"Expected distinct image ids, but image {int(values[counts_ > 1][0])} appears more than once in images"
-        )
-    empty = sizes[images] == 0
-    if empty.any():
-        raise QueryError(
-            f"Expected database images with a non-empty grid, but image {int(images[empty][0])} has 0 positions"
+            f"Expected database images with a non-empty grid, but image {int(images[sizes == 0][0])} has 0 positions"
         )
 
     iterations = _check_int("iterations", iterations, low=0)
@@ -308,7 +237,7 @@ def patchmatch(
         (``IndexStore.vectors(layer)``). Read in place; anything not float32 C-contiguous is
         refused rather than copied.
     images : ndarray of int, shape (M,)
-        Distinct database image ids to search (the shortlist).
+        Database image ids to search (the shortlist; duplicates are searched once).
     offsets : ndarray of int, shape (n_images + 1,)
         Image ``n`` owns ids ``offsets[n] .. offsets[n+1]-1``, row-major over its grid.
     grids : ndarray of int, shape (n_images, 2)
