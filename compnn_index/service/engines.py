@@ -51,7 +51,7 @@ class EnginePool:
         self._idle: "queue.SimpleQueue[CompNN]" = queue.SimpleQueue()
         self._idle.put(cnn)
         for _ in range(workers - 1):
-            self._idle.put(CompNN(cnn.store, copy.deepcopy(cnn.model), threads=self.threads))
+            self._idle.put(type(cnn)(cnn.store, copy.deepcopy(cnn.model), threads=self.threads))
         self._limiter: anyio.CapacityLimiter | None = None
         self._lock = threading.Lock()
         self.in_flight = 0

@@ -13,15 +13,16 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..api import SEARCHES, SOURCES
+from ..api import INITS, SEARCHES, SOURCES
 from ..images import load_image
 
 #: Bounds on the HyperPatch-Match parameters a client may ask for (work per query grows with them).
 MAX_ITERATIONS = 64
 MAX_SAMPLES = 64
 MAX_SEED = 2**31 - 1
-#: Initialisations of HyperPatch-Match the service accepts by name.
-INIT_CHOICES = ("random",)
+#: Initialisations of HyperPatch-Match the service accepts by name (``coarse``: coarse to fine
+#: down the indexed layers).
+INIT_CHOICES = tuple(INITS)
 #: Upload formats decoded; anything else is answered 415.
 IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP", "PPM", "GIF")
 

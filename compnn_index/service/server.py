@@ -38,7 +38,7 @@ from ..api import CompNN, Correspondence
 from ..errors import CompNNError
 from .engines import EnginePool
 from .params import (
-    Fields, HTTPProblem, ImageRef, decode_upload, parse_correspond, parse_query,
+    INIT_CHOICES, Fields, HTTPProblem, ImageRef, decode_upload, parse_correspond, parse_query,
 )
 from .results import (
     CORRESPOND_PICTURES, QUERY_PICTURES, ResultCache, StoredResult, database_rgb, png_bytes,
@@ -75,7 +75,7 @@ _QUERY_BODY = {
                              "description": "comma-separated ids/names, or KEY=VALUE (material=brick)"},
                 "sources": {"type": "string", "description": "comma-separated: target,input,self"},
                 "iterations": {"type": "integer"}, "samples": {"type": "integer"},
-                "seed": {"type": "integer"}, "init": {"type": "string", "enum": ["random"]},
+                "seed": {"type": "integer"}, "init": {"type": "string", "enum": list(INIT_CHOICES)},
             }}},
             "application/json": {"schema": {"type": "object", "properties": {
                 "image_id": {"type": "integer"}, "layer": {"type": "string"},
@@ -85,7 +85,7 @@ _QUERY_BODY = {
                     "oneOf": [{"type": "integer"}, {"type": "string"}]}}]},
                 "sources": {"type": "array", "items": {"type": "string"}},
                 "iterations": {"type": "integer"}, "samples": {"type": "integer"},
-                "seed": {"type": "integer"}, "init": {"type": "string"},
+                "seed": {"type": "integer"}, "init": {"type": "string", "enum": list(INIT_CHOICES)},
             }, "required": ["image_id"]}},
         },
     }
@@ -178,6 +178,28 @@ class BodyLimit:
                 return
 
 
+class SecurityHeaders:
+    """ASGI middleware: add :data:`_SECURITY_HEADERS` (CSP, nosniff, …) to every response."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+        self.headers = [(k.lower().encode(), v.encode()) for k, v in _SECURITY_HEADERS.items()]
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                present = {k.lower() for k, _ in message.get("headers", [])}
+                extra = [(k, v) for k, v in self.headers if k not in present]
+                message = {**message, "headers": list(message.get("headers", [])) + extra}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
 # ---------------------------------------------------------------------------- helpers
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
@@ -257,10 +279,14 @@ def index_summary(cnn: CompNN, *, patchmatch_error: str | None) -> dict:
 
 
 def _patchmatch_error() -> str | None:
+    """Why HyperPatch-Match cannot run here (None when it can), checked the way the API imports it."""
     try:
-        from ..search import patchmatch  # noqa: F401
+        from ..search import patchmatch
     except Exception as exc:  # ImportError, or the native module failing to load
         return f"compnn_index.search.patchmatch cannot be imported ({type(exc).__name__}: {exc})"
+    if not callable(patchmatch):
+        return ("compnn_index.search.patchmatch resolves to a module, not the search function "
+                "(name clash between search/patchmatch.py and the lazy export)")
     return None
 
 
@@ -310,13 +336,7 @@ def create_app(
     )
     app.state.cnn, app.state.pool, app.state.cache = cnn, pool, cache
     app.add_middleware(BodyLimit, max_bytes=max_upload_bytes)
-
-    @app.middleware("http")
-    async def security_headers(request: Request, call_next):
-        response = await call_next(request)
-        for k, v in _SECURITY_HEADERS.items():
-            response.headers.setdefault(k, v)
-        return response
+    app.add_middleware(SecurityHeaders)  # outermost: every answer carries the headers
 
     # ------------------------------------------------------------ errors → {"error": ...}
     @app.exception_handler(HTTPProblem)

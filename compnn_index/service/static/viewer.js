@@ -101,7 +101,10 @@ function queryForm() {
   form.append("layer", $("layer-select").value);
   const search = document.querySelector("input[name=search]:checked").value;
   form.append("search", search);
-  if (search === "patchmatch") form.append("iterations", $("iterations").value);
+  if (search === "patchmatch") {
+    form.append("iterations", $("iterations").value);
+    form.append("init", $("init").value);
+  }
   form.append("top_k", $("top-k").value);
   const ids = $("restrict-ids").value.trim();
   const meta = $("restrict-meta").value;
