@@ -64,16 +64,15 @@ def _resolve_specs(
     return {name: available[name] for name in layers}
 
 
-def _array_layouts(dataset: Any, sample: Any, out_channels: int) -> dict[str, tuple[tuple, np.dtype]]:
+def _array_layouts(dataset: Any, sample: Any, output_shape: tuple[int, ...]) -> dict[str, tuple[tuple, np.dtype]]:
     """Shape and dtype of the sidecar arrays ``inputs``, ``targets``, ``outputs``."""
     n = len(dataset)
-    h, w = sample.input.shape[1:]
     target = np.asarray(sample.target)
     target_dtype = np.dtype(np.int64) if np.issubdtype(target.dtype, np.integer) else np.dtype(np.float32)
     if dataset.task == "segment":
-        outputs = ((n, h, w), np.dtype(np.int64))
+        outputs = ((n,) + tuple(output_shape[1:]), np.dtype(np.int64))  # argmax over classes
     else:
-        outputs = ((n, out_channels, h, w), np.dtype(np.float32))
+        outputs = ((n,) + tuple(output_shape), np.dtype(np.float32))
     return {
         "inputs": ((n,) + tuple(sample.input.shape), np.dtype(np.float32)),
         "targets": ((n,) + tuple(target.shape), target_dtype),
@@ -81,19 +80,25 @@ def _array_layouts(dataset: Any, sample: Any, out_channels: int) -> dict[str, tu
     }
 
 
-def _estimate(
-    extractor: FeatureExtractor, image_size: tuple[int, int], n: int,
+def _probe(
+    extractor: FeatureExtractor, sample: Any
+) -> tuple[dict[str, tuple[int, int, int]], int, tuple[int, ...]]:
+    """Per-layer (Hp, Wp, D), the global dimension and the output shape, from image 0."""
+    outputs, patches, gdesc = extractor(np.asarray(sample.input, dtype=np.float32)[None])
+    shapes = {name: tuple(int(s) for s in hp.shape[1:]) for name, hp in patches.items()}
+    return shapes, int(gdesc.shape[1]), tuple(outputs.shape[1:])
+
+
+def _store_size(
+    shapes: Mapping[str, tuple[int, int, int]], gdim: int, n: int,
     arrays: Mapping[str, tuple[tuple, np.dtype]],
-) -> tuple[StoreSize, dict[str, tuple[int, int, int]], int]:
-    """Bytes on disk, per-layer (Hp, Wp, D) and the global dimension, from a one-image probe."""
-    shapes = extractor.layer_shapes(image_size)
-    gdim = extractor.global_dim(image_size)
-    size = StoreSize(
+) -> StoreSize:
+    """Bytes the store will take on disk."""
+    return StoreSize(
         layers={name: HEADER_BYTES + n * hp * wp * d * 4 for name, (hp, wp, d) in shapes.items()},
         global_bytes=HEADER_BYTES + n * gdim * 4,
         arrays={k: int(np.prod(shape)) * dtype.itemsize for k, (shape, dtype) in arrays.items()},
     )
-    return size, shapes, gdim
 
 
 def _batch_bytes(shapes: Mapping[str, tuple[int, int, int]], gdim: int, per_image_arrays: int,
@@ -195,6 +200,8 @@ def build_index(
     out = Path(out)
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise IndexStoreError(f"Expected batch_size to be a positive integer, but batch_size = {batch_size!r}")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1):
+        raise IndexStoreError(f"Expected threads to be a positive integer or None, but threads = {threads!r}")
     if (out.exists() or out.is_symlink()) and not overwrite:
         raise IndexStoreError(
             f"index store {os.fspath(out)!r} already exists; pass overwrite=True to replace it"
@@ -209,9 +216,9 @@ def build_index(
         layer_specs = _resolve_specs(model, layers, specs, image_size)
         extractor = FeatureExtractor(model, layer_specs, global_tap=global_layer)
         first = dataset[0]
-        out_channels = int(getattr(dataset, "out_channels", 3) or 3)
-        arrays = _array_layouts(dataset, first, out_channels)
-        size, shapes, gdim = _estimate(extractor, image_size, n, arrays)
+        shapes, gdim, output_shape = _probe(extractor, first)
+        arrays = _array_layouts(dataset, first, output_shape)
+        size = _store_size(shapes, gdim, n, arrays)
         out.parent.mkdir(parents=True, exist_ok=True)
         check_disk(size, out.parent)
         per_image_arrays = sum(int(np.prod(s[1:])) * d.itemsize for s, d in arrays.values())
