@@ -305,6 +305,8 @@ int64_t row_pass(const Problem& p, State& st, int64_t t, int64_t row, Scratch& s
     return evaluated;
 }
 
+constexpr int64_t kColumnBlock = 16;  // columns per column-pass task
+
 int64_t column_pass(const Problem& p, State& st, int64_t t, int64_t col) {
     const bool forward = (t % 2) == 0;
     const int64_t step = forward ? 1 : -1;
@@ -520,12 +522,19 @@ py::tuple patchmatch(const py::array& queries_in, const py::array& vectors_in, c
             candidates += p.wq;
         });
         mean_similarity.push_back(mean_sim());
+        const int64_t n_col_blocks = (p.wq + kColumnBlock - 1) / kColumnBlock;
         for (int64_t t = 0; t < iterations; ++t) {
             parallel_for(p.hq, n_threads, [&](int64_t row) {
                 Scratch sc;
                 candidates += row_pass(p, st, t, row, sc);
             });
-            parallel_for(p.wq, n_threads, [&](int64_t col) { candidates += column_pass(p, st, t, col); });
+            // Columns go to threads in blocks: adjacent columns share cache lines of the state.
+            parallel_for(n_col_blocks, n_threads, [&](int64_t k) {
+                int64_t evaluated = 0;
+                for (int64_t col = k * kColumnBlock; col < std::min(p.wq, (k + 1) * kColumnBlock); ++col)
+                    evaluated += column_pass(p, st, t, col);
+                candidates += evaluated;
+            });
             mean_similarity.push_back(mean_sim());
             ++iterations_run;
             if (mean_similarity.back() - mean_similarity[mean_similarity.size() - 2] < tol) break;
