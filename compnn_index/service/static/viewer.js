@@ -106,12 +106,35 @@ function queryForm() {
     form.append("init", $("init").value);
   }
   form.append("top_k", $("top-k").value);
-  const ids = $("restrict-ids").value.trim();
-  const meta = $("restrict-meta").value;
-  if (ids) form.append("restrict", ids);
-  else if (meta) form.append("restrict", meta);
+  const restrict = restriction(file ? null : Number($("image-select").value));
+  if (restrict) form.append("restrict", restrict);
   form.append("sources", "target,input");
   return form;
+}
+
+// Python's str() of a meta value, as the server compares them ("True", not "true").
+const pyStr = (v) => (typeof v === "boolean" ? (v ? "True" : "False") : String(v));
+
+// The database restriction: an id list, a KEY=VALUE meta filter, or nothing; with "leave the
+// query image out" and a database query image, the explicit id list without that image.
+function restriction(selfId) {
+  const ids = $("restrict-ids").value.trim();
+  const meta = $("restrict-meta").value;
+  if (!$("exclude-self").checked || selfId === null) return ids || meta || null;
+  const images = state.index.images;
+  let pool;
+  if (ids) {
+    pool = ids.split(",").map((s) => s.trim()).filter(Boolean);
+  } else if (meta) {
+    const eq = meta.indexOf("=");
+    const key = meta.slice(0, eq), value = meta.slice(eq + 1);
+    pool = images.filter((im) => pyStr(im.meta[key]) === value).map((im) => String(im.id));
+  } else {
+    pool = images.map((im) => String(im.id));
+  }
+  pool = pool.filter((s) => s !== String(selfId) && s !== images[selfId].name);
+  if (!pool.length) throw new Error("no database image is left once the query image is left out");
+  return pool.join(",");
 }
 
 async function runQuery() {
@@ -120,7 +143,8 @@ async function runQuery() {
   $("run").disabled = true;
   const t0 = performance.now();
   try {
-    const res = await fetchJSON("/v1/query", { method: "POST", body: queryForm() });
+    const body = queryForm();
+    const res = await fetchJSON("/v1/query", { method: "POST", body });
     const rtt = (performance.now() - t0) / 1000;
     await showResult(res);
     const t = res.timings;
