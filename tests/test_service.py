@@ -472,3 +472,31 @@ def test_create_app_refuses_missing_index(tmp_path):
 def test_result_json_is_plain_json(client):
     doc = client.post("/v1/query", json={"image_id": 0, "top_k": 1}).json()
     assert json.loads(json.dumps(doc)) == doc
+
+
+# ---------------------------------------------------------------------------- tools/load_test.py
+def _load_test_module():
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "tools" / "load_test.py"
+    spec = importlib.util.spec_from_file_location("load_test", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_load_test_tool(server):
+    lt = _load_test_module()
+    with pytest.raises(SystemExit, match="refusing non-loopback host '10.1.2.3'"):
+        lt.check_url("http://10.1.2.3:8000")
+    with pytest.raises(SystemExit, match="expected --url http://127.0.0.1:PORT"):
+        lt.check_url("ftp://127.0.0.1/")
+    rep = lt.run(lt.check_url(server.url), clients=3, queries=4, deadline_s=60, timeout=60)
+    assert rep["completed"] == 12 and rep["errors"] == 0 and rep["skipped"] == 0
+    assert {k.split("/")[1] for k in rep["by_kind"]} == {"id", "upload"}
+    assert 0 < rep["latency_s"]["p50"] <= rep["latency_s"]["p99"]
+    rep = lt.run(server.url, clients=2, queries=3, deadline_s=0.0, timeout=60)
+    assert rep["completed"] == 0 and rep["skipped"] == 6
