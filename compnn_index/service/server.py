@@ -48,7 +48,6 @@ log = logging.getLogger("compnn.service")
 
 STATIC_DIR = Path(__file__).with_name("static")
 DEFAULT_MAX_UPLOAD = 8 * 1024 * 1024
-IMAGE_KINDS = ("input", "target", "output")
 DEFAULT_TOP_K = 16
 _SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
