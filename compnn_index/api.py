@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,6 +125,7 @@ class CompNN:
         self.global_tap = man["global"]["layer"]
         self._global_spec = LayerSpec.from_dict(man["global"]["spec"])
         self._arrays: dict[str, np.ndarray] = {}
+        self._forward_lock = threading.Lock()
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -186,12 +188,13 @@ class CompNN:
             idx = self._check_ids([image], what=name)[0]
             return np.array(self.array("inputs")[idx], dtype=np.float32)
         arr = load_image(image, name=name)
-        check = getattr(self.model, "check_input_size", None)
-        if check is not None:
-            try:
-                check(arr.shape[1], arr.shape[2])
-            except ValueError as exc:
-                raise QueryError(f"{name}: {exc}") from None
+        expected = tuple(int(v) for v in self.store.image_size)
+        if tuple(arr.shape[1:]) != expected:
+            # The global descriptor is the whole bottleneck map, so its length fixes the size.
+            raise QueryError(
+                f"{name}: expected a {expected[0]}×{expected[1]} image (the index's image size), "
+                f"got {arr.shape[1]}×{arr.shape[2]}"
+            )
         return arr
 
     def _check_layer(self, layer: str | None) -> str:
@@ -241,8 +244,10 @@ class CompNN:
         return ids
 
     def _forward(self, image: np.ndarray, specs: Sequence[LayerSpec]):
-        x = torch.from_numpy(image[None])
-        out, acts = capture(self.model, x, list(specs))
+        # Layer taps are forward hooks on the shared model: one forward at a time.
+        x = torch.from_numpy(np.ascontiguousarray(image[None]))
+        with self._forward_lock:
+            out, acts = capture(self.model, x, list(specs))
         return out[0], acts
 
     def _output_from_logits(self, out: torch.Tensor) -> np.ndarray:
