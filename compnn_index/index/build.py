@@ -2,8 +2,8 @@
 
 Memory: the build streams. Each batch's hyperpatches are appended straight to the layer's
 ``.faiss`` file by :class:`~compnn_index.index.flatfile.FlatIPWriter` (the exact
-``faiss.write_index`` format), and the sidecar arrays are ``.npy`` memory maps filled batch by
-batch, so peak RAM is about one batch of activations whatever the number of images. The store's
+``faiss.write_index`` format), and the sidecar arrays to their ``.npy`` files by
+:class:`~compnn_index.index.npyfile.NpyWriter`, so peak RAM is about one batch of activations whatever the number of images. The store's
 size is estimated from a one-image probe before anything is written, and a build that would not
 fit on the disk is refused.
 
@@ -35,6 +35,7 @@ from ..search.exact import thread_limit
 from .flatfile import HEADER_BYTES, FlatIPWriter
 from .manifest import ARRAY_DIR, FORMAT_VERSION, GLOBAL_FILE, LAYER_DIR, library_versions, write_manifest
 from .memory import StoreSize, check_disk, check_memory
+from .npyfile import NpyWriter
 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
 
@@ -274,7 +275,7 @@ def _write_store(
     batch_size: int,
     progress: bool,
 ) -> dict[str, Any]:
-    """Stream every batch into the layer files, global file and array memmaps in ``tmp``.
+    """Stream every batch into the layer files, global file and sidecar arrays in ``tmp``.
 
     Returns the manifest's ``images``, ``layers``, ``global`` and ``arrays`` entries.
     """
@@ -283,8 +284,8 @@ def _write_store(
     (tmp / ARRAY_DIR).mkdir()
     writers = {name: FlatIPWriter(tmp / _layer_file(name), d) for name, (_, _, d) in shapes.items()}
     gwriter = FlatIPWriter(tmp / GLOBAL_FILE, gdim)
-    maps = {
-        name: np.lib.format.open_memmap(tmp / ARRAY_DIR / f"{name}.npy", mode="w+", dtype=dtype, shape=shape)
+    arrays_out = {
+        name: NpyWriter(tmp / ARRAY_DIR / f"{name}.npy", shape, dtype)
         for name, (shape, dtype) in arrays.items()
     }
     images: list[dict[str, Any]] = []
@@ -311,21 +312,19 @@ def _write_store(
                         )
                     writers[name].add(flat)
                 gwriter.add(gdesc)
-                stop = start + len(samples)
-                maps["inputs"][start:stop] = x
-                maps["targets"][start:stop] = np.stack([np.asarray(s.target) for s in samples])
-                maps["outputs"][start:stop] = (
+                arrays_out["inputs"].add(x)
+                arrays_out["targets"].add(np.stack([np.asarray(s.target) for s in samples]))
+                arrays_out["outputs"].add(
                     outputs.argmax(axis=1) if dataset.task == "segment" else outputs
                 )
                 bar.update(len(samples))
         ntotals = {name: w.close() for name, w in writers.items()}
         gtotal = gwriter.close()
-        for m in maps.values():
-            m.flush()
+        for a in arrays_out.values():
+            a.close()
     finally:
-        for w in (*writers.values(), gwriter):
+        for w in (*writers.values(), gwriter, *arrays_out.values()):
             w.abort()
-        maps.clear()
 
     layers = {}
     for name, (hp, wp, d) in shapes.items():
