@@ -153,7 +153,8 @@ def build_index(
     Parameters
     ----------
     model : nn.Module
-        The network (a built-in model, or any module with ``specs`` given). Run in eval mode.
+        The network (a built-in model, or any module with ``specs`` given). Every forward runs
+        in eval mode (its mode is restored afterwards).
     dataset : PairedDataset
         Sequence of samples with ``task``, ``num_classes``, ``ignore_index``, ``palette``,
         ``identity`` and ``image_size`` (see ``compnn_index.data``); every image the same size.
@@ -211,7 +212,6 @@ def build_index(
     if n == 0:
         raise IndexStoreError("the dataset is empty: expected at least one image to index")
     image_size = tuple(int(s) for s in dataset.image_size)
-    model.eval()
     started = time.perf_counter()
     with thread_limit(threads):
         layer_specs = _resolve_specs(model, layers, specs, image_size)
@@ -230,7 +230,7 @@ def build_index(
         os.chmod(tmp, 0o777 & ~_current_umask())  # mkdtemp makes it private (0700)
         try:
             manifest = _write_store(
-                tmp, model, dataset, extractor, shapes, gdim, arrays,
+                tmp, dataset, extractor, shapes, gdim, arrays,
                 batch_size=int(batch_size), progress=progress,
             )
             manifest.update(
@@ -265,7 +265,6 @@ def build_index(
 
 def _write_store(
     tmp: Path,
-    model: torch.nn.Module,
     dataset: Any,
     extractor: FeatureExtractor,
     shapes: Mapping[str, tuple[int, int, int]],
