@@ -373,13 +373,17 @@ class CompNN:
         init: Union[str, NNField] = "random",
         threads: int | None = None,
         coarse_exact_gflop: float = 40.0,
+        seed_images: int = 16,
     ) -> NNField:
-        """Search ``feats[layer]`` against the database images ``ids``.
+        """Search ``feats[layer]`` against the database images ``ids`` (shortlist order, best first).
 
         ``init="coarse"`` runs HyperPatch-Match coarse to fine down :meth:`pyramid`: the coarsest
         level is searched exactly when that costs under ``coarse_exact_gflop`` GFLOP (else by
         HyperPatch-Match from a random field), and each finer level starts from the upsampled
-        field of the level above.
+        field of the level above. With more than ``seed_images`` database images (a whole-set
+        search), that pyramid runs over the ``seed_images`` best-ranked images first, and its field
+        seeds one more HyperPatch-Match over all of ``ids``, whose jumps explore the rest: random
+        initialisation alone rarely lands on the right image among hundreds.
         """
         threads = threads or self.threads
         q = feats[layer]
@@ -394,6 +398,14 @@ class CompNN:
             return exact_search(q, vectors, ids, **common, threads=threads)
         from .search.patchmatch import patchmatch, upsample_field
 
+        if isinstance(init, str) and init == "coarse" and len(ids) > seed_images:
+            start = self.search_field(
+                feats, ids[:seed_images], layer=layer, search="patchmatch", iterations=iterations,
+                samples=samples, seed=seed, init="coarse", threads=threads,
+                coarse_exact_gflop=coarse_exact_gflop, seed_images=seed_images,
+            )
+            return patchmatch(q, vectors, ids, **common, iterations=iterations, samples=samples,
+                              seed=seed, init=start, threads=threads)
         if isinstance(init, str) and init == "coarse":
             levels = [n for n in self.pyramid(layer) if n in feats][::-1]  # coarsest first
             field, prev_stride = None, None
