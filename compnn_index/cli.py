@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="indexes/demo")
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--train-images", type=int, default=160)
-    p.add_argument("--test-images", type=int, default=8)
+    p.add_argument("--test-images", type=int, default=6)
     p.add_argument("--epochs", type=int, default=None)
     _threads(p)
     return parser

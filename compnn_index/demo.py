@@ -106,7 +106,7 @@ def _md_to_html(md: str) -> str:
 
 def run_demo(*, out: str | Path = "indexes/demo", size: int = 128, train_images: int = 160,
              test_images: int = 8, epochs: int | None = None, threads: int | None = None,
-             queries: int = 3, top_k: int = 16, ngf: int = 32) -> Path:
+             queries: int = 3, top_k: int = 8, ngf: int = 16, lr: float = 1e-3) -> Path:
     """Run the demo end to end and return the report's path."""
     from .api import CompNN
     from .data import open_dataset
@@ -116,7 +116,9 @@ def run_demo(*, out: str | Path = "indexes/demo", size: int = 128, train_images:
     out = Path(out)
     img_dir = out / "img"
     img_dir.mkdir(parents=True, exist_ok=True)
-    epochs = epochs or 6
+    # ngf 16 at 128x128 with a raised learning rate: about 40 s of training per model on 2 cores,
+    # enough for recognisable outputs (photo->labels reaches ~0.8 pixel accuracy on held-out images).
+    epochs = epochs or 12
     sections, tables = [], []
     jobs = [
         ("labels2photo", "translate", "BtoA", "Labels → photo (output reconstruction, property control)"),
@@ -126,7 +128,7 @@ def run_demo(*, out: str | Path = "indexes/demo", size: int = 128, train_images:
         print(f"== {title}")
         ckpt = out / f"{name}.pt"
         train(data="synthetic", split="train", direction=direction, size=size, limit=train_images,
-              seed=0, task=task, arch="unet", ngf=ngf, epochs=epochs, batch_size=8,
+              seed=0, task=task, arch="unet", ngf=ngf, epochs=epochs, batch_size=8, lr=lr,
               threads=threads, out=ckpt)
         index_dir = out / f"index_{name}"
         build(model=ckpt, data="synthetic", split="train", direction=direction, size=size,
@@ -138,7 +140,7 @@ def run_demo(*, out: str | Path = "indexes/demo", size: int = 128, train_images:
         sections.append(_explain_section(cnn, test, title, img_dir, name, queries=queries,
                                          top_k=top_k, property_control=(task == "translate")))
         ev = evaluate(index_dir, data="synthetic", split="test", direction=direction, size=size,
-                      limit=test_images, top_k=[1, top_k, train_images], out=out / f"eval_{name}",
+                      limit=test_images, top_k=[1, top_k, 4 * top_k], out=out / f"eval_{name}",
                       cnn=cnn, progress=True)
         ex = out / f"eval_{name}" / "examples.png"
         ex_html = _fig(_save(Image.open(ex), img_dir / f"{name}_examples.png"), "evaluation examples") if ex.exists() else ""
