@@ -16,42 +16,15 @@ import os
 import resource
 import shutil
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import psutil
+from benchutil import RssSampler, dir_bytes
 
 from compnn_index.data import open_dataset
 from compnn_index.index import IndexStore, build_index
 from compnn_index.models import build_model, load_checkpoint
-
-
-class RssSampler:
-    """Samples this process's resident set size every ``interval`` seconds in a thread."""
-
-    def __init__(self, interval: float = 0.2) -> None:
-        self.interval, self.peak = interval, 0
-        self._stop = threading.Event()
-        self._proc = psutil.Process()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._proc.memory_info().rss)
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> "RssSampler":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
-def dir_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
 def main() -> None:
