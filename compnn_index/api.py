@@ -488,8 +488,13 @@ class CompNN:
         (the whole layer activation compared position by position, no copy-paste).
         """
         cands = self.candidates(restrict)
-        if exclude:
-            cands = cands[~np.isin(cands, np.asarray(exclude))]
+        excluded = self._check_ids(list(exclude), what="exclude")
+        cands = cands[~np.isin(cands, excluded)]
+        if cands.size == 0:
+            raise QueryError(
+                f"global_nn: no database image is left to rank (restrict={restrict!r}, "
+                f"exclude={excluded.tolist()!r})"
+            )
         img = self.resolve_image(image)
         with self._limits(threads), torch.no_grad():
             if by == "bottleneck":
