@@ -25,6 +25,8 @@ from .index import IndexStore
 from .search import NNField, exact_search
 
 SOURCES = ("target", "input", "self")
+#: Shortlist size when ``top_k`` is not given (or every candidate image, when fewer).
+DEFAULT_TOP_K = 16
 SEARCHES = ("exact", "patchmatch")
 
 
@@ -269,7 +271,7 @@ class CompNN:
         *,
         layer: str | None = None,
         search: str = "exact",
-        top_k: int = 16,
+        top_k: int | None = None,
         restrict=None,
         sources: Sequence[str] = ("target", "input"),
         iterations: int = 8,
@@ -286,6 +288,7 @@ class CompNN:
         layer : which layer's hyperpatches to match (default: the index's first layer).
         search : ``"exact"`` (exhaustive cosine, FAISS-speed GEMM) or ``"patchmatch"``.
         top_k : shortlist size; the top-k database images by global-descriptor similarity.
+            Default: 16, or every candidate image when fewer.
         restrict : limit the database *before* shortlisting (ids, names, or meta dict such as
             ``{"material": "brick"}``) — the papers' property / bias control.
         sources : what to paste: ``target`` (label transfer / output reconstruction),
@@ -299,8 +302,8 @@ class CompNN:
         bad = [s for s in sources if s not in SOURCES]
         if bad:
             raise QueryError(f"Unknown source {bad[0]!r}; expected any of {', '.join(SOURCES)}")
-        top_k = _positive_int(top_k, "top_k")
         cands = self.candidates(restrict)
+        top_k = min(DEFAULT_TOP_K, len(cands)) if top_k is None else _positive_int(top_k, "top_k")
         if not 1 <= top_k <= len(cands):
             raise QueryError(
                 f"Expected 1 <= top_k <= number of database images ({len(cands)}), but top_k = {top_k}"

@@ -114,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _query_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layer", default=None)
     p.add_argument("--search", choices=["exact", "patchmatch"], default="exact")
-    p.add_argument("--top-k", type=int, default=16)
+    p.add_argument("--top-k", type=int, default=None,
+                   help="shortlist size (default: 16, or every candidate image when fewer)")
     p.add_argument("--restrict", default=None,
                    help="ids or names (comma-separated), KEY=VALUE on image meta, or a file of ids")
     p.add_argument("--sources", type=_str_list, default=["target", "input"])

@@ -126,7 +126,7 @@ def save_result(cnn, result, out_dir: Path, *, name: str = "query") -> dict:
 
 def query(
     *, index: str | Path, images: Sequence[str], out: str | Path, layer: str | None = None,
-    search: str = "exact", top_k: int = 16, restrict=None, sources: Sequence[str] = ("target", "input"),
+    search: str = "exact", top_k: int | None = None, restrict=None, sources: Sequence[str] = ("target", "input"),
     iterations: int = 8, samples: int = 4, init: str = "random", seed: int = 0,
     threads: int | None = None, progress: bool = True,
 ) -> list[dict]:
@@ -145,6 +145,6 @@ def query(
         target = out if len(images) == 1 else out / name
         docs.append(save_result(cnn, res, target, name=name))
         if progress:
-            print(f"{item}: {res.layer} {res.search} top-{top_k} in {res.timings['total']:.2f}s "
+            print(f"{item}: {res.layer} {res.search} top-{len(res.shortlist)} in {res.timings['total']:.2f}s "
                   f"(search {res.timings['search']:.2f}s) -> {target}")
     return docs
