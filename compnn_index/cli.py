@@ -24,10 +24,12 @@ def _str_list(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
-def _data_args(p: argparse.ArgumentParser, *, split: str = "train") -> None:
+def _data_args(p: argparse.ArgumentParser, *, split: str = "train", direction: str | None = None) -> None:
     p.add_argument("--data", required=True, help="dataset folder, or 'synthetic' (built-in facades)")
     p.add_argument("--split", default=split)
-    p.add_argument("--direction", choices=["AtoB", "BtoA"], default="AtoB")
+    # None: the direction the model / index store was trained on (recorded in it).
+    p.add_argument("--direction", choices=["AtoB", "BtoA"], default=direction,
+                   help=f"pix2pix direction (default: {direction or 'the one the model was trained with'})")
     p.add_argument("--size", type=int, default=None, help="resize images to SIZE×SIZE")
     p.add_argument("--limit", type=int, default=None, help="use the first N images")
     p.add_argument("--seed", type=int, default=0)
@@ -45,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a U-Net or SegNet on a dataset")
-    _data_args(p)
+    _data_args(p, direction="AtoB")
     p.add_argument("--task", choices=["translate", "segment"], required=True)
     p.add_argument("--arch", choices=["unet", "segnet"], default="unet")
     p.add_argument("--ngf", type=int, default=64)
