@@ -152,6 +152,12 @@ def test_shortlist_is_top_k_by_global_cosine_best_first(segment_cnn):
     assert res.shortlist[0] == 4 and res.shortlist_similarity[0] >= 0.999
 
 
+def test_default_top_k_is_16_or_every_candidate(translate_cnn):
+    assert len(translate_cnn.query(1, sources=()).shortlist) == min(16, N)
+    res = translate_cnn.query(1, restrict=[4, 9, 1], sources=())
+    assert sorted(res.shortlist.tolist()) == [1, 4, 9] and res.params["top_k"] == 3
+
+
 @pytest.mark.parametrize("kind", ["ids", "names", "meta"])
 def test_restrict_limits_the_database_before_shortlisting(translate_cnn, kind):
     cnn = translate_cnn
