@@ -1,7 +1,7 @@
 """The HTTP service over a real uvicorn server on a loopback port (httpx as the client).
 
-The index is a tiny synthetic-facades one (12 images of 64×64, U-Net ngf 8 trained one epoch),
-built once per module. Every endpoint, every refused input (status and message), the result
+The index is the session's tiny translation store (``translate_index`` in conftest: 12 synthetic
+facades of 64×64, label map → photo, U-Net ngf 8, layers decoder2/3/4), built once per session. Every endpoint, every refused input (status and message), the result
 cache, the worker pool (responsive while a query computes, replicas agree with sequential
 answers) are checked.
 """
@@ -24,8 +24,11 @@ from compnn_index.service.background import BackgroundServer
 from compnn_index.service.server import create_app, is_loopback
 from compnn_index.workflows import to_rgb
 
-NUM_IMAGES = 12
-SIZE = 64
+from conftest import TINY_IMAGES, TINY_LAYERS, TINY_SIZE
+
+NUM_IMAGES = TINY_IMAGES
+SIZE = TINY_SIZE
+LAYERS = list(TINY_LAYERS)
 MAX_UPLOAD = 64 * 1024
 CACHE_SIZE = 4
 
@@ -39,16 +42,9 @@ def _patchmatch_available() -> bool:
 
 
 @pytest.fixture(scope="module")
-def index_dir(tmp_path_factory):
-    """Train a tiny U-Net one epoch on 12 synthetic facades and index two decoder layers."""
-    from compnn_index import workflows
-
-    out = tmp_path_factory.mktemp("service_index")
-    common = dict(data="synthetic", size=SIZE, limit=NUM_IMAGES, threads=1, progress=False)
-    workflows.train(task="translate", arch="unet", ngf=8, epochs=1, batch_size=4,
-                    out=out / "model.pt", **common)
-    return workflows.build(model=out / "model.pt", layers=["decoder2", "decoder3"],
-                           out=out / "index", **common)
+def index_dir(translate_index):
+    """The shared tiny translation store (read-only: the service never writes to it)."""
+    return translate_index.index
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +116,7 @@ def test_openapi_lists_endpoints(client):
 def test_index_describes_the_store(client, cnn):
     info = client.get("/v1/index").json()
     man = cnn.store.manifest
-    assert info["layers"] == ["decoder2", "decoder3"]
+    assert info["layers"] == LAYERS
     assert info["num_images"] == NUM_IMAGES and info["image_size"] == [SIZE, SIZE]
     assert info["specs"]["decoder2"] == cnn.store.spec("decoder2").to_dict()
     assert info["task"] == "translate"
@@ -272,16 +268,16 @@ GOOD = {"image_id": 1}
 
 
 @pytest.mark.parametrize("body,status,match", [
-    ({"image_id": 99}, 404, "image id 99 does not exist; expected 0 <= id < 12"),
+    ({"image_id": 99}, 404, f"image id 99 does not exist; expected 0 <= id < {NUM_IMAGES}"),
     ({"image_id": -1}, 404, "image id -1 does not exist"),
     ({"image_id": "x"}, 422, "Expected image_id to be an integer, but image_id = 'x'"),
     ({"image_id": True}, 422, "Expected image_id to be an integer"),
     ({}, 422, "Missing query image: upload 'image' or give 'image_id'"),
     ({"image": "abc"}, 422, "image: expected a file upload"),
-    ({**GOOD, "layer": "decoder9"}, 422, "Unknown layer 'decoder9'; expected one of decoder2, decoder3"),
+    ({**GOOD, "layer": "decoder9"}, 422, f"Unknown layer 'decoder9'; expected one of {', '.join(LAYERS)}"),
     ({**GOOD, "search": "fast"}, 422, "Unknown search 'fast'; expected one of exact, patchmatch"),
-    ({**GOOD, "top_k": 0}, 422, "Expected 1 <= top_k <= 12, but top_k = 0"),
-    ({**GOOD, "top_k": 13}, 422, "Expected 1 <= top_k <= 12, but top_k = 13"),
+    ({**GOOD, "top_k": 0}, 422, f"Expected 1 <= top_k <= {NUM_IMAGES}, but top_k = 0"),
+    ({**GOOD, "top_k": NUM_IMAGES + 1}, 422, f"Expected 1 <= top_k <= {NUM_IMAGES}, but top_k = {NUM_IMAGES + 1}"),
     ({**GOOD, "top_k": 1.5}, 422, "Expected top_k to be an integer, but top_k = 1.5"),
     ({**GOOD, "restrict": [1, 2], "top_k": 3}, 400, "Expected 1 <= top_k <= number of database images (2)"),
     ({**GOOD, "restrict": []}, 422, "restrict is empty"),
@@ -356,7 +352,7 @@ def test_correspond_refuses_bad_input(client, body, status, match):
 
 
 @pytest.mark.parametrize("path,status,match", [
-    ("/v1/images/12", 404, "image id 12 does not exist; expected 0 <= id < 12"),
+    (f"/v1/images/{NUM_IMAGES}", 404, f"image id {NUM_IMAGES} does not exist; expected 0 <= id < {NUM_IMAGES}"),
     ("/v1/images/-1", 404, "image id -1 does not exist"),
     ("/v1/images/abc", 422, "image_id: Input should be a valid integer"),
     ("/v1/images/1?kind=label", 422, "kind: Input should be 'input', 'target' or 'output'"),

@@ -24,6 +24,8 @@ from PIL import Image
 from compnn_index.service.background import BackgroundServer
 from compnn_index.service.server import create_app
 
+from conftest import TINY_IMAGES, TINY_SIZE
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 websocket = pytest.importorskip(
     "websocket", reason="websocket-client is needed to drive Chromium (pip install websocket-client)"
@@ -78,16 +80,9 @@ class DevTools:
 
 
 @pytest.fixture(scope="module")
-def index_dir(tmp_path_factory):
-    """Train a tiny U-Net one epoch on 12 synthetic facades and index two decoder layers."""
-    from compnn_index import workflows
-
-    out = tmp_path_factory.mktemp("viewer_index")
-    common = dict(data="synthetic", size=64, limit=12, threads=1, progress=False)
-    workflows.train(task="translate", arch="unet", ngf=8, epochs=1, batch_size=4,
-                    out=out / "model.pt", **common)
-    return workflows.build(model=out / "model.pt", layers=["decoder2", "decoder3"],
-                           out=out / "index", **common)
+def index_dir(translate_index):
+    """The session's shared tiny translation store (conftest), read-only here."""
+    return translate_index.index
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +154,7 @@ def test_click_highlights_the_matched_source_patch(browser, server, tmp_path):
     assert cdp.evaluate("document.getElementById('query-time').textContent").startswith("exact:")
 
     # the same query over HTTP: the NN field the highlight must agree with
-    others = [i for i in range(12) if i != 3]  # "leave the query image out"
+    others = [i for i in range(TINY_IMAGES) if i != 3]  # "leave the query image out"
     doc = httpx.post(server.url + "/v1/query", json={"image_id": 3, "layer": "decoder3", "top_k": 5,
                                                      "restrict": others}, timeout=60).json()
     assert 3 not in np.unique(doc["nn_field"]["image"])
@@ -168,7 +163,7 @@ def test_click_highlights_the_matched_source_patch(browser, server, tmp_path):
     canvas = cdp.evaluate("""(() => { const c = document.getElementById('output-canvas');
         const r = c.getBoundingClientRect();
         return {left: r.left, top: r.top, width: r.width, height: r.height, w: c.width, h: c.height}; })()""")
-    assert (canvas["h"], canvas["w"]) == (64, 64)
+    assert (canvas["h"], canvas["w"]) == (TINY_SIZE, TINY_SIZE)
 
     for py, px in [(41, 22), (63, 63), (2, 50)]:  # (63, 63) lies past the last window: clipped
         x = canvas["left"] + (px + 0.5) * canvas["width"] / canvas["w"]
