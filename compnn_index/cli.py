@@ -89,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("index")
     _data_args(p, split="test")
     p.add_argument("--layer", default=None)
-    p.add_argument("--top-k", type=_int_list, default=[16])
+    p.add_argument("--top-k", type=_int_list, default=None,
+                   help="shortlist sizes (default: 16, or every database image when fewer)")
     p.add_argument("--iterations", type=_int_list, default=[2, 4, 8, 16, 32])
     p.add_argument("--init", type=_str_list, default=["random"])
     p.add_argument("--baselines", type=_str_list, default=["hnsw", "ivf"])

@@ -90,14 +90,14 @@ DEFAULT_BASELINES = {
 def compare(
     index: str | Path, *, data: str, split: str = "test", direction: str | None = None,
     size: int | None = None, limit: int | None = 5, seed: int = 0, layer: str | None = None,
-    top_k: Sequence[int] = (16,), iterations: Sequence[int] = (2, 4, 8, 16, 32),
+    top_k: Sequence[int] | None = None, iterations: Sequence[int] = (2, 4, 8, 16, 32),
     init: Sequence[str] = ("random",), baselines: Sequence[str] = ("hnsw", "ivf"),
     samples: int = 4, threads: int | None = None, out: str | Path, progress: bool = True,
     cnn=None, max_baseline_vectors: int = 2_000_000,
 ) -> dict:
     """Run the comparison and write ``comparison.json``, ``comparison.md`` and ``comparison.png``."""
 
-    from .api import CompNN
+    from .api import DEFAULT_TOP_K, INITS, CompNN
     from .data import open_dataset
 
     cnn = cnn or CompNN.load(index, threads=threads)
@@ -105,9 +105,17 @@ def compare(
     spec = cnn.store.spec(layer)
     trained = cnn.store.manifest.get("dataset", {})
     seg = cnn.task == "segment"
+    # default: 16, or every database image when fewer (as for a query)
+    top_k = [min(DEFAULT_TOP_K, cnn.num_images)] if top_k is None else [int(k) for k in top_k]
+    if not top_k:
+        raise QueryError("Expected at least one --top-k value, got none")
     for k in top_k:
         if not 1 <= int(k) <= cnn.num_images:
             raise QueryError(f"Expected 1 <= --top-k <= {cnn.num_images}, but got {k}")
+    for name, given, known in (("--init", init, INITS), ("--baselines", baselines, tuple(DEFAULT_BASELINES))):
+        bad = [v for v in given if v not in known]
+        if bad:
+            raise QueryError(f"Unknown {name} value {bad[0]!r}; expected any of {', '.join(known)}")
     ds = open_dataset(data, split=split, direction=direction or trained.get("direction", "AtoB"),
                       task=cnn.task, size=size or trained.get("size"), limit=limit, seed=seed)
     vectors, offsets, grids = cnn.store.vectors(layer), cnn.store.offsets(layer), cnn.store.grids(layer)
