@@ -264,7 +264,7 @@ def test_evaluate_refuses_top_k_over_the_store(capsys, segment_index, tmp_path):
 def test_compare(capsys, segment_index, tmp_path):
     out = tmp_path / "cmp"
     code, _, err = run_main(capsys, "compare", segment_index.index, "--data", "synthetic", "--limit", "1",
-                            "--top-k", "4", "--iterations", "1,4", "--init", "random,coarse",
+                            "--iterations", "1,4", "--init", "random,coarse",  # default top-k: all 12
                             "--threads", "1", "--out", out)
     assert code == 0, err
     assert {"comparison.json", "comparison.md", "comparison.png"} <= {p.name for p in out.iterdir()}
@@ -286,14 +286,22 @@ def test_compare(capsys, segment_index, tmp_path):
     more = {r["params"]["iterations"]: r["similarity_ratio"] for r in pm if r["params"]["init"] == "random"}
     assert more[4] >= more[1] - 1e-6  # more iterations never lose similarity (same seed)
     md = (out / "comparison.md").read_text()
-    assert "| exact | 4 |" in md and md.count("| patchmatch |") == 4
+    assert f"| exact | {N} |" in md and md.count("| patchmatch |") == 4
+    assert {r["top_k"] for r in settings} == {N}
     assert Image.open(out / "comparison.png").size[0] > 300
 
 
-def test_compare_refuses_top_k_over_the_store(capsys, translate_index, tmp_path):
+@pytest.mark.parametrize("args,match", [
+    (["--top-k", str(N + 1)], f"Expected 1 <= --top-k <= {N}, but got {N + 1}"),
+    (["--top-k", ","], "Expected at least one --top-k value, got none"),
+    (["--init", "random,zeros"], "Unknown --init value 'zeros'; expected any of random, coarse"),
+    (["--baselines", "hnsw,annoy"], "Unknown --baselines value 'annoy'; expected any of hnsw, ivf"),
+])
+def test_compare_refuses_bad_options(capsys, translate_index, tmp_path, args, match):
     code, _, err = run_main(capsys, "compare", translate_index.index, "--data", "synthetic",
-                            "--top-k", str(N + 1), "--out", tmp_path / "c")
-    assert_user_error(code, err, "compare", f"Expected 1 <= --top-k <= {N}, but got {N + 1}")
+                            *args, "--out", tmp_path / "c")
+    assert_user_error(code, err, "compare", match)
+    assert not (tmp_path / "c").exists()
 
 
 # ---------------------------------------------------------------------------- train / build
