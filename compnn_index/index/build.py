@@ -206,7 +206,7 @@ def build_index(
         raise IndexStoreError(f"Expected threads to be a positive integer or None, but threads = {threads!r}")
     if (out.exists() or out.is_symlink()) and not overwrite:
         raise IndexStoreError(
-            f"index store {os.fspath(out)!r} already exists; pass overwrite=True to replace it"
+            f"index store {os.fspath(out)!r} already exists; pass overwrite=True (--overwrite on the command line) to replace it"
         )
     n = len(dataset)
     if n == 0:
