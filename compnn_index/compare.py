@@ -38,52 +38,68 @@ def _fidelity(recon: np.ndarray, cnn_out: np.ndarray, seg: bool) -> float:
     return float((recon == cnn_out).mean()) if seg else float(psnr(recon, cnn_out))
 
 
-def ann_field(kind: str, params: dict, q: np.ndarray, vectors: np.ndarray, ids: np.ndarray,
-              offsets: np.ndarray, grids: np.ndarray, threads: int | None) -> tuple[NNField, float, float]:
-    """Top-1 with a FAISS approximate index over the shortlist's vectors.
+def build_ann(kind: str, params: dict, xb: np.ndarray):
+    """Build a FAISS approximate index of ``kind`` ("hnsw" | "ivf") over ``xb``."""
+    d = xb.shape[1]
+    if kind == "hnsw":
+        index = faiss.IndexHNSWFlat(d, int(params.get("M", 16)), faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = int(params.get("efConstruction", 40))
+        index.add(xb)
+        return index
+    if kind == "ivf":
+        # FAISS wants >= 39 training points per centroid; small shortlists get fewer lists.
+        nlist = max(1, min(int(params.get("nlist", 256)), len(xb) // 39))
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+        rng = np.random.default_rng(0)
+        index.train(xb[rng.choice(len(xb), size=min(len(xb), nlist * 64), replace=False)])
+        index.add(xb)
+        return index
+    raise QueryError(f"Unknown baseline {kind!r}; expected 'hnsw' or 'ivf'")
 
-    Returns (field, build seconds, search seconds). The ANN index needs its own copy of the
-    shortlisted vectors (unlike exact search and HyperPatch-Match, which read the store in place).
+
+def ann_fields(kind: str, build_params: dict, search_params: Sequence[dict], q: np.ndarray,
+               vectors: np.ndarray, ids: np.ndarray, offsets: np.ndarray,
+               grids: np.ndarray) -> tuple[float, list[tuple[dict, NNField, float]]]:
+    """Top-1 fields from one FAISS approximate index over the shortlist's vectors.
+
+    The index is built once and searched at each of ``search_params`` (``efSearch`` for HNSW,
+    ``nprobe`` for IVF). Returns (build seconds, [(params, field, search seconds), ...]). Unlike
+    exact search and HyperPatch-Match, which read the store in place, an ANN index needs its own
+    copy of the shortlisted vectors.
     """
     hq, wq, d = q.shape
     parts = [np.asarray(vectors[offsets[n]: offsets[n + 1]]) for n in ids]
     base = np.concatenate([np.zeros(1, np.int64), np.cumsum([len(p) for p in parts])])
     xb = np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
+    del parts
     t = time.perf_counter()
-    if kind == "hnsw":
-        index = faiss.IndexHNSWFlat(d, int(params.get("M", 16)), faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = int(params.get("efConstruction", 40))
-        index.add(xb)
-        index.hnsw.efSearch = int(params.get("efSearch", 32))
-    elif kind == "ivf":
-        # FAISS wants >= 39 training points per centroid; small shortlists get fewer lists.
-        nlist = max(1, min(int(params.get("nlist", 256)), len(xb) // 39))
-        quant = faiss.IndexFlatIP(d)
-        index = faiss.IndexIVFFlat(quant, d, nlist, faiss.METRIC_INNER_PRODUCT)
-        rng = np.random.default_rng(0)
-        sample = xb[rng.choice(len(xb), size=min(len(xb), nlist * 64), replace=False)]
-        index.train(sample)
-        index.add(xb)
-        index.nprobe = int(params.get("nprobe", 8))
-    else:
-        raise QueryError(f"Unknown baseline {kind!r}; expected 'hnsw' or 'ivf'")
+    index = build_ann(kind, build_params, xb)
     build_s = time.perf_counter() - t
-    t = time.perf_counter()
-    sims, lab = index.search(np.ascontiguousarray(q.reshape(-1, d)), 1)
-    search_s = time.perf_counter() - t
-    lab = np.maximum(lab[:, 0], 0)
-    slot = np.searchsorted(base, lab, side="right") - 1
-    img = ids[slot]
-    local = lab - base[slot]
-    wgrid = grids[img, 1]
-    nnf = NNField(img.reshape(hq, wq), (local // wgrid).reshape(hq, wq),
-                  (local % wgrid).reshape(hq, wq), sims[:, 0].reshape(hq, wq))
-    return nnf, build_s, search_s
+    del xb
+    flat_q = np.ascontiguousarray(q.reshape(-1, d))
+    out = []
+    for sp in search_params:
+        if kind == "hnsw":
+            index.hnsw.efSearch = int(sp["efSearch"])
+        else:
+            index.nprobe = int(sp["nprobe"])
+        t = time.perf_counter()
+        sims, lab = index.search(flat_q, 1)
+        search_s = time.perf_counter() - t
+        lab = np.maximum(lab[:, 0], 0)
+        slot = np.searchsorted(base, lab, side="right") - 1
+        img = ids[slot]
+        local = lab - base[slot]
+        wgrid = grids[img, 1]
+        nnf = NNField(img.reshape(hq, wq), (local // wgrid).reshape(hq, wq),
+                      (local % wgrid).reshape(hq, wq), sims[:, 0].reshape(hq, wq))
+        out.append(({**build_params, **sp}, nnf, search_s))
+    return build_s, out
 
 
-DEFAULT_BASELINES = {
-    "hnsw": [{"M": 16, "efConstruction": 40, "efSearch": 16}, {"M": 16, "efConstruction": 40, "efSearch": 64}],
-    "ivf": [{"nlist": 256, "nprobe": 4}, {"nlist": 256, "nprobe": 16}],
+DEFAULT_BASELINES = {  # kind -> [(build params, [search params, ...]), ...]
+    "hnsw": [({"M": 16, "efConstruction": 40}, [{"efSearch": 16}, {"efSearch": 64}])],
+    "ivf": [({"nlist": 256}, [{"nprobe": 4}, {"nprobe": 16}])],
 }
 
 
@@ -166,9 +182,11 @@ def compare(
                            f, time.perf_counter() - t)
             if n_db <= max_baseline_vectors:
                 for kind in baselines:
-                    for params in DEFAULT_BASELINES.get(kind, []):
-                        f, b_s, s_s = ann_field(kind, params, q, vectors, ids, offsets, grids, threads)
-                        record(kind, params, f, s_s, {"build_seconds": b_s})
+                    for build_params, search_params in DEFAULT_BASELINES[kind]:
+                        b_s, results = ann_fields(kind, build_params, search_params, q, vectors,
+                                                  ids, offsets, grids)
+                        for params, f, s_s in results:
+                            record(kind, params, f, s_s, {"build_seconds": b_s})
 
     exact = {}
     for k, items in exact_stats.items():
