@@ -93,7 +93,7 @@ class GlobalNN:
     similarities: np.ndarray
 
 
-INITS = ("random", "coarse")
+INITS = ("random", "staged", "coarse")
 
 
 def _check_init(init) -> None:
@@ -274,10 +274,11 @@ class CompNN:
         top_k: int | None = None,
         restrict=None,
         sources: Sequence[str] = ("target", "input"),
-        iterations: int = 8,
-        samples: int = 4,
+        iterations: int = 32,
+        samples: int = 8,
+        jumps: int = 4,
         seed: int = 0,
-        init: Union[str, NNField] = "random",
+        init: Union[str, NNField] = "staged",
         threads: int | None = None,
     ) -> QueryResult:
         """Explain ``image`` by compositional nearest neighbours.
@@ -293,7 +294,9 @@ class CompNN:
             ``{"material": "brick"}``) — the papers' property / bias control.
         sources : what to paste: ``target`` (label transfer / output reconstruction),
             ``input`` (input reconstruction), ``self`` (the network's own outputs).
-        iterations, samples, seed, init : HyperPatch-Match parameters (``search="patchmatch"``).
+        iterations, samples, jumps, seed, init : HyperPatch-Match parameters
+            (``search="patchmatch"``); see :meth:`search_field`. The defaults reached a mean
+            similarity ratio of 0.98 to exact search on Facades decoder2 at ~30x its speed.
         """
         t0 = time.perf_counter()
         layer = self._check_layer(layer)
@@ -325,11 +328,12 @@ class CompNN:
 
             t = time.perf_counter()
             nnf = self.search_field(feats, ids, layer=layer, search=search, iterations=iterations,
-                                    samples=samples, seed=seed, init=init, threads=threads)
+                                    samples=samples, jumps=jumps, seed=seed, init=init,
+                                    threads=threads)
             timings["search"] = time.perf_counter() - t
             params: dict = {"top_k": top_k}
             if search == "patchmatch":
-                params.update(iterations=iterations, samples=samples, seed=seed,
+                params.update(iterations=iterations, samples=samples, jumps=jumps, seed=seed,
                               init=init if isinstance(init, str) else "field")
 
             t = time.perf_counter()
@@ -370,23 +374,27 @@ class CompNN:
         *,
         layer: str,
         search: str = "exact",
-        iterations: int = 8,
-        samples: int = 4,
+        iterations: int = 32,
+        samples: int = 8,
+        jumps: int = 4,
         seed: int = 0,
-        init: Union[str, NNField] = "random",
+        init: Union[str, NNField] = "staged",
         threads: int | None = None,
         coarse_exact_gflop: float = 40.0,
         seed_images: int = 16,
     ) -> NNField:
         """Search ``feats[layer]`` against the database images ``ids`` (shortlist order, best first).
 
+        ``init="random"`` starts from a random field over all of ``ids``. ``init="staged"`` (the
+        default) does the same when there are at most ``seed_images`` images; with more (a
+        whole-set search) it first runs over the ``seed_images`` best-ranked images and lets that
+        field seed a run over all of ``ids``, whose jumps explore the rest — a random start
+        rarely lands on the right image among hundreds.
         ``init="coarse"`` runs HyperPatch-Match coarse to fine down :meth:`pyramid`: the coarsest
         level is searched exactly when that costs under ``coarse_exact_gflop`` GFLOP (else by
         HyperPatch-Match from a random field), and each finer level starts from the upsampled
-        field of the level above. With more than ``seed_images`` database images (a whole-set
-        search), that pyramid runs over the ``seed_images`` best-ranked images first, and its field
-        seeds one more HyperPatch-Match over all of ``ids``, whose jumps explore the rest: random
-        initialisation alone rarely lands on the right image among hundreds.
+        field of the level above; it is staged like ``"staged"`` for large ``ids``. (Measured on
+        Facades decoder2, top-16: the pyramid did not beat a random start at equal time.)
         """
         threads = threads or self.threads
         q = feats[layer]
@@ -401,14 +409,14 @@ class CompNN:
             return exact_search(q, vectors, ids, **common, threads=threads)
         from .search.patchmatch import patchmatch, upsample_field
 
-        if isinstance(init, str) and init == "coarse" and len(ids) > seed_images:
+        pm = dict(iterations=iterations, samples=samples, jumps=jumps, seed=seed, threads=threads)
+        if isinstance(init, str) and init in ("staged", "coarse") and len(ids) > seed_images:
             start = self.search_field(
-                feats, ids[:seed_images], layer=layer, search="patchmatch", iterations=iterations,
-                samples=samples, seed=seed, init="coarse", threads=threads,
+                feats, ids[:seed_images], layer=layer, search="patchmatch", **pm,
+                init="random" if init == "staged" else "coarse",
                 coarse_exact_gflop=coarse_exact_gflop, seed_images=seed_images,
             )
-            return patchmatch(q, vectors, ids, **common, iterations=iterations, samples=samples,
-                              seed=seed, init=start, threads=threads)
+            return patchmatch(q, vectors, ids, **common, **pm, init=start)
         if isinstance(init, str) and init == "coarse":
             levels = [n for n in self.pyramid(layer) if n in feats][::-1]  # coarsest first
             field, prev_stride = None, None
@@ -421,17 +429,15 @@ class CompNN:
                     if level != layer and gflop <= coarse_exact_gflop:
                         field = exact_search(lq, lv, ids, **lcommon, threads=threads)
                     else:
-                        field = patchmatch(lq, lv, ids, **lcommon, iterations=iterations,
-                                           samples=samples, seed=seed, init="random", threads=threads)
+                        field = patchmatch(lq, lv, ids, **lcommon, **pm, init="random")
                 else:
                     scale = prev_stride / self.store.spec(level).stride
                     start = upsample_field(field, lq.shape[:2], scale, grids=lcommon["grids"])
-                    field = patchmatch(lq, lv, ids, **lcommon, iterations=iterations, samples=samples,
-                                       seed=seed, init=start, threads=threads)
+                    field = patchmatch(lq, lv, ids, **lcommon, **pm, init=start)
                 prev_stride = self.store.spec(level).stride
             return field
-        return patchmatch(q, vectors, ids, **common, iterations=iterations, samples=samples,
-                          seed=seed, init=init, threads=threads)
+        return patchmatch(q, vectors, ids, **common, **pm,
+                          init="random" if isinstance(init, str) else init)
 
     def compose(self, nnf: NNField, spec: LayerSpec, source: str, out_size) -> np.ndarray:
         """Paste ``source`` ("target", "input", "self") from the images the field names."""

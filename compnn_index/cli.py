@@ -81,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layer", default=None)
     p.add_argument("--search", choices=["exact", "patchmatch"], default="exact")
     p.add_argument("--top-k", type=_int_list, default=[1, 16, 64])
-    p.add_argument("--iterations", type=int, default=8)
+    p.add_argument("--iterations", type=int, default=32)
+    p.add_argument("--init", default="staged", help="patchmatch init: random | staged | coarse")
     _threads(p)
     p.add_argument("--out", required=True)
 
@@ -92,7 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=_int_list, default=None,
                    help="shortlist sizes (default: 16, or every database image when fewer)")
     p.add_argument("--iterations", type=_int_list, default=[2, 4, 8, 16, 32])
-    p.add_argument("--init", type=_str_list, default=["random"])
+    p.add_argument("--init", type=_str_list, default=["staged"], help="random, staged, coarse")
+    p.add_argument("--samples", type=int, default=8)
+    p.add_argument("--jumps", type=int, default=4)
     p.add_argument("--baselines", type=_str_list, default=["hnsw", "ivf"])
     _threads(p)
     p.add_argument("--out", required=True)
@@ -122,9 +125,10 @@ def _query_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--restrict", default=None,
                    help="ids or names (comma-separated), KEY=VALUE on image meta, or a file of ids")
     p.add_argument("--sources", type=_str_list, default=["target", "input"])
-    p.add_argument("--iterations", type=int, default=8)
-    p.add_argument("--samples", type=int, default=4)
-    p.add_argument("--init", default="random")
+    p.add_argument("--iterations", type=int, default=32)
+    p.add_argument("--samples", type=int, default=8)
+    p.add_argument("--jumps", type=int, default=4)
+    p.add_argument("--init", default="staged", help="random | staged | coarse")
     p.add_argument("--seed", type=int, default=0)
     _threads(p)
 
@@ -167,7 +171,8 @@ def _cmd_query(a: argparse.Namespace) -> None:
 
     query(index=a.index, images=a.images, layer=a.layer, search=a.search, top_k=a.top_k,
           restrict=parse_restrict(a.restrict), sources=a.sources, iterations=a.iterations,
-          samples=a.samples, init=a.init, seed=a.seed, threads=a.threads, out=a.out)
+          samples=a.samples, jumps=a.jumps, init=a.init, seed=a.seed, threads=a.threads,
+          out=a.out)
 
 
 def _cmd_evaluate(a: argparse.Namespace) -> None:
@@ -175,7 +180,7 @@ def _cmd_evaluate(a: argparse.Namespace) -> None:
 
     evaluate(a.index, data=a.data, split=a.split, direction=a.direction, size=a.size,
              limit=a.limit, seed=a.seed, layer=a.layer, search=a.search, top_k=a.top_k,
-             iterations=a.iterations, threads=a.threads, out=a.out)
+             iterations=a.iterations, init=a.init, threads=a.threads, out=a.out)
 
 
 def _cmd_compare(a: argparse.Namespace) -> None:
@@ -183,6 +188,7 @@ def _cmd_compare(a: argparse.Namespace) -> None:
 
     compare(a.index, data=a.data, split=a.split, direction=a.direction, size=a.size,
             limit=a.limit, seed=a.seed, layer=a.layer, top_k=a.top_k, iterations=a.iterations,
+            samples=a.samples, jumps=a.jumps,
             init=a.init, baselines=a.baselines, threads=a.threads, out=a.out)
 
 

@@ -108,7 +108,8 @@ def compare(
     size: int | None = None, limit: int | None = 5, seed: int = 0, layer: str | None = None,
     top_k: Sequence[int] | None = None, iterations: Sequence[int] = (2, 4, 8, 16, 32),
     init: Sequence[str] = ("random",), baselines: Sequence[str] = ("hnsw", "ivf"),
-    samples: int = 4, threads: int | None = None, out: str | Path, progress: bool = True,
+    samples: int = 8, jumps: int = 4, threads: int | None = None, out: str | Path,
+    progress: bool = True,
     cnn=None, max_baseline_vectors: int = 2_000_000,
 ) -> dict:
     """Run the comparison and write ``comparison.json``, ``comparison.md`` and ``comparison.png``."""
@@ -176,9 +177,10 @@ def compare(
                     t = time.perf_counter()
                     with cnn._limits(threads):
                         f = cnn.search_field(feats, ids, layer=layer, search="patchmatch",
-                                             iterations=int(it), samples=samples, seed=seed,
+                                             iterations=int(it), samples=samples, jumps=jumps, seed=seed,
                                              init=mode, threads=threads)
-                    record("patchmatch", {"iterations": int(it), "init": mode, "samples": samples},
+                    record("patchmatch", {"iterations": int(it), "init": mode, "samples": samples,
+                                            "jumps": jumps},
                            f, time.perf_counter() - t)
             if n_db <= max_baseline_vectors:
                 for kind in baselines:

@@ -59,7 +59,8 @@ def _render_table(rows: list[dict], columns: Sequence[str]) -> str:
 def evaluate(
     index: str | Path, *, data: str, split: str = "test", direction: str | None = None,
     size: int | None = None, limit: int | None = None, seed: int = 0, layer: str | None = None,
-    search: str = "exact", top_k: Sequence[int] = (1, 16, 64), iterations: int = 8,
+    search: str = "exact", top_k: Sequence[int] = (1, 16, 64), iterations: int = 32,
+    init: str = "staged",
     threads: int | None = None, out: str | Path, progress: bool = True, cnn=None,
     examples: int = 4,
 ) -> dict:
@@ -92,7 +93,8 @@ def evaluate(
     for i in tqdm(range(len(ds)), desc="evaluate", unit="img", disable=not progress):
         s = ds[i]
         res = {k: cnn.query(s.input, layer=layer, search=search, top_k=k,
-                            sources=("target", "self", "input"), iterations=iterations)
+                            sources=("target", "self", "input"), iterations=iterations,
+                            init=init)
                for k in top_ks}
         first = res[top_ks[0]]
         cnn_out = first.output

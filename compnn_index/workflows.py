@@ -127,7 +127,7 @@ def save_result(cnn, result, out_dir: Path, *, name: str = "query") -> dict:
 def query(
     *, index: str | Path, images: Sequence[str], out: str | Path, layer: str | None = None,
     search: str = "exact", top_k: int | None = None, restrict=None, sources: Sequence[str] = ("target", "input"),
-    iterations: int = 8, samples: int = 4, init: str = "random", seed: int = 0,
+    iterations: int = 32, samples: int = 8, jumps: int = 4, init: str = "staged", seed: int = 0,
     threads: int | None = None, progress: bool = True,
 ) -> list[dict]:
     """Answer each query image (file or database id) and write its pictures and JSON."""
@@ -139,7 +139,7 @@ def query(
     for item in images:
         image = int(item) if str(item).isdigit() else item
         res = cnn.query(image, layer=layer, search=search, top_k=top_k, restrict=restrict,
-                        sources=tuple(sources), iterations=iterations, samples=samples,
+                        sources=tuple(sources), iterations=iterations, samples=samples, jumps=jumps,
                         seed=seed, init=init)
         name = f"id{image}" if isinstance(image, int) else _SAFE.sub("_", Path(item).stem)
         target = out if len(images) == 1 else out / name

@@ -294,7 +294,7 @@ def test_compare(capsys, segment_index, tmp_path):
 @pytest.mark.parametrize("args,match", [
     (["--top-k", str(N + 1)], f"Expected 1 <= --top-k <= {N}, but got {N + 1}"),
     (["--top-k", ","], "Expected at least one --top-k value, got none"),
-    (["--init", "random,zeros"], "Unknown --init value 'zeros'; expected any of random, coarse"),
+    (["--init", "random,zeros"], "Unknown --init value 'zeros'; expected any of random, staged, coarse"),
     (["--baselines", "hnsw,annoy"], "Unknown --baselines value 'annoy'; expected any of hnsw, ivf"),
 ])
 def test_compare_refuses_bad_options(capsys, translate_index, tmp_path, args, match):

@@ -290,7 +290,7 @@ GOOD = {"image_id": 1}
     ({**GOOD, "sources": []}, 422, "sources is empty"),
     ({**GOOD, "iterations": 1000}, 422, "Expected 1 <= iterations <= 64, but iterations = 1000"),
     ({**GOOD, "seed": -3}, 422, "Expected 0 <= seed"),
-    ({**GOOD, "init": "zeros"}, 422, "Unknown init 'zeros'; expected one of random, coarse"),
+    ({**GOOD, "init": "zeros"}, 422, "Unknown init 'zeros'; expected one of random, staged, coarse"),
     ({**GOOD, "colour": "red"}, 422, "Unknown field(s) 'colour'"),
 ])
 def test_query_refuses_bad_json(client, body, status, match):

@@ -34,8 +34,9 @@ def main() -> None:
     p.add_argument("--layer", default="decoder2")
     p.add_argument("--top-k", type=_int_list, default=[16])
     p.add_argument("--iterations", type=_int_list, default=[2, 4, 8, 16, 32])
-    p.add_argument("--init", type=_str_list, default=["coarse", "random"])
-    p.add_argument("--samples", type=int, default=4)
+    p.add_argument("--init", type=_str_list, default=["staged"])
+    p.add_argument("--samples", type=int, default=8)
+    p.add_argument("--jumps", type=int, default=4)
     p.add_argument("--baselines", type=_str_list, default=["hnsw", "ivf"])
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", required=True)
@@ -46,7 +47,7 @@ def main() -> None:
     with RssSampler() as sampler:
         doc = compare(a.index, data=a.data, split=a.split, direction=a.direction, limit=a.limit,
                       layer=a.layer, top_k=a.top_k, iterations=a.iterations, init=a.init,
-                      samples=a.samples, baselines=a.baselines, threads=a.threads, out=a.out)
+                      samples=a.samples, jumps=a.jumps, baselines=a.baselines, threads=a.threads, out=a.out)
     size = dir_bytes(Path(a.index))
     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(f"wall time       {time.perf_counter() - t0:.1f} s for {doc['queries']} queries")
