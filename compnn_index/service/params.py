@@ -58,17 +58,19 @@ class QueryParams:
     top_k: int | None = None  # None: 16, or every candidate image when fewer
     restrict: Any = None
     sources: tuple[str, ...] = ("target", "input")
-    iterations: int = 8
-    samples: int = 4
+    iterations: int = 32
+    samples: int = 8
+    jumps: int = 4
     seed: int = 0
-    init: str = "random"
+    init: str = "staged"
 
     def api_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for :meth:`CompNN.query` (without the image)."""
         kw: dict[str, Any] = dict(layer=self.layer, search=self.search, top_k=self.top_k,
                                   restrict=self.restrict, sources=self.sources)
         if self.search == "patchmatch":
-            kw.update(iterations=self.iterations, samples=self.samples, seed=self.seed, init=self.init)
+            kw.update(iterations=self.iterations, samples=self.samples, jumps=self.jumps,
+                      seed=self.seed, init=self.init)
         return kw
 
 
@@ -217,7 +219,7 @@ def parse_query(
     patchmatch_error : why HyperPatch-Match cannot run here, or None when it can.
     """
     known = {"image", "image_id", "layer", "search", "top_k", "restrict", "sources",
-             "iterations", "samples", "seed", "init"}
+             "iterations", "samples", "jumps", "seed", "init"}
     unknown = sorted(set(fields.values) - known)
     if unknown:
         raise HTTPProblem(422, f"Unknown field(s) {', '.join(map(repr, unknown))}; expected any of "
@@ -235,10 +237,11 @@ def parse_query(
         top_k=None if top_k is None else parse_int(top_k, "top_k", lo=1, hi=num_images),
         restrict=parse_restrict(fields.get("restrict")),
         sources=parse_sources(fields.get("sources")),
-        iterations=parse_int(fields.get("iterations", 8), "iterations", lo=1, hi=MAX_ITERATIONS),
-        samples=parse_int(fields.get("samples", 4), "samples", lo=1, hi=MAX_SAMPLES),
+        iterations=parse_int(fields.get("iterations", 32), "iterations", lo=1, hi=MAX_ITERATIONS),
+        samples=parse_int(fields.get("samples", 8), "samples", lo=1, hi=MAX_SAMPLES),
+        jumps=parse_int(fields.get("jumps", 4), "jumps", lo=0, hi=MAX_SAMPLES),
         seed=parse_int(fields.get("seed", 0), "seed", lo=0, hi=MAX_SEED),
-        init=parse_choice(fields.get("init", "random"), "init", INIT_CHOICES),
+        init=parse_choice(fields.get("init", "staged"), "init", INIT_CHOICES),
     )
 
 

@@ -74,6 +74,7 @@ _QUERY_BODY = {
                              "description": "comma-separated ids/names, or KEY=VALUE (material=brick)"},
                 "sources": {"type": "string", "description": "comma-separated: target,input,self"},
                 "iterations": {"type": "integer"}, "samples": {"type": "integer"},
+                "jumps": {"type": "integer"},
                 "seed": {"type": "integer"}, "init": {"type": "string", "enum": list(INIT_CHOICES)},
             }}},
             "application/json": {"schema": {"type": "object", "properties": {
@@ -84,6 +85,7 @@ _QUERY_BODY = {
                     "oneOf": [{"type": "integer"}, {"type": "string"}]}}]},
                 "sources": {"type": "array", "items": {"type": "string"}},
                 "iterations": {"type": "integer"}, "samples": {"type": "integer"},
+                "jumps": {"type": "integer"},
                 "seed": {"type": "integer"}, "init": {"type": "string", "enum": list(INIT_CHOICES)},
             }, "required": ["image_id"]}},
         },
