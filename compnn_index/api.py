@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence, Union
 
-import faiss
 import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
@@ -180,7 +179,8 @@ class CompNN:
             self._arrays[name] = self.store.array(name)
         return self._arrays[name]
 
-    def _limits(self, threads: int | None):
+    def thread_limits(self, threads: int | None):
+        """Context limiting torch's and FAISS's OpenMP pools (both libgomp copies) to ``threads``."""
         n = threads or self.threads
         return threadpool_limits(n, user_api="openmp") if n else _NullContext()
 
@@ -199,7 +199,8 @@ class CompNN:
             )
         return arr
 
-    def _check_layer(self, layer: str | None) -> str:
+    def check_layer(self, layer: str | None) -> str:
+        """``layer`` if the index has it (None: the first layer), else a QueryError listing them."""
         if layer is None:
             return self.layers[0]
         if layer not in self.layers:
@@ -252,7 +253,8 @@ class CompNN:
             out, acts = capture(self.model, x, list(specs))
         return out[0], acts
 
-    def _output_from_logits(self, out: torch.Tensor) -> np.ndarray:
+    def output_array(self, out: torch.Tensor) -> np.ndarray:
+        """Network logits (C, H, W) → what the network outputs: labels (H, W) or an image."""
         if self.task == "segment":
             return out.argmax(0).numpy().astype(np.int64)
         return out.numpy().astype(np.float32)
@@ -299,7 +301,7 @@ class CompNN:
             similarity ratio of 0.98 to exact search on Facades decoder2 at ~30x its speed.
         """
         t0 = time.perf_counter()
-        layer = self._check_layer(layer)
+        layer = self.check_layer(layer)
         if search not in SEARCHES:
             raise QueryError(f"Unknown search {search!r}; expected one of {', '.join(SEARCHES)}")
         bad = [s for s in sources if s not in SOURCES]
@@ -316,7 +318,7 @@ class CompNN:
         img = self.resolve_image(image)
         spec = self.store.spec(layer)
         timings: dict[str, float] = {}
-        with self._limits(threads), torch.no_grad():
+        with self.thread_limits(threads), torch.no_grad():
             t = time.perf_counter()
             need = self.pyramid(layer) if (search == "patchmatch" and init == "coarse") else [layer]
             out, feats, g = self.features(img, need)
@@ -342,7 +344,7 @@ class CompNN:
         timings["total"] = time.perf_counter() - t0
         return QueryResult(
             layer=layer, spec=spec, field=nnf, shortlist=ids, shortlist_similarity=sims,
-            query_input=img, output=self._output_from_logits(out), reconstructions=recon,
+            query_input=img, output=self.output_array(out), reconstructions=recon,
             timings=timings, search=search, params=params,
         )
 
@@ -351,7 +353,7 @@ class CompNN:
 
         These are the levels of a coarse-to-fine HyperPatch-Match (``init="coarse"``).
         """
-        layer = self._check_layer(layer)
+        layer = self.check_layer(layer)
         stride = self.store.spec(layer).stride
         coarser = [n for n in self.layers if self.store.spec(n).stride > stride]
         return [layer] + sorted(coarser, key=lambda n: self.store.spec(n).stride)
@@ -461,12 +463,12 @@ class CompNN:
         threads: int | None = None,
     ) -> Correspondence:
         """Semantic correspondences: every hyperpatch of A matched to its most similar in B."""
-        layer = self._check_layer(layer)
+        layer = self.check_layer(layer)
         spec = self.store.spec(layer)
         a = self.resolve_image(image_a, name="image_a")
         b = self.resolve_image(image_b, name="image_b")
         t = time.perf_counter()
-        with self._limits(threads), torch.no_grad():
+        with self.thread_limits(threads), torch.no_grad():
             _, acts_a = self._forward(a, [spec])
             _, acts_b = self._forward(b, [spec])
             qa = hyperpatches(acts_a[layer], spec.k)[0]
@@ -505,13 +507,13 @@ class CompNN:
                 f"exclude={excluded.tolist()!r})"
             )
         img = self.resolve_image(image)
-        with self._limits(threads), torch.no_grad():
+        with self.thread_limits(threads), torch.no_grad():
             if by == "bottleneck":
                 _, acts = self._forward(img, [self._global_spec])
                 g = global_descriptor(acts[self.global_tap])[0]
                 sims = self.store.global_vectors()[cands] @ g
             else:
-                layer = self._check_layer(by)
+                layer = self.check_layer(by)
                 spec = self.store.spec(layer)
                 _, acts = self._forward(img, [spec])
                 q = hyperpatches(acts[layer], spec.k)[0]

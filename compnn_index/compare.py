@@ -118,7 +118,7 @@ def compare(
     from .data import open_dataset
 
     cnn = cnn or CompNN.load(index, threads=threads)
-    layer = cnn._check_layer(layer)
+    layer = cnn.check_layer(layer)
     spec = cnn.store.spec(layer)
     trained = cnn.store.manifest.get("dataset", {})
     seg = cnn.task == "segment"
@@ -144,14 +144,14 @@ def compare(
         s = ds[i]
         size_hw = s.input.shape[1:]
         levels = cnn.pyramid(layer) if "coarse" in init else [layer]
-        with cnn._limits(threads):
+        with cnn.thread_limits(threads):
             logits, feats, g = cnn.features(s.input, levels)
         q = feats[layer]
-        cnn_out = cnn._output_from_logits(logits)
+        cnn_out = cnn.output_array(logits)
         for k in top_k:
             ids, _ = cnn.shortlist(g, np.arange(cnn.num_images), int(k))
             t = time.perf_counter()
-            with cnn._limits(threads):
+            with cnn.thread_limits(threads):
                 ex = exact_search(q, vectors, ids, offsets=offsets, grids=grids, threads=threads)
             ex_s = time.perf_counter() - t
             n_db = int(sum(offsets[n + 1] - offsets[n] for n in ids))
@@ -175,7 +175,7 @@ def compare(
             for mode in init:
                 for it in iterations:
                     t = time.perf_counter()
-                    with cnn._limits(threads):
+                    with cnn.thread_limits(threads):
                         f = cnn.search_field(feats, ids, layer=layer, search="patchmatch",
                                              iterations=int(it), samples=samples, jumps=jumps, seed=seed,
                                              init=mode, threads=threads)

@@ -72,7 +72,7 @@ def evaluate(
     cnn = cnn or CompNN.load(index, threads=threads)
     man = cnn.store.manifest
     trained = man.get("dataset", {})
-    layer = cnn._check_layer(layer)
+    layer = cnn.check_layer(layer)
     top_ks = sorted({int(k) for k in top_k})
     if not top_ks or top_ks[0] < 1:
         raise QueryError(f"Expected --top-k values >= 1, got {list(top_k)}")
