@@ -15,14 +15,17 @@ class RssSampler:
     """
 
     def __init__(self, interval: float = 0.2) -> None:
-        self.interval, self.peak = interval, 0
+        self.interval, self.peak, self.peak_anon = interval, 0, 0
         self._stop = threading.Event()
         self._proc = psutil.Process()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, self._proc.memory_info().rss)
+            mem = self._proc.memory_info()
+            self.peak = max(self.peak, mem.rss)
+            # rss - shared = anonymous memory: where a copy of the index would show up.
+            self.peak_anon = max(self.peak_anon, mem.rss - mem.shared)
             self._stop.wait(self.interval)
 
     def __enter__(self) -> "RssSampler":

@@ -54,6 +54,8 @@ def main() -> None:
     print(f"index size      {size / 2**30:.2f} GiB on disk ({a.index})")
     print(f"peak RSS        {sampler.peak / 2**30:.2f} GiB sampled, ru_maxrss {maxrss / 2**30:.2f} GiB "
           f"(before {rss0 / 2**30:.2f} GiB); index size + 1 GiB = {(size + 2**30) / 2**30:.2f} GiB")
+    print(f"peak anon RSS   {sampler.peak_anon / 2**30:.2f} GiB (RSS less file-backed pages: the "
+          f"memory-mapped index pages that searches touched are the rest)")
     for k, e in doc["exact"]["by_top_k"].items():
         best = [r for r in doc["settings"] if r["top_k"] == int(k) and r["method"] == "patchmatch"]
         for r in best:
