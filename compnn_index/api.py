@@ -494,9 +494,13 @@ class CompNN:
     ) -> GlobalNN:
         """The global nearest-neighbour baseline.
 
-        ``by="bottleneck"`` ranks database images by the global descriptor; ``by=<layer>`` ranks
-        them by the mean cosine similarity of spatially aligned hyperpatches at that layer
-        (the whole layer activation compared position by position, no copy-paste).
+        ``by="bottleneck"`` ranks database images by the global descriptor. ``by="output"``
+        compares the network's last layer globally: its output on the query against its stored
+        outputs on the database images (pixel agreement of labels, or cosine of images); it reads
+        only the ``outputs`` sidecar array. ``by=<layer>`` ranks them by the mean cosine
+        similarity of spatially aligned hyperpatches at that layer (the whole layer activation
+        compared position by position); it reads every candidate's vectors of that layer, which
+        is slow on a store larger than the page cache.
         """
         cands = self.candidates(restrict)
         excluded = self._check_ids(list(exclude), what="exclude")
@@ -512,6 +516,23 @@ class CompNN:
                 _, acts = self._forward(img, [self._global_spec])
                 g = global_descriptor(acts[self.global_tap])[0]
                 sims = self.store.global_vectors()[cands] @ g
+            elif by == "output":
+                out, _ = self._forward(img, [])
+                q = self.output_array(out)
+                outputs = self.array("outputs")
+                sims = np.empty(len(cands), dtype=np.float32)
+                for j, n in enumerate(cands):
+                    o = np.asarray(outputs[n])
+                    if o.shape != q.shape:
+                        raise QueryError(
+                            f"global_nn: stored output of image {n} has shape {o.shape}, the "
+                            f"query's has {q.shape}"
+                        )
+                    if q.dtype.kind in "iu":
+                        sims[j] = float(np.mean(o == q))
+                    else:
+                        sims[j] = float(np.dot(o.ravel(), q.ravel()) /
+                                        max(np.linalg.norm(o) * np.linalg.norm(q), 1e-12))
             else:
                 layer = self.check_layer(by)
                 spec = self.store.spec(layer)

@@ -2,7 +2,7 @@
 
 Segmentation models (Table 1 of "Do CNNs act as Compositional Nearest Neighbors?"): pixel
 accuracy and mean IoU of the CNN, of CompNN (per top-k; original labels and the network's own
-"self-supervised" labels as source) and of global NN (bottleneck, last layer), each against the
+"self-supervised" labels as source) and of global NN (bottleneck descriptor; last layer = the network output), each against the
 ground truth and against the CNN output.
 
 Translation models (Table 2): input-reconstruction pixel accuracy against the input label map,
@@ -89,7 +89,6 @@ def evaluate(
     img_metrics: dict[tuple, list[dict]] = defaultdict(list)
     input_acc = _SegAccumulator(len(FACADES_PALETTE), None)
     example_rows = []
-    last_layer = layer
     for i in tqdm(range(len(ds)), desc="evaluate", unit="img", disable=not progress):
         s = ds[i]
         res = {k: cnn.query(s.input, layer=layer, search=search, top_k=k,
@@ -99,7 +98,7 @@ def evaluate(
         first = res[top_ks[0]]
         cnn_out = first.output
         g_b = cnn.global_nn(s.input, by="bottleneck")
-        g_l = cnn.global_nn(s.input, by=last_layer)
+        g_l = cnn.global_nn(s.input, by="output")
         targets = cnn.array("targets")
         globals_ = {"global_bottleneck": np.asarray(targets[g_b.image]),
                     "global_last": np.asarray(targets[g_l.image])}

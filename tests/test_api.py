@@ -400,7 +400,7 @@ def test_correspond_two_images_matches_brute_force(segment_cnn):
         cnn.correspond(1, 2, layer="encoder1")
 
 
-@pytest.mark.parametrize("by", ["bottleneck", "decoder2"])
+@pytest.mark.parametrize("by", ["bottleneck", "decoder2", "output"])
 def test_global_nn_finds_the_training_image_unless_excluded(translate_cnn, by):
     cnn = translate_cnn
     for i in (0, 9):
