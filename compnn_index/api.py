@@ -19,7 +19,7 @@ from threadpoolctl import threadpool_limits
 from .compose import paste
 from .errors import IndexStoreError, QueryError
 from .features import LayerSpec, capture, global_descriptor, hyperpatches
-from .images import ImageLike, load_image
+from .query_image import ImageLike, load_image
 from .index import IndexStore
 from .search import NNField, exact_search
 

@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from compnn_index.api import CompNN
-from compnn_index.images import load_image
+from compnn_index.query_image import load_image
 from compnn_index.service.background import BackgroundServer
 from compnn_index.service.server import create_app, is_loopback
 from compnn_index.workflows import to_rgb

@@ -1,4 +1,4 @@
-"""Turning what a user passes as "an image" into a network input.
+"""Turning what a user passes as a query image into a network input (dataset files: data/images.py).
 
 Accepted: a NumPy array (H, W, 3) uint8 / (3, H, W) float in [-1, 1], a PIL image, or a path to
 an image file. Dataset ids are resolved by the API, which knows the index store.
