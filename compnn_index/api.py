@@ -95,7 +95,8 @@ class GlobalNN:
 INITS = ("random", "staged", "coarse")
 
 
-def _check_init(init) -> None:
+def check_init(init) -> None:
+    """Raise QueryError unless ``init`` is one of INITS or an NNField."""
     if isinstance(init, NNField):
         return
     if not isinstance(init, str) or init not in INITS:
@@ -314,7 +315,7 @@ class CompNN:
                 f"Expected 1 <= top_k <= number of database images ({len(cands)}), but top_k = {top_k}"
             )
         if search == "patchmatch":
-            _check_init(init)
+            check_init(init)
         img = self.resolve_image(image)
         spec = self.store.spec(layer)
         timings: dict[str, float] = {}
@@ -483,6 +484,25 @@ class CompNN:
         return Correspondence(layer, spec, nnf, a, b, {"total": time.perf_counter() - t})
 
     # ------------------------------------------------------------------ global NN
+    def output_similarity(self, output: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        """How alike the network's output on a query is to its stored outputs on ``candidates``:
+        pixel agreement for label maps, cosine for images (the "last layer" global NN)."""
+        outputs = self.array("outputs")
+        sims = np.empty(len(candidates), dtype=np.float32)
+        for j, n in enumerate(candidates):
+            o = np.asarray(outputs[n])
+            if o.shape != output.shape:
+                raise QueryError(
+                    f"global_nn: stored output of image {n} has shape {o.shape}, the query's has "
+                    f"{output.shape}"
+                )
+            if output.dtype.kind in "iu":
+                sims[j] = float(np.mean(o == output))
+            else:
+                denom = max(float(np.linalg.norm(o) * np.linalg.norm(output)), 1e-12)
+                sims[j] = float(np.dot(o.ravel(), output.ravel()) / denom)
+        return sims
+
     def global_nn(
         self,
         image: Union[ImageLike, int],
@@ -518,21 +538,7 @@ class CompNN:
                 sims = self.store.global_vectors()[cands] @ g
             elif by == "output":
                 out, _ = self._forward(img, [])
-                q = self.output_array(out)
-                outputs = self.array("outputs")
-                sims = np.empty(len(cands), dtype=np.float32)
-                for j, n in enumerate(cands):
-                    o = np.asarray(outputs[n])
-                    if o.shape != q.shape:
-                        raise QueryError(
-                            f"global_nn: stored output of image {n} has shape {o.shape}, the "
-                            f"query's has {q.shape}"
-                        )
-                    if q.dtype.kind in "iu":
-                        sims[j] = float(np.mean(o == q))
-                    else:
-                        sims[j] = float(np.dot(o.ravel(), q.ravel()) /
-                                        max(np.linalg.norm(o) * np.linalg.norm(q), 1e-12))
+                sims = self.output_similarity(self.output_array(out), cands)
             else:
                 layer = self.check_layer(by)
                 spec = self.store.spec(layer)

@@ -65,7 +65,7 @@ def evaluate(
     examples: int = 4,
 ) -> dict:
     """Evaluate CompNN against the CNN and global NN on a dataset split; write the tables."""
-    from .api import CompNN
+    from .api import SEARCHES, CompNN, check_init
     from .data import FACADES_PALETTE, labels_from_colors, open_dataset
     from .workflows import to_rgb
 
@@ -89,25 +89,37 @@ def evaluate(
     img_metrics: dict[tuple, list[dict]] = defaultdict(list)
     input_acc = _SegAccumulator(len(FACADES_PALETTE), None)
     example_rows = []
+    if search not in SEARCHES:
+        raise QueryError(f"Unknown search {search!r}; expected one of {', '.join(SEARCHES)}")
+    if search == "patchmatch":
+        check_init(init)
+    spec = cnn.store.spec(layer)
+    all_ids = np.arange(cnn.num_images, dtype=np.int64)
+    levels = cnn.pyramid(layer) if (search == "patchmatch" and init == "coarse") else [layer]
     for i in tqdm(range(len(ds)), desc="evaluate", unit="img", disable=not progress):
         s = ds[i]
-        res = {k: cnn.query(s.input, layer=layer, search=search, top_k=k,
-                            sources=("target", "self", "input"), iterations=iterations,
-                            init=init)
-               for k in top_ks}
-        first = res[top_ks[0]]
-        cnn_out = first.output
-        g_b = cnn.global_nn(s.input, by="bottleneck")
-        g_l = cnn.global_nn(s.input, by="output")
+        # One forward pass per image serves every top-k and both global baselines.
+        with cnn.thread_limits(threads):
+            logits, feats, g = cnn.features(s.input, levels)
+            cnn_out = cnn.output_array(logits)
+            res = {}
+            for k in top_ks:
+                ids, _ = cnn.shortlist(g, all_ids, k)
+                f = cnn.search_field(feats, ids, layer=layer, search=search, iterations=iterations,
+                                     init=init, threads=threads)
+                res[k] = {src: cnn.compose(f, spec, src, s.input.shape[1:])
+                          for src in ("target", "self", "input")}
+        best_b = int(cnn.shortlist(g, all_ids, 1)[0][0])
+        best_l = int(all_ids[np.argmax(cnn.output_similarity(cnn_out, all_ids))])
         targets = cnn.array("targets")
-        globals_ = {"global_bottleneck": np.asarray(targets[g_b.image]),
-                    "global_last": np.asarray(targets[g_l.image])}
+        globals_ = {"global_bottleneck": np.asarray(targets[best_b]),
+                    "global_last": np.asarray(targets[best_l])}
         if seg:
             acc.add(("cnn", None, None, "ground_truth"), cnn_out, s.target)
             for k, r in res.items():
                 for src, tag in (("target", "original"), ("self", "self_supervised")):
-                    acc.add(("compnn", k, tag, "ground_truth"), r.reconstructions[src], s.target)
-                    acc.add(("compnn", k, tag, "cnn"), r.reconstructions[src], cnn_out, ignore=False)
+                    acc.add(("compnn", k, tag, "ground_truth"), r[src], s.target)
+                    acc.add(("compnn", k, tag, "cnn"), r[src], cnn_out, ignore=False)
             for name, pred in globals_.items():
                 acc.add((name, None, "original", "ground_truth"), pred, s.target)
                 acc.add((name, None, "original", "cnn"), pred, cnn_out, ignore=False)
@@ -116,17 +128,17 @@ def evaluate(
             img_metrics[("cnn", None, None, "ground_truth")].append(
                 {"l1": l1(cnn_out, s.target), "psnr": psnr(cnn_out, s.target)})
             for k, r in res.items():
-                rec_in = labels_from_colors(to_rgb(r.reconstructions["input"], None), FACADES_PALETTE)
+                rec_in = labels_from_colors(to_rgb(r["input"], None), FACADES_PALETTE)
                 input_acc.add(("compnn", k, "input", "input_labels"), rec_in, in_labels)
                 for src, tag in (("target", "original"), ("self", "self_supervised")):
                     img_metrics[("compnn", k, tag, "cnn")].append(
-                        {"l1": l1(r.reconstructions[src], cnn_out), "psnr": psnr(r.reconstructions[src], cnn_out)})
+                        {"l1": l1(r[src], cnn_out), "psnr": psnr(r[src], cnn_out)})
             for name, pred in globals_.items():
                 img_metrics[(name, None, "original", "cnn")].append({"l1": l1(pred, cnn_out), "psnr": psnr(pred, cnn_out)})
         if len(example_rows) < examples:
             best = res[top_ks[-1]]
             row = [to_rgb(s.input, None), to_rgb(s.target, palette), to_rgb(cnn_out, palette),
-                   to_rgb(best.reconstructions["target"], palette), to_rgb(globals_["global_bottleneck"], palette)]
+                   to_rgb(best["target"], palette), to_rgb(globals_["global_bottleneck"], palette)]
             example_rows.append(row)
 
     rows: list[dict] = []
