@@ -103,6 +103,15 @@ def check_init(init) -> None:
         raise QueryError(f"Unknown init {init!r}; expected one of {', '.join(INITS)} or an NNField")
 
 
+def check_threads(threads, name: str = "threads") -> int | None:
+    """``threads`` if None or an int >= 1, else a QueryError."""
+    if threads is None:
+        return None
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
+        raise QueryError(f"Expected {name} to be None or an integer >= 1, but {name} = {threads!r}")
+    return int(threads)
+
+
 def _positive_int(value, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise QueryError(f"Expected {name} to be an integer, but {name} = {value!r}")
@@ -117,9 +126,9 @@ class CompNN:
     """
 
     def __init__(self, store: IndexStore, model: torch.nn.Module, *, threads: int | None = None):
+        self.threads = check_threads(threads, "CompNN threads")
         self.store = store
         self.model = model.eval()
-        self.threads = threads
         man = store.manifest
         self.task = man.get("task", "translate")
         self.num_classes = man.get("num_classes")
@@ -182,7 +191,7 @@ class CompNN:
 
     def thread_limits(self, threads: int | None):
         """Context limiting torch's and FAISS's OpenMP pools (both libgomp copies) to ``threads``."""
-        n = threads or self.threads
+        n = check_threads(threads) if threads is not None else self.threads
         return threadpool_limits(n, user_api="openmp") if n else _NullContext()
 
     def resolve_image(self, image: Union[ImageLike, int, np.integer], *, name: str = "image") -> np.ndarray:
@@ -191,14 +200,19 @@ class CompNN:
             idx = self._check_ids([image], what=name)[0]
             return np.array(self.array("inputs")[idx], dtype=np.float32)
         arr = load_image(image, name=name)
+        self._check_size(arr, name)
+        return arr
+
+    def _check_size(self, image: np.ndarray, name: str = "image") -> None:
+        # The global descriptor is the whole bottleneck map, so its length fixes the size.
         expected = tuple(int(v) for v in self.store.image_size)
-        if tuple(arr.shape[1:]) != expected:
-            # The global descriptor is the whole bottleneck map, so its length fixes the size.
+        if image.ndim != 3 or image.shape[0] != 3:
+            raise QueryError(f"{name}: expected an array of shape (3, H, W), got {tuple(image.shape)}")
+        if tuple(image.shape[1:]) != expected:
             raise QueryError(
                 f"{name}: expected a {expected[0]}×{expected[1]} image (the index's image size), "
-                f"got {arr.shape[1]}×{arr.shape[2]}"
+                f"got {image.shape[1]}×{image.shape[2]}"
             )
-        return arr
 
     def check_layer(self, layer: str | None) -> str:
         """``layer`` if the index has it (None: the first layer), else a QueryError listing them."""
@@ -214,6 +228,10 @@ class CompNN:
         out = []
         names = {n: i for i, n in enumerate(self.store.image_names)}
         for v in ids:
+            if isinstance(v, bool) or (isinstance(v, (float, np.floating)) and not float(v).is_integer()):
+                raise QueryError(f"{what}: expected an integer image id or a name, got {v!r}")
+            if not isinstance(v, (str, int, np.integer, float, np.floating)):
+                raise QueryError(f"{what}: expected an integer image id or a name, got {v!r}")
             if isinstance(v, str) and not v.lstrip("-").isdigit():
                 if v not in names:
                     raise QueryError(f"{what}: no database image named {v!r}")
@@ -362,6 +380,7 @@ class CompNN:
     def features(self, image: np.ndarray, layers: Sequence[str]):
         """One forward pass: (network output logits (C, H, W), {layer: hyperpatches (Hq, Wq, D)},
         global descriptor (D_g,))."""
+        self._check_size(image)
         specs = [self.store.spec(n) for n in layers]
         if self.global_tap not in layers:
             specs.append(self._global_spec)
@@ -399,7 +418,7 @@ class CompNN:
         field of the level above; it is staged like ``"staged"`` for large ``ids``. (Measured on
         Facades decoder2, top-16: the pyramid did not beat a random start at equal time.)
         """
-        threads = threads or self.threads
+        threads = check_threads(threads) if threads is not None else self.threads
         q = feats[layer]
         vectors = self.store.vectors(layer)
         if q.shape[-1] != vectors.shape[1]:
@@ -479,7 +498,7 @@ class CompNN:
             nnf = exact_search(
                 qa, flat_b, np.array([0], dtype=np.int64),
                 offsets=np.array([0, hb * wb], dtype=np.int64),
-                grids=np.array([[hb, wb]], dtype=np.int64), threads=threads or self.threads,
+                grids=np.array([[hb, wb]], dtype=np.int64), threads=check_threads(threads) if threads is not None else self.threads,
             )
         return Correspondence(layer, spec, nnf, a, b, {"total": time.perf_counter() - t})
 
@@ -540,7 +559,12 @@ class CompNN:
                 out, _ = self._forward(img, [])
                 sims = self.output_similarity(self.output_array(out), cands)
             else:
-                layer = self.check_layer(by)
+                if by not in self.layers:
+                    raise QueryError(
+                        f"Unknown global_nn by={by!r}; expected 'bottleneck', 'output' or a layer "
+                        f"of this index ({', '.join(self.layers)})"
+                    )
+                layer = by
                 spec = self.store.spec(layer)
                 _, acts = self._forward(img, [spec])
                 q = hyperpatches(acts[layer], spec.k)[0]

@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from .errors import CompNNError
+from .errors import CompNNError, QueryError
 
 
 def _int_list(text: str) -> list[int]:
@@ -134,16 +134,32 @@ def _query_args(p: argparse.ArgumentParser) -> None:
 
 
 def parse_restrict(text: str | None):
-    """``--restrict``: '3,7,9' | 'material=brick' | '@file' / a file path of ids or names."""
+    """``--restrict``: '3,7,9' | 'material=brick' | '@FILE' (or a .txt/.json path).
+
+    A text file lists ids or names separated by commas or whitespace; a JSON file holds a list
+    of ids/names, a single one, or an object of image-meta values (``{"material": "brick"}``).
+    """
     if text is None:
         return None
     path = Path(text.lstrip("@"))
     if text.startswith("@") or (path.suffix in (".txt", ".json") and path.exists()):
         if not path.is_file():
-            raise CompNNError(f"--restrict: no such file {str(path)!r}")
-        raw = path.read_text()
-        items = json.loads(raw) if path.suffix == ".json" else raw.replace(",", " ").split()
-        return list(items)
+            raise QueryError(f"--restrict: no such file {str(path)!r}")
+        try:
+            raw = path.read_text(encoding="utf-8")
+            items = json.loads(raw) if path.suffix == ".json" else raw.replace(",", " ").split()
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise QueryError(f"--restrict: cannot read {str(path)!r}: {exc}") from None
+        if isinstance(items, dict):
+            return items
+        if isinstance(items, (int, str)) and not isinstance(items, bool):
+            return [items]
+        if not isinstance(items, list):
+            raise QueryError(
+                f"--restrict: {str(path)!r} must hold a list of ids or names, or an object of "
+                f"meta values; got a JSON {type(items).__name__}"
+            )
+        return items
     if "=" in text:
         key, _, value = text.partition("=")
         return {key.strip(): value.strip()}

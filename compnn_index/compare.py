@@ -86,6 +86,10 @@ def ann_fields(kind: str, build_params: dict, search_params: Sequence[dict], q: 
         t = time.perf_counter()
         sims, lab = index.search(flat_q, 1)
         search_s = time.perf_counter() - t
+        # FAISS marks "nothing found" (an IVF probe of empty lists) with id -1 and -3.4e38:
+        # count it as the worst possible cosine rather than letting it wreck the mean ratio.
+        missing = lab[:, 0] < 0
+        sims[missing, 0] = -1.0
         lab = np.maximum(lab[:, 0], 0)
         slot = np.searchsorted(base, lab, side="right") - 1
         img = ids[slot]

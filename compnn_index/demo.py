@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .errors import QueryError
 from .workflows import build, to_rgb, train
 
 MATERIAL_KEY = "material"
@@ -112,6 +113,12 @@ def run_demo(*, out: str | Path = "indexes/demo", size: int = 128, train_images:
     from .data import open_dataset
     from .evaluate import evaluate
 
+    if train_images < 4:
+        raise QueryError(f"Expected --train-images >= 4, but --train-images = {train_images}")
+    if test_images < 1:
+        raise QueryError(f"Expected --test-images >= 1, but --test-images = {test_images}")
+    top_k = min(top_k, train_images)
+    eval_top_k = sorted({k for k in (1, top_k, 4 * top_k) if k <= train_images})
     t0 = time.perf_counter()
     out = Path(out)
     img_dir = out / "img"
@@ -140,7 +147,7 @@ def run_demo(*, out: str | Path = "indexes/demo", size: int = 128, train_images:
         sections.append(_explain_section(cnn, test, title, img_dir, name, queries=queries,
                                          top_k=top_k, property_control=(task == "translate")))
         ev = evaluate(index_dir, data="synthetic", split="test", direction=direction, size=size,
-                      limit=test_images, top_k=[1, top_k, 4 * top_k], out=out / f"eval_{name}",
+                      limit=test_images, top_k=eval_top_k, out=out / f"eval_{name}",
                       cnn=cnn, progress=True)
         ex = out / f"eval_{name}" / "examples.png"
         ex_html = _fig(_save(Image.open(ex), img_dir / f"{name}_examples.png"), "evaluation examples") if ex.exists() else ""

@@ -33,6 +33,8 @@ def load_image(image: ImageLike, *, name: str = "image") -> np.ndarray:
     """
     if isinstance(image, (str, Path)):
         path = Path(image)
+        if path.is_dir():
+            raise QueryError(f"{name}: {str(path)!r} is a directory, expected an image file")
         if not path.is_file():
             raise QueryError(f"{name}: no such image file: {str(path)!r}")
         try:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -95,33 +96,53 @@ def to_rgb(arr: np.ndarray, palette: np.ndarray | None) -> np.ndarray:
 
 
 def save_result(cnn, result, out_dir: Path, *, name: str = "query") -> dict:
-    """Write a query's PNGs and ``result.json`` into ``out_dir``; return the JSON written."""
+    """Write a query's PNGs and ``result.json`` into ``out_dir``; return the JSON written.
+
+    Everything is rendered into a temporary folder first, then moved into ``out_dir`` file by
+    file with ``result.json`` last, so a crash mid-way changes nothing and ``result.json`` never
+    describes pictures that are not there. Reconstructions from an earlier run with other
+    sources are removed.
+    """
     from .pictures import correspondence_map
 
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     palette = cnn.store.manifest.get("palette")
-    files = {}
+    files: dict[str, str] = {}
+    with tempfile.TemporaryDirectory(prefix=".compnn-query-", dir=out_dir) as tmp_name:
+        tmp = Path(tmp_name)
 
-    def put(fname: str, rgb: np.ndarray | Image.Image) -> None:
-        img = rgb if isinstance(rgb, Image.Image) else Image.fromarray(rgb)
-        img.save(out_dir / fname)
-        files[fname.rsplit(".", 1)[0]] = fname
+        def put(fname: str, rgb: np.ndarray | Image.Image) -> None:
+            img = rgb if isinstance(rgb, Image.Image) else Image.fromarray(rgb)
+            img.save(tmp / fname)
+            files[fname.rsplit(".", 1)[0]] = fname
 
-    put("input.png", to_rgb(result.query_input, None))
-    put("output.png", to_rgb(result.output, palette))
-    for src, arr in result.reconstructions.items():
-        put(f"reconstruction_{src}.png", to_rgb(arr, palette))
-    inputs = cnn.array("inputs")
-    db = lambda i: to_rgb(np.asarray(inputs[i], dtype=np.float32), None)  # noqa: E731
-    cmap = correspondence_map(result.field, stride=result.spec.stride, region=result.spec.region,
-                              out_size=result.query_input.shape[1:], db_images=db,
-                              query_image=to_rgb(result.query_input, None))
-    put("correspondence_map.png", cmap)
-    doc = {"name": name, **result.to_json(), "files": files}
-    tmp = out_dir / "result.json.tmp"
-    tmp.write_text(json.dumps(doc))
-    os.replace(tmp, out_dir / "result.json")
+        put("input.png", to_rgb(result.query_input, None))
+        put("output.png", to_rgb(result.output, palette))
+        for src, arr in result.reconstructions.items():
+            put(f"reconstruction_{src}.png", to_rgb(arr, palette))
+        inputs = cnn.array("inputs")
+        db = lambda i: to_rgb(np.asarray(inputs[i], dtype=np.float32), None)  # noqa: E731
+        cmap = correspondence_map(result.field, stride=result.spec.stride, region=result.spec.region,
+                                  out_size=result.query_input.shape[1:], db_images=db,
+                                  query_image=to_rgb(result.query_input, None))
+        put("correspondence_map.png", cmap)
+        doc = {"name": name, **result.to_json(), "files": files}
+        (tmp / "result.json").write_text(json.dumps(doc))
+        for stale in out_dir.glob("reconstruction_*.png"):
+            if stale.name not in files.values():
+                stale.unlink()
+        for fname in [*files.values(), "result.json"]:
+            os.replace(tmp / fname, out_dir / fname)
     return doc
+
+
+def _unique_name(name: str, used: set[str]) -> str:
+    out, n = name, 2
+    while out in used:
+        out, n = f"{name}_{n}", n + 1
+    used.add(out)
+    return out
 
 
 def query(
@@ -136,12 +157,14 @@ def query(
     cnn = CompNN.load(index, threads=threads)
     out = Path(out)
     docs = []
+    used: set[str] = set()  # two files with one stem must not overwrite each other's results
     for item in images:
         image = int(item) if str(item).isdigit() else item
         res = cnn.query(image, layer=layer, search=search, top_k=top_k, restrict=restrict,
                         sources=tuple(sources), iterations=iterations, samples=samples, jumps=jumps,
                         seed=seed, init=init)
-        name = f"id{image}" if isinstance(image, int) else _SAFE.sub("_", Path(item).stem)
+        name = _unique_name(
+            f"id{image}" if isinstance(image, int) else _SAFE.sub("_", Path(item).stem), used)
         target = out if len(images) == 1 else out / name
         docs.append(save_result(cnn, res, target, name=name))
         if progress:

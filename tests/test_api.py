@@ -321,7 +321,7 @@ def test_query_refuses_paths_that_are_not_images(translate_cnn, tmp_path):
     missing = tmp_path / "missing.png"
     with pytest.raises(QueryError, match=f"image: no such image file: '{missing}'"):
         translate_cnn.query(str(missing), top_k=2)
-    with pytest.raises(QueryError, match="image: no such image file"):
+    with pytest.raises(QueryError, match=f"image: '{tmp_path}' is a directory, expected an image file"):
         translate_cnn.query(tmp_path, top_k=2)  # a folder
 
 
@@ -427,7 +427,8 @@ def test_global_nn_by_layer_is_mean_aligned_cosine(translate_cnn):
 
 def test_global_nn_refuses_bad_input(translate_cnn):
     cnn = translate_cnn
-    with pytest.raises(QueryError, match=f"Unknown layer 'nope': this index has layers {LAYERS_TEXT}"):
+    with pytest.raises(QueryError, match=f"Unknown global_nn by='nope'; expected 'bottleneck', 'output' "
+                                         rf"or a layer of this index \({LAYERS_TEXT}\)"):
         cnn.global_nn(1, by="nope")
     with pytest.raises(QueryError, match=r"global_nn: no database image is left to rank "
                                          r"\(restrict=\[1, 2\], exclude=\[1, 2\]\)"):
@@ -439,3 +440,15 @@ def test_global_nn_refuses_bad_input(translate_cnn):
 def test_global_nn_excludes_an_array_of_ids(translate_cnn):
     g = translate_cnn.global_nn(2, exclude=np.array([2, 5, 7]))
     assert not {2, 5, 7} & set(g.ranking.tolist()) and len(g.ranking) == N - 3
+
+
+@pytest.mark.parametrize("bad", [1.7, True, None])
+def test_restrict_refuses_ids_that_are_not_integers(translate_cnn, bad):
+    with pytest.raises(QueryError, match=f"restrict: expected an integer image id or a name, got {bad!r}"):
+        translate_cnn.query(0, top_k=1, restrict=[bad])
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True])
+def test_threads_must_be_a_positive_integer(translate_cnn, bad):
+    with pytest.raises(QueryError, match=r"Expected threads to be None or an integer >= 1"):
+        translate_cnn.query(0, top_k=1, threads=bad)

@@ -162,6 +162,43 @@ def test_parse_restrict_forms(tmp_path, monkeypatch):
         parse_restrict("@other.txt")
 
 
+def test_parse_restrict_files_of_every_json_shape_or_a_clear_error(tmp_path):
+    meta = tmp_path / "meta.json"
+    meta.write_text(json.dumps({"material": "brick"}))
+    assert parse_restrict(f"@{meta}") == {"material": "brick"}
+    one = tmp_path / "one.json"
+    one.write_text("5")
+    assert parse_restrict(f"@{one}") == [5]
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1,2")
+    with pytest.raises(CompNNError, match=f"--restrict: cannot read '{bad}'"):
+        parse_restrict(f"@{bad}")
+    binary = tmp_path / "bin.txt"
+    binary.write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(CompNNError, match=f"--restrict: cannot read '{binary}'"):
+        parse_restrict(f"@{binary}")
+    number = tmp_path / "float.json"
+    number.write_text("1.5")
+    with pytest.raises(CompNNError, match="must hold a list of ids or names.*got a JSON float"):
+        parse_restrict(f"@{number}")
+
+
+def test_query_files_with_one_stem_do_not_overwrite_each_other(capsys, translate_index, translate_cnn, tmp_path):
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        img = to_rgb(np.asarray(translate_cnn.array("inputs")[0 if sub == "a" else 1]), None)
+        Image.fromarray(img).save(tmp_path / sub / "x.png")
+    out = tmp_path / "out"
+    code, _, err = run_main(capsys, "query", str(translate_index.index), str(tmp_path / "a" / "x.png"),
+                            str(tmp_path / "b" / "x.png"), "--top-k", "2", "--out", str(out))
+    assert code == 0, err
+    first = json.loads((out / "x" / "result.json").read_text())
+    second = json.loads((out / "x_2" / "result.json").read_text())
+    assert first["name"] == "x" and second["name"] == "x_2"
+    assert first["nn_field"] != second["nn_field"]
+    assert not list(out.glob("*/.compnn-query-*"))  # no temporary folders left behind
+
+
 def test_query_restrict_forms_limit_the_database(capsys, translate_index, translate_cnn, tmp_path):
     meta = translate_cnn.store.image_meta
     brick = {i for i, m in enumerate(meta) if m["material"] == "brick"}
