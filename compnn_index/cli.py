@@ -167,7 +167,7 @@ def parse_restrict(text: str | None):
 
 
 def _cmd_train(a: argparse.Namespace) -> None:
-    from .workflows import train
+    from .jobs.workflows import train
 
     train(data=a.data, split=a.split, direction=a.direction, size=a.size, limit=a.limit,
           seed=a.seed, task=a.task, arch=a.arch, ngf=a.ngf, depth=a.depth, epochs=a.epochs,
@@ -175,7 +175,7 @@ def _cmd_train(a: argparse.Namespace) -> None:
 
 
 def _cmd_build(a: argparse.Namespace) -> None:
-    from .workflows import build
+    from .jobs.workflows import build
 
     build(model=a.model, data=a.data, split=a.split, direction=a.direction, size=a.size,
           limit=a.limit, seed=a.seed, layers=a.layers, batch_size=a.batch_size,
@@ -183,16 +183,18 @@ def _cmd_build(a: argparse.Namespace) -> None:
 
 
 def _cmd_query(a: argparse.Namespace) -> None:
-    from .workflows import query
+    from .jobs.workflows import query
 
-    query(index=a.index, images=a.images, layer=a.layer, search=a.search, top_k=a.top_k,
-          restrict=parse_restrict(a.restrict), sources=a.sources, iterations=a.iterations,
-          samples=a.samples, jumps=a.jumps, init=a.init, seed=a.seed, threads=a.threads,
-          out=a.out)
+    from .options import QueryOptions
+
+    options = QueryOptions(search=a.search, top_k=a.top_k, iterations=a.iterations,
+                           samples=a.samples, jumps=a.jumps, init=a.init, seed=a.seed)
+    query(index=a.index, images=a.images, layer=a.layer, options=options,
+          restrict=parse_restrict(a.restrict), sources=a.sources, threads=a.threads, out=a.out)
 
 
 def _cmd_evaluate(a: argparse.Namespace) -> None:
-    from .evaluate import evaluate
+    from .jobs.evaluate import evaluate
 
     evaluate(a.index, data=a.data, split=a.split, direction=a.direction, size=a.size,
              limit=a.limit, seed=a.seed, layer=a.layer, search=a.search, top_k=a.top_k,
@@ -200,7 +202,7 @@ def _cmd_evaluate(a: argparse.Namespace) -> None:
 
 
 def _cmd_compare(a: argparse.Namespace) -> None:
-    from .compare import compare
+    from .jobs.compare import compare
 
     compare(a.index, data=a.data, split=a.split, direction=a.direction, size=a.size,
             limit=a.limit, seed=a.seed, layer=a.layer, top_k=a.top_k, iterations=a.iterations,
@@ -215,7 +217,7 @@ def _cmd_serve(a: argparse.Namespace) -> None:
 
 
 def _cmd_demo(a: argparse.Namespace) -> None:
-    from .demo import run_demo
+    from .jobs.demo import run_demo
 
     run_demo(out=a.out, size=a.size, train_images=a.train_images, test_images=a.test_images,
              epochs=a.epochs, threads=a.threads)

@@ -346,8 +346,8 @@ class FeatureExtractor:
     ) -> None:
         self.model = model
         self.specs = {s.name: s for s in _spec_list(specs)}
-        if not self.specs:
-            raise ModelError("FeatureExtractor needs at least one LayerSpec")
+        if not self.specs and not isinstance(global_tap, LayerSpec):
+            raise ModelError("FeatureExtractor needs at least one LayerSpec (or a global_tap LayerSpec)")
         self.global_spec = self._global_spec(global_tap)
         for spec in self.specs.values():
             _resolve(model, spec)
@@ -380,7 +380,8 @@ class FeatureExtractor:
         specs = list(self.specs.values())
         if self.global_spec.name not in self.specs:
             specs.append(self.global_spec)
-        elif self.specs[self.global_spec.name] != self.global_spec:
+        elif (self.specs[self.global_spec.name].module, self.specs[self.global_spec.name].io) != (
+                self.global_spec.module, self.global_spec.io):
             raise ModelError(
                 f"global tap {self.global_spec.name!r} clashes with a layer of the same name "
                 "but a different module"

@@ -38,7 +38,7 @@ class TinyIndex:
 
 
 def _build_tiny(root: Path, *, task: str, direction: str) -> TinyIndex:
-    from compnn_index import workflows
+    from compnn_index.jobs import workflows
 
     common = dict(data="synthetic", size=TINY_SIZE, limit=TINY_IMAGES, direction=direction,
                   threads=1, progress=False)

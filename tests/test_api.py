@@ -17,8 +17,9 @@ from compnn_index.data import FACADES_CLASSES, FACADES_PALETTE, labels_from_colo
 from compnn_index.errors import IndexStoreError, QueryError
 from compnn_index.metrics import psnr
 from compnn_index.models import load_checkpoint
-from compnn_index.search import NNField, patchmatch
-from compnn_index.workflows import to_rgb
+from compnn_index.options import QueryOptions
+from compnn_index.search import NNField, patchmatch, search_field
+from compnn_index.pictures import to_rgb
 
 from conftest import TINY_IMAGES, TINY_LAYERS, TINY_SIZE
 
@@ -29,21 +30,22 @@ N = TINY_IMAGES
 def query_vectors(cnn: CompNN, image, layer: str) -> np.ndarray:
     """The query's hyperpatches at ``layer``, (Hq, Wq, D)."""
     img = cnn.resolve_image(image)
-    _, feats, _ = cnn.features(img, [layer])
+    feats = cnn.extract(img, [layer]).hyperpatches
     return feats[layer]
 
 
 def db_vectors(cnn: CompNN, layer: str, image: int) -> np.ndarray:
     """A copy of one database image's hyperpatches, (Hp, Wp, D)."""
-    offs = cnn.store.offsets(layer)
-    hp, wp = (int(v) for v in cnn.store.grids(layer)[image])
-    return np.array(cnn.store.vectors(layer)[offs[image]: offs[image + 1]]).reshape(hp, wp, -1)
+    lv = cnn.layer(layer)
+    start, stop = lv.image_range(image)
+    hp, wp = (int(v) for v in lv.grids[image])
+    return np.array(lv.vectors[start:stop]).reshape(hp, wp, -1)
 
 
 def matched_vectors(cnn: CompNN, layer: str, field: NNField) -> np.ndarray:
     """The database vector each field position names, (Hq, Wq, D)."""
-    ids = cnn.store.positions_to_ids(layer, field.image, field.y, field.x)
-    return np.array(cnn.store.vectors(layer))[ids]
+    ids = cnn.layer(layer).positions_to_ids(field.image, field.y, field.x)
+    return np.array(cnn.layer(layer).vectors)[ids]
 
 
 def brute_force(cnn: CompNN, layer: str, q: np.ndarray, images) -> np.ndarray:
@@ -141,7 +143,7 @@ def test_shortlist_is_top_k_by_global_cosine_best_first(segment_cnn):
     test = open_dataset("synthetic", split="test", size=TINY_SIZE, limit=1, task="segment")
     img = test[0].input
     res = cnn.query(img, top_k=5, sources=())
-    _, _, g = cnn.features(img, [])
+    g = cnn.extract(img, ()).global_descriptor
     sims = np.array(cnn.store.global_vectors()).astype(np.float64) @ g.astype(np.float64)
     order = np.argsort(-sims, kind="stable")
     assert res.shortlist.tolist() == order[:5].tolist()
@@ -234,24 +236,25 @@ def test_staged_coarse_patchmatch_over_the_whole_set(translate_cnn):
     query = 5
     # shortlist order with the query image itself ranked last, outside the 4 seed images
     ids = np.array([n for n in range(N) if n != query] + [query], dtype=np.int64)
-    _, feats, _ = cnn.features(cnn.resolve_image(query), cnn.pyramid("decoder2"))
-    kw = dict(layer="decoder2", search="patchmatch", iterations=4, samples=3, seed=2, init="coarse")
-    staged = cnn.search_field(feats, ids, seed_images=4, **kw)
+    pyramid = cnn.pyramid("decoder2")
+    feats = cnn.extract(query, pyramid).hyperpatches
+    opts = QueryOptions(search="patchmatch", iterations=4, samples=3, seed=2, init="coarse", seed_images=4)
+    kw = dict(layer="decoder2", options=opts, pyramid=pyramid)
+    staged = search_field(feats, cnn.store.layer, ids, **kw)
     assert staged.shape == cnn.store.grid("decoder2")
-    exact = cnn.search_field(feats, ids, layer="decoder2", search="exact")
+    exact = search_field(feats, cnn.store.layer, ids, layer="decoder2", options=QueryOptions())
     assert np.all(staged.similarity <= exact.similarity + 1e-5)
     # the seed stage could not see the query image; the whole-set pass found it
-    seeded = cnn.search_field(feats, ids[:4], seed_images=4, **kw)
+    seeded = search_field(feats, cnn.store.layer, ids[:4], **kw)
     assert query not in np.unique(seeded.image)
     assert (staged.image == query).mean() > 0.5
     assert staged.similarity.mean() > seeded.similarity.mean()
     # ... and it is exactly that pass: HyperPatch-Match over all ids from the seed stage's field
-    common = dict(offsets=cnn.store.offsets("decoder2"), grids=cnn.store.grids("decoder2"))
-    ref = patchmatch(feats["decoder2"], cnn.store.vectors("decoder2"), ids, **common, iterations=4,
+    ref = patchmatch(feats["decoder2"], cnn.layer("decoder2"), ids, iterations=4,
                      samples=3, seed=2, init=seeded, threads=1)
     np.testing.assert_array_equal(staged.image, ref.image)
     np.testing.assert_array_equal(staged.similarity, ref.similarity)
-    again = cnn.search_field(feats, ids, seed_images=4, **kw)
+    again = search_field(feats, cnn.store.layer, ids, **kw)
     np.testing.assert_array_equal(again.image, staged.image)
     np.testing.assert_array_equal(again.y, staged.y)
 
@@ -430,7 +433,7 @@ def test_global_nn_refuses_bad_input(translate_cnn):
     with pytest.raises(QueryError, match=f"Unknown global_nn by='nope'; expected 'bottleneck', 'output' "
                                          rf"or a layer of this index \({LAYERS_TEXT}\)"):
         cnn.global_nn(1, by="nope")
-    with pytest.raises(QueryError, match=r"global_nn: no database image is left to rank "
+    with pytest.raises(QueryError, match=r"global_nn: no database image is left "
                                          r"\(restrict=\[1, 2\], exclude=\[1, 2\]\)"):
         cnn.global_nn(1, restrict=[1, 2], exclude=[1, 2])
     with pytest.raises(QueryError, match=f"exclude: image id 99 does not exist; expected 0 <= id < {N}"):
@@ -450,5 +453,5 @@ def test_restrict_refuses_ids_that_are_not_integers(translate_cnn, bad):
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, True])
 def test_threads_must_be_a_positive_integer(translate_cnn, bad):
-    with pytest.raises(QueryError, match=r"Expected threads to be None or an integer >= 1"):
+    with pytest.raises(QueryError, match=r"Expected (threads to be an integer|1 <= threads <= \d+), but threads = "):
         translate_cnn.query(0, top_k=1, threads=bad)

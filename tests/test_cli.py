@@ -23,7 +23,7 @@ from compnn_index.cli import main, parse_restrict
 from compnn_index.data import FACADES_PALETTE, labels_from_colors, open_dataset
 from compnn_index.errors import CompNNError
 from compnn_index.models import load_checkpoint
-from compnn_index.workflows import to_rgb
+from compnn_index.pictures import to_rgb
 
 from conftest import TINY_IMAGES, TINY_LAYERS, TINY_SIZE
 

@@ -152,24 +152,24 @@ def test_segment_store_keeps_argmax_labels_and_palette(tmp_path):
 def test_ids_and_positions_are_offset_arithmetic(store):
     hp, wp = store.grid("decoder2")
     offs = store.offsets("decoder2")
-    image, y, x = store.ids_to_positions("decoder2", [0, offs[2] + 3 * wp + 1, offs[-1] - 1])
+    image, y, x = store.layer("decoder2").ids_to_positions([0, offs[2] + 3 * wp + 1, offs[-1] - 1])
     assert image.tolist() == [0, 2, N_IMAGES - 1]
     assert y.tolist() == [0, 3, hp - 1] and x.tolist() == [0, 1, wp - 1]
     ids = np.arange(offs[-1])
-    back = store.positions_to_ids("decoder2", *store.ids_to_positions("decoder2", ids))
+    back = store.layer("decoder2").positions_to_ids(*store.layer("decoder2").ids_to_positions(ids))
     np.testing.assert_array_equal(back, ids)
-    assert store.positions_to_ids("decoder2", 1, 0, np.arange(3)).tolist() == [offs[1], offs[1] + 1, offs[1] + 2]
+    assert store.layer("decoder2").positions_to_ids(1, 0, np.arange(3)).tolist() == [offs[1], offs[1] + 1, offs[1] + 2]
 
 
 def test_id_arithmetic_rejects_out_of_range_values(store):
     hp, wp = store.grid("decoder2")
     n = store.offsets("decoder2")[-1]
     with pytest.raises(QueryError, match=rf"expected ids 0 <= id < {n}, but ids contains \[{n}\]"):
-        store.ids_to_positions("decoder2", [0, n])
+        store.layer("decoder2").ids_to_positions([0, n])
     with pytest.raises(QueryError, match=rf"\(y, x\) = \({hp}, 0\) is outside image 1's grid \({hp}, {wp}\)"):
-        store.positions_to_ids("decoder2", 1, hp, 0)
+        store.layer("decoder2").positions_to_ids(1, hp, 0)
     with pytest.raises(QueryError, match=rf"image ids 0 <= image < {N_IMAGES}, but got \[{N_IMAGES}\]"):
-        store.positions_to_ids("decoder2", N_IMAGES, 0, 0)
+        store.layer("decoder2").positions_to_ids(N_IMAGES, 0, 0)
 
 
 # ---------------------------------------------------------------------------- mmap / read-only

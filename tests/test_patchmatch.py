@@ -8,20 +8,26 @@ import pytest
 
 from compnn_index.errors import QueryError
 from compnn_index.search.field import NNField
-from compnn_index.search.patchmatch import (
+from compnn_index.search.hyperpatchmatch import (
     PatchMatchStats,
     native_available,
     patchmatch,
     patchmatch_reference,
     upsample_field,
 )
+from compnn_index.index.layer import LayerVectors
 
-_hpm = pytest.importorskip("compnn_index._hpm", reason="native kernel not built")
+_hpm = pytest.importorskip("compnn_index.search._hpm", reason="native kernel not built")
 
 
 # ------------------------------------------------------------------------------------------------
 # Data
 
+
+
+def lay(vectors, offsets, grids):
+    """The (vectors, offsets, grids) triple as the LayerVectors every search takes."""
+    return LayerVectors.from_array(vectors, grids=grids, offsets=offsets)
 
 def _store(vectors_per_image: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Stack per-image (Hp, Wp, D) grids into (vectors, offsets, grids) like an index store."""
@@ -112,9 +118,10 @@ def test_propagation_only_matches_reference_from_same_initial_field(exact_proble
     image = rng.choice(images, size=queries.shape[:2])
     init = NNField(image, rng.integers(0, grids[image, 0]), rng.integers(0, grids[image, 1]),
                    np.zeros(queries.shape[:2]))
-    kw = dict(offsets=offsets, grids=grids, iterations=4, samples=0, jumps=0, init=init, return_stats=True)
-    native, ns = patchmatch(queries, vectors, images, **kw)
-    ref, rs = patchmatch_reference(queries, vectors, images, **kw)
+    kw = dict(iterations=4, samples=0, jumps=0, init=init, return_stats=True)
+    layer = lay(vectors, offsets, grids)
+    native, ns = patchmatch(queries, layer, images, **kw)
+    ref, rs = patchmatch_reference(queries, layer, images, **kw)
     _fields_equal(native, ref)
     assert ns.candidates == rs.candidates
     assert ns.mean_similarity[-1] > ns.mean_similarity[0]  # propagation did something
@@ -123,9 +130,10 @@ def test_propagation_only_matches_reference_from_same_initial_field(exact_proble
 @pytest.mark.parametrize("samples, jumps", [(3, 1), (9, 4)])
 def test_full_search_matches_reference(exact_problem, samples, jumps):
     queries, vectors, images, offsets, grids = exact_problem
-    kw = dict(offsets=offsets, grids=grids, iterations=5, samples=samples, jumps=jumps, seed=11, return_stats=True)
-    native, ns = patchmatch(queries, vectors, images, **kw)
-    ref, rs = patchmatch_reference(queries, vectors, images, **kw)
+    kw = dict(iterations=5, samples=samples, jumps=jumps, seed=11, return_stats=True)
+    layer = lay(vectors, offsets, grids)
+    native, ns = patchmatch(queries, layer, images, **kw)
+    ref, rs = patchmatch_reference(queries, layer, images, **kw)
     _fields_equal(native, ref)
     assert (ns.iterations, ns.candidates, ns.mean_similarity) == (rs.iterations, rs.candidates, rs.mean_similarity)
     assert ns.native and not rs.native
@@ -134,7 +142,7 @@ def test_full_search_matches_reference(exact_problem, samples, jumps):
 def test_reported_similarity_is_dot_product_and_never_above_exact(smooth_problem):
     queries, vectors, images, offsets, grids = smooth_problem
     noise = _normalise(queries + 0.3 * np.random.default_rng(3).standard_normal(queries.shape))
-    field = patchmatch(noise, vectors, images[:4], offsets=offsets, grids=grids, iterations=2, seed=4)
+    field = patchmatch(noise, lay(vectors, offsets, grids), images[:4], iterations=2, seed=4)
     _assert_valid(field, noise, vectors, images[:4], offsets, grids)
     assert (field.similarity <= _brute_force(noise, vectors, images[:4], offsets, grids) + 1e-5).all()
 
@@ -145,7 +153,7 @@ def test_reported_similarity_is_dot_product_and_never_above_exact(smooth_problem
 
 def test_finds_the_query_image_itself(smooth_problem):
     queries, vectors, images, offsets, grids = smooth_problem
-    field, stats = patchmatch(queries, vectors, images, offsets=offsets, grids=grids, iterations=4, seed=0,
+    field, stats = patchmatch(queries, lay(vectors, offsets, grids), images, iterations=4, seed=0,
                               return_stats=True)
     hq, wq = queries.shape[:2]
     identity = (field.image == 4) & (field.y == np.arange(hq)[:, None]) & (field.x == np.arange(wq)[None, :])
@@ -160,7 +168,7 @@ def test_many_iterations_reach_exact_on_tiny_problem(seed):
     vectors, offsets, grids = _store([_normalise(rng.standard_normal((4, 5, 16))) for _ in range(3)])
     queries = _normalise(rng.standard_normal((4, 4, 16)))
     images = np.arange(3)
-    field = patchmatch(queries, vectors, images, offsets=offsets, grids=grids, iterations=60, samples=4, jumps=4,
+    field = patchmatch(queries, lay(vectors, offsets, grids), images, iterations=60, samples=4, jumps=4,
                        seed=seed)
     best = _brute_force(queries, vectors, images, offsets, grids)
     assert np.mean(field.similarity >= best - 1e-5) >= 0.99
@@ -168,7 +176,7 @@ def test_many_iterations_reach_exact_on_tiny_problem(seed):
 
 def test_tol_stops_early(smooth_problem):
     queries, vectors, images, offsets, grids = smooth_problem
-    _, stats = patchmatch(queries, vectors, images, offsets=offsets, grids=grids, iterations=50, tol=1e-4,
+    _, stats = patchmatch(queries, lay(vectors, offsets, grids), images, iterations=50, tol=1e-4,
                           return_stats=True)
     assert 1 <= stats.iterations < 50
     assert len(stats.mean_similarity) == stats.iterations + 1
@@ -177,7 +185,7 @@ def test_tol_stops_early(smooth_problem):
 
 def test_zero_iterations_returns_scored_initial_field(smooth_problem):
     queries, vectors, images, offsets, grids = smooth_problem
-    field, stats = patchmatch(queries, vectors, images[2:], offsets=offsets, grids=grids, iterations=0,
+    field, stats = patchmatch(queries, lay(vectors, offsets, grids), images[2:], iterations=0,
                               return_stats=True)
     _assert_valid(field, queries, vectors, images[2:], offsets, grids)
     assert stats.iterations == 0 and stats.candidates == queries.shape[0] * queries.shape[1]
@@ -188,18 +196,19 @@ def test_initial_field_from_upsampled_coarse_field(smooth_problem):
     hq, wq = queries.shape[:2]
     cy, cx = np.mgrid[0 : (hq + 1) // 2, 0 : (wq + 1) // 2]
     coarse = NNField(np.full(cy.shape, 4), cy, cx, np.ones(cy.shape))
-    init = upsample_field(coarse, (hq, wq), 2, grids=grids)
+    init = upsample_field(coarse, (hq, wq), 2, layer=lay(vectors, offsets, grids))
     assert np.isnan(init.similarity).all()
     np.testing.assert_array_equal(init.y, np.broadcast_to(np.arange(hq)[:, None], (hq, wq)))
     np.testing.assert_array_equal(init.x, np.broadcast_to(np.arange(wq)[None, :], (hq, wq)))
-    field = patchmatch(queries, vectors, images, offsets=offsets, grids=grids, iterations=0, init=init)
+    field = patchmatch(queries, lay(vectors, offsets, grids), images, iterations=0, init=init)
     np.testing.assert_allclose(field.similarity, _recomputed(init, queries, vectors, offsets, grids), atol=2e-6)
 
 
 def test_upsample_field_clips_to_image_grid():
     grids = np.array([[4, 5], [3, 3]])
     coarse = NNField(np.array([[0, 1]]), np.array([[1, 2]]), np.array([[2, 2]]), np.zeros((1, 2)))
-    fine = upsample_field(coarse, (2, 4), 2, grids=grids)
+    layer = LayerVectors.from_array(np.zeros((29, 1), np.float32), grids=grids)
+    fine = upsample_field(coarse, (2, 4), 2, layer=layer)
     np.testing.assert_array_equal(fine.image, [[0, 0, 1, 1], [0, 0, 1, 1]])
     np.testing.assert_array_equal(fine.y, [[2, 2, 2, 2], [3, 3, 2, 2]])
     np.testing.assert_array_equal(fine.x, [[4, 4, 2, 2], [4, 4, 2, 2]])
@@ -212,12 +221,12 @@ def test_upsample_field_clips_to_image_grid():
 def test_same_seed_same_field_for_any_thread_count(smooth_problem):
     queries, vectors, images, offsets, grids = smooth_problem
     noise = _normalise(queries + 0.3 * np.random.default_rng(7).standard_normal(queries.shape))
-    runs = [patchmatch(noise, vectors, images, offsets=offsets, grids=grids, iterations=3, seed=9, threads=t)
+    runs = [patchmatch(noise, lay(vectors, offsets, grids), images, iterations=3, seed=9, threads=t)
             for t in (2, 2, 1, 3)]
     for other in runs[1:]:
         _fields_equal(runs[0], other)
     _assert_valid(runs[2], noise, vectors, images, offsets, grids)
-    different = patchmatch(noise, vectors, images, offsets=offsets, grids=grids, iterations=3, seed=10, threads=2)
+    different = patchmatch(noise, lay(vectors, offsets, grids), images, iterations=3, seed=10, threads=2)
     assert not np.array_equal(different.x, runs[0].x)
 
 
@@ -240,10 +249,10 @@ def test_reads_faiss_index_storage_without_copy(smooth_problem, monkeypatch):
         return original(q, v, *args)
 
     monkeypatch.setattr(_hpm, "patchmatch", spy)
-    field = patchmatch(queries, view, images, offsets=offsets, grids=grids, iterations=4)
+    field = patchmatch(queries, lay(view, offsets, grids), images, iterations=4)
     monkeypatch.undo()
     assert seen[0] is view and np.shares_memory(seen[0], view)
-    _fields_equal(field, patchmatch(queries, vectors, images, offsets=offsets, grids=grids, iterations=4))
+    _fields_equal(field, patchmatch(queries, lay(vectors, offsets, grids), images, iterations=4))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -254,24 +263,25 @@ def _call(problem, **overrides):
     queries, vectors, images, offsets, grids = problem
     args = dict(queries=queries, vectors=vectors, images=images, offsets=offsets, grids=grids)
     args.update(overrides)
-    return patchmatch(args.pop("queries"), args.pop("vectors"), args.pop("images"), **args)
+    layer = lay(args.pop("vectors"), args.pop("offsets"), args.pop("grids"))
+    return patchmatch(args.pop("queries"), layer, args.pop("images"), **args)
 
 
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        ({"iterations": -1}, r"Expected 0 <= iterations, but iterations = -1"),
+        ({"iterations": -1}, r"Expected 0 <= iterations <= 256, but iterations = -1"),
         ({"samples": 2.5}, r"Expected samples to be an integer, but samples = 2.5"),
-        ({"threads": 0}, r"Expected 1 <= threads, but threads = 0"),
+        ({"threads": 0}, r"Expected 1 <= threads <= \d+, but threads = 0"),
         ({"tol": -0.1}, r"Expected tol >= 0, but tol = -0.1"),
         ({"images": np.array([], dtype=np.int64)}, r"at least one database image to search, but images is empty"),
         ({"images": np.array([0, 9])}, r"Expected image ids 0 <= id < 4, but images contains \[9\]"),
-        ({"queries": np.zeros((2, 2, 23), np.float32)}, r"D = vectors.shape\[1\] = 24, but queries.shape\[2\] = 23"),
+        ({"queries": np.zeros((2, 2, 23), np.float32)}, r"query hyperpatches have 23 dims but the layer holds 24"),
         ({"queries": np.zeros((4, 24), np.float32)}, r"queries of shape \(Hq, Wq, D\), but queries.shape = \(4, 24\)"),
         ({"init": "zeros"}, r"init = 'random' or an NNField, but init = 'zeros'"),
-        ({"offsets": np.array([0, 99])}, r"grids of shape \(n, 2\) = \(1, 2\), but grids.shape = \(4, 2\)"),
+        ({"offsets": np.array([0, 99])}, r"offsets to be the running sum of the grids' sizes .* but their shape differ"),
         ({"grids": np.array([[9, 11], [7, 7], [12, 5], [10, 9]])},
-         r"grids\[i, 0\] \* grids\[i, 1\] == offsets\[i\+1\] - offsets\[i\], but for image 3: 10 \* 9 != 100"),
+         r"offsets to be the running sum of the grids' sizes .* but their values differ"),
     ],
 )
 def test_bad_arguments_raise_query_error(exact_problem, overrides, message):
@@ -335,15 +345,15 @@ def test_kernel_validates_direct_calls(exact_problem):
 
 
 def test_missing_native_kernel_falls_back_to_reference_with_a_warning(exact_problem, monkeypatch):
-    module = importlib.import_module("compnn_index.search.patchmatch")
+    module = importlib.import_module("compnn_index.search.hyperpatchmatch")
     queries, vectors, images, offsets, grids = exact_problem
-    expected = patchmatch(queries, vectors, images, offsets=offsets, grids=grids, iterations=2)
+    expected = patchmatch(queries, lay(vectors, offsets, grids), images, iterations=2)
     monkeypatch.setattr(module, "_hpm", None)
     monkeypatch.setattr(module, "_NATIVE_ERROR", "ImportError: no _hpm")
     assert not module.native_available()
     with pytest.warns(RuntimeWarning, match=r"could not be imported \(ImportError: no _hpm\); falling back to "
                                             r"patchmatch_reference"):
-        field = module.patchmatch(queries, vectors, images, offsets=offsets, grids=grids, iterations=2)
+        field = module.patchmatch(queries, lay(vectors, offsets, grids), images, iterations=2)
     _fields_equal(field, expected)
 
 

@@ -19,10 +19,10 @@ import pytest
 from PIL import Image
 
 from compnn_index.api import CompNN
-from compnn_index.query_image import load_image
+from compnn_index.data.query_image import load_image
 from compnn_index.service.background import BackgroundServer
 from compnn_index.service.server import create_app, is_loopback
-from compnn_index.workflows import to_rgb
+from compnn_index.pictures import to_rgb
 
 from conftest import TINY_IMAGES, TINY_LAYERS, TINY_SIZE
 
@@ -215,7 +215,7 @@ def test_restrict_by_meta_and_ids(client, cnn):
     assert r.json()["shortlist"][0] in (6, 8)
 
 
-@pytest.mark.skipif(not _patchmatch_available(), reason="compnn_index.search.patchmatch cannot be imported")
+@pytest.mark.skipif(not _patchmatch_available(), reason="compnn_index.search.hyperpatchmatch cannot be imported")
 def test_query_patchmatch(client, cnn):
     r = client.post("/v1/query", json={"image_id": 2, "search": "patchmatch", "iterations": 3,
                                        "samples": 2, "seed": 5, "top_k": 6})
@@ -228,7 +228,7 @@ def test_query_patchmatch(client, cnn):
     assert set(np.unique(doc["nn_field"]["image"])) <= set(doc["shortlist"])
 
 
-@pytest.mark.skipif(not _patchmatch_available(), reason="compnn_index.search.patchmatch cannot be imported")
+@pytest.mark.skipif(not _patchmatch_available(), reason="compnn_index.search.hyperpatchmatch cannot be imported")
 def test_query_patchmatch_coarse_to_fine(client, cnn):
     r = client.post("/v1/query", data={"image_id": "4", "search": "patchmatch", "init": "coarse",
                                        "layer": "decoder2", "iterations": "2", "top_k": "5"})

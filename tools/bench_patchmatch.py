@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 from compnn_index.search.exact import exact_search
-from compnn_index.search.patchmatch import native_available, patchmatch
+from compnn_index.search.hyperpatchmatch import native_available, patchmatch
 
 
 def smooth_hyperpatches(rng: np.random.Generator, n: int, grid: int, dim: int) -> np.ndarray:
@@ -70,7 +70,7 @@ def main() -> None:
 
     if not native_available():
         raise SystemExit("native kernel compnn_index._hpm not built; nothing to benchmark")
-    from compnn_index import _hpm as hpm
+    from compnn_index.search import _hpm as hpm
 
     rng = np.random.default_rng(args.seed)
     t0 = time.perf_counter()

@@ -21,7 +21,7 @@ import psutil
 from benchutil import RssSampler, dir_bytes
 
 from compnn_index.cli import _int_list, _str_list
-from compnn_index.compare import compare
+from compnn_index.jobs.compare import compare
 
 
 def main() -> None:

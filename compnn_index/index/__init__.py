@@ -2,11 +2,13 @@
 global-descriptor index, sidecar arrays and a manifest, built once and opened read-only.
 
 ``build_index`` streams a model's hyperpatches over a dataset to disk (atomically);
-``IndexStore.open`` loads it (memory-mapped by default) and does the id ↔ (image, y, x)
-arithmetic: image ``n``'s positions occupy ids ``offsets[n] .. offsets[n+1]-1``, row-major.
+``IndexStore.open`` loads it (memory-mapped by default); ``IndexStore.layer(name)`` returns a
+:class:`LayerVectors`, the one holder of the id ↔ (image, y, x) arithmetic: image ``n``'s
+positions occupy ids ``offsets[n] .. offsets[n+1]-1``, row-major.
 """
 from .build import build_index
+from .layer import LayerVectors
 from .manifest import FORMAT_VERSION
 from .store import IndexStore, ReadOnlyFlatIndex
 
-__all__ = ["FORMAT_VERSION", "IndexStore", "ReadOnlyFlatIndex", "build_index"]
+__all__ = ["FORMAT_VERSION", "IndexStore", "LayerVectors", "ReadOnlyFlatIndex", "build_index"]

@@ -28,10 +28,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..checks import check_threads, thread_limit
 from ..errors import IndexStoreError, ModelError
 from ..features import FeatureExtractor, LayerSpec, default_layer_specs
 from ..models import model_hash
-from ..search.exact import thread_limit
 from .flatfile import HEADER_BYTES, FlatIPWriter
 from .manifest import ARRAY_DIR, FORMAT_VERSION, GLOBAL_FILE, LAYER_DIR, library_versions, write_manifest
 from .memory import StoreSize, check_disk, check_memory
@@ -202,8 +202,7 @@ def build_index(
     out = Path(out)
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise IndexStoreError(f"Expected batch_size to be a positive integer, but batch_size = {batch_size!r}")
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1):
-        raise IndexStoreError(f"Expected threads to be a positive integer or None, but threads = {threads!r}")
+    threads = check_threads(threads, error=IndexStoreError)
     if (out.exists() or out.is_symlink()) and not overwrite:
         raise IndexStoreError(
             f"index store {os.fspath(out)!r} already exists; pass overwrite=True (--overwrite on the command line) to replace it"

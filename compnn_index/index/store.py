@@ -21,7 +21,7 @@ import json
 import os
 import threading
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import faiss
 import numpy as np
@@ -30,6 +30,7 @@ import torch
 from ..errors import IndexStoreError, QueryError
 from ..features import LayerSpec
 from .flatfile import HEADER_BYTES
+from .layer import LayerVectors
 from .manifest import read_manifest
 
 _MUTATORS = frozenset(
@@ -162,8 +163,7 @@ class IndexStore:
         self._indexes: dict[str, faiss.Index] = {}
         self._views: dict[str, np.ndarray] = {}
         self._arrays: dict[str, np.ndarray] = {}
-        self._grids: dict[str, np.ndarray] = {}
-        self._offsets: dict[str, np.ndarray] = {}
+        self._layer_vectors: dict[str, LayerVectors] = {}
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ opening
@@ -291,23 +291,30 @@ class IndexStore:
         hp, wp = self._layer(layer)["grid"]
         return int(hp), int(wp)
 
+    def layer(self, layer: str) -> LayerVectors:
+        """The layer as a :class:`LayerVectors` (geometry, id arithmetic, zero-copy vectors).
+
+        Loads (memory-maps) the layer's FAISS file on first use; the object keeps the index, and
+        so its memory map, alive.
+        """
+        lv = self._layer_vectors.get(layer)
+        if lv is None:
+            entry = self._layer(layer)
+            index = self._load(layer, entry["file"], entry["ntotal"], entry["dim"])
+            hp, wp = entry["grid"]
+            grids = np.tile(np.asarray((hp, wp), dtype=np.int64), (self.num_images, 1))
+            lv = LayerVectors(layer, self.spec(layer), grids, raw=self._views[layer],
+                              dim=int(entry["dim"]), codec="fp32", owner=index)
+            self._layer_vectors[layer] = lv
+        return lv
+
     def grids(self, layer: str) -> np.ndarray:
-        """Per-image grids, read-only int64 ``(num_images, 2)``."""
-        if layer not in self._grids:
-            g = np.tile(np.asarray(self.grid(layer), dtype=np.int64), (self.num_images, 1))
-            g.flags.writeable = False
-            self._grids[layer] = g
-        return self._grids[layer]
+        """Per-image grids, read-only int64 ``(num_images, 2)`` (``layer(name).grids``)."""
+        return self.layer(layer).grids
 
     def offsets(self, layer: str) -> np.ndarray:
-        """Id offsets, read-only int64 ``(num_images + 1,)``: image i is ``offsets[i] .. offsets[i+1]-1``."""
-        if layer not in self._offsets:
-            g = self.grids(layer)
-            offs = np.zeros(self.num_images + 1, dtype=np.int64)
-            np.cumsum(g[:, 0] * g[:, 1], out=offs[1:])
-            offs.flags.writeable = False
-            self._offsets[layer] = offs
-        return self._offsets[layer]
+        """Id offsets, read-only int64 ``(num_images + 1,)`` (``layer(name).offsets``)."""
+        return self.layer(layer).offsets
 
     # ------------------------------------------------------------------ vectors
     def layer_index(self, layer: str) -> ReadOnlyFlatIndex:
@@ -361,57 +368,6 @@ class IndexStore:
                 )
             self._arrays[name] = arr
         return self._arrays[name]
-
-    # ------------------------------------------------------------------ id arithmetic
-    def ids_to_positions(
-        self, layer: str, ids: np.ndarray | Sequence[int]
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Database ids of ``layer`` → ``(image, y, x)`` int64 arrays shaped like ``ids``.
-
-        Raises
-        ------
-        QueryError
-            For ids outside ``0 <= id < ntotal``.
-        """
-        offs = self.offsets(layer)
-        ids = np.asarray(ids)
-        if ids.size and not np.issubdtype(ids.dtype, np.integer):
-            raise QueryError(f"Expected integer ids, but ids.dtype = {ids.dtype}")
-        ids = ids.astype(np.int64)
-        bad = (ids < 0) | (ids >= offs[-1])
-        if bad.any():
-            raise QueryError(
-                f"layer {layer!r}: expected ids 0 <= id < {offs[-1]}, but ids contains "
-                f"{ids[bad][:8].tolist()}"
-            )
-        image = np.searchsorted(offs, ids, side="right") - 1
-        local = ids - offs[image]
-        wp = self.grids(layer)[image, 1]
-        return image, local // wp, local % wp
-
-    def positions_to_ids(
-        self, layer: str, image: np.ndarray | int, y: np.ndarray | int, x: np.ndarray | int
-    ) -> np.ndarray:
-        """``(image, y, x)`` (broadcast together) → int64 database ids of ``layer``.
-
-        Raises
-        ------
-        QueryError
-            For an image id or a position outside that image's grid.
-        """
-        image, y, x = (np.asarray(v).astype(np.int64) for v in np.broadcast_arrays(image, y, x))
-        n = self.num_images
-        if image.size and (image.min() < 0 or image.max() >= n):
-            raise QueryError(f"Expected image ids 0 <= image < {n}, but got {np.unique(image[(image < 0) | (image >= n)])[:8].tolist()}")
-        g = self.grids(layer)[image]
-        bad = (y < 0) | (y >= g[..., 0]) | (x < 0) | (x >= g[..., 1])
-        if bad.any():
-            i = tuple(np.argwhere(bad)[0])
-            raise QueryError(
-                f"layer {layer!r}: position (y, x) = ({y[i]}, {x[i]}) is outside image {image[i]}'s "
-                f"grid {tuple(int(v) for v in g[i])}"
-            )
-        return self.offsets(layer)[image] + y * g[..., 1] + x
 
     # ------------------------------------------------------------------ model check
     def check_model(self, model: torch.nn.Module) -> None:

@@ -1,37 +1,22 @@
 """Search methods that turn query hyperpatches into an :class:`NNField`.
 
-``exact_search`` is dense GEMM over the shortlisted images' id ranges; ``patchmatch`` /
-``patchmatch_reference`` (HyperPatch-Match, ``search/patchmatch.py``) run the native kernel or
-its NumPy reference.
+Every method takes the query hyperpatches, a :class:`~compnn_index.index.LayerVectors` and the
+shortlisted image ids:
 
-The HyperPatch-Match functions are imported here, eagerly, on purpose: the function
-``patchmatch`` shares its name with the submodule ``search/patchmatch.py``, and importing a
-submodule binds the *module* to the package attribute. A lazy ``__getattr__`` export therefore
-breaks as soon as anyone imports the submodule first; binding the function after the submodule
-import (below) is the only order that always wins. The import stays optional: if it fails, this
-package still loads, and accessing ``patchmatch`` raises ``ImportError`` naming the cause.
+- :func:`exact_search` (``search/exact.py``): dense GEMM over the shortlisted images' id ranges;
+- :func:`patchmatch` (``search/hyperpatchmatch.py``): HyperPatch-Match, the native kernel
+  ``search/_hpm`` (C++, ``search/csrc/``), with :func:`patchmatch_reference`
+  (``search/reference.py``, NumPy) as its specification and fallback;
+- :func:`search_field` (``search/strategy.py``): how a query is searched — exact, or
+  HyperPatch-Match started randomly, staged over the best-ranked images, or coarse to fine;
+- ``search/ann.py``: the FAISS HNSW / IVF baselines of ``compnn compare``.
 """
 from __future__ import annotations
 
-from typing import Any
-
 from .exact import exact_search
 from .field import NNField
+from .hyperpatchmatch import native_available, native_error, patchmatch, patchmatch_reference, upsample_field
+from .strategy import search_field
 
-__all__ = ["NNField", "exact_search", "patchmatch", "patchmatch_reference"]
-
-try:
-    from .patchmatch import patchmatch, patchmatch_reference
-except ImportError as _exc:  # pragma: no cover - only on a broken installation
-    _PATCHMATCH_ERROR: str | None = f"{type(_exc).__name__}: {_exc}"
-else:
-    _PATCHMATCH_ERROR = None
-
-
-def __getattr__(name: str) -> Any:
-    if name in ("patchmatch", "patchmatch_reference") and _PATCHMATCH_ERROR is not None:
-        raise ImportError(
-            f"compnn_index.search.{name} is unavailable: search/patchmatch.py failed to import "
-            f"({_PATCHMATCH_ERROR})"
-        )
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__ = ["NNField", "exact_search", "native_available", "native_error", "patchmatch",
+           "patchmatch_reference", "search_field", "upsample_field"]

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..api import INITS, SEARCHES, SOURCES
-from ..query_image import load_image
+from ..data.query_image import load_image
 
 #: Bounds on the HyperPatch-Match parameters a client may ask for (work per query grows with them).
 MAX_ITERATIONS = 64

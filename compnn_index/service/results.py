@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from ..api import CompNN, Correspondence, QueryResult
-from ..workflows import to_rgb
+from ..pictures import to_rgb
 
 QUERY_PICTURES = (
     "input", "output", "reconstruction_target", "reconstruction_input", "reconstruction_self",

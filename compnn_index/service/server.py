@@ -280,14 +280,7 @@ def index_summary(cnn: CompNN, *, patchmatch_error: str | None) -> dict:
 
 
 def _patchmatch_error() -> str | None:
-    """Why HyperPatch-Match cannot run here (None when it can), checked the way the API imports it."""
-    try:
-        from ..search import patchmatch
-    except Exception as exc:  # ImportError, or the native module failing to load
-        return f"compnn_index.search.patchmatch cannot be imported ({type(exc).__name__}: {exc})"
-    if not callable(patchmatch):
-        return ("compnn_index.search.patchmatch resolves to a module, not the search function "
-                "(name clash between search/patchmatch.py and the lazy export)")
+    """Why HyperPatch-Match cannot run here: never — the native kernel or its NumPy fallback runs."""
     return None
 
 

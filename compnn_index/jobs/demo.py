@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .errors import QueryError
-from .workflows import build, to_rgb, train
+from ..errors import QueryError
+from ..pictures import to_rgb
+from .workflows import build, train
 
 MATERIAL_KEY = "material"
 
@@ -33,7 +34,7 @@ def _fig(src: str, caption: str) -> str:
 def _explain_section(cnn, ds, title: str, img_dir: Path, prefix: str, *, queries: int,
                      top_k: int, property_control: bool) -> str:
     """Per held-out query: input, CNN output, CompNN reconstructions, global NN, map, control."""
-    from .pictures import correspondence_map
+    from ..pictures import correspondence_map
 
     palette = cnn.store.manifest.get("palette")
     inputs = cnn.array("inputs")
@@ -43,7 +44,7 @@ def _explain_section(cnn, ds, title: str, img_dir: Path, prefix: str, *, queries
     parts = [f"<h2>{html.escape(title)}</h2>"]
     for q in range(min(queries, len(ds))):
         s = ds[q]
-        res = cnn.query(s.input, top_k=top_k, sources=("target", "input"))
+        res = cnn.explain(s.input, top_k=top_k, sources=("target", "input"))
         g = cnn.global_nn(s.input, by="bottleneck")
         tag = f"{prefix}_q{q}"
         figs = [
@@ -69,7 +70,7 @@ def _explain_section(cnn, ds, title: str, img_dir: Path, prefix: str, *, queries
         if property_control and materials:
             row = []
             for mat in materials:
-                r = cnn.query(s.input, top_k=min(top_k, _count(cnn, mat)),
+                r = cnn.explain(s.input, top_k=min(top_k, _count(cnn, mat)),
                               restrict={MATERIAL_KEY: mat}, sources=("target",))
                 row.append(_fig(_save(to_rgb(r.reconstructions["target"], palette),
                                       img_dir / f"{tag}_only_{mat}.png"),
@@ -109,8 +110,8 @@ def run_demo(*, out: str | Path = "indexes/demo", size: int = 128, train_images:
              test_images: int = 8, epochs: int | None = None, threads: int | None = None,
              queries: int = 3, top_k: int = 8, ngf: int = 16, lr: float = 1e-3) -> Path:
     """Run the demo end to end and return the report's path."""
-    from .api import CompNN
-    from .data import open_dataset
+    from ..api import CompNN
+    from ..data import open_dataset
     from .evaluate import evaluate
 
     if train_images < 4:

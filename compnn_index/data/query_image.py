@@ -11,7 +11,7 @@ from typing import Union
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .errors import QueryError
+from ..errors import QueryError
 
 ImageLike = Union[np.ndarray, Image.Image, str, Path]
 

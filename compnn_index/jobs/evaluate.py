@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
-from .errors import QueryError
-from .metrics import confusion_matrix, l1, mean_iou, pixel_accuracy, psnr
+from ..options import QueryOptions
+
+from ..errors import QueryError
+from ..metrics import confusion_matrix, l1, mean_iou, pixel_accuracy, psnr
 
 
 class _SegAccumulator:
@@ -65,9 +66,9 @@ def evaluate(
     examples: int = 4,
 ) -> dict:
     """Evaluate CompNN against the CNN and global NN on a dataset split; write the tables."""
-    from .api import SEARCHES, CompNN, check_init
-    from .data import FACADES_PALETTE, labels_from_colors, open_dataset
-    from .workflows import to_rgb
+    from ..api import CompNN
+    from ..data import FACADES_PALETTE, labels_from_colors, open_dataset
+    from ..pictures import to_rgb
 
     cnn = cnn or CompNN.load(index, threads=threads)
     man = cnn.store.manifest
@@ -89,27 +90,19 @@ def evaluate(
     img_metrics: dict[tuple, list[dict]] = defaultdict(list)
     input_acc = _SegAccumulator(len(FACADES_PALETTE), None)
     example_rows = []
-    if search not in SEARCHES:
-        raise QueryError(f"Unknown search {search!r}; expected one of {', '.join(SEARCHES)}")
-    if search == "patchmatch":
-        check_init(init)
-    spec = cnn.store.spec(layer)
+    options = QueryOptions(search=search, iterations=iterations, init=init)
     all_ids = np.arange(cnn.num_images, dtype=np.int64)
     levels = cnn.pyramid(layer) if (search == "patchmatch" and init == "coarse") else [layer]
     for i in tqdm(range(len(ds)), desc="evaluate", unit="img", disable=not progress):
         s = ds[i]
         # One forward pass per image serves every top-k and both global baselines.
         with cnn.thread_limits(threads):
-            logits, feats, g = cnn.features(s.input, levels)
-            cnn_out = cnn.output_array(logits)
-            res = {}
-            for k in top_ks:
-                ids, _ = cnn.shortlist(g, all_ids, k)
-                f = cnn.search_field(feats, ids, layer=layer, search=search, iterations=iterations,
-                                     init=init, threads=threads)
-                res[k] = {src: cnn.compose(f, spec, src, s.input.shape[1:])
-                          for src in ("target", "self", "input")}
-        best_b = int(cnn.shortlist(g, all_ids, 1)[0][0])
+            feats = cnn.extract(s.input, levels)
+            cnn_out = feats.output
+            res = {k: cnn.explain(feats, layer=layer, options=options, top_k=k,
+                                  sources=("target", "self", "input")).reconstructions
+                   for k in top_ks}
+        best_b = int(cnn.shortlist(feats.global_descriptor, all_ids, 1)[0][0])
         best_l = int(all_ids[np.argmax(cnn.output_similarity(cnn_out, all_ids))])
         targets = cnn.array("targets")
         globals_ = {"global_bottleneck": np.asarray(targets[best_b]),
@@ -166,7 +159,7 @@ def evaluate(
     (out / "results.md").write_text(
         f"# CompNN evaluation: {cnn.task}, layer {layer}, {search} search, {len(ds)} {split} images\n\n" + table)
     if example_rows:
-        from .pictures import grid
+        from ..pictures import grid
 
         captions = ["input", "ground truth", "CNN output", f"CompNN top-{top_ks[-1]}", "global NN"]
         grid(example_rows, captions).save(out / "examples.png")

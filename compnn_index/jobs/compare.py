@@ -16,18 +16,18 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
 
-import faiss
 import numpy as np
 from tqdm import tqdm
 
-from .errors import QueryError
-from .metrics import psnr, recall_at_1
-from .search import NNField, exact_search
+from ..errors import QueryError
+from ..metrics import psnr, recall_at_1
+from ..options import INITS, QueryOptions
+from ..search import NNField
+from ..search.ann import DEFAULT_BASELINES, ann_fields
 
 
 def _agreement(a: np.ndarray, b: np.ndarray, seg: bool) -> float:
@@ -36,75 +36,6 @@ def _agreement(a: np.ndarray, b: np.ndarray, seg: bool) -> float:
 
 def _fidelity(recon: np.ndarray, cnn_out: np.ndarray, seg: bool) -> float:
     return float((recon == cnn_out).mean()) if seg else float(psnr(recon, cnn_out))
-
-
-def build_ann(kind: str, params: dict, xb: np.ndarray):
-    """Build a FAISS approximate index of ``kind`` ("hnsw" | "ivf") over ``xb``."""
-    d = xb.shape[1]
-    if kind == "hnsw":
-        index = faiss.IndexHNSWFlat(d, int(params.get("M", 16)), faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = int(params.get("efConstruction", 40))
-        index.add(xb)
-        return index
-    if kind == "ivf":
-        # FAISS wants >= 39 training points per centroid; small shortlists get fewer lists.
-        nlist = max(1, min(int(params.get("nlist", 256)), len(xb) // 39))
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
-        rng = np.random.default_rng(0)
-        index.train(xb[rng.choice(len(xb), size=min(len(xb), nlist * 64), replace=False)])
-        index.add(xb)
-        return index
-    raise QueryError(f"Unknown baseline {kind!r}; expected 'hnsw' or 'ivf'")
-
-
-def ann_fields(kind: str, build_params: dict, search_params: Sequence[dict], q: np.ndarray,
-               vectors: np.ndarray, ids: np.ndarray, offsets: np.ndarray,
-               grids: np.ndarray) -> tuple[float, list[tuple[dict, NNField, float]]]:
-    """Top-1 fields from one FAISS approximate index over the shortlist's vectors.
-
-    The index is built once and searched at each of ``search_params`` (``efSearch`` for HNSW,
-    ``nprobe`` for IVF). Returns (build seconds, [(params, field, search seconds), ...]). Unlike
-    exact search and HyperPatch-Match, which read the store in place, an ANN index needs its own
-    copy of the shortlisted vectors.
-    """
-    hq, wq, d = q.shape
-    parts = [np.asarray(vectors[offsets[n]: offsets[n + 1]]) for n in ids]
-    base = np.concatenate([np.zeros(1, np.int64), np.cumsum([len(p) for p in parts])])
-    xb = np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
-    del parts
-    t = time.perf_counter()
-    index = build_ann(kind, build_params, xb)
-    build_s = time.perf_counter() - t
-    del xb
-    flat_q = np.ascontiguousarray(q.reshape(-1, d))
-    out = []
-    for sp in search_params:
-        if kind == "hnsw":
-            index.hnsw.efSearch = int(sp["efSearch"])
-        else:
-            index.nprobe = int(sp["nprobe"])
-        t = time.perf_counter()
-        sims, lab = index.search(flat_q, 1)
-        search_s = time.perf_counter() - t
-        # FAISS marks "nothing found" (an IVF probe of empty lists) with id -1 and -3.4e38:
-        # count it as the worst possible cosine rather than letting it wreck the mean ratio.
-        missing = lab[:, 0] < 0
-        sims[missing, 0] = -1.0
-        lab = np.maximum(lab[:, 0], 0)
-        slot = np.searchsorted(base, lab, side="right") - 1
-        img = ids[slot]
-        local = lab - base[slot]
-        wgrid = grids[img, 1]
-        nnf = NNField(img.reshape(hq, wq), (local // wgrid).reshape(hq, wq),
-                      (local % wgrid).reshape(hq, wq), sims[:, 0].reshape(hq, wq))
-        out.append(({**build_params, **sp}, nnf, search_s))
-    return build_s, out
-
-
-DEFAULT_BASELINES = {  # kind -> [(build params, [search params, ...]), ...]
-    "hnsw": [({"M": 16, "efConstruction": 40}, [{"efSearch": 16}, {"efSearch": 64}])],
-    "ivf": [({"nlist": 256}, [{"nprobe": 4}, {"nprobe": 16}])],
-}
 
 
 def compare(
@@ -118,16 +49,15 @@ def compare(
 ) -> dict:
     """Run the comparison and write ``comparison.json``, ``comparison.md`` and ``comparison.png``."""
 
-    from .api import DEFAULT_TOP_K, INITS, CompNN
-    from .data import open_dataset
+    from ..api import CompNN
+    from ..data import open_dataset
 
     cnn = cnn or CompNN.load(index, threads=threads)
     layer = cnn.check_layer(layer)
-    spec = cnn.store.spec(layer)
     trained = cnn.store.manifest.get("dataset", {})
     seg = cnn.task == "segment"
     # default: 16, or every database image when fewer (as for a query)
-    top_k = [min(DEFAULT_TOP_K, cnn.num_images)] if top_k is None else [int(k) for k in top_k]
+    top_k = [QueryOptions().resolve_top_k(cnn.num_images)] if top_k is None else [int(k) for k in top_k]
     if not top_k:
         raise QueryError("Expected at least one --top-k value, got none")
     for k in top_k:
@@ -137,62 +67,54 @@ def compare(
         bad = [v for v in given if v not in known]
         if bad:
             raise QueryError(f"Unknown {name} value {bad[0]!r}; expected any of {', '.join(known)}")
+    pm_options = [QueryOptions(search="patchmatch", iterations=int(it), samples=samples, jumps=jumps,
+                               seed=seed, init=mode) for mode in init for it in iterations]
     ds = open_dataset(data, split=split, direction=direction or trained.get("direction", "AtoB"),
                       task=cnn.task, size=size or trained.get("size"), limit=limit, seed=seed)
-    vectors, offsets, grids = cnn.store.vectors(layer), cnn.store.offsets(layer), cnn.store.grids(layer)
-    rec = lambda f: cnn.compose(f, spec, "target", size_hw)  # noqa: E731
+    lv = cnn.layer(layer)
 
     exact_stats = defaultdict(list)
     acc: dict[tuple, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     for i in tqdm(range(len(ds)), desc="compare", unit="img", disable=not progress):
         s = ds[i]
-        size_hw = s.input.shape[1:]
         levels = cnn.pyramid(layer) if "coarse" in init else [layer]
         with cnn.thread_limits(threads):
-            logits, feats, g = cnn.features(s.input, levels)
-        q = feats[layer]
-        cnn_out = cnn.output_array(logits)
-        for k in top_k:
-            ids, _ = cnn.shortlist(g, np.arange(cnn.num_images), int(k))
-            t = time.perf_counter()
-            with cnn.thread_limits(threads):
-                ex = exact_search(q, vectors, ids, offsets=offsets, grids=grids, threads=threads)
-            ex_s = time.perf_counter() - t
-            n_db = int(sum(offsets[n + 1] - offsets[n] for n in ids))
-            ex_rec = rec(ex)
-            exact_stats[k].append({"seconds": ex_s, "fidelity": _fidelity(ex_rec, cnn_out, seg),
-                                   "gflops": 2.0 * q.shape[0] * q.shape[1] * n_db * q.shape[2] / ex_s / 1e9})
+            feats = cnn.extract(s.input, levels)
+            q = feats.hyperpatches[layer]
+            cnn_out = feats.output
+            for k in top_k:
+                ex = cnn.explain(feats, layer=layer, top_k=int(k), sources=("target",))
+                ex_s = ex.timings["search"]
+                n_db = lv.positions(ex.shortlist)
+                ex_rec = ex.reconstructions["target"]
+                exact_stats[k].append({"seconds": ex_s, "fidelity": _fidelity(ex_rec, cnn_out, seg),
+                                       "gflops": 2.0 * q.shape[0] * q.shape[1] * n_db * q.shape[2] / ex_s / 1e9})
 
-            def record(method: str, params: dict, f: NNField, secs: float, extra: dict | None = None):
-                r = rec(f)
-                key = (method, json.dumps(params, sort_keys=True), int(k))
-                m = acc[key]
-                m["seconds"].append(secs)
-                m["exact_seconds"].append(ex_s)
-                m["recall_at_1"].append(float(recall_at_1(f, ex)))
-                m["similarity_ratio"].append(float(np.mean(f.similarity / np.maximum(ex.similarity, 1e-6))))
-                m["agreement"].append(_agreement(r, ex_rec, seg))
-                m["fidelity"].append(_fidelity(r, cnn_out, seg))
-                for key2, v in (extra or {}).items():
-                    m[key2].append(v)
+                def record(method: str, params: dict, f: NNField, secs: float, r: np.ndarray,
+                           extra: dict | None = None):
+                    key = (method, json.dumps(params, sort_keys=True), int(k))
+                    m = acc[key]
+                    m["seconds"].append(secs)
+                    m["exact_seconds"].append(ex_s)
+                    m["recall_at_1"].append(float(recall_at_1(f, ex.field)))
+                    m["similarity_ratio"].append(float(np.mean(f.similarity / np.maximum(ex.field.similarity, 1e-6))))
+                    m["agreement"].append(_agreement(r, ex_rec, seg))
+                    m["fidelity"].append(_fidelity(r, cnn_out, seg))
+                    for key2, v in (extra or {}).items():
+                        m[key2].append(v)
 
-            for mode in init:
-                for it in iterations:
-                    t = time.perf_counter()
-                    with cnn.thread_limits(threads):
-                        f = cnn.search_field(feats, ids, layer=layer, search="patchmatch",
-                                             iterations=int(it), samples=samples, jumps=jumps, seed=seed,
-                                             init=mode, threads=threads)
-                    record("patchmatch", {"iterations": int(it), "init": mode, "samples": samples,
-                                            "jumps": jumps},
-                           f, time.perf_counter() - t)
-            if n_db <= max_baseline_vectors:
-                for kind in baselines:
-                    for build_params, search_params in DEFAULT_BASELINES[kind]:
-                        b_s, results = ann_fields(kind, build_params, search_params, q, vectors,
-                                                  ids, offsets, grids)
-                        for params, f, s_s in results:
-                            record(kind, params, f, s_s, {"build_seconds": b_s})
+                for opts in pm_options:
+                    r = cnn.explain(feats, layer=layer, options=opts, top_k=int(k), sources=("target",))
+                    record("patchmatch", {"iterations": opts.iterations, "init": opts.init,
+                                          "samples": samples, "jumps": jumps},
+                           r.field, r.timings["search"], r.reconstructions["target"])
+                if n_db <= max_baseline_vectors:
+                    for kind in baselines:
+                        for build_params, search_params in DEFAULT_BASELINES[kind]:
+                            b_s, results = ann_fields(kind, build_params, search_params, q, lv, ex.shortlist)
+                            for params, f, s_s in results:
+                                rec = cnn.compose(f, lv.spec, "target", s.input.shape[1:])
+                                record(kind, params, f, s_s, rec, {"build_seconds": b_s})
 
     exact = {}
     for k, items in exact_stats.items():

@@ -1,0 +1,95 @@
+"""Query options and their defaults, defined once for the API, the CLI, the service and the jobs.
+
+The HyperPatch-Match defaults come from the Facades decoder2 measurements (README, "Measured"):
+32 iterations, 8 random-search samples and 4 jumps per position and iteration reached a mean
+similarity ratio of 0.98 to exact search at about 30x its speed; the ``staged`` start (random
+over the 16 best-ranked images, whose field seeds the search over the whole shortlist) is what
+makes whole-set searches work.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+from .errors import QueryError
+from .checks import MAX_ITERATIONS, MAX_JUMPS, MAX_SAMPLES, check_choice, check_int, check_number
+
+SEARCHES = ("exact", "patchmatch")
+INITS = ("random", "staged", "coarse")
+SOURCES = ("target", "input", "self")
+#: Shortlist size when ``top_k`` is not given (or every candidate image, when fewer).
+DEFAULT_TOP_K = 16
+
+
+@dataclass(frozen=True)
+class QueryOptions:
+    """How a query searches. Every surface reads its defaults and bounds from here.
+
+    Parameters
+    ----------
+    search : {"exact", "patchmatch"}
+        Exhaustive cosine search, or HyperPatch-Match.
+    top_k : int, optional
+        Shortlist size; None means :data:`DEFAULT_TOP_K`, or every candidate image when fewer.
+    iterations, samples, jumps : int
+        HyperPatch-Match rounds, random-search samples and jumps to other images per position
+        and round.
+    seed : int
+        Seed of HyperPatch-Match's counter-based random numbers.
+    init : {"staged", "random", "coarse"}
+        HyperPatch-Match start (see :func:`compnn_index.search.strategy.search_field`).
+    seed_images : int
+        Images of the first stage of a staged whole-set search.
+    coarse_exact_gflop : float
+        ``init="coarse"``: the coarsest level is searched exactly under this many GFLOP.
+    """
+
+    search: str = "exact"
+    top_k: int | None = None
+    iterations: int = 32
+    samples: int = 8
+    jumps: int = 4
+    seed: int = 0
+    init: str = "staged"
+    seed_images: int = 16
+    coarse_exact_gflop: float = 40.0
+
+    def __post_init__(self) -> None:
+        check_choice(self.search, "search", SEARCHES)
+        if self.top_k is not None:
+            check_int(self.top_k, "top_k")  # bounds depend on the database: resolve_top_k
+        check_int(self.iterations, "iterations", low=0, high=MAX_ITERATIONS)
+        check_int(self.samples, "samples", low=0, high=MAX_SAMPLES)
+        check_int(self.jumps, "jumps", low=0, high=MAX_JUMPS)
+        check_int(self.seed, "seed", low=0, high=2**63 - 1)
+        check_choice(self.init, "init", INITS)
+        check_int(self.seed_images, "seed_images", low=1)
+        check_number(self.coarse_exact_gflop, "coarse_exact_gflop", low=0)
+
+    def with_(self, **changes: Any) -> "QueryOptions":
+        """A copy with ``changes`` applied (None values are ignored: keep the default)."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def resolve_top_k(self, candidates: int) -> int:
+        """The shortlist size for ``candidates`` database images, checked against it."""
+        if self.top_k is None:
+            return min(DEFAULT_TOP_K, candidates)
+        if not 1 <= self.top_k <= candidates:
+            raise QueryError(f"Expected 1 <= top_k <= number of database images ({candidates}), "
+                             f"but top_k = {self.top_k}")
+        return self.top_k
+
+    def patchmatch_params(self) -> dict[str, Any]:
+        """The kernel's own parameters (iterations, samples, jumps, seed)."""
+        return {"iterations": self.iterations, "samples": self.samples, "jumps": self.jumps,
+                "seed": self.seed}
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+
+DEFAULTS = QueryOptions()
