@@ -297,8 +297,21 @@ def test_open_reports_missing_or_corrupt_files(store_path, tmp_path):
     with pytest.raises(IndexStoreError, match=r"manifest\.json' is not a readable JSON manifest"):
         IndexStore.open(copy)
     (copy / "manifest.json").write_text(json.dumps({**manifest, "format_version": 99}))
-    with pytest.raises(IndexStoreError, match=r"expected format_version 1, but format_version = 99"):
+    with pytest.raises(IndexStoreError, match=r"format_version = 99, but this version of compnn-index reads "
+                                              r"format versions 1, 2; rebuild the store with `compnn build`"):
         IndexStore.open(copy)
+    # a version-1 store (no codec, norms, shards or checksums fields) still loads, as fp32
+    v1 = json.loads(json.dumps(manifest))
+    v1["format_version"] = 1
+    for key in ("shards", "checksums"):
+        v1.pop(key, None)
+    for entry in v1["layers"].values():
+        entry.pop("codec", None)
+        entry.pop("norms", None)
+    (copy / "manifest.json").write_text(json.dumps(v1))
+    old = IndexStore.open(copy)
+    assert old.manifest["layers"]["decoder2"]["codec"] == "fp32" and old.manifest["shards"] is None
+    assert old.layer("decoder2").codec == "fp32"
     (copy / "manifest.json").write_text(json.dumps(manifest))
     layer_file = copy / "layers" / "decoder2.faiss"
     data = layer_file.read_bytes()

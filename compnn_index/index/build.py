@@ -251,9 +251,11 @@ def build_index(
                 image_size=list(image_size),
                 versions=library_versions(),
             )
+            manifest.setdefault("shards", None)
+            manifest.setdefault("checksums", None)
             order = ["format_version", "created", "build_seconds", "model", "dataset", "task",
                      "num_classes", "ignore_index", "palette", "image_size", "images", "layers",
-                     "global", "arrays", "versions"]
+                     "global", "arrays", "shards", "checksums", "versions"]
             write_manifest(tmp, {k: manifest[k] for k in order})
             _move_into_place(tmp, out)
         except BaseException:
@@ -332,7 +334,7 @@ def _write_store(
             )
         layers[name] = {
             "spec": extractor.specs[name].to_dict(), "grid": [hp, wp], "dim": d,
-            "ntotal": ntotals[name], "file": _layer_file(name),
+            "ntotal": ntotals[name], "file": _layer_file(name), "codec": "fp32", "norms": None,
         }
     return {
         "images": images,

@@ -1,9 +1,9 @@
 """The index store's ``manifest.json``: what was built, from what, with which libraries.
 
-Layout (``FORMAT_VERSION`` 1)::
+Layout (``FORMAT_VERSION`` 2)::
 
     {
-      "format_version": 1,
+      "format_version": 2,
       "created": "2026-01-01T12:00:00+00:00", "build_seconds": 12.3,
       "model":   {"arch": "unet", "config": {...}, "hash": "<sha256>", "checkpoint": "/abs/path.pt" | null},
       "dataset": {...dataset.identity...},
@@ -21,6 +21,15 @@ Layout (``FORMAT_VERSION`` 1)::
 
 Every layer index is an ``IndexFlatIP`` of L2-normalised hyperpatches; image ``i``'s positions
 occupy ids ``sum(n_j for j < i) ...`` row-major over its grid.
+
+Versions. There is one format version. Each change of the layout adds fields and bumps it once;
+:func:`read_manifest` still reads every version in :data:`READABLE_VERSIONS`, filling the fields
+an older version lacks with the values that describe it (:func:`upgrade_manifest`: a version-1
+layer is ``"codec": "fp32"`` without a norms sidecar, the store is unsharded and carries no
+checksums), and refuses any other version with a message saying which command rebuilds it.
+Version 2 adds, per layer, ``"codec"`` (``"fp32"`` | ``"fp16"`` | ``"sq8"``) and ``"norms"``
+(the file of the hyperpatch-norm sidecar, or null); at the top, ``"shards"`` (null, or the shard
+list of a sharded store) and ``"checksums"`` (null, or ``{relative file: sha256}``).
 """
 from __future__ import annotations
 
@@ -32,8 +41,10 @@ from typing import Any
 
 from ..errors import IndexStoreError
 
-#: Version of the on-disk layout this code writes and reads.
-FORMAT_VERSION = 1
+#: Version of the on-disk layout this code writes.
+FORMAT_VERSION = 2
+#: Versions this code reads (older ones are upgraded in memory by :func:`upgrade_manifest`).
+READABLE_VERSIONS = (1, 2)
 MANIFEST_NAME = "manifest.json"
 GLOBAL_FILE = "global.faiss"
 LAYER_DIR = "layers"
@@ -96,14 +107,26 @@ def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
             f"{os.fspath(path)!r}: expected a JSON object, but found {type(manifest).__name__}"
         )
     version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
+    if isinstance(version, bool) or version not in READABLE_VERSIONS:
         raise IndexStoreError(
-            f"{os.fspath(path)!r}: expected format_version {FORMAT_VERSION}, but format_version = "
-            f"{version!r}; rebuild the index with this version of compnn-index"
+            f"{os.fspath(path)!r}: format_version = {version!r}, but this version of compnn-index "
+            f"reads format versions {', '.join(map(str, READABLE_VERSIONS))}; rebuild the store with "
+            "`compnn build` (or open it with the compnn-index release that wrote it)"
         )
     missing = [k for k in _REQUIRED if k not in manifest]
     if missing:
         raise IndexStoreError(f"{os.fspath(path)!r} lacks required keys {missing}")
-    if not manifest["layers"]:
+    if not isinstance(manifest["layers"], dict) or not manifest["layers"]:
         raise IndexStoreError(f"{os.fspath(path)!r} lists no layers")
+    return upgrade_manifest(manifest)
+
+
+def upgrade_manifest(manifest: dict[str, Any]) -> dict[str, Any]:
+    """Fill the fields an older format version lacks (in place and returned); see the module doc."""
+    for entry in manifest["layers"].values():
+        if isinstance(entry, dict):
+            entry.setdefault("codec", "fp32")
+            entry.setdefault("norms", None)
+    manifest.setdefault("shards", None)
+    manifest.setdefault("checksums", None)
     return manifest

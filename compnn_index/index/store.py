@@ -196,6 +196,11 @@ class IndexStore:
         if len(self.manifest["images"]) != n or n < 1:
             raise IndexStoreError(f"{self._manifest_path}: expected at least one image")
         for name, entry in self.manifest["layers"].items():
+            if entry.get("codec", "fp32") != "fp32":
+                raise IndexStoreError(
+                    f"{self._manifest_path}: layer {name!r} is stored with codec {entry['codec']!r}, "
+                    "which this version of compnn-index cannot read (it reads fp32)"
+                )
             hp, wp = entry["grid"]
             if entry["ntotal"] != n * hp * wp:
                 raise IndexStoreError(
