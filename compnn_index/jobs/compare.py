@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from ..errors import QueryError
 from ..metrics import psnr, recall_at_1
-from ..options import INITS, QueryOptions
+from ..options import DEFAULTS, INITS, QueryOptions
 from ..search import NNField
 from ..search.ann import DEFAULT_BASELINES, ann_fields
 
@@ -43,7 +43,7 @@ def compare(
     size: int | None = None, limit: int | None = 5, seed: int = 0, layer: str | None = None,
     top_k: Sequence[int] | None = None, iterations: Sequence[int] = (2, 4, 8, 16, 32),
     init: Sequence[str] = ("random",), baselines: Sequence[str] = ("hnsw", "ivf"),
-    samples: int = 8, jumps: int = 4, threads: int | None = None, out: str | Path,
+    samples: int = DEFAULTS.samples, jumps: int = DEFAULTS.jumps, threads: int | None = None, out: str | Path,
     progress: bool = True,
     cnn=None, max_baseline_vectors: int = 2_000_000,
 ) -> dict:

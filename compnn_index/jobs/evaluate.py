@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
-from ..options import QueryOptions
+from ..options import DEFAULTS, QueryOptions
 
 from ..errors import QueryError
 from ..metrics import confusion_matrix, l1, mean_iou, pixel_accuracy, psnr
@@ -60,8 +60,8 @@ def _render_table(rows: list[dict], columns: Sequence[str]) -> str:
 def evaluate(
     index: str | Path, *, data: str, split: str = "test", direction: str | None = None,
     size: int | None = None, limit: int | None = None, seed: int = 0, layer: str | None = None,
-    search: str = "exact", top_k: Sequence[int] = (1, 16, 64), iterations: int = 32,
-    init: str = "staged",
+    search: str = "exact", top_k: Sequence[int] = (1, 16, 64), iterations: int = DEFAULTS.iterations,
+    init: str = DEFAULTS.init,
     threads: int | None = None, out: str | Path, progress: bool = True, cnn=None,
     examples: int = 4,
 ) -> dict:

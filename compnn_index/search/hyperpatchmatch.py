@@ -46,6 +46,7 @@ import numpy as np
 
 from ..errors import QueryError
 from ..index.layer import LayerVectors
+from ..options import DEFAULTS
 from .field import NNField
 from .hpm_common import PatchMatchStats, Problem, validate
 from .reference import run_reference
@@ -95,10 +96,10 @@ def patchmatch(
     layer: LayerVectors,
     images: np.ndarray,
     *,
-    iterations: int = 8,
-    samples: int = 4,
-    jumps: int = 2,
-    seed: int = 0,
+    iterations: int = DEFAULTS.iterations,
+    samples: int = DEFAULTS.samples,
+    jumps: int = DEFAULTS.jumps,
+    seed: int = DEFAULTS.seed,
     init: InitField = "random",
     threads: int | None = None,
     tol: float = 0.0,
@@ -115,13 +116,13 @@ def patchmatch(
         (the FAISS index's own buffer, unaligned when memory-mapped); nothing is copied.
     images : ndarray of int, shape (M,)
         Database image ids to search (the shortlist; duplicates are searched once).
-    iterations : int, default 8
+    iterations : int, default ``QueryOptions.iterations``
         Propagation / random-search rounds (0 returns the initial field).
-    samples : int, default 4
+    samples : int, default ``QueryOptions.samples``
         Random-search samples per position and iteration.
-    jumps : int, default 2
+    jumps : int, default ``QueryOptions.jumps``
         Candidates per position and iteration at random positions of other shortlisted images.
-    seed : int, default 0
+    seed : int, default ``QueryOptions.seed``
         Seed of the counter-based random numbers.
     init : "random" or NNField, default "random"
         Initial field; an NNField must have the query grid's shape and match only ``images``.
@@ -167,10 +168,10 @@ def patchmatch_reference(
     layer: LayerVectors,
     images: np.ndarray,
     *,
-    iterations: int = 8,
-    samples: int = 4,
-    jumps: int = 2,
-    seed: int = 0,
+    iterations: int = DEFAULTS.iterations,
+    samples: int = DEFAULTS.samples,
+    jumps: int = DEFAULTS.jumps,
+    seed: int = DEFAULTS.seed,
     init: InitField = "random",
     threads: int | None = None,
     tol: float = 0.0,

@@ -1,110 +1,17 @@
-"""Layer taps and hyperpatches: reading a network's activations and turning them into
-L2-normalised k×k×C window vectors (CompNN's embedding), plus per-image global descriptors.
-
-Works with any ``nn.Module``: built-in models name their taps (``model.layer_taps()``); for other
-networks give :class:`LayerSpec` objects whose ``module`` is a path for
-``model.get_submodule``.
-"""
+"""Reading a network's activations (forward hooks) and turning them into hyperpatches and
+global descriptors; per-tap geometry by probing."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-from typing import Any, Iterable, Mapping, Union
+from typing import Any, Mapping, Union
 
 import numpy as np
 import torch
 from torch import nn
 
-from compnn_index.errors import ModelError
+from ..errors import ModelError
+from .spec import LayerSpec, Specs, _is_positive_int
 
-IO_KINDS = ("input", "output")
-
-Specs = Union[Mapping[str, "LayerSpec"], Iterable["LayerSpec"]]
 ArrayLike = Union[np.ndarray, torch.Tensor]
-
-
-@dataclass(frozen=True)
-class LayerSpec:
-    """A layer tap and the geometry of its hyperpatches.
-
-    Parameters
-    ----------
-    name : str
-        Tap name (e.g. ``"decoder2"``).
-    module : str
-        Module path for ``model.get_submodule`` (``""`` is the model itself).
-    io : {"output", "input"}
-        Read the module's output or its (first) input.
-    k : int
-        Hyperpatch window side in feature cells.
-    stride : int
-        Image pixels per feature cell.
-    region : int, optional
-        Side in pixels of the image block a hyperpatch stands for; default ``k * stride``.
-        The hyperpatch at feature position (y, x) stands for
-        ``[y*stride, y*stride + region) × [x*stride, x*stride + region)``.
-    """
-
-    name: str
-    module: str
-    io: str = "output"
-    k: int = 2
-    stride: int = 1
-    region: int | None = None
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name:
-            raise ModelError(f"Expected LayerSpec.name to be a non-empty string, got {self.name!r}")
-        if not isinstance(self.module, str):
-            raise ModelError(
-                f"layer {self.name!r}: expected module to be a module path string, "
-                f"got {self.module!r}"
-            )
-        if self.io not in IO_KINDS:
-            raise ModelError(
-                f"layer {self.name!r}: expected io to be one of {list(IO_KINDS)}, but io = {self.io!r}"
-            )
-        for option in ("k", "stride"):
-            value = getattr(self, option)
-            if not _is_positive_int(value):
-                raise ModelError(
-                    f"layer {self.name!r}: expected {option} to be a positive integer, "
-                    f"but {option} = {value!r}"
-                )
-            object.__setattr__(self, option, int(value))
-        if self.region is None:
-            object.__setattr__(self, "region", self.k * self.stride)
-        elif not _is_positive_int(self.region):
-            raise ModelError(
-                f"layer {self.name!r}: expected region to be a positive integer (pixels), "
-                f"but region = {self.region!r}"
-            )
-        else:
-            object.__setattr__(self, "region", int(self.region))
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able dict; :meth:`from_dict` inverts it."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "LayerSpec":
-        """Rebuild a spec from :meth:`to_dict`'s output.
-
-        Raises
-        ------
-        ModelError
-            For missing or unknown keys or invalid values.
-        """
-        known = {f.name for f in fields(cls)}
-        if not isinstance(d, Mapping):
-            raise ModelError(f"Expected a LayerSpec dict, got {type(d).__name__}")
-        unknown = sorted(set(d) - known)
-        missing = [k for k in ("name", "module") if k not in d]
-        if unknown or missing:
-            raise ModelError(
-                f"LayerSpec dict {dict(d)!r}: unknown keys {unknown}, missing keys {missing}; "
-                f"expected keys among {sorted(known)}"
-            )
-        return cls(**d)
 
 
 def default_layer_specs(
@@ -315,138 +222,7 @@ def global_descriptor(act: ArrayLike) -> np.ndarray:
     return flat.numpy()
 
 
-class FeatureExtractor:
-    """Batched extraction of outputs, per-layer hyperpatches and global descriptors.
-
-    Parameters
-    ----------
-    model : nn.Module
-        Any network; built-in models validate the input size.
-    specs : mapping or iterable of LayerSpec
-        Layers whose hyperpatches are extracted.
-    global_tap : str or LayerSpec, optional
-        Activation used for the global descriptor: a name from ``specs`` or from
-        ``model.layer_taps()``, or a spec. Default: ``model.bottleneck_tap()``.
-
-    Attributes
-    ----------
-    specs : dict of str to LayerSpec
-        The hyperpatch layers.
-    global_spec : LayerSpec
-        The global-descriptor tap.
-
-    Raises
-    ------
-    ModelError
-        If a tap is unknown or no global tap can be chosen.
-    """
-
-    def __init__(
-        self, model: nn.Module, specs: Specs, *, global_tap: str | LayerSpec | None = None
-    ) -> None:
-        self.model = model
-        self.specs = {s.name: s for s in _spec_list(specs)}
-        if not self.specs and not isinstance(global_tap, LayerSpec):
-            raise ModelError("FeatureExtractor needs at least one LayerSpec (or a global_tap LayerSpec)")
-        self.global_spec = self._global_spec(global_tap)
-        for spec in self.specs.values():
-            _resolve(model, spec)
-        _resolve(model, self.global_spec)
-        self._shapes: dict[tuple[int, int], dict[str, tuple[int, int, int]]] = {}
-
-    def _global_spec(self, global_tap: str | LayerSpec | None) -> LayerSpec:
-        if isinstance(global_tap, LayerSpec):
-            return global_tap
-        if global_tap is None:
-            bottleneck = getattr(self.model, "bottleneck_tap", None)
-            if bottleneck is None:
-                raise ModelError(
-                    f"{type(self.model).__name__} has no bottleneck_tap(); pass global_tap (a "
-                    "layer name or a LayerSpec) to choose the global-descriptor activation"
-                )
-            global_tap = bottleneck()
-        if global_tap in self.specs:
-            return self.specs[global_tap]
-        taps = _model_taps(self.model) or {}
-        if global_tap not in taps:
-            available = sorted(set(taps) | set(self.specs))
-            raise ModelError(
-                f"unknown global_tap {global_tap!r}; available taps: {', '.join(available)}"
-            )
-        module, io = taps[global_tap]
-        return LayerSpec(global_tap, module, io, k=1)
-
-    def _capture_specs(self) -> list[LayerSpec]:
-        specs = list(self.specs.values())
-        if self.global_spec.name not in self.specs:
-            specs.append(self.global_spec)
-        elif (self.specs[self.global_spec.name].module, self.specs[self.global_spec.name].io) != (
-                self.global_spec.module, self.global_spec.io):
-            raise ModelError(
-                f"global tap {self.global_spec.name!r} clashes with a layer of the same name "
-                "but a different module"
-            )
-        return specs
-
-    def __call__(
-        self, batch: ArrayLike
-    ) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
-        """Extract features of a batch of images.
-
-        Parameters
-        ----------
-        batch : ndarray or Tensor, shape (B, C, H, W)
-            float32 images in [-1, 1].
-
-        Returns
-        -------
-        outputs : ndarray of float32, shape (B, out_channels, H, W)
-            The network's raw outputs (tanh images or class logits).
-        hyperpatches : dict of str to ndarray
-            ``{layer: float32 (B, Hp, Wp, D)}`` as :func:`hyperpatches`.
-        global : ndarray of float32, shape (B, G)
-            Global descriptors as :func:`global_descriptor`.
-        """
-        output, acts = capture(self.model, batch, self._capture_specs())
-        if isinstance(output, (tuple, list)):
-            output = output[0]
-        outputs = np.ascontiguousarray(output.detach().cpu().numpy(), dtype=np.float32)
-        patches = {name: hyperpatches(acts[name], spec.k) for name, spec in self.specs.items()}
-        return outputs, patches, global_descriptor(acts[self.global_spec.name])
-
-    def layer_shapes(self, image_size: int | tuple[int, int]) -> dict[str, tuple[int, int, int]]:
-        """Hyperpatch grid and dimension ``(Hp, Wp, D)`` of each layer for one image.
-
-        Parameters
-        ----------
-        image_size : int or (int, int)
-            Input height and width.
-        """
-        shapes = self._probe(image_size)
-        out = {}
-        for name, spec in self.specs.items():
-            c, h, w = shapes[name]
-            out[name] = (h - spec.k + 1, w - spec.k + 1, spec.k * spec.k * c)
-        return out
-
-    def global_dim(self, image_size: int | tuple[int, int]) -> int:
-        """Length of the global descriptor for images of ``image_size``."""
-        c, h, w = self._probe(image_size)[self.global_spec.name]
-        return c * h * w
-
-    def _probe(self, image_size: int | tuple[int, int]) -> dict[str, tuple[int, int, int]]:
-        key = _size_pair(image_size)
-        if key not in self._shapes:
-            self._shapes[key] = probe_shapes(self.model, key, self._capture_specs())
-        return self._shapes[key]
-
-
 # ---------------------------------------------------------------------------- helpers
-
-
-def _is_positive_int(value: object) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1
-
 
 def _inverse_norm(norm2: torch.Tensor) -> torch.Tensor:
     """1/sqrt(norm2), with 0 where norm2 is 0 (zero vectors stay zero)."""

@@ -1,0 +1,13 @@
+"""Layer taps and hyperpatches: reading a network's activations and turning them into
+L2-normalised k×k×C window vectors (CompNN's embedding), plus per-image global descriptors.
+
+Works with any ``nn.Module``: built-in models name their taps (``model.layer_taps()``); for other
+networks give :class:`LayerSpec` objects whose ``module`` is a path for
+``model.get_submodule``.
+"""
+from .extractor import FeatureExtractor
+from .spec import IO_KINDS, LayerSpec, Specs
+from .taps import ArrayLike, capture, default_layer_specs, global_descriptor, hyperpatches, probe_shapes
+
+__all__ = ["ArrayLike", "FeatureExtractor", "IO_KINDS", "LayerSpec", "Specs", "capture",
+           "default_layer_specs", "global_descriptor", "hyperpatches", "probe_shapes"]

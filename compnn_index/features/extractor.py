@@ -1,0 +1,137 @@
+"""``FeatureExtractor``: batched outputs, hyperpatches and global descriptors — the one
+extraction path of the build and the query."""
+from __future__ import annotations
+
+
+import numpy as np
+from torch import nn
+
+from ..errors import ModelError
+from .spec import LayerSpec, Specs
+from .taps import ArrayLike, _model_taps, _resolve, _size_pair, _spec_list, capture, global_descriptor, hyperpatches, probe_shapes
+
+
+class FeatureExtractor:
+    """Batched extraction of outputs, per-layer hyperpatches and global descriptors.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Any network; built-in models validate the input size.
+    specs : mapping or iterable of LayerSpec
+        Layers whose hyperpatches are extracted.
+    global_tap : str or LayerSpec, optional
+        Activation used for the global descriptor: a name from ``specs`` or from
+        ``model.layer_taps()``, or a spec. Default: ``model.bottleneck_tap()``.
+
+    Attributes
+    ----------
+    specs : dict of str to LayerSpec
+        The hyperpatch layers.
+    global_spec : LayerSpec
+        The global-descriptor tap.
+
+    Raises
+    ------
+    ModelError
+        If a tap is unknown or no global tap can be chosen.
+    """
+
+    def __init__(
+        self, model: nn.Module, specs: Specs, *, global_tap: str | LayerSpec | None = None
+    ) -> None:
+        self.model = model
+        self.specs = {s.name: s for s in _spec_list(specs)}
+        if not self.specs and not isinstance(global_tap, LayerSpec):
+            raise ModelError("FeatureExtractor needs at least one LayerSpec (or a global_tap LayerSpec)")
+        self.global_spec = self._global_spec(global_tap)
+        for spec in self.specs.values():
+            _resolve(model, spec)
+        _resolve(model, self.global_spec)
+        self._shapes: dict[tuple[int, int], dict[str, tuple[int, int, int]]] = {}
+
+    def _global_spec(self, global_tap: str | LayerSpec | None) -> LayerSpec:
+        if isinstance(global_tap, LayerSpec):
+            return global_tap
+        if global_tap is None:
+            bottleneck = getattr(self.model, "bottleneck_tap", None)
+            if bottleneck is None:
+                raise ModelError(
+                    f"{type(self.model).__name__} has no bottleneck_tap(); pass global_tap (a "
+                    "layer name or a LayerSpec) to choose the global-descriptor activation"
+                )
+            global_tap = bottleneck()
+        if global_tap in self.specs:
+            return self.specs[global_tap]
+        taps = _model_taps(self.model) or {}
+        if global_tap not in taps:
+            available = sorted(set(taps) | set(self.specs))
+            raise ModelError(
+                f"unknown global_tap {global_tap!r}; available taps: {', '.join(available)}"
+            )
+        module, io = taps[global_tap]
+        return LayerSpec(global_tap, module, io, k=1)
+
+    def _capture_specs(self) -> list[LayerSpec]:
+        specs = list(self.specs.values())
+        if self.global_spec.name not in self.specs:
+            specs.append(self.global_spec)
+        elif (self.specs[self.global_spec.name].module, self.specs[self.global_spec.name].io) != (
+                self.global_spec.module, self.global_spec.io):
+            raise ModelError(
+                f"global tap {self.global_spec.name!r} clashes with a layer of the same name "
+                "but a different module"
+            )
+        return specs
+
+    def __call__(
+        self, batch: ArrayLike
+    ) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
+        """Extract features of a batch of images.
+
+        Parameters
+        ----------
+        batch : ndarray or Tensor, shape (B, C, H, W)
+            float32 images in [-1, 1].
+
+        Returns
+        -------
+        outputs : ndarray of float32, shape (B, out_channels, H, W)
+            The network's raw outputs (tanh images or class logits).
+        hyperpatches : dict of str to ndarray
+            ``{layer: float32 (B, Hp, Wp, D)}`` as :func:`hyperpatches`.
+        global : ndarray of float32, shape (B, G)
+            Global descriptors as :func:`global_descriptor`.
+        """
+        output, acts = capture(self.model, batch, self._capture_specs())
+        if isinstance(output, (tuple, list)):
+            output = output[0]
+        outputs = np.ascontiguousarray(output.detach().cpu().numpy(), dtype=np.float32)
+        patches = {name: hyperpatches(acts[name], spec.k) for name, spec in self.specs.items()}
+        return outputs, patches, global_descriptor(acts[self.global_spec.name])
+
+    def layer_shapes(self, image_size: int | tuple[int, int]) -> dict[str, tuple[int, int, int]]:
+        """Hyperpatch grid and dimension ``(Hp, Wp, D)`` of each layer for one image.
+
+        Parameters
+        ----------
+        image_size : int or (int, int)
+            Input height and width.
+        """
+        shapes = self._probe(image_size)
+        out = {}
+        for name, spec in self.specs.items():
+            c, h, w = shapes[name]
+            out[name] = (h - spec.k + 1, w - spec.k + 1, spec.k * spec.k * c)
+        return out
+
+    def global_dim(self, image_size: int | tuple[int, int]) -> int:
+        """Length of the global descriptor for images of ``image_size``."""
+        c, h, w = self._probe(image_size)[self.global_spec.name]
+        return c * h * w
+
+    def _probe(self, image_size: int | tuple[int, int]) -> dict[str, tuple[int, int, int]]:
+        key = _size_pair(image_size)
+        if key not in self._shapes:
+            self._shapes[key] = probe_shapes(self.model, key, self._capture_specs())
+        return self._shapes[key]
