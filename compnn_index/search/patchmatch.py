@@ -51,7 +51,7 @@ from .exact import check_search_inputs
 from .field import NNField
 
 try:
-    from .. import _hpm
+    from . import _hpm
 except ImportError as exc:  # pragma: no cover - exercised only on a broken build
     _hpm = None
     _NATIVE_ERROR: str | None = f"{type(exc).__name__}: {exc}"
