@@ -1,20 +1,26 @@
 """Build the native HyperPatch-Match extension at install time (no JIT at import).
 
-The kernel is built for the x86-64-v2 baseline; its dot-product loops carry their own
+On x86-64 the kernel is built for the x86-64-v2 baseline; its dot-product loops carry their own
 AVX2+FMA / AVX-512 target attributes and are picked at run time (``__builtin_cpu_supports``),
-so the same build runs on any x86-64-v2 machine. Threads are ``std::thread`` (no OpenMP runtime,
-so no clash with the libgomp copies that torch and faiss load). No ``-ffast-math``: results must be
-reproducible and match the NumPy reference.
+so the same build runs on any x86-64-v2 machine. Elsewhere (aarch64, ...) no ``-march`` is given
+and the kernel compiles its portable dot product only. Threads are ``std::thread`` (no OpenMP
+runtime, so no clash with the libgomp copies that torch and faiss load). No ``-ffast-math``:
+results must be reproducible and match the NumPy reference.
 """
+import platform
+
 from pybind11.setup_helpers import Pybind11Extension, build_ext
 from setuptools import setup
 
+# -march=x86-64-v2 is an x86-64 flag: compilers for other targets reject it.
+_X86_64 = platform.machine().lower() in {"x86_64", "amd64", "x64"}
+
 ext_modules = [
     Pybind11Extension(
-        "compnn_index._hpm",
-        ["compnn_index/csrc/hyperpatchmatch.cpp"],
+        "compnn_index.search._hpm",
+        ["compnn_index/search/csrc/hyperpatchmatch.cpp"],
         cxx_std=17,
-        extra_compile_args=["-O3", "-march=x86-64-v2", "-pthread"],
+        extra_compile_args=["-O3", "-pthread"] + (["-march=x86-64-v2"] if _X86_64 else []),
         extra_link_args=["-pthread"],
     ),
 ]

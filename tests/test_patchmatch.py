@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -234,13 +235,47 @@ def test_same_seed_same_field_for_any_thread_count(smooth_problem):
 # FAISS storage, read in place
 
 
-def test_reads_faiss_index_storage_without_copy(smooth_problem, monkeypatch):
+class _MappedView:
+    """Read-only, zero-copy view of a FAISS flat index's storage that keeps the index alive
+    (what ``IndexStore.vectors`` hands out)."""
+
+    def __init__(self, index) -> None:
+        import faiss
+
+        self.index = index
+        self.__array_interface__ = {
+            "data": (faiss.rev_swig_ptr(index.get_xb(), 1).ctypes.data, True),  # read-only
+            "shape": (int(index.ntotal), int(index.d)),
+            "typestr": "<f4",
+            "version": 3,
+        }
+
+
+@pytest.fixture(scope="module")
+def mapped_store(tmp_path_factory):
+    """An IndexFlatIP written to disk and memory-mapped back, as a store's layer index is.
+
+    D = 44 leaves a scalar tail in every dot-product loop (12 floats after the AVX2 loop, 4 after
+    the generic one), and values k/8 make all arithmetic exact, so results must agree bit for bit.
+    """
     faiss = pytest.importorskip("faiss")
-    queries, vectors, images, offsets, grids = smooth_problem
+    rng = np.random.default_rng(8)
+    vectors, offsets, grids = _store([_exact_grid(rng, (h, w, 44)) for h, w in [(30, 31), (28, 30), (25, 33), (30, 30)]])
     index = faiss.IndexFlatIP(vectors.shape[1])
     index.add(vectors)
-    view = faiss.rev_swig_ptr(index.get_xb(), index.ntotal * index.d).reshape(index.ntotal, index.d)
-    view.flags.writeable = False
+    path = tmp_path_factory.mktemp("mapped") / "layer.faiss"
+    faiss.write_index(index, str(path))
+    view = np.asarray(_MappedView(faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC)))
+    queries = _exact_grid(rng, (9, 10, 44))
+    return queries, view, vectors, np.array([0, 2, 3], dtype=np.int64), offsets, grids
+
+
+def test_reads_memory_mapped_store_in_place_at_its_unaligned_offset(mapped_store, monkeypatch):
+    queries, view, vectors, images, offsets, grids = mapped_store
+    # The vectors start at file byte 45 (the FAISS header): the view is not 4-byte aligned.
+    assert view.ctypes.data % 4 != 0 and not view.flags.aligned
+    np.testing.assert_array_equal(view, vectors)
+    kw = dict(iterations=4, samples=4, jumps=2, seed=3)
     seen = []
     original = _hpm.patchmatch
 
@@ -248,11 +283,53 @@ def test_reads_faiss_index_storage_without_copy(smooth_problem, monkeypatch):
         seen.append(v)
         return original(q, v, *args)
 
+    aligned = np.ascontiguousarray(vectors)
+    assert aligned.ctypes.data % 4 == 0
+    expected = patchmatch(queries, lay(aligned, offsets, grids), images, threads=1, **kw)  # warms up lazy imports
     monkeypatch.setattr(_hpm, "patchmatch", spy)
-    field = patchmatch(queries, lay(view, offsets, grids), images, iterations=4)
+    tracemalloc.start()
+    try:
+        field = patchmatch(queries, lay(view, offsets, grids), images, threads=3, **kw)
+        used, peak = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        copy = np.array(view)  # what a copy would cost, measured the same way
+        copy_peak = tracemalloc.get_traced_memory()[1] - used
+        del copy
+    finally:
+        tracemalloc.stop()
     monkeypatch.undo()
-    assert seen[0] is view and np.shares_memory(seen[0], view)
-    _fields_equal(field, patchmatch(queries, lay(vectors, offsets, grids), images, iterations=4))
+    assert seen[0] is view
+    assert copy_peak >= view.nbytes and peak < view.nbytes // 8, (peak, copy_peak, view.nbytes)
+    _fields_equal(field, expected)
+    _fields_equal(field, patchmatch_reference(queries, lay(aligned, offsets, grids), images, **kw))
+
+
+def test_dot_many_reads_unaligned_view(mapped_store):
+    queries, view, vectors, *_ = mapped_store
+    q = queries[3, 4]
+    expected = vectors.astype(np.float64) @ q.astype(np.float64)  # exact: values k/8
+    np.testing.assert_array_equal(_hpm.dot_many(q, view), expected.astype(np.float32))
+    np.testing.assert_array_equal(_hpm.dot_many(q, view), _hpm.dot_many(q, np.ascontiguousarray(vectors)))
+
+
+@pytest.mark.parametrize("init", ["random", "given"])
+def test_kernel_thread_count_does_not_change_result(mapped_store, init):
+    """1 thread, 3 threads, and more threads than any pass has tasks give the same bits."""
+    queries, view, _, images, offsets, grids = mapped_store
+    rng = np.random.default_rng(9)
+    shape = queries.shape[:2]
+    if init == "random":
+        given = (None, None, None)
+    else:
+        image = rng.choice(images, size=shape).astype(np.int64)
+        given = (image, rng.integers(0, grids[image, 0]).astype(np.int32),
+                 rng.integers(0, grids[image, 1]).astype(np.int32))
+    runs = [_hpm.patchmatch(queries, view, images, offsets, grids, *given, 5, 6, 3, 21, threads, 0.0)
+            for threads in (1, 3, 64)]
+    for other in runs[1:]:
+        for a, b in zip(runs[0][:4], other[:4]):
+            np.testing.assert_array_equal(a, b)
+        assert other[4] == runs[0][4]
 
 
 # ------------------------------------------------------------------------------------------------

@@ -69,7 +69,7 @@ def main() -> None:
     args = ap.parse_args()
 
     if not native_available():
-        raise SystemExit("native kernel compnn_index._hpm not built; nothing to benchmark")
+        raise SystemExit("native kernel compnn_index.search._hpm not built; nothing to benchmark")
     from compnn_index.search import _hpm as hpm
 
     rng = np.random.default_rng(args.seed)

@@ -3,7 +3,8 @@
 // high inner product, reading database vectors in place from a FAISS IndexFlatIP's storage.
 //
 // The algorithm is specified (and mirrored line by line) by `patchmatch_reference` in
-// compnn_index/search/patchmatch.py; tests check that both give identical fields.
+// compnn_index/search/reference.py (the wrapper, search/hyperpatchmatch.py, which imports it as
+// compnn_index.search._hpm); tests check that both give identical fields.
 //
 // Determinism. All random numbers come from a counter-based generator: a value is a hash of
 // (seed, iteration, query position, stream), so it does not depend on which thread draws it or
@@ -15,12 +16,18 @@
 //      bottom to top on odd ones): propagation from the previous position in the column.
 // A row (column) reads and writes only its own positions, so the field depends only on the seed
 // and the inputs: it is the same for every thread count.
+//
+// Alignment. The database is usually a view of a memory-mapped FAISS file, whose vectors start at
+// file byte 45: its floats are not 4-byte aligned. A `const float*` into caller memory is therefore
+// only an address here; every read of caller memory goes through memcpy (`load`) or an unaligned
+// vector load (`_mm*_loadu_ps`, masked loads), never a plain dereference.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
 #include <algorithm>
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
 #include <cstring>
 #include <exception>
@@ -29,9 +36,12 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
-#if defined(__x86_64__) || defined(__i386__)
+// HPM_GENERIC_ONLY builds only the portable dot product, as on a non-x86 target (lets an x86
+// machine compile and test that path).
+#if (defined(__x86_64__) || defined(__i386__)) && !defined(HPM_GENERIC_ONLY)
 #include <immintrin.h>
 #define HPM_X86 1
 #endif
@@ -80,6 +90,15 @@ inline int32_t bit_length(int64_t v) {
     return n;
 }
 
+// Element i of caller memory, whatever its alignment (see "Alignment" above). Compilers turn
+// this into one plain (unaligned-tolerant) load.
+template <class T>
+inline T load(const T* p, int64_t i = 0) {
+    T v;
+    std::memcpy(&v, p + i, sizeof v);
+    return v;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Dot products of one query vector with G candidate vectors, several chains in flight.
 
@@ -90,8 +109,8 @@ void dot_generic(const float* q, const float* const* c, int g, int64_t d, float*
         float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
         int64_t i = 0;
         for (; i + 8 <= d; i += 8)
-            for (int j = 0; j < 8; ++j) acc[j] += q[i + j] * c[k][i + j];
-        for (; i < d; ++i) acc[0] += q[i] * c[k][i];
+            for (int j = 0; j < 8; ++j) acc[j] += load(q, i + j) * load(c[k], i + j);
+        for (; i < d; ++i) acc[0] += load(q, i) * load(c[k], i);
         out[k] = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
     }
 }
@@ -116,7 +135,7 @@ __attribute__((target("avx2,fma"))) inline void dot_avx2_group(const float* q, c
         h = _mm_add_ps(h, _mm_movehl_ps(h, h));
         h = _mm_add_ss(h, _mm_movehdup_ps(h));
         float tail = 0.0f;
-        for (int64_t j = i; j < d; ++j) tail += q[j] * c[k][j];
+        for (int64_t j = i; j < d; ++j) tail += load(q, j) * load(c[k], j);
         out[k] = _mm_cvtss_f32(h) + tail;
     }
 }
@@ -197,6 +216,14 @@ struct Slot {          // one shortlisted database image
     int32_t levels;    // number of radii radius >> k that are >= 1
 };
 
+struct Match {
+    int32_t slot, y, x;
+    bool operator==(const Match& o) const { return slot == o.slot && y == o.y && x == o.x; }
+    bool operator!=(const Match& o) const { return !(*this == o); }
+};
+
+// The checked arguments of one call. The pointers are into the caller's arrays, which pybind11
+// keeps alive for the whole call.
 struct Problem {
     const float* queries;
     int64_t hq, wq, d;
@@ -204,17 +231,24 @@ struct Problem {
     std::vector<Slot> slots;
     uint64_t seed;
     int32_t samples, jumps;
-};
-
-struct Match {
-    int32_t slot, y, x;
-    bool operator==(const Match& o) const { return slot == o.slot && y == o.y && x == o.x; }
-    bool operator!=(const Match& o) const { return !(*this == o); }
+    int64_t iterations;
+    double tol;
+    int threads;              // threads to run: capped by the tasks of the widest pass
+    std::vector<Match> given; // the initial field passed in (row-major), empty for a random one
 };
 
 struct State {
     std::vector<Match> match;  // per query position, row-major
     std::vector<float> sim;
+    std::atomic<int64_t> candidates{0};  // dot products computed
+    std::vector<double> mean_similarity; // after the initial field and after each iteration
+    int64_t iterations = 0;              // iterations run
+
+    double mean_sim() const {
+        double total = 0.0;
+        for (const float s : sim) total += s;
+        return total / static_cast<double>(sim.size());
+    }
 };
 
 inline const float* vector_of(const Problem& p, const Match& m) {
@@ -237,8 +271,9 @@ inline int64_t try_candidate(const Problem& p, State& st, int64_t q, const Match
     return 1;
 }
 
-// Per-worker scratch buffers for the random-search candidates of one position.
-struct Scratch {
+// Per-thread scratch buffers for the random-search candidates of one position (one cache line
+// apart, since every push_back writes the vector's header).
+struct alignas(64) Scratch {
     std::vector<Match> cand;
     std::vector<const float*> ptr;
     std::vector<float> sim;
@@ -322,46 +357,119 @@ int64_t column_pass(const Problem& p, State& st, int64_t t, int64_t col) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Threads: tasks 0..n-1 handed out dynamically; the first exception of any worker is rethrown.
+// Threads. One pool per call: `threads - 1` workers plus the calling thread, started once and
+// handed every pass through a generation counter (starting std::threads for each pass cost two
+// rounds of thread starts per iteration). A pass's tasks 0..n-1 are taken dynamically; the first
+// exception of any thread stops the pass and is rethrown on the calling thread.
 
-template <class F>
-void parallel_for(int64_t n, int threads, F&& f) {
-    const int64_t workers = std::min<int64_t>(threads, n);
-    if (workers <= 1) {
-        for (int64_t i = 0; i < n; ++i) f(i);
-        return;
+class Pool {
+public:
+    explicit Pool(int threads) {
+        try {
+            for (int t = 1; t < threads; ++t) workers_.emplace_back([this, t] { work(t); });
+        } catch (...) {  // could not start a thread: stop those started, then report
+            shutdown();
+            throw;
+        }
     }
-    std::atomic<int64_t> next{0};
-    std::atomic<bool> failed{false};
-    std::exception_ptr error;
-    std::mutex error_mutex;
-    auto work = [&]() {
+    ~Pool() { shutdown(); }
+    Pool(const Pool&) = delete;
+    Pool& operator=(const Pool&) = delete;
+
+    int size() const { return static_cast<int>(workers_.size()) + 1; }
+
+    // f(task, thread) for every task in [0, n); `thread` in [0, size()) indexes per-thread scratch.
+    template <class F>
+    void parallel_for(int64_t n, F&& f) {
+        if (workers_.empty() || n <= 1) {
+            for (int64_t i = 0; i < n; ++i) f(i, 0);
+            return;
+        }
+        using Fn = std::remove_reference_t<F>;
+        run_pass(Pass{n, [](void* fn, int64_t i, int t) { (*static_cast<Fn*>(fn))(i, t); },
+                      const_cast<void*>(static_cast<const void*>(&f))});
+    }
+
+private:
+    struct Pass {
+        int64_t n = 0;
+        void (*call)(void*, int64_t, int) = nullptr;
+        void* fn = nullptr;
+    };
+
+    void run_pass(const Pass& pass) {
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            pass_ = pass;
+            next_.store(0, std::memory_order_relaxed);
+            failed_.store(false, std::memory_order_relaxed);
+            busy_ = workers_.size();
+            ++generation_;
+        }
+        wake_.notify_all();
+        drain(0);
+        // Every worker joins every pass, so when busy_ is 0 all tasks are done and their writes,
+        // published by the mutex, are visible here.
+        std::unique_lock<std::mutex> lock(mutex_);
+        done_.wait(lock, [this] { return busy_ == 0; });
+        if (error_) {
+            std::exception_ptr e = error_;
+            error_ = nullptr;
+            std::rethrow_exception(e);
+        }
+    }
+
+    void drain(int thread) {
         try {
             for (;;) {
-                if (failed.load(std::memory_order_relaxed)) return;
-                const int64_t i = next.fetch_add(1);
-                if (i >= n) return;
-                f(i);
+                if (failed_.load(std::memory_order_relaxed)) return;
+                const int64_t i = next_.fetch_add(1, std::memory_order_relaxed);
+                if (i >= pass_.n) return;
+                pass_.call(pass_.fn, i, thread);
             }
         } catch (...) {
-            std::lock_guard<std::mutex> lock(error_mutex);
-            if (!error) error = std::current_exception();
-            failed = true;
+            std::lock_guard<std::mutex> lock(mutex_);
+            if (!error_) error_ = std::current_exception();
+            failed_.store(true, std::memory_order_relaxed);
         }
-    };
-    std::vector<std::thread> pool;
-    pool.reserve(workers - 1);
-    try {
-        for (int64_t k = 1; k < workers; ++k) pool.emplace_back(work);
-    } catch (...) {  // could not start a thread: stop the others, then report
-        failed = true;
-        for (auto& th : pool) th.join();
-        throw;
     }
-    work();
-    for (auto& th : pool) th.join();
-    if (error) std::rethrow_exception(error);
-}
+
+    void work(int thread) {
+        uint64_t seen = 0;
+        for (;;) {
+            {
+                std::unique_lock<std::mutex> lock(mutex_);
+                wake_.wait(lock, [&] { return stop_ || generation_ != seen; });
+                if (stop_) return;
+                seen = generation_;
+            }
+            drain(thread);
+            std::lock_guard<std::mutex> lock(mutex_);
+            if (--busy_ == 0) done_.notify_one();
+        }
+    }
+
+    void shutdown() {
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            stop_ = true;
+        }
+        wake_.notify_all();
+        for (auto& th : workers_) th.join();
+        workers_.clear();
+    }
+
+    std::vector<std::thread> workers_;
+    std::mutex mutex_;
+    std::condition_variable wake_, done_;
+    uint64_t generation_ = 0;  // bumped once per pass
+    size_t busy_ = 0;          // workers not yet done with the current pass
+    bool stop_ = false;
+    Pass pass_;
+    std::atomic<int64_t> next_{0};
+    std::atomic<bool> failed_{false};
+    std::exception_ptr error_;
+};
 
 // ---------------------------------------------------------------------------------------------
 // Argument checks (the Python wrapper checks first with QueryError; these guard direct calls).
@@ -378,7 +486,7 @@ std::string shape_str(const py::array& a) {
 
 std::string dtype_str(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
 
-// A view of `a` with element type T, C-contiguous, never copied.
+// A view of `a` with element type T, C-contiguous, never copied (alignment is not required).
 template <class T>
 py::array_t<T, py::array::c_style> require(const py::array& a, const char* name, py::ssize_t ndim) {
     if (!py::array_t<T>::check_(a))
@@ -392,14 +500,13 @@ py::array_t<T, py::array::c_style> require(const py::array& a, const char* name,
     return py::array_t<T, py::array::c_style>::ensure(a);
 }
 
-}  // namespace
+constexpr int kMaxThreads = 1024;
 
-// ---------------------------------------------------------------------------------------------
-
-py::tuple patchmatch(const py::array& queries_in, const py::array& vectors_in, const py::array& images_in,
-                     const py::array& offsets_in, const py::array& grids_in, const py::object& init_image,
-                     const py::object& init_y, const py::object& init_x, int64_t iterations, int64_t samples,
-                     int64_t jumps, uint64_t seed, int64_t threads, double tol) {
+// Checks every argument and describes the call; runs with the GIL held.
+Problem parse(const py::array& queries_in, const py::array& vectors_in, const py::array& images_in,
+              const py::array& offsets_in, const py::array& grids_in, const py::object& init_image,
+              const py::object& init_y, const py::object& init_x, int64_t iterations, int64_t samples,
+              int64_t jumps, uint64_t seed, int64_t threads, double tol) {
     auto queries = require<float>(queries_in, "queries", 3);
     auto vectors = require<float>(vectors_in, "vectors", 2);
     auto images = require<int64_t>(images_in, "images", 1);
@@ -420,57 +527,59 @@ py::tuple patchmatch(const py::array& queries_in, const py::array& vectors_in, c
     if (samples < 0 || samples > 1000000) fail("Expected 0 <= samples <= 1000000, but samples = " + std::to_string(samples));
     if (jumps < 0 || jumps > 1000000) fail("Expected 0 <= jumps <= 1000000, but jumps = " + std::to_string(jumps));
     if (threads < 1) fail("Expected threads >= 1, but threads = " + std::to_string(threads));
+    p.iterations = iterations;
     p.samples = static_cast<int32_t>(samples);
     p.jumps = static_cast<int32_t>(jumps);
     p.seed = seed;
+    p.tol = tol;
+    // No pass has more tasks than max(rows, column blocks): more threads would only wait.
+    const int64_t widest = std::max(p.hq, (p.wq + kColumnBlock - 1) / kColumnBlock);
+    p.threads = static_cast<int>(std::min<int64_t>({threads, kMaxThreads, widest}));
 
     const int64_t n_images = grids.shape(0);
     if (grids.shape(1) != 2) fail("Expected grids of shape (n_images, 2), but grids.shape = " + shape_str(grids));
     if (offsets.shape(0) != n_images + 1)
         fail("Expected offsets of shape (n_images + 1,) = (" + std::to_string(n_images + 1) +
              ",), but offsets.shape = " + shape_str(offsets));
-    auto off = offsets.unchecked<1>();
-    auto grid = grids.unchecked<2>();
-    if (off(0) != 0) fail("Expected offsets[0] = 0, but offsets[0] = " + std::to_string(off(0)));
+    const int64_t* off = offsets.data();
+    const int64_t* grid = grids.data();  // (n_images, 2), row-major
+    if (load(off, 0) != 0) fail("Expected offsets[0] = 0, but offsets[0] = " + std::to_string(load(off, 0)));
     for (int64_t n = 0; n < n_images; ++n) {
-        const int64_t h = grid(n, 0), w = grid(n, 1);
+        const int64_t h = load(grid, 2 * n), w = load(grid, 2 * n + 1);
         if (h < 0 || w < 0 || h > INT32_MAX || w > INT32_MAX)
             fail("Expected grids with entries in [0, 2**31), but grids[" + std::to_string(n) + "] = (" +
                  std::to_string(h) + ", " + std::to_string(w) + ")");
-        if (off(n + 1) - off(n) != h * w)
+        const int64_t ids = load(off, n + 1) - load(off, n);
+        if (ids != h * w)
             fail("Expected offsets[n + 1] - offsets[n] = Hp * Wp for every image, but image " + std::to_string(n) +
-                 " has " + std::to_string(off(n + 1) - off(n)) + " ids for a grid of " + std::to_string(h) + " x " +
+                 " has " + std::to_string(ids) + " ids for a grid of " + std::to_string(h) + " x " +
                  std::to_string(w));
     }
-    if (off(n_images) > n_vectors)
-        fail("Expected offsets[-1] <= N (the number of vectors), but offsets[-1] = " + std::to_string(off(n_images)) +
-             ", N = " + std::to_string(n_vectors));
+    if (load(off, n_images) > n_vectors)
+        fail("Expected offsets[-1] <= N (the number of vectors), but offsets[-1] = " +
+             std::to_string(load(off, n_images)) + ", N = " + std::to_string(n_vectors));
 
     const int64_t m = images.shape(0);
     if (m < 1) fail("Expected at least one database image in images, but images is empty");
-    auto img = images.unchecked<1>();
+    const int64_t* img = images.data();
     std::vector<int32_t> slot_of(n_images, -1);
     for (int64_t k = 0; k < m; ++k) {
-        const int64_t id = img(k);
+        const int64_t id = load(img, k);
         if (id < 0 || id >= n_images)
             fail("Expected image ids in [0, " + std::to_string(n_images) + "), but images[" + std::to_string(k) +
                  "] = " + std::to_string(id));
         if (slot_of[id] >= 0) fail("Expected distinct image ids, but image " + std::to_string(id) + " appears twice in images");
-        const int64_t h = grid(id, 0), w = grid(id, 1);
+        const int64_t h = load(grid, 2 * id), w = load(grid, 2 * id + 1);
         if (h * w == 0) fail("Expected database images with a non-empty grid, but image " + std::to_string(id) + " has 0 positions");
         slot_of[id] = static_cast<int32_t>(k);
         const int32_t radius = static_cast<int32_t>(std::max(h, w));
-        p.slots.push_back(Slot{id, off(id), static_cast<int32_t>(h), static_cast<int32_t>(w), radius, bit_length(radius)});
+        p.slots.push_back(Slot{id, load(off, id), static_cast<int32_t>(h), static_cast<int32_t>(w), radius,
+                               bit_length(radius)});
     }
     p.queries = queries.data();
     p.vectors = vectors.data();
 
-    const int64_t n_pos = p.hq * p.wq;
-    State st;
-    st.match.resize(n_pos);
-    st.sim.resize(n_pos);
-    const bool random_init = init_image.is_none();
-    if (!random_init) {
+    if (!init_image.is_none()) {
         auto fi = require<int64_t>(init_image.cast<py::array>(), "init_image", 2);
         auto fy = require<int32_t>(init_y.cast<py::array>(), "init_y", 2);
         auto fx = require<int32_t>(init_x.cast<py::array>(), "init_x", 2);
@@ -482,65 +591,93 @@ py::tuple patchmatch(const py::array& queries_in, const py::array& vectors_in, c
         const int64_t* pi = fi.data();
         const int32_t* py_ = fy.data();
         const int32_t* px = fx.data();
+        const int64_t n_pos = p.hq * p.wq;
+        p.given.resize(n_pos);
         for (int64_t q = 0; q < n_pos; ++q) {
-            const int64_t id = pi[q];
+            const int64_t id = load(pi, q);
+            const int32_t y = load(py_, q), x = load(px, q);
             const std::string where = "(" + std::to_string(q / p.wq) + ", " + std::to_string(q % p.wq) + ")";
             if (id < 0 || id >= n_images || slot_of[id] < 0)
                 fail("Expected initial-field images among the searched images, but position " + where + " has image " +
                      std::to_string(id));
             const Slot& s = p.slots[slot_of[id]];
-            if (py_[q] < 0 || py_[q] >= s.h || px[q] < 0 || px[q] >= s.w)
+            if (y < 0 || y >= s.h || x < 0 || x >= s.w)
                 fail("Expected initial-field positions inside their image's grid, but position " + where + " has (y, x) = (" +
-                     std::to_string(py_[q]) + ", " + std::to_string(px[q]) + ") in image " + std::to_string(id) +
+                     std::to_string(y) + ", " + std::to_string(x) + ") in image " + std::to_string(id) +
                      " of grid " + std::to_string(s.h) + " x " + std::to_string(s.w));
-            st.match[q] = Match{slot_of[id], py_[q], px[q]};
+            p.given[q] = Match{slot_of[id], y, x};
         }
     }
+    return p;
+}
 
-    const int n_threads = static_cast<int>(std::min<int64_t>(threads, 1024));
-    std::vector<double> mean_similarity;
-    std::atomic<int64_t> candidates{0};
-    int64_t iterations_run = 0;
+// ---------------------------------------------------------------------------------------------
+// The search proper (GIL released): the initial field, then the iterations.
+
+// The initial field (the given one, or a random image and position per query) and its
+// similarities, rows in parallel.
+void init(const Problem& p, State& st, Pool& pool) {
+    const int64_t n_pos = p.hq * p.wq;
+    st.match.resize(n_pos);
+    st.sim.resize(n_pos);
+    pool.parallel_for(p.hq, [&](int64_t row, int) {
+        for (int64_t q = row * p.wq; q < (row + 1) * p.wq; ++q) {
+            if (p.given.empty()) {
+                const uint64_t key = position_key(p.seed, kInitIteration, static_cast<uint64_t>(q));
+                const int32_t s = below(draw(key, 0), static_cast<int64_t>(p.slots.size()));
+                st.match[q] = Match{s, below(draw(key, 1), p.slots[s].h), below(draw(key, 2), p.slots[s].w)};
+            } else {
+                st.match[q] = p.given[q];
+            }
+            const float* c = vector_of(p, st.match[q]);
+            kDot.fn(query_of(p, q), &c, 1, p.d, &st.sim[q]);
+        }
+        st.candidates += p.wq;
+    });
+    st.mean_similarity.push_back(st.mean_sim());
+}
+
+// Iterations (a row pass, then a column pass) until p.iterations, or after the first whose
+// mean-similarity gain is below p.tol.
+void run(const Problem& p, State& st, Pool& pool) {
+    std::vector<Scratch> scratch(pool.size());
+    const int64_t n_col_blocks = (p.wq + kColumnBlock - 1) / kColumnBlock;
+    for (int64_t t = 0; t < p.iterations; ++t) {
+        pool.parallel_for(p.hq, [&](int64_t row, int thread) {
+            st.candidates += row_pass(p, st, t, row, scratch[thread]);
+        });
+        // Columns go to threads in blocks: adjacent columns share cache lines of the state.
+        pool.parallel_for(n_col_blocks, [&](int64_t k, int) {
+            int64_t evaluated = 0;
+            for (int64_t col = k * kColumnBlock; col < std::min(p.wq, (k + 1) * kColumnBlock); ++col)
+                evaluated += column_pass(p, st, t, col);
+            st.candidates += evaluated;
+        });
+        st.mean_similarity.push_back(st.mean_sim());
+        ++st.iterations;
+        if (st.mean_similarity.back() - st.mean_similarity[st.mean_similarity.size() - 2] < p.tol) break;
+    }
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+
+py::tuple patchmatch(const py::array& queries_in, const py::array& vectors_in, const py::array& images_in,
+                     const py::array& offsets_in, const py::array& grids_in, const py::object& init_image,
+                     const py::object& init_y, const py::object& init_x, int64_t iterations, int64_t samples,
+                     int64_t jumps, uint64_t seed, int64_t threads, double tol) {
+    const Problem p = parse(queries_in, vectors_in, images_in, offsets_in, grids_in, init_image, init_y, init_x,
+                            iterations, samples, jumps, seed, threads, tol);
+    State st;
     {
         py::gil_scoped_release release;
-        auto mean_sim = [&]() {
-            double total = 0.0;
-            for (int64_t q = 0; q < n_pos; ++q) total += st.sim[q];
-            return total / static_cast<double>(n_pos);
-        };
-        // Initial field and its similarities.
-        parallel_for(p.hq, n_threads, [&](int64_t row) {
-            for (int64_t q = row * p.wq; q < (row + 1) * p.wq; ++q) {
-                if (random_init) {
-                    const uint64_t key = position_key(p.seed, kInitIteration, static_cast<uint64_t>(q));
-                    const int32_t s = below(draw(key, 0), static_cast<int64_t>(p.slots.size()));
-                    st.match[q] = Match{s, below(draw(key, 1), p.slots[s].h), below(draw(key, 2), p.slots[s].w)};
-                }
-                const float* c = vector_of(p, st.match[q]);
-                kDot.fn(query_of(p, q), &c, 1, p.d, &st.sim[q]);
-            }
-            candidates += p.wq;
-        });
-        mean_similarity.push_back(mean_sim());
-        const int64_t n_col_blocks = (p.wq + kColumnBlock - 1) / kColumnBlock;
-        for (int64_t t = 0; t < iterations; ++t) {
-            parallel_for(p.hq, n_threads, [&](int64_t row) {
-                Scratch sc;
-                candidates += row_pass(p, st, t, row, sc);
-            });
-            // Columns go to threads in blocks: adjacent columns share cache lines of the state.
-            parallel_for(n_col_blocks, n_threads, [&](int64_t k) {
-                int64_t evaluated = 0;
-                for (int64_t col = k * kColumnBlock; col < std::min(p.wq, (k + 1) * kColumnBlock); ++col)
-                    evaluated += column_pass(p, st, t, col);
-                candidates += evaluated;
-            });
-            mean_similarity.push_back(mean_sim());
-            ++iterations_run;
-            if (mean_similarity.back() - mean_similarity[mean_similarity.size() - 2] < tol) break;
-        }
+        Pool pool(p.threads);  // joined before the GIL is taken back, also on an exception
+        init(p, st, pool);
+        run(p, st, pool);
     }
 
+    const int64_t n_pos = p.hq * p.wq;
     py::array_t<int64_t> out_image({p.hq, p.wq});
     py::array_t<int32_t> out_y({p.hq, p.wq});
     py::array_t<int32_t> out_x({p.hq, p.wq});
@@ -556,9 +693,9 @@ py::tuple patchmatch(const py::array& queries_in, const py::array& vectors_in, c
         os[q] = st.sim[q];
     }
     py::dict stats;
-    stats["iterations"] = iterations_run;
-    stats["mean_similarity"] = py::cast(mean_similarity);
-    stats["candidates"] = candidates.load();
+    stats["iterations"] = st.iterations;
+    stats["mean_similarity"] = py::cast(st.mean_similarity);
+    stats["candidates"] = st.candidates.load();
     return py::make_tuple(out_image, out_y, out_x, out_sim, stats);
 }
 
@@ -576,11 +713,11 @@ py::array_t<float> dot_many(const py::array& query_in, const py::array& vectors_
     const float* v = vectors.data();
     {
         py::gil_scoped_release release;
-        std::vector<const float*> ptr(4);
+        const float* ptr[4];
         int64_t i = 0;
         for (; i + 4 <= n; i += 4) {
             for (int k = 0; k < 4; ++k) ptr[k] = v + (i + k) * d;
-            kDot.fn(q, ptr.data(), 4, d, o + i);
+            kDot.fn(q, ptr, 4, d, o + i);
         }
         for (; i < n; ++i) {
             const float* c = v + i * d;
@@ -591,7 +728,7 @@ py::array_t<float> dot_many(const py::array& query_in, const py::array& vectors_
 }
 
 PYBIND11_MODULE(_hpm, m) {
-    m.doc() = "HyperPatch-Match kernel: PatchMatch across a database of images (see search/patchmatch.py).";
+    m.doc() = "HyperPatch-Match kernel: PatchMatch across a database of images (see search/hyperpatchmatch.py).";
     m.def("patchmatch", &patchmatch, py::arg("queries"), py::arg("vectors"), py::arg("images"), py::arg("offsets"),
           py::arg("grids"), py::arg("init_image"), py::arg("init_y"), py::arg("init_x"), py::arg("iterations"),
           py::arg("samples"), py::arg("jumps"), py::arg("seed"), py::arg("threads"), py::arg("tol"),
