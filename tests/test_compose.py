@@ -59,12 +59,26 @@ def test_spec_object_gives_same_result_as_stride_region(images):
     assert np.array_equal(a, images[0]) and np.array_equal(b, images[0])
 
 
+class _IndexSpy(np.memmap):
+    """A read-only memmap that records every index it is read at."""
+
+    keys: list = []
+
+    def __getitem__(self, key):
+        _IndexSpy.keys.append(key)
+        return super().__getitem__(key)
+
+
 def test_memmap_source_is_read_only_at_used_images(tmp_path, images):
     path = tmp_path / "imgs.npy"
     np.save(path, images)
-    mm = np.load(path, mmap_mode="r")
+    mm = np.load(path, mmap_mode="r").view(_IndexSpy)
+    _IndexSpy.keys = []
     out = paste(identity_field(1), source=mm, stride=STRIDE, region=REGION, out_size=(SIZE, SIZE))
     assert np.array_equal(out, images[1])
+    # one read, of image 1 only: the other images' pages are never touched
+    assert len(_IndexSpy.keys) == 1 and np.array_equal(np.asarray(_IndexSpy.keys[0]), [1])
+    assert not mm.flags.writeable
 
 
 def test_hand_made_field_averages_overlaps():

@@ -56,7 +56,6 @@ class _Reference:
         self.p = p
         self.hq, self.wq, self.d = p.queries.shape
         self.q = p.queries.reshape(-1, self.d)
-        self.base = p.layer.offsets[p.images]
         self.h = p.layer.grids[p.images, 0]
         self.w = p.layer.grids[p.images, 1]
         self.radius = np.maximum(self.h, self.w)
@@ -69,7 +68,7 @@ class _Reference:
         self.candidates = 0
 
     def similarity(self, pos: np.ndarray, slot: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
-        ids = self.base[slot] + y * self.w[slot] + x
+        ids = self.p.layer.positions_to_ids(self.p.images[slot], y, x)
         a = self.q[pos].astype(np.float64)
         b = self.p.layer.decode(ids).astype(np.float64)
         self.candidates += int(pos.size)
