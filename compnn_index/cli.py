@@ -1,7 +1,10 @@
 """``compnn`` command line: train | build | query | evaluate | compare | serve | demo.
 
 Argument parsing only; the work is done by the api / index / evaluate / compare / demo modules.
-User errors (:class:`CompNNError`) are printed as one line, never as a traceback.
+Integers, thread counts and ``--restrict`` go through :mod:`compnn_index.checks` (the parsers
+every surface shares) and the query defaults and choices come from
+:class:`~compnn_index.options.QueryOptions`. User errors (:class:`CompNNError`, and bad
+arguments) are printed as one line, never as a traceback, with exit status 2.
 """
 from __future__ import annotations
 
@@ -9,19 +12,52 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Callable
 
+from . import checks
 from .errors import CompNNError, QueryError
+from .options import DEFAULT_TOP_K, INITS, SEARCHES, QueryOptions
+
+#: The query defaults, read (never repeated) by every sub-command's options.
+DEFAULTS = QueryOptions()
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line: ``compnn CMD: error: ...``, exit status 2."""
+
+    def error(self, message: str):  # argparse's hook; its default prints the usage first
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def _int(name: str, *, low: int | None = None, high: int | None = None) -> Callable[[str], int]:
+    """An argparse ``type``: :func:`checks.parse_int` (ASCII digits, one optional sign)."""
+
+    def parse(text: str) -> int:
+        try:
+            return checks.parse_int(text, name, low=low, high=high)
+        except QueryError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
 
 
 def _int_list(text: str) -> list[int]:
-    try:
-        return [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not all(checks.is_int_text(t) for t in items):
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+    return [int(t) for t in items]
 
 
 def _str_list(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _doubling(last: int) -> list[int]:
+    """2, 4, 8, ... up to ``last``: the iteration sweep of ``compare``."""
+    out = [2]
+    while out[-1] * 2 <= last:
+        out.append(out[-1] * 2)
+    return out
 
 
 def _data_args(p: argparse.ArgumentParser, *, split: str = "train", direction: str | None = None) -> None:
@@ -30,30 +66,31 @@ def _data_args(p: argparse.ArgumentParser, *, split: str = "train", direction: s
     # None: the direction the model / index store was trained on (recorded in it).
     p.add_argument("--direction", choices=["AtoB", "BtoA"], default=direction,
                    help=f"pix2pix direction (default: {direction or 'the one the model was trained with'})")
-    p.add_argument("--size", type=int, default=None, help="resize images to SIZE×SIZE")
-    p.add_argument("--limit", type=int, default=None, help="use the first N images")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=_int("--size"), default=None, help="resize images to SIZE×SIZE")
+    p.add_argument("--limit", type=_int("--limit"), default=None, help="use the first N images")
+    p.add_argument("--seed", type=_int("--seed"), default=0)
 
 
 def _threads(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--threads", type=int, default=None, help="threads (default: all cores)")
+    p.add_argument("--threads", type=_int("--threads", low=1, high=checks.MAX_THREADS), default=None,
+                   help=f"threads, 1 to {checks.MAX_THREADS} (default: all cores)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="compnn",
         description="Compositional Nearest Neighbors: explain pixel-level CNNs by patch correspondences.",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("train", help="train a U-Net or SegNet on a dataset")
     _data_args(p, direction="AtoB")
     p.add_argument("--task", choices=["translate", "segment"], required=True)
     p.add_argument("--arch", choices=["unet", "segnet"], default="unet")
-    p.add_argument("--ngf", type=int, default=64)
-    p.add_argument("--depth", type=int, default=None)
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--ngf", type=_int("--ngf"), default=64)
+    p.add_argument("--depth", type=_int("--depth"), default=None)
+    p.add_argument("--epochs", type=_int("--epochs"), default=10)
+    p.add_argument("--batch-size", type=_int("--batch-size"), default=4)
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--gan", action="store_true", help="add a PatchGAN loss (translate)")
     _threads(p)
@@ -64,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(p)
     p.add_argument("--layers", type=_str_list, default=None,
                    help="comma-separated layer taps (default: decoder2)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=_int("--batch-size"), default=8)
     p.add_argument("--overwrite", action="store_true")
     _threads(p)
     p.add_argument("--out", required=True, help="index store folder")
@@ -79,10 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("index")
     _data_args(p, split="test")
     p.add_argument("--layer", default=None)
-    p.add_argument("--search", choices=["exact", "patchmatch"], default="exact")
+    p.add_argument("--search", choices=SEARCHES, default=DEFAULTS.search)
     p.add_argument("--top-k", type=_int_list, default=[1, 16, 64])
-    p.add_argument("--iterations", type=int, default=32)
-    p.add_argument("--init", default="staged", help="patchmatch init: random | staged | coarse")
+    p.add_argument("--iterations", type=_int("--iterations"), default=DEFAULTS.iterations)
+    p.add_argument("--init", choices=INITS, default=DEFAULTS.init, help="patchmatch init")
     _threads(p)
     p.add_argument("--out", required=True)
 
@@ -91,11 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(p, split="test")
     p.add_argument("--layer", default=None)
     p.add_argument("--top-k", type=_int_list, default=None,
-                   help="shortlist sizes (default: 16, or every database image when fewer)")
-    p.add_argument("--iterations", type=_int_list, default=[2, 4, 8, 16, 32])
-    p.add_argument("--init", type=_str_list, default=["staged"], help="random, staged, coarse")
-    p.add_argument("--samples", type=int, default=8)
-    p.add_argument("--jumps", type=int, default=4)
+                   help=f"shortlist sizes (default: {DEFAULT_TOP_K}, or every database image when fewer)")
+    p.add_argument("--iterations", type=_int_list, default=_doubling(DEFAULTS.iterations),
+                   help=f"comma-separated (default: {','.join(map(str, _doubling(DEFAULTS.iterations)))})")
+    p.add_argument("--init", type=_str_list, default=[DEFAULTS.init], help=", ".join(INITS))
+    p.add_argument("--samples", type=_int("--samples"), default=DEFAULTS.samples)
+    p.add_argument("--jumps", type=_int("--jumps"), default=DEFAULTS.jumps)
     p.add_argument("--baselines", type=_str_list, default=["hnsw", "ivf"])
     _threads(p)
     p.add_argument("--out", required=True)
@@ -103,33 +141,33 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="HTTP query API and correspondence viewer")
     p.add_argument("index")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--workers", type=int, default=2, help="query worker threads")
+    p.add_argument("--port", type=_int("--port", low=0, high=65535), default=8000)
+    p.add_argument("--workers", type=_int("--workers", low=1), default=2, help="query worker threads")
     _threads(p)
 
     p = sub.add_parser("demo", help="the built-in end-to-end demo on synthetic facades")
     p.add_argument("--out", default="indexes/demo")
-    p.add_argument("--size", type=int, default=128)
-    p.add_argument("--train-images", type=int, default=160)
-    p.add_argument("--test-images", type=int, default=6)
-    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--size", type=_int("--size"), default=128)
+    p.add_argument("--train-images", type=_int("--train-images"), default=160)
+    p.add_argument("--test-images", type=_int("--test-images"), default=6)
+    p.add_argument("--epochs", type=_int("--epochs"), default=None)
     _threads(p)
     return parser
 
 
 def _query_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layer", default=None)
-    p.add_argument("--search", choices=["exact", "patchmatch"], default="exact")
-    p.add_argument("--top-k", type=int, default=None,
-                   help="shortlist size (default: 16, or every candidate image when fewer)")
+    p.add_argument("--search", choices=SEARCHES, default=DEFAULTS.search)
+    p.add_argument("--top-k", type=_int("--top-k"), default=DEFAULTS.top_k,
+                   help=f"shortlist size (default: {DEFAULT_TOP_K}, or every candidate image when fewer)")
     p.add_argument("--restrict", default=None,
                    help="ids or names (comma-separated), KEY=VALUE on image meta, or a file of ids")
     p.add_argument("--sources", type=_str_list, default=["target", "input"])
-    p.add_argument("--iterations", type=int, default=32)
-    p.add_argument("--samples", type=int, default=8)
-    p.add_argument("--jumps", type=int, default=4)
-    p.add_argument("--init", default="staged", help="random | staged | coarse")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--iterations", type=_int("--iterations"), default=DEFAULTS.iterations)
+    p.add_argument("--samples", type=_int("--samples"), default=DEFAULTS.samples)
+    p.add_argument("--jumps", type=_int("--jumps"), default=DEFAULTS.jumps)
+    p.add_argument("--init", choices=INITS, default=DEFAULTS.init, help="patchmatch init")
+    p.add_argument("--seed", type=_int("--seed"), default=DEFAULTS.seed)
     _threads(p)
 
 
@@ -138,32 +176,34 @@ def parse_restrict(text: str | None):
 
     A text file lists ids or names separated by commas or whitespace; a JSON file holds a list
     of ids/names, a single one, or an object of image-meta values (``{"material": "brick"}``).
+    The text, or what the file holds, is parsed by :func:`compnn_index.checks.parse_restrict`:
+    ids come back as ints, names as strings.
     """
     if text is None:
         return None
     path = Path(text.lstrip("@"))
     if text.startswith("@") or (path.suffix in (".txt", ".json") and path.exists()):
-        if not path.is_file():
-            raise QueryError(f"--restrict: no such file {str(path)!r}")
-        try:
-            raw = path.read_text(encoding="utf-8")
-            items = json.loads(raw) if path.suffix == ".json" else raw.replace(",", " ").split()
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise QueryError(f"--restrict: cannot read {str(path)!r}: {exc}") from None
-        if isinstance(items, dict):
-            return items
-        if isinstance(items, (int, str)) and not isinstance(items, bool):
-            return [items]
-        if not isinstance(items, list):
-            raise QueryError(
-                f"--restrict: {str(path)!r} must hold a list of ids or names, or an object of "
-                f"meta values; got a JSON {type(items).__name__}"
-            )
-        return items
-    if "=" in text:
-        key, _, value = text.partition("=")
-        return {key.strip(): value.strip()}
-    return _str_list(text)
+        return checks.parse_restrict(_read_restrict_file(path), "--restrict")
+    return checks.parse_restrict(text, "--restrict")
+
+
+def _read_restrict_file(path: Path):
+    """What a ``--restrict`` file holds: a list, an id or name, or an object of meta values."""
+    if not path.is_file():
+        raise QueryError(f"--restrict: no such file {str(path)!r}")
+    try:
+        raw = path.read_text(encoding="utf-8")
+        items = json.loads(raw) if path.suffix == ".json" else raw.replace(",", " ").split()
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise QueryError(f"--restrict: cannot read {str(path)!r}: {exc}") from None
+    if isinstance(items, (int, str)) and not isinstance(items, bool):
+        return [items]
+    if not isinstance(items, (list, dict)):
+        raise QueryError(
+            f"--restrict: {str(path)!r} must hold a list of ids or names, or an object of "
+            f"meta values; got a JSON {type(items).__name__}"
+        )
+    return items
 
 
 def _cmd_train(a: argparse.Namespace) -> None:
@@ -184,8 +224,6 @@ def _cmd_build(a: argparse.Namespace) -> None:
 
 def _cmd_query(a: argparse.Namespace) -> None:
     from .jobs.workflows import query
-
-    from .options import QueryOptions
 
     options = QueryOptions(search=a.search, top_k=a.top_k, iterations=a.iterations,
                            samples=a.samples, jumps=a.jumps, init=a.init, seed=a.seed)

@@ -19,7 +19,8 @@ import torch
 from PIL import Image
 
 from compnn_index.api import CompNN
-from compnn_index.cli import main, parse_restrict
+from compnn_index.checks import MAX_THREADS
+from compnn_index.cli import build_parser, main, parse_restrict
 from compnn_index.data import FACADES_PALETTE, labels_from_colors, open_dataset
 from compnn_index.errors import CompNNError
 from compnn_index.models import load_checkpoint
@@ -112,7 +113,10 @@ def test_query_segment_files_and_patchmatch(capsys, segment_index, segment_cnn, 
     (["--restrict", "material=gold"], "matches no database image"),
     (["--restrict", "@missing.txt"], "--restrict: no such file 'missing.txt'"),
     (["--sources", "labels"], "Unknown source 'labels'"),
-    (["--search", "patchmatch", "--init", "zeros"], "Unknown init 'zeros'"),
+    (["--restrict=--1"], "no database image named '--1'"),
+    (["--restrict", "-1"], "image id -1 does not exist"),
+    (["--restrict", "material="], "Expected --restrict as KEY=VALUE"),
+    (["--iterations", "300"], "Expected 0 <= iterations <= 256, but iterations = 300"),
 ])
 def test_query_user_errors_exit_2_with_one_line(capsys, translate_index, tmp_path, monkeypatch, args, match):
     monkeypatch.chdir(tmp_path)
@@ -142,22 +146,90 @@ def test_argument_errors_exit_2(capsys, translate_index, tmp_path):
     assert "expected comma-separated integers, got '1,x'" in capsys.readouterr().err
 
 
+def assert_argument_error(capsys, argv, command: str, match: str) -> None:
+    """argparse refusals: exit status 2 and one line naming the option, no usage dump or traceback."""
+    with pytest.raises(SystemExit) as exc:
+        main([str(a) for a in argv])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"compnn {command}: error: ") and match in lines[0], lines[0]
+    assert "Traceback" not in err
+
+
+def test_init_is_a_choice(capsys, translate_index, tmp_path):
+    assert_argument_error(capsys, ["query", translate_index.index, "1", "--search", "patchmatch",
+                                   "--init", "zeros", "--out", tmp_path],
+                          "query", "argument --init: invalid choice: 'zeros' (choose from")
+    assert_argument_error(capsys, ["evaluate", translate_index.index, "--data", "synthetic",
+                                   "--init", "zeros", "--out", tmp_path], "evaluate", "invalid choice: 'zeros'")
+    help_text = build_parser()._subparsers._group_actions[0].choices["query"].format_help()
+    assert "{random,staged,coarse}" in help_text
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--top-k", "²"], "argument --top-k: Expected --top-k to be an integer, but --top-k = '²'"),
+    (["--top-k", "+-3"], "Expected --top-k to be an integer, but --top-k = '+-3'"),
+    (["--top-k=--3"], "Expected --top-k to be an integer, but --top-k = '--3'"),
+    (["--iterations", "٣"], "Expected --iterations to be an integer"),
+    (["--seed", "1.5"], "Expected --seed to be an integer, but --seed = '1.5'"),
+    (["--threads", "100000"], f"Expected 1 <= --threads <= {MAX_THREADS}, but --threads = 100000"),
+    (["--threads", "0"], f"Expected 1 <= --threads <= {MAX_THREADS}, but --threads = 0"),
+])
+def test_integer_junk_exits_2_with_one_line(capsys, translate_index, tmp_path, args, match):
+    assert_argument_error(capsys, ["query", translate_index.index, "1", *args, "--out", tmp_path / "q"],
+                          "query", match)
+    assert not (tmp_path / "q").exists()
+
+
+def test_threads_bound_on_every_command(capsys, tmp_path):
+    for argv in (["train", "--data", "synthetic", "--task", "translate", "--out", tmp_path / "m.pt"],
+                 ["serve", tmp_path], ["demo", "--out", tmp_path / "d"]):
+        assert_argument_error(capsys, [*argv, "--threads", "100000"], argv[0],
+                              f"Expected 1 <= --threads <= {MAX_THREADS}, but --threads = 100000")
+    assert_argument_error(capsys, ["serve", tmp_path, "--port", "70000"], "serve",
+                          "Expected 0 <= --port <= 65535, but --port = 70000")
+
+
+def test_query_defaults_come_from_query_options():
+    """The CLI repeats no query default: each comes from QueryOptions()."""
+    from compnn_index.options import QueryOptions
+
+    defaults = QueryOptions()
+    a = build_parser().parse_args(["query", "idx", "1", "--out", "o"])
+    for name in ("search", "top_k", "iterations", "samples", "jumps", "seed", "init"):
+        assert getattr(a, name) == getattr(defaults, name), name
+    a = build_parser().parse_args(["compare", "idx", "--data", "synthetic", "--out", "o"])
+    assert a.samples == defaults.samples and a.jumps == defaults.jumps and a.init == [defaults.init]
+    assert a.iterations[-1] == defaults.iterations and a.iterations == sorted(a.iterations)
+    a = build_parser().parse_args(["evaluate", "idx", "--data", "synthetic", "--out", "o"])
+    assert a.iterations == defaults.iterations and a.init == defaults.init and a.search == defaults.search
+
+
 # ---------------------------------------------------------------------------- --restrict
 def test_parse_restrict_forms(tmp_path, monkeypatch):
     assert parse_restrict(None) is None
     assert parse_restrict("material=brick") == {"material": "brick"}
     assert parse_restrict(" material = white ") == {"material": "white"}
-    assert parse_restrict("1,2,3") == ["1", "2", "3"]
-    assert parse_restrict("7") == ["7"]
+    # checks.parse_restrict, the one parser: ids come back as ints, names as strings
+    assert parse_restrict("1,2,3") == [1, 2, 3]
+    assert parse_restrict("7") == [7]
+    assert parse_restrict("3, brick_12,-1") == [3, "brick_12", -1]
+    assert parse_restrict("--1") == ["--1"]  # not an integer: a name (which no image has)
     ids = tmp_path / "ids.txt"
     ids.write_text("4 5\n6,\n")
-    assert parse_restrict(f"@{ids}") == ["4", "5", "6"]
-    assert parse_restrict(str(ids)) == ["4", "5", "6"]  # an existing .txt path, no '@'
+    assert parse_restrict(f"@{ids}") == [4, 5, 6]
+    assert parse_restrict(str(ids)) == [4, 5, 6]  # an existing .txt path, no '@'
     names = tmp_path / "names.json"
     names.write_text(json.dumps(["a", 3]))
     assert parse_restrict(f"@{names}") == ["a", 3]
     monkeypatch.chdir(tmp_path)
-    assert parse_restrict("@ids.txt") == ["4", "5", "6"]
+    assert parse_restrict("@ids.txt") == [4, 5, 6]
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n")
+    with pytest.raises(CompNNError, match="--restrict is empty"):
+        parse_restrict(f"@{empty}")
     with pytest.raises(CompNNError, match="--restrict: no such file 'other.txt'"):
         parse_restrict("@other.txt")
 

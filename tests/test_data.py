@@ -231,12 +231,14 @@ def test_missing_folder_split_and_empty_split(tmp_path):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"direction": "AB"}, r"Expected direction in \('AtoB', 'BtoA'\), but direction = 'AB'"),
-        ({"task": "seg"}, r"Expected task in \('translate', 'segment'\), but task = 'seg'"),
+        ({"direction": "AB"}, r"Unknown direction 'AB'; expected one of AtoB, BtoA"),
+        ({"task": "seg"}, r"Unknown task 'seg'; expected one of translate, segment"),
         ({"size": 33}, r"multiples of 32, but size = 33"),
         ({"size": (64, 0)}, r"multiples of 32, but size = \(64, 0\)"),
-        ({"limit": 0}, r"Expected limit = None or an int >= 1, but limit = 0"),
-        ({"seed": -1}, r"Expected seed to be an int >= 0, but seed = -1"),
+        ({"limit": 0}, r"Expected limit >= 1, but limit = 0"),
+        ({"limit": "3"}, r"Expected limit to be an integer, but limit = '3'"),
+        ({"seed": -1}, r"Expected seed >= 0, but seed = -1"),
+        ({"seed": True}, r"Expected seed to be an integer, but seed = True"),
         ({"split": "../x"}, r"Expected split to be a folder name such as 'train', but split = '../x'"),
         ({"ignore_index": 3}, r"ignore_index only applies to task='segment', but task = 'translate'"),
     ],
@@ -245,6 +247,19 @@ def test_option_validation(tmp_path, kwargs, message):
     root = make_pix2pix(tmp_path / "ab", stems=(1,))
     with pytest.raises(DataError, match=message):
         open_dataset(root, **kwargs)
+
+
+def test_natural_order_reads_only_ascii_digit_runs_as_numbers():
+    """A file named with a superscript digit sorts as text (str.isdigit passed it to int(): a crash)."""
+    from compnn_index.data.images import natural_key
+
+    names = ["10.jpg", "2.jpg", "².jpg", "x²3.png", "a1"]
+    assert sorted(names, key=natural_key) == ["2.jpg", "10.jpg", "a1", "x²3.png", "².jpg"]
+
+
+def test_open_dataset_numpy_ints_become_ints():
+    ds = open_dataset("synthetic", split="test", limit=np.int64(2), seed=np.int64(3), size=64)
+    assert len(ds) == 2 and type(ds.identity["seed"]) is int and type(ds.identity["limit"]) is int
 
 
 def test_index_errors():
@@ -384,7 +399,7 @@ def test_synthetic_materials_are_visibly_distinct():
 def test_synthetic_errors():
     with pytest.raises(DataError, match=r"multiples of 32, but size = 48"):
         open_dataset("synthetic", size=48)
-    with pytest.raises(DataError, match=r"Expected split in \['test', 'train', 'val'\] for synthetic data, but split = 'extra'"):
+    with pytest.raises(DataError, match=r"Unknown split 'extra'; expected one of test, train, val"):
         open_dataset("synthetic", split="extra")
     with pytest.raises(DataError, match=r"task='segment' reads the label map \(B\) as the target, so it needs "
                                         r"direction='AtoB', but direction = 'BtoA'"):

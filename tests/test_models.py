@@ -1,6 +1,8 @@
 """Built-in networks: layer names and shapes, options, checkpoints, training."""
 from __future__ import annotations
 
+import importlib
+import json
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -9,6 +11,8 @@ import torch
 from torch import nn
 
 from compnn_index.errors import DataError, ModelError
+
+train_module = importlib.import_module("compnn_index.models.train")
 from compnn_index.features import capture, default_layer_specs, probe_shapes
 from compnn_index.models import (
     SegNet,
@@ -140,10 +144,10 @@ def test_check_input_size_names_the_multiple_and_depth():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"arch": "resnet", "task": "translate"}, r"Expected arch to be one of \['unet', 'segnet'\], but arch = 'resnet'"),
-        ({"arch": "unet", "task": "translate", "ngf": 0}, r"Expected ngf to be a positive integer for unet, but ngf = 0"),
+        ({"arch": "resnet", "task": "translate"}, r"Unknown arch 'resnet'; expected one of unet, segnet"),
+        ({"arch": "unet", "task": "translate", "ngf": 0}, r"Expected ngf >= 1, but ngf = 0"),
         ({"arch": "segnet", "task": "segment", "out_channels": 4, "ngf": "64"}, r"ngf = '64'"),
-        ({"arch": "unet", "task": "colorize"}, r"Expected task to be one of .*task = 'colorize'"),
+        ({"arch": "unet", "task": "colorize"}, r"Unknown task 'colorize'; expected one of translate, segment"),
         ({"arch": "unet", "task": "segment"}, r"out_channels \(the number of classes\) is required"),
         ({"arch": "unet", "task": "segment", "out_channels": 1}, r"Expected out_channels >= 2 .*out_channels = 1"),
         ({"arch": "unet", "task": "translate", "size": 128, "depth": 8}, r"multiple of 2\*\*depth = 256 for unet, but size = 128, depth = 8"),
@@ -237,7 +241,7 @@ def test_bad_checkpoints_raise_model_error_naming_the_file(tmp_path):
         load_checkpoint(foreign)
     unknown = tmp_path / "unknown.pt"
     torch.save({"arch": "resnet", "config": {"task": "translate"}, "state_dict": {}}, unknown)
-    with pytest.raises(ModelError, match=r"unknown\.pt.*arch = 'resnet'"):
+    with pytest.raises(ModelError, match=r"unknown\.pt.*Unknown arch 'resnet'"):
         load_checkpoint(unknown)
     with pytest.raises(ModelError, match=r"cannot save Linear"):
         save_checkpoint(tmp_path / "x.pt", nn.Linear(2, 2))
@@ -275,11 +279,41 @@ def test_gan_training_runs_and_reports_l1():
     assert len(losses) == 2 and all(0 < v < 2 for v in losses)
 
 
+def test_numpy_ints_are_options_and_configs_stay_json():
+    """Options are checked by compnn_index.checks (NumPy ints are integers); configs hold ints."""
+    with torch.device("meta"):
+        model = build_model("unet", task="translate", ngf=np.int64(8), size=np.int64(32))
+    assert json.loads(json.dumps(model.config)) == model.config and type(model.config["ngf"]) is int
+
+
+def test_training_threads_use_the_one_limiter():
+    ds = TinyDataset("translate", n=2, size=32)
+    model = build_model("unet", task="translate", ngf=8, size=32)
+    with pytest.raises(ModelError, match=r"Expected 1 <= threads <= \d+, but threads = 100000"):
+        train_model(model, ds, epochs=1, threads=100000, progress=False)
+    from compnn_index.checks import current_threads, thread_limit
+
+    seen = []
+    real_step = train_module._step
+
+    def step(*args, **kwargs):
+        seen.append((current_threads(), torch.get_num_threads()))
+        return real_step(*args, **kwargs)
+
+    before = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(train_module, "_step", step)
+        train_model(model, ds, epochs=1, batch_size=2, threads=1, progress=False)
+        with thread_limit(2):  # threads=None: the caller's limit stays in force
+            train_model(model, ds, epochs=1, batch_size=2, progress=False)
+    assert seen == [(1, 1), (2, 2)] and torch.get_num_threads() == before
+
+
 def test_training_validates_model_and_data():
     translate = TinyDataset("translate", n=2, size=32)
     segment = TinyDataset("segment", n=2, size=32, classes=3)
     unet = build_model("unet", task="translate", ngf=8, size=32)
-    with pytest.raises(ModelError, match=r"Expected epochs to be a positive integer, but epochs = 0"):
+    with pytest.raises(ModelError, match=r"Expected epochs >= 1, but epochs = 0"):
         train_model(unet, translate, epochs=0)
     with pytest.raises(ModelError, match=r"model task 'translate' does not match the dataset's task 'segment'"):
         train_model(unet, segment, epochs=1, progress=False)

@@ -33,14 +33,6 @@ MAX_UPLOAD = 64 * 1024
 CACHE_SIZE = 4
 
 
-def _patchmatch_available() -> bool:
-    try:
-        from compnn_index.search import patchmatch  # noqa: F401
-    except Exception:
-        return False
-    return True
-
-
 @pytest.fixture(scope="module")
 def index_dir(translate_index):
     """The shared tiny translation store (read-only: the service never writes to it)."""
@@ -215,7 +207,6 @@ def test_restrict_by_meta_and_ids(client, cnn):
     assert r.json()["shortlist"][0] in (6, 8)
 
 
-@pytest.mark.skipif(not _patchmatch_available(), reason="compnn_index.search.hyperpatchmatch cannot be imported")
 def test_query_patchmatch(client, cnn):
     r = client.post("/v1/query", json={"image_id": 2, "search": "patchmatch", "iterations": 3,
                                        "samples": 2, "seed": 5, "top_k": 6})
@@ -228,7 +219,6 @@ def test_query_patchmatch(client, cnn):
     assert set(np.unique(doc["nn_field"]["image"])) <= set(doc["shortlist"])
 
 
-@pytest.mark.skipif(not _patchmatch_available(), reason="compnn_index.search.hyperpatchmatch cannot be imported")
 def test_query_patchmatch_coarse_to_fine(client, cnn):
     r = client.post("/v1/query", data={"image_id": "4", "search": "patchmatch", "init": "coarse",
                                        "layer": "decoder2", "iterations": "2", "top_k": "5"})
@@ -239,10 +229,14 @@ def test_query_patchmatch_coarse_to_fine(client, cnn):
     np.testing.assert_allclose(np.asarray(doc["nn_field"]["similarity"]), ref.field.similarity, atol=1e-5)
 
 
-@pytest.mark.skipif(_patchmatch_available(), reason="patchmatch is available on this machine")
-def test_query_patchmatch_unavailable(client):
-    r = client.post("/v1/query", json={"image_id": 2, "search": "patchmatch"})
-    assert_error(r, 501, "patchmatch")
+def test_index_reports_the_native_kernel(client):
+    """HyperPatch-Match always runs (the native kernel, or its NumPy fallback): no 501 any more."""
+    from compnn_index.api import native_available
+
+    info = client.get("/v1/index").json()
+    assert info["searches"] == ["exact", "patchmatch"]
+    assert info["native_kernel"] is native_available()
+    assert "patchmatch_error" not in info
 
 
 def test_correspond_ids_and_uploads(client, cnn):
@@ -292,6 +286,15 @@ GOOD = {"image_id": 1}
     ({**GOOD, "seed": -3}, 422, "Expected 0 <= seed"),
     ({**GOOD, "init": "zeros"}, 422, "Unknown init 'zeros'; expected one of random, staged, coarse"),
     ({**GOOD, "colour": "red"}, 422, "Unknown field(s) 'colour'"),
+    # integers are parsed by compnn_index.checks: junk that str.isdigit let through is a 422, not a 500
+    ({"image_id": "²"}, 422, "Expected image_id to be an integer, but image_id = '²'"),
+    ({"image_id": "+-3"}, 422, "Expected image_id to be an integer, but image_id = '+-3'"),
+    ({"image_id": "--3"}, 422, "Expected image_id to be an integer, but image_id = '--3'"),
+    ({**GOOD, "top_k": "--3"}, 422, "Expected top_k to be an integer, but top_k = '--3'"),
+    ({**GOOD, "top_k": "²"}, 422, "Expected top_k to be an integer, but top_k = '²'"),
+    ({**GOOD, "iterations": "+-3"}, 422, "Expected iterations to be an integer, but iterations = '+-3'"),
+    ({**GOOD, "seed": "٣"}, 422, "Expected seed to be an integer"),
+    ({**GOOD, "restrict": [{"a": 1}]}, 422, "restrict: expected image ids or names"),
 ])
 def test_query_refuses_bad_json(client, body, status, match):
     assert_error(client.post("/v1/query", json=body), status, match)
@@ -336,6 +339,9 @@ def test_chunked_upload_over_limit_is_refused(client):
     (dict(files={"image": ("q.png", b"xx", "image/png")}, data={"image_id": "1"}), 422,
      "Give either an upload 'image' or 'image_id', not both"),
     (dict(data={"image_id": "1", "top_k": ["2", "3"]}), 422, "Expected top_k to be an integer"),
+    (dict(data={"image_id": "²"}), 422, "Expected image_id to be an integer, but image_id = '²'"),
+    (dict(data={"image_id": "1", "top_k": "--3"}), 422, "Expected top_k to be an integer, but top_k = '--3'"),
+    (dict(data={"image_id": "1", "jumps": "+-3"}), 422, "Expected jumps to be an integer, but jumps = '+-3'"),
 ])
 def test_query_refuses_malformed_requests(client, kwargs, status, match):
     assert_error(client.post("/v1/query", **kwargs), status, match)
@@ -456,6 +462,20 @@ def test_create_app_validates_options(index_dir):
         create_app(index_dir, cache_size=0)
     with pytest.raises(ValueError, match="Expected max_upload_bytes >= 1024"):
         create_app(index_dir, max_upload_bytes=10)
+    with pytest.raises(ValueError, match=r"Expected 1 <= threads <= \d+, but threads = 100000"):
+        create_app(index_dir, threads=100000)
+
+
+def test_query_defaults_come_from_query_options():
+    """The service holds no defaults of its own: an empty request gets QueryOptions()."""
+    from compnn_index.options import QueryOptions
+    from compnn_index.service.params import Fields, parse_query
+
+    p = parse_query(Fields(values={"image_id": 1}), layers=LAYERS, num_images=NUM_IMAGES)
+    assert p.options == QueryOptions() and p.restrict is None and p.sources == ("target", "input")
+    p = parse_query(Fields(values={"image_id": "2", "search": "patchmatch", "iterations": "3", "top_k": "4"},
+                           form=True), layers=LAYERS, num_images=NUM_IMAGES)
+    assert p.options == QueryOptions(search="patchmatch", iterations=3, top_k=4)
 
 
 def test_create_app_refuses_missing_index(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..checks import check_choice, check_int, is_int
 from ..errors import DataError
 from .annotated import AnnotatedDataset
 from .base import PairedDataset
@@ -15,16 +16,12 @@ DIRECTIONS = ("AtoB", "BtoA")
 TASKS = ("translate", "segment")
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _normalise_size(size: int | tuple[int, int] | None) -> tuple[int, int] | None:
     if size is None:
         return None
-    pair = (size, size) if _is_int(size) else tuple(size) if isinstance(size, (tuple, list)) else None
+    pair = (size, size) if is_int(size) else tuple(size) if isinstance(size, (tuple, list)) else None
     if (
-        pair is None or len(pair) != 2 or not all(_is_int(v) for v in pair)
+        pair is None or len(pair) != 2 or not all(is_int(v) for v in pair)
         or not all(v > 0 and v % SIZE_MULTIPLE == 0 for v in pair)
     ):
         raise DataError(
@@ -35,19 +32,19 @@ def _normalise_size(size: int | tuple[int, int] | None) -> tuple[int, int] | Non
 
 
 def _check_options(split: str, direction: str, task: str | None, limit: int | None, seed: int,
-                   ignore_index: int | None) -> None:
+                   ignore_index: int | None) -> tuple[int | None, int, int | None]:
+    """Check the options; return ``limit``, ``seed`` and ``ignore_index`` as Python ints."""
     if not isinstance(split, str) or not split or "/" in split or "\\" in split or split in (".", ".."):
         raise DataError(f"Expected split to be a folder name such as 'train', but split = {split!r}")
-    if direction not in DIRECTIONS:
-        raise DataError(f"Expected direction in {DIRECTIONS}, but direction = {direction!r}")
-    if task is not None and task not in TASKS:
-        raise DataError(f"Expected task in {TASKS}, but task = {task!r}")
-    if limit is not None and (not _is_int(limit) or limit < 1):
-        raise DataError(f"Expected limit = None or an int >= 1, but limit = {limit!r}")
-    if not _is_int(seed) or seed < 0:
-        raise DataError(f"Expected seed to be an int >= 0, but seed = {seed!r}")
-    if ignore_index is not None and (not _is_int(ignore_index) or ignore_index < 0):
-        raise DataError(f"Expected ignore_index = None or an int >= 0, but ignore_index = {ignore_index!r}")
+    check_choice(direction, "direction", DIRECTIONS, error=DataError)
+    if task is not None:
+        check_choice(task, "task", TASKS, error=DataError)
+    if limit is not None:
+        limit = check_int(limit, "limit", low=1, error=DataError)
+    seed = check_int(seed, "seed", low=0, error=DataError)
+    if ignore_index is not None:
+        ignore_index = check_int(ignore_index, "ignore_index", low=0, error=DataError)
+    return limit, seed, ignore_index
 
 
 def _split_files(root: Path, split: str, limit: int | None) -> list[Path]:
@@ -116,7 +113,7 @@ def open_dataset(
         Bad options, a missing folder or split, missing annotations, or a first image of the
         wrong shape. Bad individual files raise :class:`DataError` when read.
     """
-    _check_options(split, direction, task, limit, seed, ignore_index)
+    limit, seed, ignore_index = _check_options(split, direction, task, limit, seed, ignore_index)
     shape = _normalise_size(size)
     if isinstance(data, str) and data == "synthetic":
         task = task or "translate"

@@ -19,8 +19,13 @@ SIZE_MULTIPLE = 32
 
 
 def natural_key(name: str) -> tuple:
-    """Sort key that orders embedded numbers numerically (``2.jpg`` before ``10.jpg``)."""
-    return tuple(int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name))
+    """Sort key that orders embedded numbers numerically (``2.jpg`` before ``10.jpg``).
+
+    Only ASCII digit runs are numbers (what :func:`compnn_index.checks.parse_int` reads): they
+    are the odd items of the split, so every key alternates text, number, text, ...
+    """
+    parts = re.split(r"([0-9]+)", name)
+    return tuple(int(t) if i % 2 else t.lower() for i, t in enumerate(parts))
 
 
 def list_images(folder: Path) -> list[Path]:

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from ..checks import check_choice
 from ..errors import DataError
 from .base import PairedDataset
 from .facade_layout import facade_layout
@@ -47,10 +48,7 @@ class SyntheticFacades(PairedDataset):
         seed: int,
         ignore_index: int | None,
     ) -> None:
-        if split not in SPLIT_STREAMS:
-            raise DataError(
-                f"Expected split in {sorted(SPLIT_STREAMS)} for synthetic data, but split = {split!r}"
-            )
+        check_choice(split, "split", sorted(SPLIT_STREAMS), error=DataError)
         if task == "segment" and direction != "AtoB":
             raise DataError(
                 "task='segment' reads the label map (B) as the target, so it needs "

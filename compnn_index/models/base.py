@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from compnn_index.checks import check_choice, check_int
 from compnn_index.errors import ModelError
 
 TASKS = ("translate", "segment")
@@ -100,18 +101,17 @@ def check_common_options(
 ) -> int:
     """Validate the options every architecture shares; return the resolved ``out_channels``.
 
+    Integers and choices are checked by :mod:`compnn_index.checks` (the messages every surface
+    shares).
+
     Raises
     ------
     ModelError
         For an unknown task or a non-positive channel count / width.
     """
-    if task not in TASKS:
-        raise ModelError(f"Expected task to be one of {list(TASKS)}, but task = {task!r}")
-    for name, value in (("in_channels", in_channels), ("ngf", ngf)):
-        if not _is_positive_int(value):
-            raise ModelError(
-                f"Expected {name} to be a positive integer for {arch}, but {name} = {value!r}"
-            )
+    check_choice(task, "task", TASKS, error=ModelError)
+    check_int(in_channels, "in_channels", low=1, error=ModelError)
+    check_int(ngf, "ngf", low=1, error=ModelError)
     if out_channels is None:
         if task == "segment":
             raise ModelError(
@@ -119,14 +119,10 @@ def check_common_options(
                 "task='segment'"
             )
         out_channels = 3
-    minimum = 2 if task == "segment" else 1
-    if not _is_positive_int(out_channels) or out_channels < minimum:
+    out_channels = check_int(out_channels, "out_channels", low=1, error=ModelError)
+    if task == "segment" and out_channels < 2:
         raise ModelError(
-            f"Expected out_channels >= {minimum} for a {arch} with task={task!r}, "
+            f"Expected out_channels >= 2 (classes) for a {arch} with task={task!r}, "
             f"but out_channels = {out_channels!r}"
         )
-    return int(out_channels)
-
-
-def _is_positive_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    return out_channels

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from compnn_index.checks import check_choice
 from compnn_index.errors import ModelError
 from compnn_index.models.base import TapModel, init_weights
 from compnn_index.models.segnet import build_segnet
@@ -61,9 +62,7 @@ def build_model(
     ModelError
         For an unknown architecture or an invalid option.
     """
-    builder = _BUILDERS.get(arch)
-    if builder is None:
-        raise ModelError(f"Expected arch to be one of {list(ARCHITECTURES)}, but arch = {arch!r}")
+    builder = _BUILDERS[check_choice(arch, "arch", ARCHITECTURES, error=ModelError)]
     model = builder(
         task=task, in_channels=in_channels, out_channels=out_channels, ngf=ngf, depth=depth,
         size=size,

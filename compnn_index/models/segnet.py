@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from compnn_index.checks import is_int
 from compnn_index.errors import ModelError
 from compnn_index.models.base import TapModel, check_common_options
 
@@ -152,8 +153,9 @@ def build_segnet(
     if depth is not None and depth != LEVELS:
         raise ModelError(f"segnet has a fixed depth of {LEVELS}, but depth = {depth!r}")
     multiple = 2**LEVELS
-    if not isinstance(size, int) or isinstance(size, bool) or size < multiple or size % multiple:
+    if not is_int(size) or size < multiple or size % multiple:
         raise ModelError(
             f"Expected size to be a positive multiple of {multiple} for segnet, but size = {size!r}"
         )
-    return SegNet(task=task, in_channels=in_channels, out_channels=out_channels, ngf=ngf, size=size)
+    return SegNet(task=task, in_channels=int(in_channels), out_channels=out_channels, ngf=int(ngf),
+                  size=int(size))  # ints, not NumPy ints: the config is written as JSON

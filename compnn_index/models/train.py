@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from compnn_index.checks import check_int, check_number, check_threads, thread_limit
 from compnn_index.errors import DataError, ModelError
 from compnn_index.models.patchgan import PatchDiscriminator
 
@@ -55,7 +56,8 @@ def train_model(
     seed : int, default 0
         Seed of shuffling, dropout and discriminator initialisation.
     threads : int, optional
-        ``torch.set_num_threads`` during training (restored afterwards).
+        Thread limit of the training (:func:`compnn_index.checks.thread_limit`, restored
+        afterwards); None keeps the limit in force (the caller's, e.g. ``compnn train``'s).
     progress : bool, default True
         Show a tqdm bar with the running loss.
 
@@ -93,12 +95,9 @@ def train_model(
     ignore_index = -100 if ignore_index is None else int(ignore_index)
     target_dtype = np.float32 if task == "translate" else np.int64
 
-    old_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
     losses: list[float] = []
     try:
-        with torch.random.fork_rng(devices=[]):
+        with thread_limit(threads), torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             gen = torch.Generator().manual_seed(seed)
             disc = opt_d = None
@@ -138,7 +137,6 @@ def train_model(
                     losses.append(total / count)
     finally:
         model.eval()
-        torch.set_num_threads(old_threads)
     return losses
 
 
@@ -243,10 +241,8 @@ def _disc_width(model: nn.Module) -> int:
 
 
 def _check_options(*, epochs: int, batch_size: int, lr: float, threads: int | None) -> None:
-    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ModelError(f"Expected {name} to be a positive integer, but {name} = {value!r}")
-    if not isinstance(lr, (int, float)) or not lr > 0:
+    check_int(epochs, "epochs", low=1, error=ModelError)
+    check_int(batch_size, "batch_size", low=1, error=ModelError)
+    if check_number(lr, "lr", error=ModelError) <= 0:
         raise ModelError(f"Expected lr > 0, but lr = {lr!r}")
-    if threads is not None and (not isinstance(threads, int) or threads < 1):
-        raise ModelError(f"Expected threads to be a positive integer, but threads = {threads!r}")
+    check_threads(threads, error=ModelError)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from compnn_index.checks import check_int
 from compnn_index.errors import ModelError
 from compnn_index.models.base import TapModel, check_common_options, init_weights
 
@@ -169,8 +170,7 @@ def build_unet(
     out_channels = check_common_options(
         "unet", task=task, in_channels=in_channels, out_channels=out_channels, ngf=ngf
     )
-    if not isinstance(size, int) or isinstance(size, bool) or size < 4:
-        raise ModelError(f"Expected size to be an integer >= 4 for unet, but size = {size!r}")
+    size = check_int(size, "size", low=4, error=ModelError)
     if depth is None:
         depth = default_depth(size)
         if depth < 2:
@@ -178,14 +178,14 @@ def build_unet(
                 f"size = {size} allows only {depth} stride-2 level(s) for unet; expected a "
                 "size divisible by 4 (e.g. a power of two such as 128 or 256)"
             )
-    elif not isinstance(depth, int) or isinstance(depth, bool) or depth < 2:
-        raise ModelError(f"Expected depth to be an integer >= 2 for unet, but depth = {depth!r}")
-    elif size % 2**depth:
-        raise ModelError(
-            f"Expected size to be a multiple of 2**depth = {2**depth} for unet, but size = "
-            f"{size}, depth = {depth} (the largest depth for this size is {default_depth(size)})"
-        )
-    return UNet(
-        task=task, in_channels=in_channels, out_channels=out_channels, ngf=ngf, depth=depth,
-        size=size,
+    else:
+        depth = check_int(depth, "depth", low=2, error=ModelError)
+        if size % 2**depth:
+            raise ModelError(
+                f"Expected size to be a multiple of 2**depth = {2**depth} for unet, but size = "
+                f"{size}, depth = {depth} (the largest depth for this size is {default_depth(size)})"
+            )
+    return UNet(  # ints, not NumPy ints: the config is written as JSON
+        task=task, in_channels=int(in_channels), out_channels=out_channels, ngf=int(ngf),
+        depth=depth, size=size,
     )

@@ -5,12 +5,13 @@ model, the same read-only memory-mapped index store), because layer taps are for
 the model's modules: two queries running the same module object at once would read each
 other's activations. At most ``workers`` queries compute at a time; further requests wait for a
 free engine while the event loop keeps answering (``/health`` stays live during a query).
-Threads, not processes: forking after FAISS ran multi-threaded can hang the child.
+Threads, not processes: forking after FAISS ran multi-threaded can hang the child. Each
+worker's call into the API runs inside one :func:`compnn_index.checks.thread_limit`, the only
+thread limiter (the API's own limit of the same count is then free).
 """
 from __future__ import annotations
 
 import copy
-import os
 import queue
 import threading
 import time
@@ -20,13 +21,14 @@ import anyio
 import anyio.to_thread
 
 from ..api import CompNN
+from ..checks import check_int, check_threads, cpu_count, thread_limit
 
 T = TypeVar("T")
 
 
 def default_threads(workers: int) -> int:
     """Compute threads per query so that ``workers`` concurrent queries share the cores."""
-    return max(1, (os.cpu_count() or 1) // max(1, workers))
+    return max(1, cpu_count() // max(1, workers))
 
 
 class EnginePool:
@@ -36,16 +38,13 @@ class EnginePool:
     ----------
     cnn : the loaded index and model; replica 0 is ``cnn`` itself.
     workers : number of queries computed at once (>= 1).
-    threads : compute threads per query (default: cores // workers).
+    threads : compute threads per query, at most :data:`~compnn_index.checks.MAX_THREADS`
+        (default: cores // workers).
     """
 
     def __init__(self, cnn: CompNN, *, workers: int, threads: int | None = None) -> None:
-        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-            raise ValueError(f"Expected workers >= 1, but workers = {workers!r}")
-        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-            raise ValueError(f"Expected threads >= 1 or None, but threads = {threads!r}")
-        self.workers = workers
-        self.threads = threads or default_threads(workers)
+        self.workers = check_int(workers, "workers", low=1)  # QueryError is a ValueError
+        self.threads = check_threads(threads) or default_threads(workers)
         self.cnn = cnn
         cnn.threads = self.threads
         self._idle: "queue.SimpleQueue[CompNN]" = queue.SimpleQueue()
@@ -70,7 +69,8 @@ class EnginePool:
         with self._lock:
             self.in_flight += 1
         try:
-            return fn(engine), waited
+            with thread_limit(self.threads):
+                return fn(engine), waited
         finally:
             self._idle.put(engine)
             with self._lock:

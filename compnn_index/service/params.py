@@ -1,28 +1,45 @@
 """Request parameters of the HTTP service, validated at the boundary.
 
 Form fields arrive as strings, JSON bodies as typed values; both go through the same parsers so a
-query means the same thing whichever way it is sent. Every failure raises :class:`HTTPProblem`
-with the status to answer and a message that names the field and quotes the bad value.
+query means the same thing whichever way it is sent. Integers, choices and ``restrict`` are parsed
+by :mod:`compnn_index.checks` (the parsers every surface shares) and query defaults come from
+:class:`~compnn_index.options.QueryOptions`; every failure raises :class:`HTTPProblem` with the
+status to answer and a message that names the field and quotes the bad value.
 """
 from __future__ import annotations
 
 import io
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..api import INITS, SEARCHES, SOURCES
+from .. import checks
 from ..data.query_image import load_image
+from ..errors import QueryError
+from ..options import INITS, SEARCHES, SOURCES, QueryOptions
 
-#: Bounds on the HyperPatch-Match parameters a client may ask for (work per query grows with them).
+#: Bounds on the HyperPatch-Match parameters a client may ask for: tighter than the library's
+#: (:data:`compnn_index.checks.MAX_ITERATIONS`, ...), since a public server caps the work one
+#: request can ask for.
 MAX_ITERATIONS = 64
 MAX_SAMPLES = 64
+MAX_JUMPS = 64
 MAX_SEED = 2**31 - 1
+#: ``(low, high)`` of each integer query field a client may send.
+QUERY_INT_FIELDS = {
+    "iterations": (1, MAX_ITERATIONS),
+    "samples": (1, MAX_SAMPLES),
+    "jumps": (0, MAX_JUMPS),
+    "seed": (0, MAX_SEED),
+}
 #: Initialisations of HyperPatch-Match the service accepts by name (``coarse``: coarse to fine
 #: down the indexed layers).
 INIT_CHOICES = tuple(INITS)
+#: What is pasted when a request names no ``sources`` (the API's default).
+DEFAULT_SOURCES = ("target", "input")
 #: Upload formats decoded; anything else is answered 415.
 IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP", "PPM", "GIF")
 
@@ -34,6 +51,15 @@ class HTTPProblem(Exception):
         super().__init__(message)
         self.status = int(status)
         self.message = message
+
+
+@contextmanager
+def refused_as(status: int = 422) -> Iterator[None]:
+    """Turn a :class:`QueryError` from the shared checks into :class:`HTTPProblem` ``status``."""
+    try:
+        yield
+    except QueryError as exc:
+        raise HTTPProblem(status, str(exc)) from None
 
 
 @dataclass
@@ -50,28 +76,22 @@ class ImageRef:
 
 @dataclass
 class QueryParams:
-    """Validated options of ``POST /v1/query`` (see :meth:`compnn_index.api.CompNN.query`)."""
+    """Validated options of ``POST /v1/query`` (see :meth:`compnn_index.api.CompNN.explain`).
+
+    ``options`` holds search, top_k (None: the API's default shortlist) and the HyperPatch-Match
+    parameters, with :class:`QueryOptions`' defaults for every field the request left out.
+    """
 
     image: ImageRef
     layer: str | None = None
-    search: str = "exact"
-    top_k: int | None = None  # None: 16, or every candidate image when fewer
+    options: QueryOptions = field(default_factory=QueryOptions)
     restrict: Any = None
-    sources: tuple[str, ...] = ("target", "input")
-    iterations: int = 32
-    samples: int = 8
-    jumps: int = 4
-    seed: int = 0
-    init: str = "staged"
+    sources: tuple[str, ...] = DEFAULT_SOURCES
 
     def api_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for :meth:`CompNN.query` (without the image)."""
-        kw: dict[str, Any] = dict(layer=self.layer, search=self.search, top_k=self.top_k,
-                                  restrict=self.restrict, sources=self.sources)
-        if self.search == "patchmatch":
-            kw.update(iterations=self.iterations, samples=self.samples, jumps=self.jumps,
-                      seed=self.seed, init=self.init)
-        return kw
+        """Keyword arguments for :meth:`CompNN.explain` / ``query`` (without the image)."""
+        return dict(layer=self.layer, options=self.options, restrict=self.restrict,
+                    sources=self.sources)
 
 
 @dataclass
@@ -99,24 +119,20 @@ class Fields:
 
 
 # ---------------------------------------------------------------------------- scalar parsers
-def parse_int(value: Any, name: str, *, lo: int, hi: int | None = None) -> int:
-    """An integer option (int, or a decimal string from a form) within ``[lo, hi]``."""
-    if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
-        value = int(value.strip())
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise HTTPProblem(422, f"Expected {name} to be an integer, but {name} = {value!r}")
-    value = int(value)
-    if value < lo or (hi is not None and value > hi):
-        bound = f"{lo} <= {name}" + (f" <= {hi}" if hi is not None else "")
-        raise HTTPProblem(422, f"Expected {bound}, but {name} = {value}")
-    return value
+def parse_int(value: Any, name: str, *, lo: int | None = None, hi: int | None = None) -> int:
+    """An integer option (int, or a decimal string from a form) within ``[lo, hi]``; else 422.
+
+    :func:`compnn_index.checks.parse_int` decides what an integer is (ASCII digits and one
+    optional sign: ``"²"``, ``"+-3"`` and ``"--3"`` are refused).
+    """
+    with refused_as(422):
+        return checks.parse_int(value, name, low=lo, high=hi)
 
 
 def parse_choice(value: Any, name: str, choices: Sequence[str]) -> str:
-    """A string option that must be one of ``choices``."""
-    if not isinstance(value, str) or value not in choices:
-        raise HTTPProblem(422, f"Unknown {name} {value!r}; expected one of {', '.join(choices)}")
-    return value
+    """A string option that must be one of ``choices``; else 422."""
+    with refused_as(422):
+        return checks.check_choice(value, name, choices)
 
 
 def parse_list(value: Any, name: str) -> list:
@@ -128,51 +144,25 @@ def parse_list(value: Any, name: str) -> list:
         return items
     if isinstance(value, str):
         return [v.strip() for v in value.split(",") if v.strip()]
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+    if checks.is_int(value):
         return [int(value)]
     raise HTTPProblem(422, f"Expected {name} to be a list or a comma-separated string, got {value!r}")
 
 
 def parse_restrict(value: Any) -> Any:
-    """``restrict``: ``None``, ``"KEY=VALUE"`` (image meta) or a list of ids / names.
+    """``restrict``: :func:`compnn_index.checks.parse_restrict` (the one parser), refusals as 422.
 
     Returns what :meth:`CompNN.candidates` takes: ``None``, a ``{key: value}`` dict, or a list of
     ints (ids) and strings (names). An empty list is refused.
     """
-    if value is None:
-        return None
-    if isinstance(value, Mapping):
-        if not value or not all(isinstance(k, str) and isinstance(v, (str, int)) for k, v in value.items()):
-            raise HTTPProblem(422, f"Expected restrict as {{\"key\": value}} pairs, got {value!r}")
-        return dict(value)
-    if isinstance(value, str) and "=" in value:
-        key, _, val = value.partition("=")
-        if not key.strip() or not val.strip():
-            raise HTTPProblem(422, f"Expected restrict as KEY=VALUE (e.g. material=brick), got {value!r}")
-        return {key.strip(): val.strip()}
-    items = parse_list(value, "restrict")
-    if not items:
-        raise HTTPProblem(
-            422, f"restrict is empty ({value!r}): expected at least one database image id or name, "
-                 "or KEY=VALUE"
-        )
-    out: list = []
-    for v in items:
-        if isinstance(v, str) and v.lstrip("-").isdigit():
-            out.append(int(v))
-        elif isinstance(v, (int, np.integer)) and not isinstance(v, bool):
-            out.append(int(v))
-        elif isinstance(v, str):
-            out.append(v)
-        else:
-            raise HTTPProblem(422, f"restrict: expected image ids or names, got {v!r}")
-    return out
+    with refused_as(422):
+        return checks.parse_restrict(value)
 
 
 def parse_sources(value: Any) -> tuple[str, ...]:
     """``sources``: which reconstructions to paste (subset of target, input, self)."""
     if value is None:
-        return ("target", "input")
+        return DEFAULT_SOURCES
     items = parse_list(value, "sources")
     if not items:
         raise HTTPProblem(422, f"sources is empty; expected any of {', '.join(SOURCES)}")
@@ -198,7 +188,7 @@ def parse_image_ref(fields: Fields, name: str, *, id_field: str, num_images: int
                      f"use {id_field!r} to name a database image"
             )
         raise HTTPProblem(422, f"Missing query image: upload {name!r} or give {id_field!r}")
-    image_id = parse_int(raw_id, id_field, lo=-(2**62))
+    image_id = parse_int(raw_id, id_field)
     if not 0 <= image_id < num_images:
         raise HTTPProblem(
             404, f"{id_field}: image id {image_id} does not exist; expected 0 <= id < {num_images}"
@@ -207,51 +197,59 @@ def parse_image_ref(fields: Fields, name: str, *, id_field: str, num_images: int
 
 
 # ---------------------------------------------------------------------------- whole requests
-def parse_query(
-    fields: Fields, *, layers: Sequence[str], num_images: int, patchmatch_error: str | None
-) -> QueryParams:
+QUERY_FIELDS = frozenset({"image", "image_id", "layer", "search", "top_k", "restrict", "sources",
+                          *QUERY_INT_FIELDS, "init"})
+
+
+def _refuse_unknown(fields: Fields, known) -> None:
+    unknown = sorted(set(fields.values) - set(known))
+    if unknown:
+        raise HTTPProblem(422, f"Unknown field(s) {', '.join(map(repr, unknown))}; expected any of "
+                               f"{', '.join(sorted(known))}")
+
+
+def parse_options(fields: Fields, *, num_images: int) -> QueryOptions:
+    """The query's :class:`QueryOptions`: the fields given, the defaults for the others."""
+    given: dict[str, Any] = {}
+    search = fields.get("search")
+    if search is not None:
+        given["search"] = parse_choice(search, "search", SEARCHES)
+    top_k = fields.get("top_k")
+    if top_k is not None:
+        given["top_k"] = parse_int(top_k, "top_k", lo=1, hi=num_images)
+    for name, (lo, hi) in QUERY_INT_FIELDS.items():
+        value = fields.get(name)
+        if value is not None:
+            given[name] = parse_int(value, name, lo=lo, hi=hi)
+    init = fields.get("init")
+    if init is not None:
+        given["init"] = parse_choice(init, "init", INIT_CHOICES)
+    with refused_as(422):
+        return QueryOptions(**given)
+
+
+def parse_query(fields: Fields, *, layers: Sequence[str], num_images: int) -> QueryParams:
     """Validate ``POST /v1/query``'s fields.
 
     Parameters
     ----------
     fields : the request's form or JSON fields.
     layers : the index's layers; num_images : its image count.
-    patchmatch_error : why HyperPatch-Match cannot run here, or None when it can.
     """
-    known = {"image", "image_id", "layer", "search", "top_k", "restrict", "sources",
-             "iterations", "samples", "jumps", "seed", "init"}
-    unknown = sorted(set(fields.values) - known)
-    if unknown:
-        raise HTTPProblem(422, f"Unknown field(s) {', '.join(map(repr, unknown))}; expected any of "
-                               f"{', '.join(sorted(known))}")
+    _refuse_unknown(fields, QUERY_FIELDS)
     image = parse_image_ref(fields, "image", id_field="image_id", num_images=num_images)
     layer = fields.get("layer")
     if layer is not None:
         layer = parse_choice(layer, "layer", layers)
-    search = parse_choice(fields.get("search", "exact"), "search", SEARCHES)
-    top_k = fields.get("top_k")
-    if search == "patchmatch" and patchmatch_error is not None:
-        raise HTTPProblem(501, f"search='patchmatch' is not available on this server: {patchmatch_error}")
-    return QueryParams(
-        image=image, layer=layer, search=search,
-        top_k=None if top_k is None else parse_int(top_k, "top_k", lo=1, hi=num_images),
-        restrict=parse_restrict(fields.get("restrict")),
-        sources=parse_sources(fields.get("sources")),
-        iterations=parse_int(fields.get("iterations", 32), "iterations", lo=1, hi=MAX_ITERATIONS),
-        samples=parse_int(fields.get("samples", 8), "samples", lo=1, hi=MAX_SAMPLES),
-        jumps=parse_int(fields.get("jumps", 4), "jumps", lo=0, hi=MAX_SAMPLES),
-        seed=parse_int(fields.get("seed", 0), "seed", lo=0, hi=MAX_SEED),
-        init=parse_choice(fields.get("init", "staged"), "init", INIT_CHOICES),
-    )
+    options = parse_options(fields, num_images=num_images)
+    return QueryParams(image=image, layer=layer, options=options,
+                       restrict=parse_restrict(fields.get("restrict")),
+                       sources=parse_sources(fields.get("sources")))
 
 
 def parse_correspond(fields: Fields, *, layers: Sequence[str], num_images: int) -> CorrespondParams:
     """Validate ``POST /v1/correspond``'s fields."""
-    known = {"image_a", "image_b", "image_a_id", "image_b_id", "layer"}
-    unknown = sorted(set(fields.values) - known)
-    if unknown:
-        raise HTTPProblem(422, f"Unknown field(s) {', '.join(map(repr, unknown))}; expected any of "
-                               f"{', '.join(sorted(known))}")
+    _refuse_unknown(fields, ("image_a", "image_b", "image_a_id", "image_b_id", "layer"))
     a = parse_image_ref(fields, "image_a", id_field="image_a_id", num_images=num_images)
     b = parse_image_ref(fields, "image_b", id_field="image_b_id", num_images=num_images)
     layer = fields.get("layer")

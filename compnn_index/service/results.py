@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from ..api import CompNN, Correspondence, QueryResult
+from ..checks import check_int
 from ..pictures import to_rgb
 
 QUERY_PICTURES = (
@@ -120,9 +121,7 @@ class ResultCache:
     """At most ``capacity`` results, least recently used evicted first (thread-safe)."""
 
     def __init__(self, capacity: int) -> None:
-        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
-            raise ValueError(f"Expected cache_size >= 1, but cache_size = {capacity!r}")
-        self.capacity = capacity
+        self.capacity = check_int(capacity, "cache_size", low=1)  # QueryError is a ValueError
         self._items: "OrderedDict[str, StoredResult]" = OrderedDict()
         self._lock = threading.Lock()
 
