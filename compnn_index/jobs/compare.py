@@ -161,7 +161,7 @@ def _markdown(doc: dict) -> str:
              "| method | top_k | params | s/query | speed-up | recall@1 | sim. ratio | agreement | fidelity | Δ fidelity vs exact | ANN build s |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for k, e in doc["exact"]["by_top_k"].items():
-        lines.append(f"| exact ({e.get('exact_method', 'faiss')}) | {k} | {e['gflops']:.0f} GFLOP/s | "
+        lines.append(f"| exact | {k} | {e.get('exact_method', 'faiss')}, {e['gflops']:.0f} GFLOP/s | "
                      f"{e['seconds_per_query']:.3f} | 1.0 | 1 | 1 | 1 | "
                      f"{e['fidelity']:.4f} | 0 | |")
     for r in doc["settings"]:

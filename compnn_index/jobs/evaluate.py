@@ -160,9 +160,8 @@ def evaluate(
     os.replace(tmp, out / "results.json")
     table = _render_table(rows, columns)
     (out / "results.md").write_text(
-        f"# CompNN evaluation: {cnn.task}, layer {layer}, {search} search"
-        + (f" ({doc['exact_method']})" if doc["exact_method"] else "")
-        + f", {len(ds)} {split} images\n\n" + table)
+        f"# CompNN evaluation: {cnn.task}, layer {layer}, {search} search, {len(ds)} {split} images\n\n"
+        + (f"exact search method: {doc['exact_method']}\n\n" if doc["exact_method"] else "") + table)
     if example_rows:
         from ..pictures import grid
 
