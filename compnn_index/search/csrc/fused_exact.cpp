@@ -188,47 +188,58 @@ __attribute__((target("avx2,fma"))) void micro_avx2(const float* a, int64_t c, c
 #undef FUSED_ROW
 #undef FUSED_STORE
 
-// Same arithmetic order as pass_generic (sums left to right, then one multiply); only the
-// running best is kept per lane, then reduced across lanes (ties: lowest column).
+// Same arithmetic order as pass_generic (sums left to right, then one multiply). Only the row's
+// maximum is tracked (one max per vector); the rare rows whose maximum reaches the query
+// window's best so far are scanned again, recomputing the same values, for the first column
+// that attains it (the lowest id in the row).
+// S / n_v of columns x..x+7 of query window qx, given H_a = v (lambdas do not inherit target
+// attributes, hence a function).
+__attribute__((target("avx2,fma"))) inline __m256 value_avx2(const PassArgs& p, int64_t plane, int64_t qx,
+                                                             int64_t x, __m256 v, int64_t full, __m256 tail) {
+    __m256 sum = _mm256_setzero_ps();
+    for (int64_t t = 0; t + 1 < p.k; ++t)
+        sum = _mm256_add_ps(sum, _mm256_loadu_ps(p.ring + p.order[t] * plane + qx * p.ldg + x));
+    const __m256 val = _mm256_mul_ps(_mm256_add_ps(sum, v), _mm256_loadu_ps(p.inv + x));
+    return x == full ? _mm256_blendv_ps(_mm256_set1_ps(-std::numeric_limits<float>::infinity()), val, tail) : val;
+}
+
 __attribute__((target("avx2,fma"))) void pass_avx2(const PassArgs& p) {
     const int64_t plane = p.nqx * p.ldg;
     const __m256 neg_inf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     const int64_t full = p.ndx / 8 * 8;
-    const __m256i tail_mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(p.ndx - full)), lane);
+    const __m256 tail = _mm256_castsi256_ps(
+        _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(p.ndx - full)), lane));
     for (int64_t qx = 0; qx < p.nqx; ++qx) {
         float* h = p.ring + p.slot_a * plane + qx * p.ldg;
         const float* g0 = p.g + qx * p.ldg;
+        if (!p.reduce) {
+            for (int64_t x = 0; x < p.ndx; x += 8) {
+                __m256 v = _mm256_loadu_ps(g0 + x);
+                for (int64_t s = 1; s < p.k; ++s) v = _mm256_add_ps(v, _mm256_loadu_ps(g0 + s * p.ldg + x + s));
+                _mm256_storeu_ps(h + x, v);
+            }
+            continue;
+        }
         __m256 bv = neg_inf;
-        __m256i bi = _mm256_setzero_si256();
         for (int64_t x = 0; x < p.ndx; x += 8) {
             __m256 v = _mm256_loadu_ps(g0 + x);
             for (int64_t s = 1; s < p.k; ++s) v = _mm256_add_ps(v, _mm256_loadu_ps(g0 + s * p.ldg + x + s));
             _mm256_storeu_ps(h + x, v);
-            if (p.reduce) {
-                __m256 sum = _mm256_setzero_ps();
-                for (int64_t t = 0; t + 1 < p.k; ++t)
-                    sum = _mm256_add_ps(sum, _mm256_loadu_ps(p.ring + p.order[t] * plane + qx * p.ldg + x));
-                sum = _mm256_add_ps(sum, v);
-                __m256 val = _mm256_mul_ps(sum, _mm256_loadu_ps(p.inv + x));
-                if (x == full) val = _mm256_blendv_ps(neg_inf, val, _mm256_castsi256_ps(tail_mask));
-                const __m256 gt = _mm256_cmp_ps(val, bv, _CMP_GT_OQ);
-                bv = _mm256_blendv_ps(bv, val, gt);
-                const __m256i idx = _mm256_add_epi32(lane, _mm256_set1_epi32(static_cast<int>(x)));
-                bi = _mm256_castps_si256(
-                    _mm256_blendv_ps(_mm256_castsi256_ps(bi), _mm256_castsi256_ps(idx), gt));
-            }
+            bv = _mm256_max_ps(bv, value_avx2(p, plane, qx, x, v, full, tail));
         }
-        if (p.reduce) {
-            alignas(32) float vals[8];
-            alignas(32) int32_t idxs[8];
-            _mm256_store_ps(vals, bv);
-            _mm256_store_si256(reinterpret_cast<__m256i*>(idxs), bi);
-            float best = vals[0];
-            int32_t at = idxs[0];
-            for (int j = 1; j < 8; ++j)
-                if (vals[j] > best || (vals[j] == best && idxs[j] < at)) best = vals[j], at = idxs[j];
-            offer(p.best[qx], best, p.base + at);
+        __m128 m = _mm_max_ps(_mm256_castps256_ps128(bv), _mm256_extractf128_ps(bv, 1));
+        m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        m = _mm_max_ss(m, _mm_movehdup_ps(m));
+        const float best = _mm_cvtss_f32(m);
+        if (best < p.best[qx].value) continue;
+        const __m256 target = _mm256_set1_ps(best);
+        for (int64_t x = 0; x < p.ndx; x += 8) {  // h now holds H_a for the whole row
+            const int bits = _mm256_movemask_ps(_mm256_cmp_ps(value_avx2(p, plane, qx, x, _mm256_loadu_ps(h + x), full, tail), target, _CMP_EQ_OQ));
+            if (bits) {
+                offer(p.best[qx], best, p.base + x + __builtin_ctz(static_cast<unsigned>(bits)));
+                break;
+            }
         }
     }
 }
