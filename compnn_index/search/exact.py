@@ -104,8 +104,7 @@ def field_from_ids(layer: LayerVectors, ids: np.ndarray, similarity: np.ndarray,
                    np.asarray(similarity).reshape(shape))
 
 
-def fused_unsupported(layer: LayerVectors, query_norms: np.ndarray | None = None, *,
-                      check_query: bool = True) -> str | None:
+def fused_unsupported(layer: LayerVectors, query_norms: np.ndarray | None = None) -> str | None:
     """Why fused exact search cannot run on ``layer`` (and these query norms), or None if it can."""
     if _fused is None:
         return f"the native kernel compnn_index.search._fused did not import ({_FUSED_ERROR})"
@@ -119,7 +118,7 @@ def fused_unsupported(layer: LayerVectors, query_norms: np.ndarray | None = None
     k = layer.spec.k
     if layer.dim % (k * k):
         return f"layer {layer.name!r}: dimension {layer.dim} is not k*k*C for k = {k}"
-    if check_query and query_norms is None:
+    if query_norms is None:
         return "no query_norms were given (the query's window norms before normalisation)"
     return None
 
@@ -203,6 +202,8 @@ def exact_search(
     info.pop("exact_fallback", None)
     if method != "faiss":
         reason = fused_unsupported(layer, query_norms)
+        if reason is None and layer.positions(ids) == 0:
+            reason = "the selected images hold no positions"
         if reason is None:
             norms = _check_query_norms(query_norms, q.shape[:2])
             with thread_limit(threads) as n_threads:
