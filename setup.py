@@ -1,4 +1,4 @@
-"""Build the native HyperPatch-Match extension at install time (no JIT at import).
+"""Build the native extensions (HyperPatch-Match, fused exact search) at install time (no JIT at import).
 
 On x86-64 the kernel is built for the x86-64-v2 baseline; its dot-product loops carry their own
 AVX2+FMA / AVX-512 target attributes and are picked at run time (``__builtin_cpu_supports``),
@@ -19,6 +19,14 @@ ext_modules = [
     Pybind11Extension(
         "compnn_index.search._hpm",
         ["compnn_index/search/csrc/hyperpatchmatch.cpp"],
+        cxx_std=17,
+        extra_compile_args=["-O3", "-pthread"] + (["-march=x86-64-v2"] if _X86_64 else []),
+        extra_link_args=["-pthread"],
+    ),
+    # Fused exact search (pixel-level GEMM + shifted sum): same flags, same run-time dispatch.
+    Pybind11Extension(
+        "compnn_index.search._fused",
+        ["compnn_index/search/csrc/fused_exact.cpp"],
         cxx_std=17,
         extra_compile_args=["-O3", "-pthread"] + (["-march=x86-64-v2"] if _X86_64 else []),
         extra_link_args=["-pthread"],

@@ -208,10 +208,11 @@ class CompNN:
                                    global_tap=self._global_spec)
             self._extractors[layers] = ext
         with self._forward_lock, torch.no_grad():  # layer taps are hooks on the shared model
-            logits, patches, gdesc = ext(img[None])
+            logits, patches, gdesc, norms = ext(img[None], return_norms=True)
         return QueryFeatures(image=img, logits=logits[0], output=self.output_array(logits[0]),
                              hyperpatches={n: p[0] for n, p in patches.items()},
-                             global_descriptor=gdesc[0], seconds=time.perf_counter() - t)
+                             global_descriptor=gdesc[0], seconds=time.perf_counter() - t,
+                             hyperpatch_norms={n: v[0] for n, v in norms.items()})
 
     def output_array(self, logits: np.ndarray | torch.Tensor) -> np.ndarray:
         """Network logits (C, H, W) → what the network outputs: labels (H, W) or an image."""
@@ -278,8 +279,9 @@ class CompNN:
             ids, sims = self.shortlist(feats.global_descriptor, cands, k)
             timings["shortlist"] = time.perf_counter() - t
             t = time.perf_counter()
+            info: dict = {}
             nnf = search_field(feats.hyperpatches, self.store.layer, ids, layer=layer, options=opts,
-                               init=field_init, pyramid=need)
+                               init=field_init, pyramid=need, norms=feats.hyperpatch_norms, info=info)
             timings["search"] = time.perf_counter() - t
             t = time.perf_counter()
             spec = self.store.spec(layer)
@@ -287,6 +289,8 @@ class CompNN:
             timings["compose"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t0
         params: dict = {"top_k": k}
+        if "exact_method" in info:  # which exact search ran ("fused" or "faiss"), and why FAISS
+            params.update({key: info[key] for key in ("exact_method", "exact_fallback") if key in info})
         if opts.search == "patchmatch":
             params.update(opts.patchmatch_params(), init=opts.init if field_init is None else "field")
         return QueryResult(layer=layer, spec=spec, field=nnf, shortlist=ids, shortlist_similarity=sims,
@@ -327,9 +331,12 @@ class CompNN:
             fb = self.extract(image_b, [layer], name="image_b")
             vb = fb.hyperpatches[layer]
             hb, wb, d = vb.shape
-            b_layer = LayerVectors.from_array(np.ascontiguousarray(vb.reshape(hb * wb, d)),
-                                              grids=(hb, wb), name=layer, spec=spec)
-            nnf = exact_search(fa.hyperpatches[layer], b_layer, [0])
+            nb = fb.hyperpatch_norms.get(layer)
+            b_layer = LayerVectors.from_array(
+                np.ascontiguousarray(vb.reshape(hb * wb, d)), grids=(hb, wb), name=layer, spec=spec,
+                norms=None if nb is None else np.ascontiguousarray(nb.reshape(-1), dtype=np.float32))
+            nnf = exact_search(fa.hyperpatches[layer], b_layer, [0],
+                               query_norms=fa.hyperpatch_norms.get(layer))
         return Correspondence(layer, spec, nnf, fa.image, fb.image, {"total": time.perf_counter() - t})
 
     # ------------------------------------------------------------------ global NN

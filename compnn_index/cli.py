@@ -1,4 +1,4 @@
-"""``compnn`` command line: train | build | query | evaluate | compare | serve | demo.
+"""``compnn`` command line: train | build | upgrade | query | evaluate | compare | serve | demo.
 
 Argument parsing only; the work is done by the api / index / evaluate / compare / demo modules.
 Integers, thread counts and ``--restrict`` go through :mod:`compnn_index.checks` (the parsers
@@ -105,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     _threads(p)
     p.add_argument("--out", required=True, help="index store folder")
+
+    p = sub.add_parser("upgrade", help="check that a store has what this version writes (norms), "
+                                       "or print the command that rebuilds it")
+    p.add_argument("index")
 
     p = sub.add_parser("query", help="explain images with an index store")
     p.add_argument("index")
@@ -222,6 +226,12 @@ def _cmd_build(a: argparse.Namespace) -> None:
           threads=a.threads, out=a.out, overwrite=a.overwrite)
 
 
+def _cmd_upgrade(a: argparse.Namespace) -> None:
+    from .index.manifest import upgrade_store
+
+    print(upgrade_store(a.index))
+
+
 def _cmd_query(a: argparse.Namespace) -> None:
     from .jobs.workflows import query
 
@@ -262,7 +272,7 @@ def _cmd_demo(a: argparse.Namespace) -> None:
 
 
 COMMANDS = {
-    "train": _cmd_train, "build": _cmd_build, "query": _cmd_query, "evaluate": _cmd_evaluate,
+    "train": _cmd_train, "build": _cmd_build, "upgrade": _cmd_upgrade, "query": _cmd_query, "evaluate": _cmd_evaluate,
     "compare": _cmd_compare, "serve": _cmd_serve, "demo": _cmd_demo,
 }
 

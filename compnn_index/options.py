@@ -15,6 +15,8 @@ from .errors import QueryError
 from .checks import MAX_ITERATIONS, MAX_JUMPS, MAX_SAMPLES, check_choice, check_int, check_number
 
 SEARCHES = ("exact", "patchmatch")
+#: How exact search runs: the fused pixel-level kernel where it can, or always FAISS / fused.
+EXACT_METHODS = ("auto", "fused", "faiss")
 INITS = ("random", "staged", "coarse")
 SOURCES = ("target", "input", "self")
 #: Shortlist size when ``top_k`` is not given (or every candidate image, when fewer).
@@ -42,6 +44,9 @@ class QueryOptions:
         Images of the first stage of a staged whole-set search.
     coarse_exact_gflop : float
         ``init="coarse"``: the coarsest level is searched exactly under this many GFLOP.
+    exact_method : {"auto", "fused", "faiss"}
+        How exact search runs (:func:`compnn_index.search.exact.exact_search`): ``auto`` uses
+        the fused pixel-level kernel where the layer allows it, else FAISS.
     """
 
     search: str = "exact"
@@ -53,6 +58,7 @@ class QueryOptions:
     init: str = "staged"
     seed_images: int = 16
     coarse_exact_gflop: float = 40.0
+    exact_method: str = "auto"
 
     def __post_init__(self) -> None:
         check_choice(self.search, "search", SEARCHES)
@@ -65,6 +71,7 @@ class QueryOptions:
         check_choice(self.init, "init", INITS)
         check_int(self.seed_images, "seed_images", low=1)
         check_number(self.coarse_exact_gflop, "coarse_exact_gflop", low=0)
+        check_choice(self.exact_method, "exact_method", EXACT_METHODS)
 
     def with_(self, **changes: Any) -> "QueryOptions":
         """A copy with ``changes`` applied (None values are ignored: keep the default)."""

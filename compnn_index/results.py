@@ -32,6 +32,8 @@ class QueryFeatures:
     hyperpatches : layer -> float32 (Hq, Wq, D) unit vectors.
     global_descriptor : float32 (Dg,) unit vector.
     seconds : time the extraction took.
+    hyperpatch_norms : layer -> float32 (Hq, Wq) window norms before normalisation (what fused
+        exact search needs; empty when not extracted).
     """
 
     image: np.ndarray
@@ -40,6 +42,7 @@ class QueryFeatures:
     hyperpatches: dict[str, np.ndarray]
     global_descriptor: np.ndarray
     seconds: float = 0.0
+    hyperpatch_norms: dict = field(default_factory=dict)
 
 
 @dataclass

@@ -332,6 +332,7 @@ def test_evaluate_segment(capsys, segment_index, segment_cnn, tmp_path):
     assert cnn_row["pixel_accuracy"] == pytest.approx((pred == truth).mean(), abs=1e-6)
     md = (out / "results.md").read_text()
     assert md.startswith("# CompNN evaluation: segment, layer decoder2, exact search, 2 test images")
+    assert doc["exact_method"] == "fused" and "exact search method: fused" in md
     assert md.count("| compnn |") == 8  # 2 top-k × 2 sources × 2 references
     assert Image.open(out / "examples.png").size[0] > 5 * TINY_SIZE
 
@@ -396,6 +397,7 @@ def test_compare(capsys, segment_index, tmp_path):
     assert more[4] >= more[1] - 1e-6  # more iterations never lose similarity (same seed)
     md = (out / "comparison.md").read_text()
     assert f"| exact | {N} |" in md and md.count("| patchmatch |") == 4
+    assert ex["exact_method"] == "fused" and f"| exact | {N} | fused," in md
     assert {r["top_k"] for r in settings} == {N}
     assert Image.open(out / "comparison.png").size[0] > 300
 

@@ -2,7 +2,10 @@
 
 The digests were computed with the code before the refactor (commit a504e5c) by the same
 procedure; the store is built from a seeded, untrained U-Net on seeded synthetic data, so the
-only thing that can move them is a change in extraction, shortlisting or search. Float results
+only thing that can move them is a change in extraction, shortlisting or search. Exact search is
+pinned on its reference method (FAISS, ``exact_method="faiss"``); the fused pixel-level method,
+the default where a store has norms, rounds differently and is checked against it to 1e-5.
+Float results
 of torch's CPU kernels depend on the instruction set torch picks, so the digests are checked on
 the capability they were recorded on (AVX2) and skipped elsewhere.
 """
@@ -18,6 +21,7 @@ from compnn_index.api import CompNN
 from compnn_index.data import open_dataset
 from compnn_index.index import build_index
 from compnn_index.models import build_model
+from compnn_index.options import QueryOptions
 
 RECORDED_ON = "AVX2"
 PINNED = {"exact": "1d1e560af5fbbd83", "patchmatch": "eb1fddbd77973275", "coarse": "0210092d01a5e8e9"}
@@ -42,12 +46,18 @@ def test_nn_fields_are_byte_identical_to_before_the_refactor(tmp_path):
         cnn = CompNN.load(tmp_path / "s", model=model, threads=1)
         q = open_dataset("synthetic", split="test", size=64, limit=1, seed=0)[0].input
         got = {
-            "exact": cnn.explain(q, layer="decoder2", top_k=4).field,
+            "exact": cnn.explain(q, layer="decoder2", top_k=4, options=QueryOptions(exact_method="faiss")).field,
             "patchmatch": cnn.explain(q, layer="decoder2", top_k=6, search="patchmatch", iterations=4,
                                       samples=3, jumps=2, seed=5, init="staged").field,
             "coarse": cnn.explain(q, layer="decoder2", top_k=6, search="patchmatch", iterations=3,
-                                  samples=2, jumps=1, seed=1, init="coarse").field,
+                                  samples=2, jumps=1, seed=1, init="coarse",
+                                  options=QueryOptions(exact_method="faiss")).field,
         }
+        fused = cnn.explain(q, layer="decoder2", top_k=4)
     finally:
         torch.set_num_threads(previous)
     assert {k: _digest(f) for k, f in got.items()} == PINNED
+    assert fused.params["exact_method"] == "fused"
+    np.testing.assert_allclose(fused.field.similarity, got["exact"].similarity, atol=1e-5, rtol=0)
+    same = (fused.field.image == got["exact"].image) & (fused.field.y == got["exact"].y) & (fused.field.x == got["exact"].x)
+    assert same.mean() > 0.99  # the rest are near-exact ties

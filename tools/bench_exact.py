@@ -1,170 +1,160 @@
-"""Benchmark exact search against the BLAS ceiling measured in the same process.
+"""Benchmark exact search: the fused pixel-level kernel against FAISS, on the same store.
 
-Synthetic random unit vectors with the shape of a 256×256 query at pix2pix Decoder 2:
-Q = 127² = 16129 query positions, D = 512, a shortlist of 16 database images of 127×127
-positions each (N = 258 064). By default the database is a real ``IndexFlatIP`` file opened
-memory-mapped (``faiss.IO_FLAG_MMAP_IFC``), exactly as the index store serves it (vectors at byte
-offset 45, so unaligned); ``--aligned`` searches an in-RAM array instead.
+The decoder2 problem of a 256×256 query: Q = 127² = 16,129 query windows, D = 512 (C = 128
+channels, k = 2), a shortlist of 16 database images of 128×128 activations (127×127 windows
+each, N = 258,064). The data are *consistent* hyperpatches — the project's own extraction
+(``hyperpatches(..., return_norms=True)``) applied to random, spatially smooth ReLU activations —
+written like a store's layer: a FAISS ``IndexFlatIP`` file opened memory-mapped
+(``faiss.IO_FLAG_MMAP_IFC``: vectors at file byte 45, unaligned) plus the float32 norms sidecar
+(``.npy``, memory-mapped). Both methods answer the same question on the same bytes.
 
-Printed: GFLOP/s (2·Q·N·D / s) of
+Measured in interleaved rounds (FAISS, fused, FAISS, fused, ...) so load drifting on a shared
+machine moves both; printed per round and as min / median:
 
-- ``torch.matmul`` of the same (Q, D) × (D, image) shape with a fresh output per image (the
-  full Q × N product would need 16.6 GB, so it is measured per image);
-- ``torch.mm(out=)`` into a preallocated 4096 × 4096 buffer (pure GEMM, no reduction; this
-  plus a row max was exact_search's first design);
-- ``exact_search`` on the same images: these three run in interleaved rounds, and the ratio
-  exact_search / best torch reference is printed per round, so load drifting on a shared machine
-  moves both sides;
-- ``exact_search`` over the whole shortlist;
-- ``faiss.knn`` (k=1) on a raw slice, and ``IndexFlatIP.search`` with ``IDSelectorRange``.
+- ``exact_search(method="faiss")``: ``faiss.knn`` over the images' id range (the reference);
+  its GFLOP/s count 2·Q·N·D;
+- ``exact_search(method="fused")``: pixel-level GEMM + shifted sum + running best (about k²
+  times fewer flops); "effective" GFLOP/s use the same 2·Q·N·D;
+- the CPU seconds of each (``time.process_time``: on a machine shared with other jobs the wall
+  time of FAISS's OpenMP barriers suffers more than the fused kernel's, so both are reported);
+- the largest |similarity difference| between the two fields, and the fraction of positions whose
+  match differs (exact or near-exact ties).
 
-Usage: ``python tools/bench_exact.py [--images 16] [--threads 2] [--aligned]``
+``--json PATH`` writes ``{"faiss_gflops", "fused_seconds", "faiss_seconds", "fused_speedup",
+"max_abs_sim_diff", ...}`` (medians; ``*_min`` the best round).
+
+Usage: ``python tools/bench_exact.py [--images 16] [--threads 2] [--rounds 3] [--json out.json]``
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import faiss
 import numpy as np
 import torch
-from threadpoolctl import threadpool_limits
 
-from compnn_index.index.flatfile import FlatIPWriter
-from compnn_index.search.exact import DEFAULT_BLOCK_SIZE, exact_search
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-
-def gflops(q: int, n: int, d: int, seconds: float) -> float:
-    return 2.0 * q * n * d / seconds / 1e9
-
-
-def timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
+from compnn_index.features import LayerSpec, hyperpatches  # noqa: E402
+from compnn_index.index import LayerVectors  # noqa: E402
+from compnn_index.index.flatfile import FlatIPWriter  # noqa: E402
+from compnn_index.index.npyfile import NpyWriter  # noqa: E402
+from compnn_index.search.exact import exact_search  # noqa: E402
 
 
-def make_database(n_images: int, side: int, dim: int, *, aligned: bool, tmpdir: str):
-    """Random unit vectors; memory-mapped from a FAISS file unless ``aligned``."""
-    rng = np.random.default_rng(0)
-    per = side * side
-    if aligned:
-        x = rng.standard_normal((n_images * per, dim), dtype=np.float32)
-        x /= np.linalg.norm(x, axis=1, keepdims=True)
-        return x, None
-    path = os.path.join(tmpdir, "bench.faiss")
-    with FlatIPWriter(path, dim) as writer:
+def activation(rng: np.random.Generator, c: int, side: int, kind: str) -> np.ndarray:
+    """One (1, C, side, side) float32 activation: ``random`` normal, or ``smooth`` ReLU maps."""
+    x = torch.from_numpy(rng.standard_normal((1, c, side, side), dtype=np.float32))
+    if kind == "smooth":
+        x = torch.relu(torch.nn.functional.avg_pool2d(x, 5, stride=1, padding=2, count_include_pad=False)
+                       + 0.1 * x)
+    return x.numpy()
+
+
+def make_store(tmpdir: str, n_images: int, c: int, side: int, k: int, kind: str, seed: int):
+    """A memory-mapped layer (FAISS file + norms sidecar) and one query (vectors, norms)."""
+    rng = np.random.default_rng(seed)
+    hp = side - k + 1
+    path, npath = os.path.join(tmpdir, "bench.faiss"), os.path.join(tmpdir, "bench.norms.npy")
+    norms_out = NpyWriter(npath, (n_images * hp * hp,), np.dtype(np.float32))
+    with FlatIPWriter(path, k * k * c) as writer:
         for _ in range(n_images):
-            x = rng.standard_normal((per, dim), dtype=np.float32)
-            x /= np.linalg.norm(x, axis=1, keepdims=True)
-            writer.add(x)
+            v, n = hyperpatches(activation(rng, c, side, kind), k, return_norms=True)
+            writer.add(v.reshape(-1, v.shape[-1]))
+            norms_out.add(n.reshape(-1))
+    norms_out.close()
     index = faiss.read_index(path, faiss.IO_FLAG_MMAP_IFC)
     view = faiss.rev_swig_ptr(index.get_xb(), index.ntotal * index.d).reshape(index.ntotal, index.d)
     view.flags.writeable = False
-    return view, index
-
-
-def torch_matmul_per_image(qt: torch.Tensor, db: torch.Tensor, per: int, images: int) -> float:
-    """Seconds for ``torch.matmul(q, image.T)`` over ``images`` images (fresh output each)."""
-    def run():
-        for i in range(images):
-            r = torch.matmul(qt, db[i * per : (i + 1) * per].T)
-            del r
-    return timed(run)
-
-
-def torch_mm_blocked(qt: torch.Tensor, db: torch.Tensor, n: int, block: int) -> float:
-    """Seconds for ``torch.mm(out=)`` over (Q × n) in block × block tiles, no reduction."""
-    buf = torch.empty(block * block)
-
-    def run():
-        for b0 in range(0, n, block):
-            b1 = min(b0 + block, n)
-            for q0 in range(0, qt.shape[0], block):
-                q1 = min(q0 + block, qt.shape[0])
-                torch.mm(qt[q0:q1], db[b0:b1].T, out=buf[: (q1 - q0) * (b1 - b0)].view(q1 - q0, b1 - b0))
-    return timed(run)
+    grids = np.tile(np.array([hp, hp], dtype=np.int64), (n_images, 1))
+    layer = LayerVectors("decoder2", LayerSpec("decoder2", "m", k=k), grids, raw=view, dim=index.d,
+                         owner=index, norms=np.load(npath, mmap_mode="r"))
+    qv, qn = hyperpatches(activation(rng, c, side, kind), k, return_norms=True)
+    return layer, qv[0], qn[0]
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--side", type=int, default=127, help="query and database grid side (127 = 256×256 decoder2)")
-    p.add_argument("--dim", type=int, default=512)
+    p.add_argument("--side", type=int, default=128, help="activation side (128: a 256×256 query at decoder2)")
+    p.add_argument("--channels", type=int, default=128)
+    p.add_argument("--k", type=int, default=2)
     p.add_argument("--images", type=int, default=16, help="shortlisted database images")
-    p.add_argument("--ref-images", type=int, default=1, help="images per interleaved reference round")
-    p.add_argument("--rounds", type=int, default=2, help="interleaved (torch, exact_search) rounds")
-    p.add_argument("--block-size", type=int, default=DEFAULT_BLOCK_SIZE, help="exact_search block_size")
-    p.add_argument("--gemm-block", type=int, default=4096,
-                   help="tile side of the torch.mm(out=) reference (a gemm_block² float32 buffer)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved (faiss, fused) rounds")
+    p.add_argument("--activations", choices=["smooth", "random"], default="smooth")
     p.add_argument("--threads", type=int, default=os.cpu_count())
-    p.add_argument("--aligned", action="store_true", help="search an in-RAM array, not a mapped FAISS file")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None, help="write the results here")
     args = p.parse_args()
 
     torch.set_num_threads(args.threads)
-    q_n, per, d = args.side * args.side, args.side * args.side, args.dim
-    rng = np.random.default_rng(1)
-    queries = rng.standard_normal((args.side, args.side, d), dtype=np.float32)
-    queries /= np.linalg.norm(queries, axis=-1, keepdims=True)
-    with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as tmpdir, threadpool_limits(args.threads):
-        vectors, index = make_database(args.images, args.side, d, aligned=args.aligned, tmpdir=tmpdir)
-        n = vectors.shape[0]
-        offsets = np.arange(args.images + 1, dtype=np.int64) * per
-        grids = np.tile(np.array([args.side, args.side], dtype=np.int64), (args.images, 1))
-        qt = torch.from_numpy(queries.reshape(q_n, d))
-        db = torch.from_numpy(np.asarray(vectors)) if args.aligned else _readonly_tensor(vectors)
-        ref_n = args.ref_images * per
-        print(f"Q={q_n} D={d} N={n} ({args.images} images) threads={args.threads} "
-              f"block_size={args.block_size} database={'in-RAM aligned' if args.aligned else 'mmap FAISS file (unaligned)'}")
-        print(f"  {2 * q_n * n * d / 1e12:.2f} TFLOP for the full search")
-        # warm the page cache and the BLAS threads
-        vectors.sum()
-        torch.mm(qt[:512], db[:512].T)
+    with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as tmpdir:
+        t = time.perf_counter()
+        layer, q, qn = make_store(tmpdir, args.images, args.channels, args.side, args.k, args.activations, args.seed)
+        q_n, n, d = q.shape[0] * q.shape[1], layer.ntotal, layer.dim
+        flop = 2.0 * q_n * n * d
+        images = np.arange(args.images)
+        print(f"Q={q_n} D={d} (C={args.channels}, k={args.k}) N={n} ({args.images} images of "
+              f"{args.side}×{args.side} {args.activations} activations) threads={args.threads}; "
+              f"mmap FAISS file (unaligned) + norms sidecar; built in {time.perf_counter() - t:.1f} s")
+        print(f"  {flop / 1e12:.2f} TFLOP at hyperpatch level, {flop / args.k ** 2 / 1e12:.2f} at pixel level")
+        np.asarray(layer.vectors).sum()  # warm the page cache
+        exact_search(q[:4], layer, images[:1], method="faiss", threads=args.threads)
 
-        def run_exact(images: int) -> float:
-            return timed(lambda: exact_search(queries, vectors, np.arange(images), offsets=offsets,
-                                              grids=grids, block_size=args.block_size))
+        faiss_s, fused_s, faiss_cpu, fused_cpu, diffs, mismatch = [], [], [], [], [], []
+        for r in range(args.rounds):
+            t, c = time.perf_counter(), time.process_time()
+            ref = exact_search(q, layer, images, method="faiss", threads=args.threads)
+            faiss_s.append(time.perf_counter() - t)
+            faiss_cpu.append(time.process_time() - c)
+            info: dict = {}
+            t, c = time.perf_counter(), time.process_time()
+            fused = exact_search(q, layer, images, method="fused", query_norms=qn, threads=args.threads, info=info)
+            fused_s.append(time.perf_counter() - t)
+            fused_cpu.append(time.process_time() - c)
+            diffs.append(float(np.abs(fused.similarity - ref.similarity).max()))
+            same = (fused.image == ref.image) & (fused.y == ref.y) & (fused.x == ref.x)
+            mismatch.append(float(1.0 - same.mean()))
+            print(f"  round {r + 1}: faiss {faiss_s[-1]:7.2f} s ({flop / faiss_s[-1] / 1e9:6.1f} GFLOP/s)   "
+                  f"fused {fused_s[-1]:6.2f} s ({flop / fused_s[-1] / 1e9:6.1f} effective GFLOP/s, "
+                  f"{info['exact_kernel']})   speed-up {faiss_s[-1] / fused_s[-1]:.2f}× "
+                  f"(CPU s {faiss_cpu[-1]:.1f} vs {fused_cpu[-1]:.1f}: {faiss_cpu[-1] / fused_cpu[-1]:.2f}×)   "
+                  f"max |Δsim| {diffs[-1]:.2e}   ids differ at {mismatch[-1]:.2e} of positions")
 
-        # interleaved rounds on ref_n (ratio robust to load drifting on a shared machine)
-        ratios, rounds = [], []
-        for _ in range(args.rounds):
-            r = {
-                "torch.matmul per image": gflops(q_n, ref_n, d, torch_matmul_per_image(qt, db, per, args.ref_images)),
-                "torch.mm(out=) blocked, no reduction": gflops(q_n, ref_n, d, torch_mm_blocked(qt, db, ref_n, args.gemm_block)),
-                "exact_search": gflops(q_n, ref_n, d, run_exact(args.ref_images)),
-            }
-            ratios.append(r["exact_search"] / max(r["torch.matmul per image"], r["torch.mm(out=) blocked, no reduction"]))
-            rounds.append(r)
-        results = {f"{k} [{args.ref_images} img, best of {args.rounds}]": max(r[k] for r in rounds) for k in rounds[0]}
-
-        t_exact = run_exact(args.images)
-        results[f"exact_search [{args.images} img]"] = gflops(q_n, n, d, t_exact)
-        slice_ = np.asarray(vectors[:ref_n])
-        t = timed(lambda: faiss.knn(queries.reshape(q_n, d), slice_, 1, metric=faiss.METRIC_INNER_PRODUCT))
-        results[f"faiss.knn k=1 on a slice [{args.ref_images} img]"] = gflops(q_n, ref_n, d, t)
-        if index is not None:
-            params = faiss.SearchParameters(sel=faiss.IDSelectorRange(0, ref_n))
-            t = timed(lambda: index.search(queries.reshape(q_n, d), 1, params=params))
-            results[f"IndexFlatIP.search + IDSelectorRange [{args.ref_images} img]"] = gflops(q_n, ref_n, d, t)
-
-    width = max(map(len, results))
-    for name, value in results.items():
-        print(f"  {name:<{width}}  {value:7.1f} GFLOP/s")
-    best_ref = max(v for k, v in results.items() if k.startswith("torch"))
-    print(f"  exact_search over {args.images} images took {t_exact:.1f} s")
-    print(f"  ratio exact_search / best torch reference, per round: "
-          f"{', '.join(f'{r:.2f}' for r in ratios)} (median {np.median(ratios):.2f})")
-    print(f"  ratio {args.images}-image exact_search / best torch reference of all rounds: "
-          f"{results[f'exact_search [{args.images} img]'] / best_ref:.2f}")
-
-
-def _readonly_tensor(view: np.ndarray) -> torch.Tensor:
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.from_numpy(view)
+    med_faiss, med_fused = float(np.median(faiss_s)), float(np.median(fused_s))
+    ratios = [a / b for a, b in zip(faiss_s, fused_s)]
+    result = {
+        "faiss_gflops": flop / med_faiss / 1e9,
+        "fused_effective_gflops": flop / med_fused / 1e9,
+        "fused_pixel_gflops": flop / args.k ** 2 / med_fused / 1e9,
+        "faiss_seconds": med_faiss,
+        "fused_seconds": med_fused,
+        "fused_speedup": med_faiss / med_fused,
+        "faiss_seconds_min": float(min(faiss_s)),
+        "fused_seconds_min": float(min(fused_s)),
+        "fused_speedup_min_times": float(min(faiss_s)) / float(min(fused_s)),
+        "fused_speedup_per_round": ratios,
+        "faiss_cpu_seconds": float(np.median(faiss_cpu)),
+        "fused_cpu_seconds": float(np.median(fused_cpu)),
+        "fused_cpu_speedup": float(np.median(faiss_cpu)) / float(np.median(fused_cpu)),
+        "max_abs_sim_diff": float(max(diffs)),
+        "id_mismatch_fraction": float(max(mismatch)),
+        "problem": {"Q": q_n, "D": d, "C": args.channels, "k": args.k, "N": n, "images": args.images,
+                    "activations": args.activations, "threads": args.threads, "rounds": args.rounds,
+                    "store": "mmap FAISS file + norms .npy"},
+    }
+    print(f"  median: faiss {med_faiss:.2f} s ({result['faiss_gflops']:.1f} GFLOP/s), fused {med_fused:.2f} s "
+          f"-> speed-up {result['fused_speedup']:.2f}× (per round {', '.join(f'{r:.2f}' for r in ratios)}; "
+          f"min-time ratio {result['fused_speedup_min_times']:.2f}×; CPU-time ratio {result['fused_cpu_speedup']:.2f}×); "
+          f"max |Δsim| {result['max_abs_sim_diff']:.2e}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+        print(f"  wrote {args.json}")
 
 
 if __name__ == "__main__":

@@ -85,7 +85,7 @@ class FeatureExtractor:
         return specs
 
     def __call__(
-        self, batch: ArrayLike
+        self, batch: ArrayLike, *, return_norms: bool = False
     ) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
         """Extract features of a batch of images.
 
@@ -93,6 +93,9 @@ class FeatureExtractor:
         ----------
         batch : ndarray or Tensor, shape (B, C, H, W)
             float32 images in [-1, 1].
+        return_norms : bool, default False
+            Also return ``{layer: float32 (B, Hp, Wp)}``, every hyperpatch's norm before
+            normalisation, as a fourth element (the build's norms sidecar, fused exact search).
 
         Returns
         -------
@@ -107,8 +110,13 @@ class FeatureExtractor:
         if isinstance(output, (tuple, list)):
             output = output[0]
         outputs = np.ascontiguousarray(output.detach().cpu().numpy(), dtype=np.float32)
+        gdesc = global_descriptor(acts[self.global_spec.name])
+        if return_norms:
+            pairs = {name: hyperpatches(acts[name], spec.k, return_norms=True) for name, spec in self.specs.items()}
+            return (outputs, {n: p[0] for n, p in pairs.items()}, gdesc,  # type: ignore[return-value]
+                    {n: p[1] for n, p in pairs.items()})
         patches = {name: hyperpatches(acts[name], spec.k) for name, spec in self.specs.items()}
-        return outputs, patches, global_descriptor(acts[self.global_spec.name])
+        return outputs, patches, gdesc
 
     def layer_shapes(self, image_size: int | tuple[int, int]) -> dict[str, tuple[int, int, int]]:
         """Hyperpatch grid and dimension ``(Hp, Wp, D)`` of each layer for one image.

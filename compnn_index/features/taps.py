@@ -162,7 +162,8 @@ def capture(
     return output, {s.name: captured[s.name] for s in spec_list}
 
 
-def hyperpatches(act: ArrayLike, k: int) -> np.ndarray:
+def hyperpatches(act: ArrayLike, k: int, *, return_norms: bool = False
+                 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Every k×k window of an activation, flattened and L2-normalised.
 
     Parameters
@@ -171,12 +172,18 @@ def hyperpatches(act: ArrayLike, k: int) -> np.ndarray:
         Layer activations.
     k : int
         Window side (``1 <= k <= min(h, w)``).
+    return_norms : bool, default False
+        Also return every window's norm before normalisation (what fused exact search needs to
+        turn the stored unit vectors back into pixel features: pixel ``(y, x)`` is slot
+        ``(0, 0)`` of window ``(y, x)`` times its norm).
 
     Returns
     -------
     ndarray of float32, shape (B, h-k+1, w-k+1, k*k*C)
         C-contiguous; ``vec[(dy*k + dx)*C + c] = act[c, y+dy, x+dx]`` divided by the window's
         norm. An all-zero window stays zero.
+    norms : ndarray of float32, shape (B, h-k+1, w-k+1)
+        Only with ``return_norms``: the windows' L2 norms (0 for an all-zero window).
 
     Raises
     ------
@@ -200,6 +207,8 @@ def hyperpatches(act: ArrayLike, k: int) -> np.ndarray:
             out[..., j * c : (j + 1) * c] = pix[:, dy : dy + hp, dx : dx + wp, :]
             norm2 += sq[:, dy : dy + hp, dx : dx + wp]
     out *= _inverse_norm(norm2).unsqueeze(-1)
+    if return_norms:
+        return out.numpy(), norm2.sqrt().numpy()
     return out.numpy()
 
 

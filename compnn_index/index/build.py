@@ -45,6 +45,11 @@ def _layer_file(layer: str) -> str:
     return f"{LAYER_DIR}/{_SAFE_NAME.sub('_', layer)}.faiss"
 
 
+def _norms_file(layer: str) -> str:
+    """Relative path of a layer's hyperpatch-norm sidecar (float32 ``(ntotal,)`` .npy)."""
+    return f"{LAYER_DIR}/{_SAFE_NAME.sub('_', layer)}.norms.npy"
+
+
 def _resolve_specs(
     model: torch.nn.Module, layers: Sequence[str], specs: Mapping[str, LayerSpec] | None,
     image_size: tuple[int, int],
@@ -96,7 +101,8 @@ def _store_size(
 ) -> StoreSize:
     """Bytes the store will take on disk."""
     return StoreSize(
-        layers={name: HEADER_BYTES + n * hp * wp * d * 4 for name, (hp, wp, d) in shapes.items()},
+        layers={name: HEADER_BYTES + n * hp * wp * d * 4 + 128 + n * hp * wp * 4  # + norms sidecar
+                for name, (hp, wp, d) in shapes.items()},
         global_bytes=HEADER_BYTES + n * gdim * 4,
         arrays={k: int(np.prod(shape)) * dtype.itemsize for k, (shape, dtype) in arrays.items()},
     )
@@ -283,6 +289,8 @@ def _write_store(
     (tmp / LAYER_DIR).mkdir()
     (tmp / ARRAY_DIR).mkdir()
     writers = {name: FlatIPWriter(tmp / _layer_file(name), d) for name, (_, _, d) in shapes.items()}
+    norm_writers = {name: NpyWriter(tmp / _norms_file(name), (n * hp * wp,), np.dtype(np.float32))
+                    for name, (hp, wp, _) in shapes.items()}
     gwriter = FlatIPWriter(tmp / GLOBAL_FILE, gdim)
     arrays_out = {
         name: NpyWriter(tmp / ARRAY_DIR / f"{name}.npy", shape, dtype)
@@ -303,7 +311,7 @@ def _write_store(
                         )
                     images.append(_image_record(i, s))
                 x = np.stack([np.asarray(s.input, dtype=np.float32) for s in samples])
-                outputs, patches, gdesc = extractor(x)
+                outputs, patches, gdesc, norms = extractor(x, return_norms=True)
                 for name, hp in patches.items():
                     flat = hp.reshape(-1, hp.shape[-1])
                     if not np.isfinite(flat).all():
@@ -311,6 +319,7 @@ def _write_store(
                             f"layer {name!r}: non-finite hyperpatches in images {start}..{start + len(samples) - 1}"
                         )
                     writers[name].add(flat)
+                    norm_writers[name].add(norms[name].reshape(-1))
                 gwriter.add(gdesc)
                 arrays_out["inputs"].add(x)
                 arrays_out["targets"].add(np.stack([np.asarray(s.target) for s in samples]))
@@ -320,10 +329,10 @@ def _write_store(
                 bar.update(len(samples))
         ntotals = {name: w.close() for name, w in writers.items()}
         gtotal = gwriter.close()
-        for a in arrays_out.values():
+        for a in (*arrays_out.values(), *norm_writers.values()):
             a.close()
     finally:
-        for w in (*writers.values(), gwriter, *arrays_out.values()):
+        for w in (*writers.values(), gwriter, *arrays_out.values(), *norm_writers.values()):
             w.abort()
 
     layers = {}
@@ -334,7 +343,8 @@ def _write_store(
             )
         layers[name] = {
             "spec": extractor.specs[name].to_dict(), "grid": [hp, wp], "dim": d,
-            "ntotal": ntotals[name], "file": _layer_file(name), "codec": "fp32", "norms": None,
+            "ntotal": ntotals[name], "file": _layer_file(name), "codec": "fp32",
+            "norms": _norms_file(name),
         }
     return {
         "images": images,

@@ -58,11 +58,15 @@ class LayerVectors:
         What native code needs to decode ``raw`` in place (e.g. scalar-quantizer ranges).
     owner : object, optional
         Kept alive as long as this object (the FAISS index that owns ``raw``).
+    norms : ndarray of float32, shape (ntotal,), optional
+        Every stored hyperpatch's norm before normalisation (the store's norms sidecar, read in
+        place); None when the store has none. Fused exact search needs it.
     """
 
     def __init__(self, name: str, spec: LayerSpec | None, grids: Any, *, raw: np.ndarray, dim: int,
                  codec: str = "fp32", decoder: Decoder | None = None,
-                 codec_params: dict[str, Any] | None = None, owner: Any = None) -> None:
+                 codec_params: dict[str, Any] | None = None, owner: Any = None,
+                 norms: np.ndarray | None = None) -> None:
         self.name = name
         self.spec = spec
         self.grids = _readonly(np.asarray(grids).reshape(-1, 2))
@@ -88,16 +92,34 @@ class LayerVectors:
                     f"{raw.dtype} {raw.shape}")
         elif decoder is None:
             raise IndexStoreError(f"layer {name!r}: codec {codec!r} needs a decoder")
+        self.norms = self._check_norms(norms)
+
+    def _check_norms(self, norms: np.ndarray | None) -> np.ndarray | None:
+        """The norms sidecar as a read-only float32 (ntotal,) view, or None."""
+        if norms is None:
+            return None
+        if (not isinstance(norms, np.ndarray) or norms.dtype != np.float32 or norms.shape != (self.ntotal,)
+                or not norms.flags.c_contiguous):
+            raise IndexStoreError(
+                f"layer {self.name!r}: expected norms as a C-contiguous float32 array of shape "
+                f"({self.ntotal},), but got {getattr(norms, 'dtype', type(norms).__name__)} "
+                f"{getattr(norms, 'shape', None)}")
+        if norms.flags.writeable:
+            norms = norms.view()
+            norms.flags.writeable = False
+        return norms
 
     # ------------------------------------------------------------------ constructors
     @classmethod
     def from_array(cls, vectors: np.ndarray, *, grids: Any = None, offsets: Any = None,
-                   name: str = "layer", spec: LayerSpec | None = None) -> "LayerVectors":
+                   name: str = "layer", spec: LayerSpec | None = None,
+                   norms: np.ndarray | None = None) -> "LayerVectors":
         """A float32 layer over an array in memory (used for correspondences and in tests).
 
         Give ``grids`` (``(n, 2)`` or one ``(Hp, Wp)`` for a single image); ``offsets``, if also
         given, must agree with them. The array is read in place, never copied: it must already
-        be C-contiguous float32.
+        be C-contiguous float32. ``norms`` (float32 ``(N,)``, the hyperpatch norms before
+        normalisation) and a ``spec`` (its ``k``) let fused exact search run on it.
         """
         if not isinstance(vectors, np.ndarray) or vectors.ndim != 2:
             raise QueryError(
@@ -130,7 +152,7 @@ class LayerVectors:
             raise QueryError(
                 f"Expected the grids to hold len(vectors) = {vectors.shape[0]} positions, but they "
                 f"hold {int(sizes.sum())}")
-        return cls(name, spec, g, raw=vectors, dim=vectors.shape[1], owner=vectors)
+        return cls(name, spec, g, raw=vectors, dim=vectors.shape[1], owner=vectors, norms=norms)
 
     # ------------------------------------------------------------------ description
     @property

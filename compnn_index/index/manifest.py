@@ -28,7 +28,10 @@ an older version lacks with the values that describe it (:func:`upgrade_manifest
 layer is ``"codec": "fp32"`` without a norms sidecar, the store is unsharded and carries no
 checksums), and refuses any other version with a message saying which command rebuilds it.
 Version 2 adds, per layer, ``"codec"`` (``"fp32"`` | ``"fp16"`` | ``"sq8"``) and ``"norms"``
-(the file of the hyperpatch-norm sidecar, or null); at the top, ``"shards"`` (null, or the shard
+(the file of the hyperpatch-norm sidecar — ``layers/<layer>.norms.npy``, float32
+``(ntotal,)``, each stored hyperpatch's norm before normalisation, written by every build since
+fused exact search — or null: such a store must be rebuilt to get one, since norms cannot be
+recovered from the normalised vectors in general); at the top, ``"shards"`` (null, or the shard
 list of a sharded store) and ``"checksums"`` (null, or ``{relative file: sha256}``).
 """
 from __future__ import annotations
@@ -130,3 +133,48 @@ def upgrade_manifest(manifest: dict[str, Any]) -> dict[str, Any]:
     manifest.setdefault("shards", None)
     manifest.setdefault("checksums", None)
     return manifest
+
+
+def rebuild_command(directory: str | os.PathLike, manifest: dict[str, Any]) -> str:
+    """The ``compnn build`` command line that rebuilds the store in ``directory`` in place."""
+    ds = manifest.get("dataset") or {}
+    parts = ["compnn build", f"--model {(manifest.get('model') or {}).get('checkpoint') or 'MODEL.pt'}",
+             f"--data {ds.get('path') or ds.get('kind') or 'DATA'}"]
+    if ds.get("split") not in (None, "train"):
+        parts.append(f"--split {ds['split']}")
+    if ds.get("direction"):
+        parts.append(f"--direction {ds['direction']}")
+    if ds.get("size"):
+        parts.append(f"--size {ds['size'][0]}")
+    if ds.get("limit"):
+        parts.append(f"--limit {ds['limit']}")
+    parts += [f"--layers {','.join(manifest['layers'])}", f"--out {os.fspath(directory)}", "--overwrite"]
+    return " ".join(parts)
+
+
+def upgrade_store(directory: str | os.PathLike) -> str:
+    """Bring a store up to what this version writes, or say why it must be rebuilt.
+
+    The only thing an older store can lack is the per-layer norms sidecar (format version 1, or
+    version 2 built before fused exact search). It cannot be added in place: the store keeps
+    only L2-normalised hyperpatches, and normalisation discards each window's norm (within an
+    image the norms are fixed only up to ratios of overlapping windows, and not at all where a
+    window is zero), so such a store is refused with the command that rebuilds it. Returns a
+    one-line summary when there is nothing to do.
+
+    Raises
+    ------
+    IndexStoreError
+        A layer has no norms sidecar (the message names the rebuild command), or the store is
+        unreadable.
+    """
+    manifest = read_manifest(directory)
+    missing = [name for name, entry in manifest["layers"].items() if not entry.get("norms")]
+    if missing:
+        raise IndexStoreError(
+            f"index store {os.fspath(directory)!r}: layers {', '.join(missing)} have no norms sidecar, "
+            "and the norms cannot be recovered from the stored L2-normalised vectors in general "
+            "(normalisation discards each window's norm), so the store must be rebuilt; exact search "
+            "uses FAISS on it meanwhile. Rebuild with: " + rebuild_command(directory, manifest))
+    return (f"index store {os.fspath(directory)!r} is up to date (format version "
+            f"{manifest['format_version']}, norms for layers {', '.join(manifest['layers'])})")

@@ -208,6 +208,8 @@ class IndexStore:
                     f"{n} images × {hp} × {wp} = {n * hp * wp}"
                 )
             self._check_flat_file(entry["file"], entry["ntotal"], entry["dim"])
+            if entry.get("norms") and not (self.path / entry["norms"]).is_file():
+                raise IndexStoreError(f"layer {name!r}: norms file {os.fspath(self.path / entry['norms'])!r} is missing")
         g = self.manifest["global"]
         self._check_flat_file(g["file"], g["ntotal"], g["dim"])
         for name, entry in self.manifest["arrays"].items():
@@ -309,9 +311,25 @@ class IndexStore:
             hp, wp = entry["grid"]
             grids = np.tile(np.asarray((hp, wp), dtype=np.int64), (self.num_images, 1))
             lv = LayerVectors(layer, self.spec(layer), grids, raw=self._views[layer],
-                              dim=int(entry["dim"]), codec="fp32", owner=index)
+                              dim=int(entry["dim"]), codec="fp32", owner=index,
+                              norms=self._norms(layer, entry))
             self._layer_vectors[layer] = lv
         return lv
+
+    def _norms(self, layer: str, entry: dict[str, Any]) -> np.ndarray | None:
+        """The layer's norms sidecar, memory-mapped read-only (None if the store has none)."""
+        if not entry.get("norms"):
+            return None
+        file = self.path / entry["norms"]
+        try:
+            norms = np.load(file, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise IndexStoreError(f"norms file {os.fspath(file)!r} cannot be read: {exc}") from None
+        if norms.dtype != np.float32 or norms.shape != (int(entry["ntotal"]),):
+            raise IndexStoreError(
+                f"norms file {os.fspath(file)!r}: expected float32 ({entry['ntotal']},), but found "
+                f"{norms.dtype} {norms.shape}")
+        return norms
 
     def grids(self, layer: str) -> np.ndarray:
         """Per-image grids, read-only int64 ``(num_images, 2)`` (``layer(name).grids``)."""

@@ -93,15 +93,17 @@ def evaluate(
     options = QueryOptions(search=search, iterations=iterations, init=init)
     all_ids = np.arange(cnn.num_images, dtype=np.int64)
     levels = cnn.pyramid(layer) if (search == "patchmatch" and init == "coarse") else [layer]
+    exact_methods: set[str] = set()  # which exact search ran ("fused" or "faiss")
     for i in tqdm(range(len(ds)), desc="evaluate", unit="img", disable=not progress):
         s = ds[i]
         # One forward pass per image serves every top-k and both global baselines.
         with cnn.thread_limits(threads):
             feats = cnn.extract(s.input, levels)
             cnn_out = feats.output
-            res = {k: cnn.explain(feats, layer=layer, options=options, top_k=k,
-                                  sources=("target", "self", "input")).reconstructions
-                   for k in top_ks}
+            results = {k: cnn.explain(feats, layer=layer, options=options, top_k=k,
+                                      sources=("target", "self", "input")) for k in top_ks}
+            res = {k: r.reconstructions for k, r in results.items()}
+            exact_methods.update(r.params["exact_method"] for r in results.values() if "exact_method" in r.params)
         best_b = int(cnn.shortlist(feats.global_descriptor, all_ids, 1)[0][0])
         best_l = int(all_ids[np.argmax(cnn.output_similarity(cnn_out, all_ids))])
         targets = cnn.array("targets")
@@ -149,7 +151,8 @@ def evaluate(
             rows.append(r)
         columns = ["method", "top_k", "source", "vs", "pixel_accuracy", "l1", "psnr"]
     doc = {"index": str(index), "layer": layer, "search": search, "split": split,
-           "images": len(ds), "task": cnn.task, "rows": rows}
+           "images": len(ds), "task": cnn.task, "rows": rows,
+           "exact_method": "+".join(sorted(exact_methods)) or None}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / "results.json.tmp"
@@ -157,7 +160,8 @@ def evaluate(
     os.replace(tmp, out / "results.json")
     table = _render_table(rows, columns)
     (out / "results.md").write_text(
-        f"# CompNN evaluation: {cnn.task}, layer {layer}, {search} search, {len(ds)} {split} images\n\n" + table)
+        f"# CompNN evaluation: {cnn.task}, layer {layer}, {search} search, {len(ds)} {split} images\n\n"
+        + (f"exact search method: {doc['exact_method']}\n\n" if doc["exact_method"] else "") + table)
     if example_rows:
         from ..pictures import grid
 

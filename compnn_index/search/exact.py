@@ -15,6 +15,17 @@ less whenever the cores were shared (torch's BLAS is slower on this CPU than the
 FAISS ships); NumPy ``matmul`` silently drops BLAS for *unaligned* operands (≈ 8 GFLOP/s), and a
 memory-mapped FAISS file stores its vectors at byte offset 45, so the store's view is unaligned.
 ``IndexFlatIP.search`` with ``IDSelectorRange`` is equivalent but needs the index object.
+
+Fused method (``method="fused"``, the default where it can run): FAISS already runs at the
+machine's float32 GEMM limit, so the fused kernel (``compnn_index.search._fused``, C++, see
+``csrc/fused_exact.cpp``) does less arithmetic instead. A k×k hyperpatch is k² pixel feature
+vectors divided by the window norm, so a hyperpatch inner product is a sum of k² shifted
+pixel-level inner products divided by both window norms: one pixel-level GEMM (D / k² dims) per
+pixel-row pair, a shifted k²-term sum and a running best — the same similarities (to ~1e-7) with
+about k² times fewer flops. Pixel vectors are read from the stored unit vectors times the stored
+norms (the layer's norms sidecar), and from the query's hyperpatches times ``query_norms``. It
+needs an ``fp32`` layer with norms and a :class:`LayerSpec` (for ``k``), and the query norms;
+``method="auto"`` falls back to FAISS otherwise and ``info["exact_method"]`` says which ran.
 """
 from __future__ import annotations
 
@@ -23,10 +34,19 @@ from typing import Sequence
 import faiss
 import numpy as np
 
-from ..checks import check_int, thread_limit
+from ..checks import check_choice, check_int, thread_limit
 from ..errors import QueryError
 from ..index.layer import LayerVectors
+from ..options import EXACT_METHODS
 from .field import NNField
+
+try:
+    from . import _fused
+except ImportError as exc:  # pragma: no cover - exercised only on a broken build
+    _fused = None
+    _FUSED_ERROR: str | None = f"{type(exc).__name__}: {exc}"
+else:
+    _FUSED_ERROR = None
 
 #: Default query rows per ``faiss.knn`` call (a 256×256 Decoder 2 query has 16129 positions).
 DEFAULT_BLOCK_SIZE = 16384
@@ -84,13 +104,46 @@ def field_from_ids(layer: LayerVectors, ids: np.ndarray, similarity: np.ndarray,
                    np.asarray(similarity).reshape(shape))
 
 
+def fused_unsupported(layer: LayerVectors, query_norms: np.ndarray | None = None) -> str | None:
+    """Why fused exact search cannot run on ``layer`` (and these query norms), or None if it can."""
+    if _fused is None:
+        return f"the native kernel compnn_index.search._fused did not import ({_FUSED_ERROR})"
+    if layer.codec != "fp32":
+        return f"layer {layer.name!r} is stored as {layer.codec} (the fused kernel reads fp32)"
+    if layer.norms is None:
+        return (f"layer {layer.name!r} has no norms sidecar (stores built before fused exact search; "
+                "rebuild the store with `compnn build` to get one)")
+    if layer.spec is None:
+        return f"layer {layer.name!r} has no LayerSpec, so its window side k is unknown"
+    k = layer.spec.k
+    if layer.dim % (k * k):
+        return f"layer {layer.name!r}: dimension {layer.dim} is not k*k*C for k = {k}"
+    if query_norms is None:
+        return "no query_norms were given (the query's window norms before normalisation)"
+    return None
+
+
+def _check_query_norms(query_norms: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    n = np.asarray(query_norms)
+    if n.shape != shape or not (np.issubdtype(n.dtype, np.floating) or np.issubdtype(n.dtype, np.integer)):
+        raise QueryError(f"Expected query_norms of shape {shape} (the query grid), but got "
+                         f"{n.dtype} {n.shape}")
+    n = np.ascontiguousarray(n, dtype=np.float32)
+    if not np.isfinite(n).all() or (n < 0).any():
+        raise QueryError("Expected finite, non-negative query_norms (window norms before normalisation)")
+    return n
+
+
 def exact_search(
     queries: np.ndarray,
     layer: LayerVectors,
     images: Sequence[int] | np.ndarray,
     *,
+    method: str = "auto",
+    query_norms: np.ndarray | None = None,
     block_size: int | None = None,
     threads: int | None = None,
+    info: dict | None = None,
 ) -> NNField:
     """Exact nearest database hyperpatch (top-1 by inner product) for every query position.
 
@@ -103,17 +156,30 @@ def exact_search(
         (float32 codec) or decoded block by block into one reused tile (other codecs).
     images : sequence of int
         Database image ids to search (order and duplicates do not matter).
+    method : {"auto", "fused", "faiss"}, default "auto"
+        ``"faiss"``: ``faiss.knn`` over the images' id ranges (the reference). ``"fused"``: the
+        pixel-level fused kernel (QueryError if it cannot run: see :func:`fused_unsupported`).
+        ``"auto"``: fused where it can run, else FAISS.
+    query_norms : array_like, shape (Hq, Wq), optional
+        The query windows' norms before normalisation (``hyperpatches(..., return_norms=True)``);
+        the fused method needs them.
     block_size : int, optional
         Query rows per ``faiss.knn`` call (default 16384). Memory stays bounded either way:
         FAISS multiplies 4096 × 1024 blocks into its own 16 MiB buffer.
     threads : int, optional
         Thread limit for this call (default: the limit in force, see
-        :func:`compnn_index.checks.thread_limit`).
+        :func:`compnn_index.checks.thread_limit`); the fused kernel runs that many threads.
+    info : dict, optional
+        Filled with ``"exact_method"`` (``"fused"`` or ``"faiss"``: which ran) and, when
+        ``auto`` fell back to FAISS, ``"exact_fallback"`` (why); after a fused run also
+        ``"exact_kernel"`` (``"avx2+fma"`` or ``"generic"``).
 
     Returns
     -------
     NNField
-        Shaped ``(Hq, Wq)``. Among equal similarities the lowest database id wins.
+        Shaped ``(Hq, Wq)``. Among equal similarities the lowest database id wins. The two
+        methods agree on every similarity to about 1e-6 (float rounding), and so on every id
+        except near-exact ties.
 
     Raises
     ------
@@ -131,6 +197,24 @@ def exact_search(
     """
     q, ids = check_search_inputs(queries, layer, images)
     block_size = DEFAULT_BLOCK_SIZE if block_size is None else check_int(block_size, "block_size", low=1)
+    method = check_choice(method, "method", EXACT_METHODS, error=QueryError)
+    info = {} if info is None else info
+    info.pop("exact_fallback", None)
+    if method != "faiss":
+        reason = fused_unsupported(layer, query_norms)
+        if reason is None and layer.positions(ids) == 0:
+            reason = "the selected images hold no positions"
+        if reason is None:
+            norms = _check_query_norms(query_norms, q.shape[:2])
+            with thread_limit(threads) as n_threads:
+                best, sim, stats = _fused.search(q, norms, layer.vectors, layer.norms, ids, layer.offsets,
+                                                 layer.grids, int(layer.spec.k), int(n_threads))
+            info.update(exact_method="fused", exact_kernel=stats["kernel"])
+            return field_from_ids(layer, best.ravel(), sim.ravel(), q.shape[:2])
+        if method == "fused":
+            raise QueryError(f"fused exact search cannot run: {reason}")
+        info["exact_fallback"] = reason
+    info["exact_method"] = "faiss"
     hq, wq, dim = q.shape
     nq = hq * wq
     flat = q.reshape(nq, dim)

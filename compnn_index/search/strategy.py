@@ -31,6 +31,8 @@ def search_field(
     init: Union[str, NNField, None] = None,
     pyramid: Sequence[str] = (),
     threads: int | None = None,
+    norms: Mapping[str, np.ndarray] | None = None,
+    info: dict | None = None,
 ) -> NNField:
     """Search ``feats[layer]`` against the database images ``ids`` (shortlist order, best first).
 
@@ -52,6 +54,10 @@ def search_field(
         ``init="coarse"``: ``layer`` and the coarser indexed layers, coarsest last.
     threads : int, optional
         Worker threads of the native kernel (default: the limit in force).
+    norms : mapping, optional
+        The query's window norms per layer, ``(Hq, Wq)`` (fused exact search needs them).
+    info : dict, optional
+        Filled by every exact search that runs (``"exact_method"``: see :func:`exact_search`).
 
     Notes
     -----
@@ -68,8 +74,10 @@ def search_field(
     get = layers.__getitem__ if isinstance(layers, Mapping) else layers
     ids = np.asarray(ids, dtype=np.int64)
     q = feats[layer]
+    norms = norms or {}
     if options.search == "exact":
-        return exact_search(q, get(layer), ids)
+        return exact_search(q, get(layer), ids, method=options.exact_method, query_norms=norms.get(layer),
+                            info=info)
     init = options.init if init is None else init
     pm = dict(options.patchmatch_params(), threads=threads)
     if isinstance(init, NNField):
@@ -77,17 +85,19 @@ def search_field(
     if init in ("staged", "coarse") and len(ids) > options.seed_images:
         first = "random" if init == "staged" else "coarse"
         start = search_field(feats, layers, ids[: options.seed_images], layer=layer,
-                             options=options, init=first, pyramid=pyramid, threads=threads)
+                             options=options, init=first, pyramid=pyramid, threads=threads,
+                             norms=norms, info=info)
         return patchmatch(q, get(layer), ids, **pm, init=start)
     if init == "coarse":
         return _coarse_to_fine(feats, get, ids, layer=layer, options=options, pyramid=pyramid,
-                               threads=threads)
+                               threads=threads, norms=norms, info=info)
     return patchmatch(q, get(layer), ids, **pm, init="random")
 
 
 def _coarse_to_fine(feats: Mapping[str, np.ndarray], get: Callable[[str], LayerVectors],
                     ids: np.ndarray, *, layer: str, options: QueryOptions, pyramid: Sequence[str],
-                    threads: int | None) -> NNField:
+                    threads: int | None, norms: Mapping[str, np.ndarray] | None = None,
+                    info: dict | None = None) -> NNField:
     pm = dict(options.patchmatch_params(), threads=threads)
     levels = [n for n in (pyramid or [layer]) if n in feats][::-1]  # coarsest first
     field, prev_stride = None, None
@@ -97,7 +107,8 @@ def _coarse_to_fine(feats: Mapping[str, np.ndarray], get: Callable[[str], LayerV
         if field is None:
             gflop = 2.0 * lq.shape[0] * lq.shape[1] * lv.positions(ids) * lq.shape[2] / 1e9
             if level != layer and gflop <= options.coarse_exact_gflop:
-                field = exact_search(lq, lv, ids)
+                field = exact_search(lq, lv, ids, method=options.exact_method,
+                                     query_norms=(norms or {}).get(level), info=info)
             else:
                 field = patchmatch(lq, lv, ids, **pm, init="random")
         else:
