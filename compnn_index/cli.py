@@ -1,4 +1,4 @@
-"""``compnn`` command line: train | build | query | evaluate | compare | serve | demo.
+"""``compnn`` command line: train | build | compress | query | evaluate | compare | serve | demo.
 
 Argument parsing only; the work is done by the api / index / evaluate / compare / demo modules.
 User errors (:class:`CompNNError`) are printed as one line, never as a traceback.
@@ -66,8 +66,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated layer taps (default: decoder2)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--codec", choices=["fp32", "fp16", "sq8"], default="fp32",
+                   help="how layer vectors are stored: float32, float16 (half the bytes) or 8-bit (a quarter)")
     _threads(p)
     p.add_argument("--out", required=True, help="index store folder")
+
+    p = sub.add_parser("compress", help="re-encode an index store's layers (fp16, sq8) into a new store")
+    p.add_argument("index")
+    p.add_argument("--codec", choices=["fp32", "fp16", "sq8"], required=True)
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--out", required=True, help="new index store folder")
 
     p = sub.add_parser("query", help="explain images with an index store")
     p.add_argument("index")
@@ -179,7 +187,13 @@ def _cmd_build(a: argparse.Namespace) -> None:
 
     build(model=a.model, data=a.data, split=a.split, direction=a.direction, size=a.size,
           limit=a.limit, seed=a.seed, layers=a.layers, batch_size=a.batch_size,
-          threads=a.threads, out=a.out, overwrite=a.overwrite)
+          threads=a.threads, out=a.out, overwrite=a.overwrite, codec=a.codec)
+
+
+def _cmd_compress(a: argparse.Namespace) -> None:
+    from .jobs.workflows import compress
+
+    compress(index=a.index, codec=a.codec, out=a.out, overwrite=a.overwrite)
 
 
 def _cmd_query(a: argparse.Namespace) -> None:
@@ -224,7 +238,7 @@ def _cmd_demo(a: argparse.Namespace) -> None:
 
 
 COMMANDS = {
-    "train": _cmd_train, "build": _cmd_build, "query": _cmd_query, "evaluate": _cmd_evaluate,
+    "train": _cmd_train, "build": _cmd_build, "compress": _cmd_compress, "query": _cmd_query, "evaluate": _cmd_evaluate,
     "compare": _cmd_compare, "serve": _cmd_serve, "demo": _cmd_demo,
 }
 
