@@ -105,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=8)
     p.add_argument("--jumps", type=int, default=4)
     p.add_argument("--baselines", type=_str_list, default=["hnsw", "ivf"])
+    p.add_argument("--stores", type=_str_list, default=[],
+                   help="more stores of the same model (other codecs), compared with INDEX's fp32 exact field")
+    p.add_argument("--exact-cache", default=None, help="folder caching the fp32 exact field per query")
+    p.add_argument("--cold", action="store_true", help="also measure each store's cold first query")
     _threads(p)
     p.add_argument("--out", required=True)
 
@@ -221,7 +225,8 @@ def _cmd_compare(a: argparse.Namespace) -> None:
     compare(a.index, data=a.data, split=a.split, direction=a.direction, size=a.size,
             limit=a.limit, seed=a.seed, layer=a.layer, top_k=a.top_k, iterations=a.iterations,
             samples=a.samples, jumps=a.jumps,
-            init=a.init, baselines=a.baselines, threads=a.threads, out=a.out)
+            init=a.init, baselines=a.baselines, threads=a.threads, out=a.out,
+            stores=a.stores, exact_cache=a.exact_cache, cold=a.cold)
 
 
 def _cmd_serve(a: argparse.Namespace) -> None:

@@ -329,3 +329,23 @@ def test_cli_compress_and_build_codec_flag(stores, tmp_path, capsys):
     assert "already exists" in capsys.readouterr().err
     a = build_parser().parse_args(["build", "--model", "m.pt", "--data", "d", "--out", "o", "--codec", "fp16"])
     assert a.codec == "fp16"
+
+
+def test_compare_reports_every_codec_against_fp32_exact(stores, model, tmp_path):
+    from compnn_index.api import CompNN
+    from compnn_index.jobs.compare import compare
+
+    cnn = CompNN(IndexStore.open(stores["fp32"]), model)
+    kw = dict(data="synthetic", size=SIZE, limit=2, layer="decoder2", top_k=[3], iterations=[2],
+              init=["random"], baselines=[], progress=False, cnn=cnn,
+              stores=[stores["fp16"], stores["sq8"]], exact_cache=tmp_path / "cache")
+    doc = compare(stores["fp32"], out=tmp_path / "a", **kw)
+    assert set(doc["codecs"]) == {"fp32", "fp16", "sq8"}
+    rows = {(r["method"], r["codec"]) for r in doc["settings"]}
+    assert {("exact", "fp16"), ("exact", "sq8"), ("patchmatch", "fp32"), ("patchmatch", "sq8")} <= rows
+    ex16 = next(r for r in doc["settings"] if r["method"] == "exact" and r["codec"] == "fp16")
+    assert ex16["similarity_ratio"] > 0.999 and ex16["gflops"] > 0
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 2  # one fp32 exact field per query
+    again = compare(stores["fp32"], out=tmp_path / "b", **kw)  # read back from the cache
+    assert again["exact"]["fidelity"] == doc["exact"]["fidelity"]
+    assert "| fp16 |" in (tmp_path / "b" / "comparison.md").read_text()
