@@ -348,4 +348,33 @@ def test_compare_reports_every_codec_against_fp32_exact(stores, model, tmp_path)
     assert len(list((tmp_path / "cache").glob("*.npz"))) == 2  # one fp32 exact field per query
     again = compare(stores["fp32"], out=tmp_path / "b", **kw)  # read back from the cache
     assert again["exact"]["fidelity"] == doc["exact"]["fidelity"]
-    assert "| fp16 |" in (tmp_path / "b" / "comparison.md").read_text()
+    md = (tmp_path / "b" / "comparison.md").read_text()
+    assert "| exact fp16 |" in md and "| patchmatch sq8 |" in md and "| fp16 |" in md
+
+
+@pytest.mark.parametrize("codec", ["fp32", "fp16", "sq8"])
+def test_interleaved_scans_and_prefetch_do_not_change_the_field(tmp_path, codec):
+    rng = np.random.default_rng(4)
+    per_image = [_unit(rng.standard_normal((h, w, 24))) for h, w in [(13, 12), (11, 15), (9, 9)]]
+    if codec == "fp32":
+        grids = np.array([v.shape[:2] for v in per_image])
+        x = np.ascontiguousarray(np.concatenate([v.reshape(-1, 24) for v in per_image]))
+        lv = LayerVectors.from_array(x, grids=grids)
+    else:
+        lv, _ = _codec_layer(codec, per_image, tmp_path)
+    queries = _unit(per_image[0] + 0.2 * rng.standard_normal(per_image[0].shape))
+    kw = dict(iterations=5, samples=3, jumps=2, seed=9, return_stats=True)
+    old = (_hpm.get_interleave(), _hpm.get_prefetch())
+    try:
+        runs = []
+        for rows, pf in [(1, 0), (4, 256), (7, 64), (32, 4096)]:
+            _hpm.set_interleave(rows)
+            _hpm.set_prefetch(pf)
+            runs.append(patchmatch(queries, lv, [0, 1, 2], threads=2, **kw))
+    finally:
+        _hpm.set_interleave(old[0])
+        _hpm.set_prefetch(old[1])
+    for f, st in runs[1:]:
+        for name in ("image", "y", "x", "similarity"):
+            np.testing.assert_array_equal(getattr(f, name), getattr(runs[0][0], name), err_msg=name)
+        assert st.candidates == runs[0][1].candidates

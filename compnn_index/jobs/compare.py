@@ -232,16 +232,18 @@ def _markdown(doc: dict) -> str:
              "", f"fidelity = {fid}", "",
              "s/query is search time; FAISS ANN indexes also need the build time shown (a copy of the "
              "shortlist's vectors, per query), which exact search and HyperPatch-Match do not.", "",
-             "| method | codec | top_k | params | s/query | speed-up | recall@1 | sim. ratio | agreement | fidelity | Δ fidelity vs exact | ANN build s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| method | top_k | params | s/query | speed-up | recall@1 | sim. ratio | agreement | fidelity | Δ fidelity vs exact | ANN build s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    main_codec = next(iter(doc.get("codecs") or {"fp32": None}))
     for k, e in doc["exact"]["by_top_k"].items():
-        lines.append(f"| exact | fp32 | {k} | {e['gflops']:.0f} GFLOP/s | {e['seconds_per_query']:.3f} | 1.0 | 1 | 1 | 1 | "
+        lines.append(f"| exact | {k} | {e['gflops']:.0f} GFLOP/s | {e['seconds_per_query']:.3f} | 1.0 | 1 | 1 | 1 | "
                      f"{e['fidelity']:.4f} | 0 | |")
     for r in doc["settings"]:
         p = ", ".join(f"{a}={b}" for a, b in r["params"].items())
         if "gflops" in r:
             p = f"{r['gflops']:.0f} GFLOP/s"
-        lines.append(f"| {r['method']} | {r.get('codec', '')} | {r['top_k']} | {p} | {r['seconds_per_query']:.3f} | {r['speedup']:.1f} | "
+        method = r["method"] + (f" {r['codec']}" if r.get("codec", main_codec) != main_codec else "")
+        lines.append(f"| {method} | {r['top_k']} | {p} | {r['seconds_per_query']:.3f} | {r['speedup']:.1f} | "
                      f"{r['recall_at_1']:.3f} | {r['similarity_ratio']:.4f} | {r['agreement']:.4f} | "
                      f"{r['fidelity']:.4f} | {r['fidelity_delta']:+.4f} | "
                      + (f"{r['build_seconds']:.1f} |" if "build_seconds" in r else " |"))

@@ -433,6 +433,23 @@ inline const void* vector_of(const Problem& p, const Match& m) {
 
 inline const float* query_of(const Problem& p, int64_t q) { return p.queries + q * p.d; }
 
+// Software prefetch of the first g_prefetch_bytes of every candidate of a random-search step
+// before any is scored, so all their cache misses are in flight at once (the scoring loop alone
+// keeps 4 in flight). Changes no result. 0 disables it; set_prefetch() tunes it (benchmarks).
+int64_t g_prefetch_bytes = 0;
+
+inline void prefetch(const Problem& p, const void* const* c, int n) {
+#ifdef HPM_X86
+    const int64_t bytes = std::min<int64_t>(g_prefetch_bytes, p.row_bytes);
+    if (bytes <= 0) return;
+    for (int k = 0; k < n; ++k)
+        for (int64_t b = 0; b < bytes; b += 64)
+            _mm_prefetch(static_cast<const char*>(c[k]) + b, _MM_HINT_T0);
+#else
+    (void)p; (void)c; (void)n;
+#endif
+}
+
 // Similarities of query q with g candidates: the dot product (fp32) or the cosine with the
 // decoded vector (fp16, sq8).
 inline void score(const Problem& p, int64_t q, const void* const* c, int g, float* out) {
@@ -468,7 +485,7 @@ struct alignas(64) Scratch {
 // the levels visited rotating with the iteration) and jumps (random positions in random other
 // shortlisted images). All candidates are drawn around the match held before this step, then
 // evaluated together (the memory reads overlap) and accepted in draw order if strictly better.
-int64_t random_search(const Problem& p, State& st, int64_t q, int64_t t, Scratch& sc) {
+void draw_random(const Problem& p, const State& st, int64_t q, int64_t t, Scratch& sc) {
     const Match centre = st.match[q];
     const Slot& cs = p.slots[centre.slot];
     const uint64_t key = position_key(p.seed, static_cast<uint64_t>(t), static_cast<uint64_t>(q));
@@ -493,10 +510,16 @@ int64_t random_search(const Problem& p, State& st, int64_t q, int64_t t, Scratch
         if (m != centre) sc.cand.push_back(m);
     }
     const int n = static_cast<int>(sc.cand.size());
-    if (n == 0) return 0;
     sc.ptr.resize(n);
     sc.sim.resize(n);
     for (int k = 0; k < n; ++k) sc.ptr[k] = vector_of(p, sc.cand[k]);
+    prefetch(p, sc.ptr.data(), n);
+}
+
+// Scores the candidates drawn by draw_random and accepts them in draw order if strictly better.
+int64_t score_random(const Problem& p, State& st, int64_t q, Scratch& sc) {
+    const int n = static_cast<int>(sc.cand.size());
+    if (n == 0) return 0;
     score(p, q, sc.ptr.data(), n, sc.sim.data());
     for (int k = 0; k < n; ++k) {
         if (sc.sim[k] > st.sim[q]) {
@@ -505,6 +528,83 @@ int64_t random_search(const Problem& p, State& st, int64_t q, int64_t t, Scratch
         }
     }
     return n;
+}
+
+int64_t random_search(const Problem& p, State& st, int64_t q, int64_t t, Scratch& sc) {
+    draw_random(p, st, q, t, sc);
+    return score_random(p, st, q, sc);
+}
+
+// Several rows (columns) in lockstep. Rows of a row pass are independent (each reads and writes
+// only its own positions), so advancing g_interleave of them together, one position each per
+// step, gives the same field as scanning them one after the other, while the memory reads of
+// their candidates (prefetched first) overlap: a propagation candidate depends on the previous
+// position's match, so a single scan has one cache miss in flight at a time.
+int64_t g_interleave = 1;
+
+struct Pending {
+    int64_t q;
+    Match cand;
+    const void* ptr;
+};
+
+// One propagation step of several scans: candidates first (prefetched), then scored in order.
+int64_t propagate(const Problem& p, State& st, std::vector<Pending>& pend) {
+    for (const Pending& e : pend) prefetch(p, &e.ptr, 1);
+    for (const Pending& e : pend) {
+        float s;
+        score(p, e.q, &e.ptr, 1, &s);
+        if (s > st.sim[e.q]) {
+            st.match[e.q] = e.cand;
+            st.sim[e.q] = s;
+        }
+    }
+    const int64_t n = static_cast<int64_t>(pend.size());
+    pend.clear();
+    return n;
+}
+
+inline void offer(const Problem& p, const State& st, int64_t q, const Match& cand, std::vector<Pending>& pend) {
+    if (cand != st.match[q]) pend.push_back(Pending{q, cand, vector_of(p, cand)});
+}
+
+int64_t row_block_pass(const Problem& p, State& st, int64_t t, int64_t row0, int64_t rows,
+                       std::vector<Scratch>& sc, std::vector<Pending>& pend) {
+    const bool forward = (t % 2) == 0;
+    const int64_t step = forward ? 1 : -1;
+    int64_t evaluated = 0;
+    if (static_cast<int64_t>(sc.size()) < rows) sc.resize(rows);
+    for (int64_t i = 0; i < p.wq; ++i) {
+        const int64_t x = forward ? i : p.wq - 1 - i;
+        if (i > 0) {
+            for (int64_t j = 0; j < rows; ++j) {
+                const int64_t q = (row0 + j) * p.wq + x;
+                const Match& nb = st.match[q - step];
+                offer(p, st, q, Match{nb.slot, nb.y, clip(int64_t{nb.x} + step, p.slots[nb.slot].w)}, pend);
+            }
+            evaluated += propagate(p, st, pend);
+        }
+        for (int64_t j = 0; j < rows; ++j) draw_random(p, st, (row0 + j) * p.wq + x, t, sc[j]);
+        for (int64_t j = 0; j < rows; ++j) evaluated += score_random(p, st, (row0 + j) * p.wq + x, sc[j]);
+    }
+    return evaluated;
+}
+
+int64_t column_block_pass(const Problem& p, State& st, int64_t t, int64_t col0, int64_t cols,
+                          std::vector<Pending>& pend) {
+    const bool forward = (t % 2) == 0;
+    const int64_t step = forward ? 1 : -1;
+    int64_t evaluated = 0;
+    for (int64_t i = 1; i < p.hq; ++i) {
+        const int64_t y = forward ? i : p.hq - 1 - i;
+        for (int64_t col = col0; col < col0 + cols; ++col) {
+            const int64_t q = y * p.wq + col;
+            const Match& nb = st.match[q - step * p.wq];
+            offer(p, st, q, Match{nb.slot, clip(int64_t{nb.y} + step, p.slots[nb.slot].h), nb.x}, pend);
+        }
+        evaluated += propagate(p, st, pend);
+    }
+    return evaluated;
 }
 
 int64_t row_pass(const Problem& p, State& st, int64_t t, int64_t row, Scratch& sc) {
@@ -857,18 +957,38 @@ void init(const Problem& p, State& st, Pool& pool) {
 
 // Iterations (a row pass, then a column pass) until p.iterations, or after the first whose
 // mean-similarity gain is below p.tol.
+struct alignas(64) ThreadScratch {
+    Scratch one;
+    std::vector<Scratch> rows;
+    std::vector<Pending> pend;
+};
+
 void run(const Problem& p, State& st, Pool& pool) {
-    std::vector<Scratch> scratch(pool.size());
+    std::vector<ThreadScratch> scratch(pool.size());
     const int64_t n_col_blocks = (p.wq + kColumnBlock - 1) / kColumnBlock;
+    const int64_t rb = std::max<int64_t>(1, g_interleave);
+    const int64_t n_row_blocks = (p.hq + rb - 1) / rb;
     for (int64_t t = 0; t < p.iterations; ++t) {
-        pool.parallel_for(p.hq, [&](int64_t row, int thread) {
-            st.candidates += row_pass(p, st, t, row, scratch[thread]);
-        });
+        if (rb == 1) {
+            pool.parallel_for(p.hq, [&](int64_t row, int thread) {
+                st.candidates += row_pass(p, st, t, row, scratch[thread].one);
+            });
+        } else {
+            pool.parallel_for(n_row_blocks, [&](int64_t k, int thread) {
+                ThreadScratch& ts = scratch[thread];
+                st.candidates += row_block_pass(p, st, t, k * rb, std::min(rb, p.hq - k * rb), ts.rows, ts.pend);
+            });
+        }
         // Columns go to threads in blocks: adjacent columns share cache lines of the state.
-        pool.parallel_for(n_col_blocks, [&](int64_t k, int) {
+        pool.parallel_for(n_col_blocks, [&](int64_t k, int thread) {
             int64_t evaluated = 0;
-            for (int64_t col = k * kColumnBlock; col < std::min(p.wq, (k + 1) * kColumnBlock); ++col)
-                evaluated += column_pass(p, st, t, col);
+            if (rb == 1) {
+                for (int64_t col = k * kColumnBlock; col < std::min(p.wq, (k + 1) * kColumnBlock); ++col)
+                    evaluated += column_pass(p, st, t, col);
+            } else {
+                evaluated = column_block_pass(p, st, t, k * kColumnBlock,
+                                              std::min(kColumnBlock, p.wq - k * kColumnBlock), scratch[thread].pend);
+            }
             st.candidates += evaluated;
         });
         st.mean_similarity.push_back(st.mean_sim());
@@ -957,5 +1077,11 @@ PYBIND11_MODULE(_hpm, m) {
           "codes with float32 scale, bias (D,). On fp16/sq8 the similarity is the cosine with the decoded vector.");
     m.def("dot_many", &dot_many, py::arg("query"), py::arg("vectors"),
           "Inner products of one query with every row of vectors, with the kernel's dot product (benchmarks).");
+    m.def("set_prefetch", [](int64_t bytes) { g_prefetch_bytes = std::max<int64_t>(0, bytes); }, py::arg("bytes"),
+          "Bytes of every random-search candidate prefetched before scoring (0: off). Never changes results.");
+    m.def("get_prefetch", [] { return g_prefetch_bytes; });
+    m.def("set_interleave", [](int64_t rows) { g_interleave = std::max<int64_t>(1, rows); }, py::arg("rows"),
+          "Rows (and columns) of a pass scanned in lockstep per task (1: one at a time). Never changes results.");
+    m.def("get_interleave", [] { return g_interleave; });
     m.attr("dot_kernel") = kDot.name;
 }
