@@ -1,4 +1,4 @@
-"""``compnn`` command line: train | build | upgrade | query | evaluate | compare | serve | demo.
+"""``compnn`` command line: train | build | compress | upgrade | query | evaluate | compare | serve | demo.
 
 Argument parsing only; the work is done by the api / index / evaluate / compare / demo modules.
 Integers, thread counts and ``--restrict`` go through :mod:`compnn_index.checks` (the parsers
@@ -103,9 +103,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated layer taps (default: decoder2)")
     p.add_argument("--batch-size", type=_int("--batch-size"), default=8)
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--codec", choices=["fp32", "fp16", "sq8"], default="fp32",
+                   help="how layer vectors are stored: float32, float16 (half the bytes) or 8-bit (a quarter)")
     _threads(p)
     p.add_argument("--out", required=True, help="index store folder")
 
+    p = sub.add_parser("compress", help="re-encode an index store's layers (fp16, sq8) into a new store")
+    p.add_argument("index")
+    p.add_argument("--codec", choices=["fp32", "fp16", "sq8"], required=True)
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--out", required=True, help="new index store folder")
     p = sub.add_parser("upgrade", help="check that a store has what this version writes (norms), "
                                        "or print the command that rebuilds it")
     p.add_argument("index")
@@ -139,6 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=_int("--samples"), default=DEFAULTS.samples)
     p.add_argument("--jumps", type=_int("--jumps"), default=DEFAULTS.jumps)
     p.add_argument("--baselines", type=_str_list, default=["hnsw", "ivf"])
+    p.add_argument("--stores", type=_str_list, default=[],
+                   help="more stores of the same model (other codecs), compared with INDEX's fp32 exact field")
+    p.add_argument("--exact-cache", default=None, help="folder caching the fp32 exact field per query")
+    p.add_argument("--cold", action="store_true", help="also measure each store's cold first query")
     _threads(p)
     p.add_argument("--out", required=True)
 
@@ -223,7 +234,13 @@ def _cmd_build(a: argparse.Namespace) -> None:
 
     build(model=a.model, data=a.data, split=a.split, direction=a.direction, size=a.size,
           limit=a.limit, seed=a.seed, layers=a.layers, batch_size=a.batch_size,
-          threads=a.threads, out=a.out, overwrite=a.overwrite)
+          threads=a.threads, out=a.out, overwrite=a.overwrite, codec=a.codec)
+
+
+def _cmd_compress(a: argparse.Namespace) -> None:
+    from .jobs.workflows import compress
+
+    compress(index=a.index, codec=a.codec, out=a.out, overwrite=a.overwrite)
 
 
 def _cmd_upgrade(a: argparse.Namespace) -> None:
@@ -255,7 +272,8 @@ def _cmd_compare(a: argparse.Namespace) -> None:
     compare(a.index, data=a.data, split=a.split, direction=a.direction, size=a.size,
             limit=a.limit, seed=a.seed, layer=a.layer, top_k=a.top_k, iterations=a.iterations,
             samples=a.samples, jumps=a.jumps,
-            init=a.init, baselines=a.baselines, threads=a.threads, out=a.out)
+            init=a.init, baselines=a.baselines, threads=a.threads, out=a.out,
+            stores=a.stores, exact_cache=a.exact_cache, cold=a.cold)
 
 
 def _cmd_serve(a: argparse.Namespace) -> None:
@@ -272,7 +290,8 @@ def _cmd_demo(a: argparse.Namespace) -> None:
 
 
 COMMANDS = {
-    "train": _cmd_train, "build": _cmd_build, "upgrade": _cmd_upgrade, "query": _cmd_query, "evaluate": _cmd_evaluate,
+    "train": _cmd_train, "build": _cmd_build, "compress": _cmd_compress, "upgrade": _cmd_upgrade,
+    "query": _cmd_query, "evaluate": _cmd_evaluate,
     "compare": _cmd_compare, "serve": _cmd_serve, "demo": _cmd_demo,
 }
 

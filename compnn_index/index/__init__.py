@@ -7,8 +7,10 @@ global-descriptor index, sidecar arrays and a manifest, built once and opened re
 positions occupy ids ``offsets[n] .. offsets[n+1]-1``, row-major.
 """
 from .build import build_index
+from .codecs import CODECS
+from .compress import compress_store
 from .layer import LayerVectors
 from .manifest import FORMAT_VERSION
 from .store import IndexStore, ReadOnlyFlatIndex
 
-__all__ = ["FORMAT_VERSION", "IndexStore", "LayerVectors", "ReadOnlyFlatIndex", "build_index"]
+__all__ = ["CODECS", "FORMAT_VERSION", "compress_store", "IndexStore", "LayerVectors", "ReadOnlyFlatIndex", "build_index"]

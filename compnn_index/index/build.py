@@ -32,6 +32,7 @@ from ..checks import check_threads, thread_limit
 from ..errors import IndexStoreError, ModelError
 from ..features import FeatureExtractor, LayerSpec, default_layer_specs
 from ..models import model_hash
+from .codecs import SQ_TRAIN_ROWS, check_codec, file_bytes, layer_writer, n_trained, train_codec
 from .flatfile import HEADER_BYTES, FlatIPWriter
 from .manifest import ARRAY_DIR, FORMAT_VERSION, GLOBAL_FILE, LAYER_DIR, library_versions, write_manifest
 from .memory import StoreSize, check_disk, check_memory
@@ -97,11 +98,11 @@ def _probe(
 
 def _store_size(
     shapes: Mapping[str, tuple[int, int, int]], gdim: int, n: int,
-    arrays: Mapping[str, tuple[tuple, np.dtype]],
+    arrays: Mapping[str, tuple[tuple, np.dtype]], codec: str = "fp32",
 ) -> StoreSize:
     """Bytes the store will take on disk."""
     return StoreSize(
-        layers={name: HEADER_BYTES + n * hp * wp * d * 4 + 128 + n * hp * wp * 4  # + norms sidecar
+        layers={name: file_bytes(codec, d, n * hp * wp) + 128 + n * hp * wp * 4  # + norms sidecar
                 for name, (hp, wp, d) in shapes.items()},
         global_bytes=HEADER_BYTES + n * gdim * 4,
         arrays={k: int(np.prod(shape)) * dtype.itemsize for k, (shape, dtype) in arrays.items()},
@@ -153,6 +154,7 @@ def build_index(
     progress: bool = True,
     model_path: str | os.PathLike | None = None,
     overwrite: bool = False,
+    codec: str = "fp32",
 ) -> Path:
     """Build an index store of ``model``'s hyperpatches over every image of ``dataset``.
 
@@ -183,6 +185,10 @@ def build_index(
         Checkpoint the model came from, recorded (absolute) in the manifest.
     overwrite : bool, default False
         Replace an existing ``out`` (only once the new store is complete).
+    codec : {"fp32", "fp16", "sq8"}, default "fp32"
+        How layer vectors are stored (:mod:`compnn_index.index.codecs`); ``sq8`` trains its
+        ranges on a sample of the layer's vectors first (a forward pass over a few images spread
+        across the dataset). The global descriptors stay fp32.
 
     Returns
     -------
@@ -209,6 +215,7 @@ def build_index(
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise IndexStoreError(f"Expected batch_size to be a positive integer, but batch_size = {batch_size!r}")
     threads = check_threads(threads, error=IndexStoreError)
+    codec = check_codec(codec)
     if (out.exists() or out.is_symlink()) and not overwrite:
         raise IndexStoreError(
             f"index store {os.fspath(out)!r} already exists; pass overwrite=True (--overwrite on the command line) to replace it"
@@ -224,7 +231,7 @@ def build_index(
         first = dataset[0]
         shapes, gdim, output_shape = _probe(extractor, first)
         arrays = _array_layouts(dataset, first, output_shape)
-        size = _store_size(shapes, gdim, n, arrays)
+        size = _store_size(shapes, gdim, n, arrays, codec)
         out.parent.mkdir(parents=True, exist_ok=True)
         check_disk(size, out.parent)
         per_image_arrays = sum(int(np.prod(s[1:])) * d.itemsize for s, d in arrays.values())
@@ -234,9 +241,10 @@ def build_index(
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
         os.chmod(tmp, 0o777 & ~_current_umask())  # mkdtemp makes it private (0700)
         try:
+            trained = _train_codec_sample(dataset, extractor, shapes, codec, int(batch_size))
             manifest = _write_store(
                 tmp, dataset, extractor, shapes, gdim, arrays,
-                batch_size=int(batch_size), progress=progress,
+                batch_size=int(batch_size), progress=progress, codec=codec, trained=trained,
             )
             manifest.update(
                 format_version=FORMAT_VERSION,
@@ -270,6 +278,30 @@ def build_index(
     return out
 
 
+def _train_codec_sample(dataset: Any, extractor: FeatureExtractor,
+                        shapes: Mapping[str, tuple[int, int, int]], codec: str,
+                        batch_size: int) -> dict[str, np.ndarray]:
+    """Per-layer trained values of ``codec`` (``sq8`` ranges) from images spread over the dataset.
+
+    Takes whole images, evenly spaced, until every layer has :data:`SQ_TRAIN_ROWS` vectors (or
+    the dataset ends). Empty for codecs that need no training.
+    """
+    if all(n_trained(codec, d) == 0 for _, _, d in shapes.values()):
+        return {}
+    n = len(dataset)
+    per_image = min(hp * wp for hp, wp, _ in shapes.values())
+    count = max(1, min(n, -(-SQ_TRAIN_ROWS // max(per_image, 1))))
+    picks = np.unique(np.linspace(0, n - 1, count).round().astype(int))
+    samples: dict[str, list[np.ndarray]] = {name: [] for name in shapes}
+    for start in range(0, len(picks), batch_size):
+        x = np.stack([np.asarray(dataset[int(i)].input, dtype=np.float32)
+                      for i in picks[start: start + batch_size]])
+        _, patches, _ = extractor(x)
+        for name, hp in patches.items():
+            samples[name].append(hp.reshape(-1, hp.shape[-1]))
+    return {name: train_codec(codec, np.concatenate(parts)[:SQ_TRAIN_ROWS]) for name, parts in samples.items()}
+
+
 def _write_store(
     tmp: Path,
     dataset: Any,
@@ -280,6 +312,8 @@ def _write_store(
     *,
     batch_size: int,
     progress: bool,
+    codec: str = "fp32",
+    trained: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Stream every batch into the layer files, global file and sidecar arrays in ``tmp``.
 
@@ -288,7 +322,8 @@ def _write_store(
     n = len(dataset)
     (tmp / LAYER_DIR).mkdir()
     (tmp / ARRAY_DIR).mkdir()
-    writers = {name: FlatIPWriter(tmp / _layer_file(name), d) for name, (_, _, d) in shapes.items()}
+    writers = {name: layer_writer(tmp / _layer_file(name), d, codec, (trained or {}).get(name))
+               for name, (_, _, d) in shapes.items()}
     norm_writers = {name: NpyWriter(tmp / _norms_file(name), (n * hp * wp,), np.dtype(np.float32))
                     for name, (hp, wp, _) in shapes.items()}
     gwriter = FlatIPWriter(tmp / GLOBAL_FILE, gdim)
@@ -343,7 +378,7 @@ def _write_store(
             )
         layers[name] = {
             "spec": extractor.specs[name].to_dict(), "grid": [hp, wp], "dim": d,
-            "ntotal": ntotals[name], "file": _layer_file(name), "codec": "fp32",
+            "ntotal": ntotals[name], "file": _layer_file(name), "codec": codec,
             "norms": _norms_file(name),
         }
     return {

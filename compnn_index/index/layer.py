@@ -80,6 +80,8 @@ class LayerVectors:
         self.codec_params = dict(codec_params or {})
         self._decoder = decoder
         self._owner = owner
+        #: Where the codes live on disk (a ``readahead.LayerSource``; None for arrays in memory).
+        self.source = None
         if raw.ndim != 2 or raw.shape[0] != offsets[-1]:
             raise IndexStoreError(
                 f"layer {name!r}: expected {offsets[-1]} stored vectors (the images' grids), but "
@@ -204,9 +206,23 @@ class LayerVectors:
         if self.codec == "fp32":
             return np.asarray(self.raw[ids], dtype=np.float32)
         out = np.empty((ids.size, self.dim), dtype=np.float32)
+        gather = getattr(self._decoder, "gather", None)
+        if gather is not None:
+            return gather(ids, out)
         for j, i in enumerate(ids):
             self._decoder(int(i), int(i) + 1, out[j: j + 1])
         return out
+
+    def prefetch(self, images: Sequence[int] | np.ndarray, *, min_resident: float = 0.95) -> dict:
+        """Read the images' id ranges into memory sequentially where they are not cached yet.
+
+        A no-op for layers without an on-disk :attr:`source` (see :mod:`.readahead`); returns
+        what was checked and read.
+        """
+        if self.source is None:
+            return {}
+        return self.source.prefetch(self.raw, self.runs(self.check_images(images)),
+                                    min_resident=min_resident)
 
     # ------------------------------------------------------------------ images and ids
     def check_images(self, images: Sequence[int] | np.ndarray) -> np.ndarray:

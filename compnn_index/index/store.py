@@ -29,8 +29,9 @@ import torch
 
 from ..errors import IndexStoreError, QueryError
 from ..features import LayerSpec
-from .flatfile import HEADER_BYTES
+from .codecs import CODECS, CodecDecoder, code_size, codes_offset, codes_view, file_bytes, sniff_codec, trained_of
 from .layer import LayerVectors
+from .readahead import LayerSource
 from .manifest import read_manifest
 
 _MUTATORS = frozenset(
@@ -196,10 +197,11 @@ class IndexStore:
         if len(self.manifest["images"]) != n or n < 1:
             raise IndexStoreError(f"{self._manifest_path}: expected at least one image")
         for name, entry in self.manifest["layers"].items():
-            if entry.get("codec", "fp32") != "fp32":
+            codec = entry.get("codec", "fp32")
+            if codec not in CODECS:
                 raise IndexStoreError(
-                    f"{self._manifest_path}: layer {name!r} is stored with codec {entry['codec']!r}, "
-                    "which this version of compnn-index cannot read (it reads fp32)"
+                    f"{self._manifest_path}: layer {name!r} is stored with codec {codec!r}, which this "
+                    f"version of compnn-index cannot read (it reads {', '.join(CODECS)})"
                 )
             hp, wp = entry["grid"]
             if entry["ntotal"] != n * hp * wp:
@@ -207,7 +209,7 @@ class IndexStore:
                     f"{self._manifest_path}: layer {name!r} has ntotal {entry['ntotal']}, expected "
                     f"{n} images × {hp} × {wp} = {n * hp * wp}"
                 )
-            self._check_flat_file(entry["file"], entry["ntotal"], entry["dim"])
+            self._check_flat_file(entry["file"], entry["ntotal"], entry["dim"], codec)
             if entry.get("norms") and not (self.path / entry["norms"]).is_file():
                 raise IndexStoreError(f"layer {name!r}: norms file {os.fspath(self.path / entry['norms'])!r} is missing")
         g = self.manifest["global"]
@@ -216,23 +218,32 @@ class IndexStore:
             if not (self.path / entry["file"]).is_file():
                 raise IndexStoreError(f"array {name!r}: file {os.fspath(self.path / entry['file'])!r} is missing")
 
-    def _check_flat_file(self, rel: str, ntotal: int, dim: int) -> None:
+    def _check_flat_file(self, rel: str, ntotal: int, dim: int, codec: str = "fp32") -> None:
         file = self.path / rel
         if not file.is_file():
             raise IndexStoreError(f"index file {os.fspath(file)!r} is missing")
-        expected = HEADER_BYTES + int(ntotal) * int(dim) * 4
+        found = sniff_codec(file)
+        if found != codec:
+            raise IndexStoreError(
+                f"index file {os.fspath(file)!r} holds codec {found}, but the manifest records codec "
+                f"{codec!r} for it; the store is inconsistent (rebuild it, or compress it again with "
+                "`compnn compress`)"
+            )
+        expected = file_bytes(codec, dim, ntotal)
         actual = file.stat().st_size
         if actual != expected:
             raise IndexStoreError(
                 f"index file {os.fspath(file)!r} has {actual} bytes, expected {expected} "
-                f"({ntotal} vectors of dimension {dim}); the store is incomplete or corrupt"
+                f"({ntotal} vectors of dimension {dim}, codec {codec}); the store is incomplete or corrupt"
             )
 
     @property
     def _manifest_path(self) -> str:
         return os.fspath(self.path / "manifest.json")
 
-    def _load(self, key: str, rel: str, ntotal: int, dim: int) -> faiss.Index:
+    def _load(self, key: str, rel: str, ntotal: int, dim: int, codec: str = "fp32") -> faiss.Index:
+        if codec != "fp32":
+            return self._load_codec(key, rel, ntotal, dim, codec)
         with self._lock:
             index = self._indexes.get(key)
             if index is not None:
@@ -251,6 +262,35 @@ class IndexStore:
             self._indexes[key] = index
             self._views[key] = _readonly_view(index)
             return index
+
+    def _load_codec(self, key: str, rel: str, ntotal: int, dim: int, codec: str) -> faiss.Index:
+        """Load (memory-map) an ``IndexScalarQuantizer`` layer file; its codes view goes to ``_views``."""
+        with self._lock:
+            index = self._indexes.get(key)
+            if index is not None:
+                return index
+            file = os.fspath(self.path / rel)
+            try:
+                index = faiss.read_index(file, faiss.IO_FLAG_MMAP_IFC if self.mmap else 0)
+            except RuntimeError as exc:
+                raise IndexStoreError(f"index file {file!r} cannot be read by FAISS: {str(exc).splitlines()[0]}") from None
+            if (not isinstance(index, faiss.IndexScalarQuantizer)
+                    or index.metric_type != faiss.METRIC_INNER_PRODUCT or index.ntotal != ntotal
+                    or index.d != dim or index.code_size != code_size(codec, dim)):
+                raise IndexStoreError(
+                    f"index file {file!r}: expected a {codec} IndexScalarQuantizer of {ntotal} × {dim}, "
+                    f"but found {type(index).__name__} of {index.ntotal} × {index.d}")
+            self._indexes[key] = index
+            self._views[key] = codes_view(index)
+            return index
+
+    def layer_file(self, layer: str) -> Path:
+        """Path of the layer's FAISS file."""
+        return self.path / self._layer(layer)["file"]
+
+    def codec(self, layer: str) -> str:
+        """The codec ``layer`` is stored with (``fp32``, ``fp16`` or ``sq8``)."""
+        return str(self._layer(layer).get("codec", "fp32"))
 
     # ------------------------------------------------------------------ description
     @property
@@ -307,12 +347,19 @@ class IndexStore:
         lv = self._layer_vectors.get(layer)
         if lv is None:
             entry = self._layer(layer)
-            index = self._load(layer, entry["file"], entry["ntotal"], entry["dim"])
+            codec = entry.get("codec", "fp32")
+            index = self._load(layer, entry["file"], entry["ntotal"], entry["dim"], codec)
             hp, wp = entry["grid"]
             grids = np.tile(np.asarray((hp, wp), dtype=np.int64), (self.num_images, 1))
+            decoder = None
+            if codec != "fp32":
+                decoder = CodecDecoder(codec, self._views[layer], int(entry["dim"]), trained_of(index))
             lv = LayerVectors(layer, self.spec(layer), grids, raw=self._views[layer],
-                              dim=int(entry["dim"]), codec="fp32", owner=index,
+                              dim=int(entry["dim"]), codec=codec, owner=index, decoder=decoder,
+                              codec_params=None if decoder is None else decoder.params(),
                               norms=self._norms(layer, entry))
+            lv.source = LayerSource(self.layer_file(layer), codes_offset(codec, entry["dim"]),
+                                    code_size(codec, entry["dim"]))
             self._layer_vectors[layer] = lv
         return lv
 
@@ -343,7 +390,8 @@ class IndexStore:
     def layer_index(self, layer: str) -> ReadOnlyFlatIndex:
         """The layer's index, wrapped read-only (search, reconstruct, ``d``, ``ntotal``)."""
         entry = self._layer(layer)
-        return ReadOnlyFlatIndex(self._load(layer, entry["file"], entry["ntotal"], entry["dim"]), layer)
+        return ReadOnlyFlatIndex(self._load(layer, entry["file"], entry["ntotal"], entry["dim"],
+                                            entry.get("codec", "fp32")), layer)
 
     def vectors(self, layer: str) -> np.ndarray:
         """Read-only zero-copy ``(ntotal, d)`` float32 view of the layer index's storage.
@@ -351,6 +399,8 @@ class IndexStore:
         The view keeps the FAISS index (and its memory map) alive through its ``base``.
         """
         entry = self._layer(layer)
+        if entry.get("codec", "fp32") != "fp32":
+            return self.layer(layer).vectors  # raises: the codes are not float32 vectors
         self._load(layer, entry["file"], entry["ntotal"], entry["dim"])
         return self._views[layer]
 

@@ -11,6 +11,15 @@ against it on the same query hyperpatches and the same shortlist:
 - ``fidelity``: the reconstruction's agreement with the CNN's own output — label-transfer pixel
   accuracy (segmentation) or PSNR (translation). This is the gate: does the approximate answer
   explain the network as well as the exact one?
+
+Codecs. ``stores`` names further stores of the same model and images with other layer codecs
+(``compnn compress``): each is searched exactly and by every HyperPatch-Match setting on the same
+queries and shortlists, and measured against the *fp32* exact field of ``index``. Per codec the
+report gives the store's bytes, exact search's s/query and GFLOP/s, and (``cold=True``) the cold
+first query against a sequential read of the bytes it touched (:mod:`.coldstart`, in a fresh
+process, before this process maps any store). ``exact_cache`` keeps the fp32 exact field of
+every (query image, layer, top-k) on disk, so repeated whole-set comparisons (10 minutes of exact
+search per query here) compute it once.
 """
 from __future__ import annotations
 
@@ -46,13 +55,24 @@ def compare(
     samples: int = DEFAULTS.samples, jumps: int = DEFAULTS.jumps, threads: int | None = None, out: str | Path,
     progress: bool = True,
     cnn=None, max_baseline_vectors: int = 2_000_000,
+    stores: Sequence[str | Path] = (), exact_cache: str | Path | None = None, cold: bool = False,
+    codec_exact: bool = True,
 ) -> dict:
-    """Run the comparison and write ``comparison.json``, ``comparison.md`` and ``comparison.png``."""
+    """Run the comparison and write ``comparison.json``, ``comparison.md`` and ``comparison.png``.
+
+    ``stores``: more stores (other codecs) compared against ``index``'s fp32 exact field;
+    ``exact_cache``: folder caching that field per query; ``cold``: measure each store's cold
+    first query first; ``codec_exact``: also time exact search on every store of ``stores``.
+    """
 
     from ..api import CompNN
     from ..data import open_dataset
 
+    cold_rows = [_cold(p, data=data, split=split, layer=layer, top_k=(top_k or [None])[0],
+                       iterations=max(iterations), init=init[0], threads=threads)
+                 for p in ([index, *stores] if cold else [])]
     cnn = cnn or CompNN.load(index, threads=threads)
+    others = [CompNN.load(p, model=cnn.model, threads=threads) for p in stores]
     layer = cnn.check_layer(layer)
     trained = cnn.store.manifest.get("dataset", {})
     seg = cnn.task == "segment"
@@ -72,8 +92,9 @@ def compare(
     ds = open_dataset(data, split=split, direction=direction or trained.get("direction", "AtoB"),
                       task=cnn.task, size=size or trained.get("size"), limit=limit, seed=seed)
     lv = cnn.layer(layer)
-
     exact_stats = defaultdict(list)
+    codec_stats: dict[tuple[str, int], list] = defaultdict(list)
+    cache = Path(exact_cache) if exact_cache else None
     acc: dict[tuple, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     for i in tqdm(range(len(ds)), desc="compare", unit="img", disable=not progress):
         s = ds[i]
@@ -83,8 +104,7 @@ def compare(
             q = feats.hyperpatches[layer]
             cnn_out = feats.output
             for k in top_k:
-                ex = cnn.explain(feats, layer=layer, top_k=int(k), sources=("target",))
-                ex_s = ex.timings["search"]
+                ex, ex_s = _exact(cnn, feats, layer, int(k), cache, f"{i}-{s.name}", s.input.shape[1:])
                 n_db = lv.positions(ex.shortlist)
                 ex_rec = ex.reconstructions["target"]
                 exact_stats[k].append({"seconds": ex_s, "fidelity": _fidelity(ex_rec, cnn_out, seg),
@@ -92,8 +112,8 @@ def compare(
                                        "gflops": 2.0 * q.shape[0] * q.shape[1] * n_db * q.shape[2] / ex_s / 1e9})
 
                 def record(method: str, params: dict, f: NNField, secs: float, r: np.ndarray,
-                           extra: dict | None = None):
-                    key = (method, json.dumps(params, sort_keys=True), int(k))
+                           extra: dict | None = None, codec: str = lv.codec):
+                    key = (method, json.dumps(params, sort_keys=True), int(k), codec)
                     m = acc[key]
                     m["seconds"].append(secs)
                     m["exact_seconds"].append(ex_s)
@@ -104,11 +124,20 @@ def compare(
                     for key2, v in (extra or {}).items():
                         m[key2].append(v)
 
-                for opts in pm_options:
-                    r = cnn.explain(feats, layer=layer, options=opts, top_k=int(k), sources=("target",))
-                    record("patchmatch", {"iterations": opts.iterations, "init": opts.init,
-                                          "samples": samples, "jumps": jumps},
-                           r.field, r.timings["search"], r.reconstructions["target"])
+                for c in [cnn, *others]:
+                    codec = c.layer(layer).codec
+                    if c is not cnn and codec_exact:
+                        r = c.explain(feats, layer=layer, top_k=int(k), sources=("target",))
+                        assert np.array_equal(r.shortlist, ex.shortlist)
+                        record("exact", {}, r.field, r.timings["search"], r.reconstructions["target"],
+                               codec=codec)
+                        codec_stats[(codec, int(k))].append(
+                            2.0 * q.shape[0] * q.shape[1] * n_db * q.shape[2] / r.timings["search"] / 1e9)
+                    for opts in pm_options:
+                        r = c.explain(feats, layer=layer, options=opts, top_k=int(k), sources=("target",))
+                        record("patchmatch", {"iterations": opts.iterations, "init": opts.init,
+                                              "samples": samples, "jumps": jumps},
+                               r.field, r.timings["search"], r.reconstructions["target"], codec=codec)
                 if n_db <= max_baseline_vectors:
                     for kind in baselines:
                         for build_params, search_params in DEFAULT_BASELINES[kind]:
@@ -124,18 +153,29 @@ def compare(
         # which exact search ran: "fused" (pixel-level kernel) or "faiss" (the reference)
         exact[str(k)]["exact_method"] = "+".join(sorted({it["method"] for it in items}))
     settings = []
-    for (method, params, k), m in acc.items():
+    for (method, params, k, codec), m in acc.items():
         spq = float(np.mean(m["seconds"]))
-        row = {"method": method, "params": json.loads(params), "top_k": k, "seconds_per_query": spq,
+        row = {"method": method, "codec": codec, "params": json.loads(params), "top_k": k,
+               "seconds_per_query": spq,
                "speedup": float(np.mean(m["exact_seconds"]) / spq) if spq > 0 else float("inf")}
         for key in ("recall_at_1", "similarity_ratio", "agreement", "fidelity", "build_seconds"):
             if key in m:
                 row[key] = float(np.mean(m[key]))
         row["fidelity_delta"] = row["fidelity"] - exact[str(k)]["fidelity"]
+        if method == "exact" and (codec, k) in codec_stats:
+            row["gflops"] = float(np.mean(codec_stats[(codec, k)]))
         settings.append(row)
     first = exact[str(top_k[0])]
+    codecs = {}
+    for c in [cnn, *others]:
+        clv = c.layer(layer)
+        f = c.store.layer_file(layer)
+        codecs[clv.codec] = {"store": str(c.store.path), "layer_bytes": f.stat().st_size,
+                             "store_bytes": sum(p.stat().st_size for p in c.store.path.rglob("*") if p.is_file())}
+    for row in cold_rows:
+        codecs.setdefault(row["codec"], {})["cold"] = row
     doc = {"index": str(index), "layer": layer, "task": cnn.task, "queries": len(ds),
-           "exact": {**first, "by_top_k": exact}, "settings": settings}
+           "exact": {**first, "by_top_k": exact}, "codecs": codecs, "settings": settings}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / "comparison.json.tmp"
@@ -150,6 +190,45 @@ def compare(
     return doc
 
 
+def _exact(cnn, feats, layer: str, k: int, cache: Path | None, name: str, size) -> tuple:
+    """The fp32 exact result of one query (from ``cache`` when there) and its search seconds."""
+    from types import SimpleNamespace
+
+    file = None
+    if cache is not None:
+        tag = f"{cnn.store.manifest['model']['hash'][:12]}-{cnn.num_images}"
+        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+        file = cache / f"{safe}-{layer}-top{k}-{tag}.npz"
+        if file.is_file():
+            z = np.load(file)
+            field = NNField(z["image"], z["y"], z["x"], z["similarity"])
+            rec = cnn.compose(field, cnn.store.spec(layer), "target", size)
+            return SimpleNamespace(field=field, shortlist=z["shortlist"],
+                                   reconstructions={"target": rec}), float(z["seconds"])
+    ex = cnn.explain(feats, layer=layer, top_k=k, sources=("target",))
+    if file is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = file.with_suffix(".tmp.npz")
+        np.savez(tmp, image=ex.field.image, y=ex.field.y, x=ex.field.x, similarity=ex.field.similarity,
+                 shortlist=ex.shortlist, seconds=ex.timings["search"])
+        os.replace(tmp, file)
+    return ex, ex.timings["search"]
+
+
+def _cold(index, **kw) -> dict:
+    """:func:`.coldstart.cold_start` in a fresh process (pages this process maps cannot be evicted)."""
+    import subprocess
+    import sys
+
+    args = [sys.executable, "-m", "compnn_index.jobs.coldstart", str(index), "--data", kw["data"],
+            "--split", kw["split"], "--iterations", str(kw["iterations"]), "--init", kw["init"]]
+    for flag, key in (("--layer", "layer"), ("--top-k", "top_k"), ("--threads", "threads")):
+        if kw.get(key) is not None:
+            args += [flag, str(kw[key])]
+    outp = subprocess.run(args, capture_output=True, text=True, check=True)
+    return json.loads(outp.stdout.strip().splitlines()[-1])
+
+
 def _markdown(doc: dict) -> str:
     fid = "label-transfer pixel accuracy vs CNN" if doc["task"] == "segment" else "PSNR vs CNN"
     lines = [f"# Exact vs approximate search: layer {doc['layer']}, {doc['queries']} queries",
@@ -160,16 +239,28 @@ def _markdown(doc: dict) -> str:
              "k² times fewer.", "",
              "| method | top_k | params | s/query | speed-up | recall@1 | sim. ratio | agreement | fidelity | Δ fidelity vs exact | ANN build s |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    main_codec = next(iter(doc.get("codecs") or {"fp32": None}))
     for k, e in doc["exact"]["by_top_k"].items():
         lines.append(f"| exact | {k} | {e.get('exact_method', 'faiss')}, {e['gflops']:.0f} GFLOP/s | "
                      f"{e['seconds_per_query']:.3f} | 1.0 | 1 | 1 | 1 | "
                      f"{e['fidelity']:.4f} | 0 | |")
     for r in doc["settings"]:
         p = ", ".join(f"{a}={b}" for a, b in r["params"].items())
-        lines.append(f"| {r['method']} | {r['top_k']} | {p} | {r['seconds_per_query']:.3f} | {r['speedup']:.1f} | "
+        if "gflops" in r:
+            p = f"{r['gflops']:.0f} GFLOP/s"
+        method = r["method"] + (f" {r['codec']}" if r.get("codec", main_codec) != main_codec else "")
+        lines.append(f"| {method} | {r['top_k']} | {p} | {r['seconds_per_query']:.3f} | {r['speedup']:.1f} | "
                      f"{r['recall_at_1']:.3f} | {r['similarity_ratio']:.4f} | {r['agreement']:.4f} | "
                      f"{r['fidelity']:.4f} | {r['fidelity_delta']:+.4f} | "
                      + (f"{r['build_seconds']:.1f} |" if "build_seconds" in r else " |"))
+    if doc.get("codecs"):
+        lines += ["", "| codec | layer file bytes | store bytes | cold first query s | sequential read of touched bytes s | ratio | resident pages before |",
+                  "|---|---|---|---|---|---|---|"]
+        for codec, c in doc["codecs"].items():
+            cold = c.get("cold")
+            lines.append(f"| {codec} | {c.get('layer_bytes', '')} | {c.get('store_bytes', '')} | "
+                         + (f"{cold['query_seconds']:.2f} | {cold['sequential_read_seconds']:.2f} | {cold['ratio']:.2f} | "
+                            f"{cold['resident_pages_before']}/{cold['file_pages']} |" if cold else " | | | |"))
     return "\n".join(lines) + "\n"
 
 
@@ -183,6 +274,7 @@ def _plot(doc: dict, path: Path) -> None:
     groups = defaultdict(list)
     for r in doc["settings"]:
         label = r["method"] + (f" ({r['params'].get('init')})" if r["method"] == "patchmatch" else "")
+        label += f" {r['codec']}" if r.get("codec") and r.get("codec") != "fp32" else ""
         groups[(label, r["top_k"])].append((r["seconds_per_query"], r["fidelity"]))
     for (label, k), pts in groups.items():
         pts.sort()

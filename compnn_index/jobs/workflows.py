@@ -45,9 +45,9 @@ def build(
     *, model: str | Path, data: str, split: str = "train", direction: str | None = None,
     size: int | None = None, limit: int | None = None, seed: int = 0,
     layers: Sequence[str] | None = None, batch_size: int = 8, threads: int | None = None,
-    out: str | Path, overwrite: bool = False, progress: bool = True,
+    out: str | Path, overwrite: bool = False, progress: bool = True, codec: str = "fp32",
 ) -> Path:
-    """Build an index store for ``model`` over a dataset split."""
+    """Build an index store for ``model`` over a dataset split (layers stored with ``codec``)."""
     from ..data import open_dataset
     from ..index import build_index
     from ..models import load_checkpoint
@@ -63,9 +63,20 @@ def build(
         layers = ["decoder2"] if "decoder2" in net.layer_taps() else [next(iter(net.layer_taps()))]
     path = build_index(net, ds, layers=list(layers), out=out, batch_size=batch_size,
                        threads=threads, progress=progress, model_path=str(Path(model).resolve()),
-                       overwrite=overwrite)
+                       overwrite=overwrite, codec=codec)
     if progress:
         print(f"wrote index store {path}")
+    return path
+
+
+def compress(*, index: str | Path, codec: str, out: str | Path, overwrite: bool = False,
+             progress: bool = True) -> Path:
+    """Re-encode an index store's layers with ``codec`` into a new store (streaming, atomic)."""
+    from ..index import compress_store
+
+    path = compress_store(index, out, codec=codec, overwrite=overwrite, progress=progress)
+    if progress:
+        print(f"wrote index store {path} ({codec})")
     return path
 
 

@@ -104,6 +104,7 @@ def patchmatch(
     threads: int | None = None,
     tol: float = 0.0,
     return_stats: bool = False,
+    prefetch: bool = True,
 ) -> NNField | tuple[NNField, PatchMatchStats]:
     """HyperPatch-Match with the native kernel: an approximate NN field over ``images``.
 
@@ -113,7 +114,10 @@ def patchmatch(
         Query hyperpatches (unit vectors).
     layer : LayerVectors
         The database layer (``IndexStore.layer(name)``). The kernel reads its storage in place
-        (the FAISS index's own buffer, unaligned when memory-mapped); nothing is copied.
+        (the FAISS index's own buffer, unaligned when memory-mapped); nothing is copied. On an
+        ``fp16`` or ``sq8`` layer it decodes the codes in registers and reports the cosine between
+        the query and the decoded, re-normalised database vector (see
+        :mod:`compnn_index.index.codecs`).
     images : ndarray of int, shape (M,)
         Database image ids to search (the shortlist; duplicates are searched once).
     iterations : int, default ``QueryOptions.iterations``
@@ -133,6 +137,9 @@ def patchmatch(
         Stop after an iteration whose mean-similarity gain is below ``tol``.
     return_stats : bool, default False
         Also return a :class:`PatchMatchStats`.
+    prefetch : bool, default True
+        First read the shortlisted images' ranges sequentially where they are not in the page
+        cache (:meth:`LayerVectors.prefetch`; a ``mincore`` check only, when they are).
 
     Returns
     -------
@@ -145,6 +152,8 @@ def patchmatch(
     """
     p = validate(queries, layer, images, iterations=iterations, samples=samples, jumps=jumps,
                  seed=seed, init=init, threads=threads, tol=tol)
+    if prefetch:
+        p.layer.prefetch(p.images)  # cold store: read the shortlist sequentially, not by faults
     if _hpm is None:
         warnings.warn(_FALLBACK_MESSAGE.format(error=_NATIVE_ERROR), RuntimeWarning, stacklevel=2)
         return run_reference(p, return_stats)
@@ -153,9 +162,14 @@ def patchmatch(
 
 def _run_native(p: Problem, return_stats: bool) -> NNField | tuple[NNField, PatchMatchStats]:
     init_arrays = (None, None, None) if p.init is None else (p.init.image, p.init.y, p.init.x)
+    layer = p.layer
+    codec = {}
+    if layer.codec != "fp32":  # codes read in place, decoded by the kernel
+        codec = dict(codec=layer.codec, scale=layer.codec_params.get("scale"),
+                     bias=layer.codec_params.get("bias"))
     image, y, x, sim, raw = _hpm.patchmatch(
-        p.queries, p.layer.vectors, p.images, p.layer.offsets, p.layer.grids, *init_arrays,
-        p.iterations, p.samples, p.jumps, p.seed, p.threads, p.tol,
+        p.queries, layer.raw, p.images, layer.offsets, layer.grids, *init_arrays,
+        p.iterations, p.samples, p.jumps, p.seed, p.threads, p.tol, **codec,
     )
     result = NNField(image, y, x, sim)
     if not return_stats:

@@ -17,6 +17,15 @@
 // A row (column) reads and writes only its own positions, so the field depends only on the seed
 // and the inputs: it is the same for every thread count.
 //
+// Codecs. The database is a layer store's codes, read in place: float32 vectors (IndexFlatIP,
+// "fp32"), IEEE half floats (IndexScalarQuantizer QT_fp16, "fp16", converted with F16C
+// `_mm256_cvtph_ps` or a scalar fallback) or 8-bit codes with per-dimension ranges
+// (QT_8bit, "sq8": component i of code c decodes to c * scale[i] + bias[i], see
+// compnn_index/index/codecs.py). On fp16 and sq8 the similarity of a candidate is the cosine
+// between the query and the decoded vector, re-normalised: (q . v) / sqrt(v . v), both sums
+// taken in the same pass over the codes; fp32 vectors are unit vectors already and keep the
+// plain dot product (bit for bit the fields of earlier versions).
+//
 // Alignment. The database is usually a view of a memory-mapped FAISS file, whose vectors start at
 // file byte 45: its floats are not 4-byte aligned. A `const float*` into caller memory is therefore
 // only an address here; every read of caller memory goes through memcpy (`load`) or an unaligned
@@ -27,6 +36,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <condition_variable>
 #include <cstdint>
 #include <cstring>
@@ -102,23 +112,29 @@ inline T load(const T* p, int64_t i = 0) {
 // ---------------------------------------------------------------------------------------------
 // Dot products of one query vector with G candidate vectors, several chains in flight.
 
-using DotFn = void (*)(const float* q, const float* const* c, int g, int64_t d, float* out);
+// Candidates are byte addresses into the codes (`const void*`), whatever the codec.
+using DotFn = void (*)(const float* q, const void* const* c, int g, int64_t d, float* out);
 
-void dot_generic(const float* q, const float* const* c, int g, int64_t d, float* out) {
+inline const float* as_floats(const void* p) { return static_cast<const float*>(p); }
+
+void dot_generic(const float* q, const void* const* c, int g, int64_t d, float* out) {
     for (int k = 0; k < g; ++k) {
+        const float* ck = as_floats(c[k]);
         float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
         int64_t i = 0;
         for (; i + 8 <= d; i += 8)
-            for (int j = 0; j < 8; ++j) acc[j] += load(q, i + j) * load(c[k], i + j);
-        for (; i < d; ++i) acc[0] += load(q, i) * load(c[k], i);
+            for (int j = 0; j < 8; ++j) acc[j] += load(q, i + j) * load(ck, i + j);
+        for (; i < d; ++i) acc[0] += load(q, i) * load(ck, i);
         out[k] = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
     }
 }
 
 #ifdef HPM_X86
 template <int G>
-__attribute__((target("avx2,fma"))) inline void dot_avx2_group(const float* q, const float* const* c,
+__attribute__((target("avx2,fma"))) inline void dot_avx2_group(const float* q, const void* const* cv,
                                                                 int64_t d, float* out) {
+    const float* c[G];
+    for (int k = 0; k < G; ++k) c[k] = as_floats(cv[k]);
     __m256 acc[G][2];
     for (int k = 0; k < G; ++k) acc[k][0] = acc[k][1] = _mm256_setzero_ps();
     int64_t i = 0;
@@ -140,7 +156,7 @@ __attribute__((target("avx2,fma"))) inline void dot_avx2_group(const float* q, c
     }
 }
 
-__attribute__((target("avx2,fma"))) void dot_avx2(const float* q, const float* const* c, int g, int64_t d,
+__attribute__((target("avx2,fma"))) void dot_avx2(const float* q, const void* const* c, int g, int64_t d,
                                                   float* out) {
     int k = 0;
     for (; k + 4 <= g; k += 4) dot_avx2_group<4>(q, c + k, d, out + k);
@@ -153,8 +169,10 @@ __attribute__((target("avx2,fma"))) void dot_avx2(const float* q, const float* c
 }
 
 template <int G>
-__attribute__((target("avx512f"))) inline void dot_avx512_group(const float* q, const float* const* c,
+__attribute__((target("avx512f"))) inline void dot_avx512_group(const float* q, const void* const* cv,
                                                                  int64_t d, float* out) {
+    const float* c[G];
+    for (int k = 0; k < G; ++k) c[k] = as_floats(cv[k]);
     __m512 acc[G][2];
     for (int k = 0; k < G; ++k) acc[k][0] = acc[k][1] = _mm512_setzero_ps();
     int64_t i = 0;
@@ -176,7 +194,7 @@ __attribute__((target("avx512f"))) inline void dot_avx512_group(const float* q, 
     for (int k = 0; k < G; ++k) out[k] = _mm512_reduce_add_ps(_mm512_add_ps(acc[k][0], acc[k][1]));
 }
 
-__attribute__((target("avx512f"))) void dot_avx512(const float* q, const float* const* c, int g, int64_t d,
+__attribute__((target("avx512f"))) void dot_avx512(const float* q, const void* const* c, int g, int64_t d,
                                                     float* out) {
     int k = 0;
     for (; k + 4 <= g; k += 4) dot_avx512_group<4>(q, c + k, d, out + k);
@@ -188,6 +206,158 @@ __attribute__((target("avx512f"))) void dot_avx512(const float* q, const float* 
     }
 }
 #endif
+
+// ---------------------------------------------------------------------------------------------
+// Cosines of one query with G candidates stored as fp16 or sq8 codes (decoded in registers).
+
+struct Sq8Params {            // per-dimension affine decode of 8-bit codes (empty for fp16)
+    const float* scale = nullptr;
+    const float* bias = nullptr;
+};
+
+inline float cosine(float qv, float vv) { return vv > 0.0f ? qv / std::sqrt(vv) : 0.0f; }
+
+// IEEE binary16 -> float32 (exact), for the portable path.
+inline float half_to_float(uint16_t h) {
+    const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+    uint32_t exp = (h >> 10) & 0x1Fu, mant = h & 0x3FFu, bits;
+    if (exp == 0x1Fu) {
+        bits = sign | 0x7F800000u | (mant << 13);
+    } else if (exp != 0) {
+        bits = sign | ((exp + 112u) << 23) | (mant << 13);
+    } else if (mant == 0) {
+        bits = sign;
+    } else {  // subnormal: normalise
+        exp = 113;
+        while ((mant & 0x400u) == 0) { mant <<= 1; --exp; }
+        bits = sign | (exp << 23) | ((mant & 0x3FFu) << 13);
+    }
+    float f;
+    std::memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+using CodecFn = void (*)(const float* q, const void* const* c, int g, int64_t d, const Sq8Params& sq, float* out);
+
+void cos_f16_generic(const float* q, const void* const* c, int g, int64_t d, const Sq8Params&, float* out) {
+    for (int k = 0; k < g; ++k) {
+        const uint16_t* ck = static_cast<const uint16_t*>(c[k]);
+        float qv = 0.0f, vv = 0.0f;
+        for (int64_t i = 0; i < d; ++i) {
+            const float v = half_to_float(load(ck, i));
+            qv += load(q, i) * v;
+            vv += v * v;
+        }
+        out[k] = cosine(qv, vv);
+    }
+}
+
+void cos_sq8_generic(const float* q, const void* const* c, int g, int64_t d, const Sq8Params& sq, float* out) {
+    for (int k = 0; k < g; ++k) {
+        const uint8_t* ck = static_cast<const uint8_t*>(c[k]);
+        float qv = 0.0f, vv = 0.0f;
+        for (int64_t i = 0; i < d; ++i) {
+            const float v = static_cast<float>(ck[i]) * sq.scale[i] + sq.bias[i];
+            qv += load(q, i) * v;
+            vv += v * v;
+        }
+        out[k] = cosine(qv, vv);
+    }
+}
+
+#ifdef HPM_X86
+__attribute__((target("avx2,fma"))) inline float hsum256(__m256 s) {
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_add_ss(h, _mm_movehdup_ps(h));
+    return _mm_cvtss_f32(h);
+}
+
+// G candidates at once (their cache misses overlap); 8 dimensions per step, unaligned loads.
+template <int G>
+__attribute__((target("avx2,fma,f16c"))) inline void cos_f16_group(const float* q, const void* const* cv,
+                                                                   int64_t d, float* out) {
+    const uint8_t* c[G];
+    for (int k = 0; k < G; ++k) c[k] = static_cast<const uint8_t*>(cv[k]);
+    __m256 qv[G], vv[G];
+    for (int k = 0; k < G; ++k) qv[k] = vv[k] = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= d; i += 8) {
+        const __m256 qi = _mm256_loadu_ps(q + i);
+        for (int k = 0; k < G; ++k) {
+            const __m256 v = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(c[k] + 2 * i)));
+            qv[k] = _mm256_fmadd_ps(qi, v, qv[k]);
+            vv[k] = _mm256_fmadd_ps(v, v, vv[k]);
+        }
+    }
+    for (int k = 0; k < G; ++k) {
+        float a = hsum256(qv[k]), b = hsum256(vv[k]);
+        for (int64_t j = i; j < d; ++j) {
+            const float v = half_to_float(load(reinterpret_cast<const uint16_t*>(c[k]), j));
+            a += load(q, j) * v;
+            b += v * v;
+        }
+        out[k] = cosine(a, b);
+    }
+}
+
+template <int G>
+__attribute__((target("avx2,fma"))) inline void cos_sq8_group(const float* q, const void* const* cv, int64_t d,
+                                                               const Sq8Params& sq, float* out) {
+    const uint8_t* c[G];
+    for (int k = 0; k < G; ++k) c[k] = static_cast<const uint8_t*>(cv[k]);
+    __m256 qv[G], vv[G];
+    for (int k = 0; k < G; ++k) qv[k] = vv[k] = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= d; i += 8) {
+        const __m256 qi = _mm256_loadu_ps(q + i);
+        const __m256 sc = _mm256_loadu_ps(sq.scale + i), bi = _mm256_loadu_ps(sq.bias + i);
+        for (int k = 0; k < G; ++k) {
+            int64_t raw;
+            std::memcpy(&raw, c[k] + i, sizeof raw);
+            const __m256 x = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(raw)));
+            const __m256 v = _mm256_add_ps(_mm256_mul_ps(x, sc), bi);  // no FMA: as the NumPy decoder rounds
+            qv[k] = _mm256_fmadd_ps(qi, v, qv[k]);
+            vv[k] = _mm256_fmadd_ps(v, v, vv[k]);
+        }
+    }
+    for (int k = 0; k < G; ++k) {
+        float a = hsum256(qv[k]), b = hsum256(vv[k]);
+        for (int64_t j = i; j < d; ++j) {
+            const float v = static_cast<float>(c[k][j]) * sq.scale[j] + sq.bias[j];
+            a += load(q, j) * v;
+            b += v * v;
+        }
+        out[k] = cosine(a, b);
+    }
+}
+
+__attribute__((target("avx2,fma,f16c"))) void cos_f16_avx2(const float* q, const void* const* c, int g, int64_t d,
+                                                           const Sq8Params&, float* out) {
+    int k = 0;
+    for (; k + 4 <= g; k += 4) cos_f16_group<4>(q, c + k, d, out + k);
+    for (; k < g; ++k) cos_f16_group<1>(q, c + k, d, out + k);
+}
+
+__attribute__((target("avx2,fma"))) void cos_sq8_avx2(const float* q, const void* const* c, int g, int64_t d,
+                                                      const Sq8Params& sq, float* out) {
+    int k = 0;
+    for (; k + 4 <= g; k += 4) cos_sq8_group<4>(q, c + k, d, sq, out + k);
+    for (; k < g; ++k) cos_sq8_group<1>(q, c + k, d, sq, out + k);
+}
+#endif
+
+enum class Codec { fp32, fp16, sq8 };
+
+CodecFn select_codec(Codec codec) {
+#ifdef HPM_X86
+    __builtin_cpu_init();
+    const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (codec == Codec::fp16 && avx2 && __builtin_cpu_supports("f16c")) return cos_f16_avx2;
+    if (codec == Codec::sq8 && avx2) return cos_sq8_avx2;
+#endif
+    return codec == Codec::fp16 ? cos_f16_generic : cos_sq8_generic;
+}
 
 struct DotKernel {
     DotFn fn;
@@ -227,7 +397,12 @@ struct Match {
 struct Problem {
     const float* queries;
     int64_t hq, wq, d;
-    const float* vectors;
+    const uint8_t* codes;     // the database codes (float32 vectors for fp32), row_bytes apart
+    int64_t row_bytes = 0;
+    Codec codec = Codec::fp32;
+    CodecFn codec_fn = nullptr;      // fp16 / sq8 cosines
+    std::vector<float> sq_scale, sq_bias;
+    Sq8Params sq;
     std::vector<Slot> slots;
     uint64_t seed;
     int32_t samples, jumps;
@@ -251,19 +426,45 @@ struct State {
     }
 };
 
-inline const float* vector_of(const Problem& p, const Match& m) {
+inline const void* vector_of(const Problem& p, const Match& m) {
     const Slot& s = p.slots[m.slot];
-    return p.vectors + (s.base + static_cast<int64_t>(m.y) * s.w + m.x) * p.d;
+    return p.codes + (s.base + static_cast<int64_t>(m.y) * s.w + m.x) * p.row_bytes;
 }
 
 inline const float* query_of(const Problem& p, int64_t q) { return p.queries + q * p.d; }
 
+// Software prefetch of the first g_prefetch_bytes of every candidate of a random-search step
+// before any is scored, so all their cache misses are in flight at once (the scoring loop alone
+// keeps 4 in flight). Changes no result. 0 disables it; set_prefetch() tunes it (benchmarks).
+int64_t g_prefetch_bytes = 0;
+
+inline void prefetch(const Problem& p, const void* const* c, int n) {
+#ifdef HPM_X86
+    const int64_t bytes = std::min<int64_t>(g_prefetch_bytes, p.row_bytes);
+    if (bytes <= 0) return;
+    for (int k = 0; k < n; ++k)
+        for (int64_t b = 0; b < bytes; b += 64)
+            _mm_prefetch(static_cast<const char*>(c[k]) + b, _MM_HINT_T0);
+#else
+    (void)p; (void)c; (void)n;
+#endif
+}
+
+// Similarities of query q with g candidates: the dot product (fp32) or the cosine with the
+// decoded vector (fp16, sq8).
+inline void score(const Problem& p, int64_t q, const void* const* c, int g, float* out) {
+    if (p.codec == Codec::fp32)
+        kDot.fn(query_of(p, q), c, g, p.d, out);
+    else
+        p.codec_fn(query_of(p, q), c, g, p.d, p.sq, out);
+}
+
 // Evaluate one candidate for position q; keep it if strictly better. Returns 1 if evaluated.
 inline int64_t try_candidate(const Problem& p, State& st, int64_t q, const Match& cand) {
     if (cand == st.match[q]) return 0;
-    const float* c = vector_of(p, cand);
+    const void* c = vector_of(p, cand);
     float s;
-    kDot.fn(query_of(p, q), &c, 1, p.d, &s);
+    score(p, q, &c, 1, &s);
     if (s > st.sim[q]) {
         st.match[q] = cand;
         st.sim[q] = s;
@@ -275,7 +476,7 @@ inline int64_t try_candidate(const Problem& p, State& st, int64_t q, const Match
 // apart, since every push_back writes the vector's header).
 struct alignas(64) Scratch {
     std::vector<Match> cand;
-    std::vector<const float*> ptr;
+    std::vector<const void*> ptr;
     std::vector<float> sim;
 };
 
@@ -284,7 +485,7 @@ struct alignas(64) Scratch {
 // the levels visited rotating with the iteration) and jumps (random positions in random other
 // shortlisted images). All candidates are drawn around the match held before this step, then
 // evaluated together (the memory reads overlap) and accepted in draw order if strictly better.
-int64_t random_search(const Problem& p, State& st, int64_t q, int64_t t, Scratch& sc) {
+void draw_random(const Problem& p, const State& st, int64_t q, int64_t t, Scratch& sc) {
     const Match centre = st.match[q];
     const Slot& cs = p.slots[centre.slot];
     const uint64_t key = position_key(p.seed, static_cast<uint64_t>(t), static_cast<uint64_t>(q));
@@ -309,11 +510,17 @@ int64_t random_search(const Problem& p, State& st, int64_t q, int64_t t, Scratch
         if (m != centre) sc.cand.push_back(m);
     }
     const int n = static_cast<int>(sc.cand.size());
-    if (n == 0) return 0;
     sc.ptr.resize(n);
     sc.sim.resize(n);
     for (int k = 0; k < n; ++k) sc.ptr[k] = vector_of(p, sc.cand[k]);
-    kDot.fn(query_of(p, q), sc.ptr.data(), n, p.d, sc.sim.data());
+    prefetch(p, sc.ptr.data(), n);
+}
+
+// Scores the candidates drawn by draw_random and accepts them in draw order if strictly better.
+int64_t score_random(const Problem& p, State& st, int64_t q, Scratch& sc) {
+    const int n = static_cast<int>(sc.cand.size());
+    if (n == 0) return 0;
+    score(p, q, sc.ptr.data(), n, sc.sim.data());
     for (int k = 0; k < n; ++k) {
         if (sc.sim[k] > st.sim[q]) {
             st.match[q] = sc.cand[k];
@@ -321,6 +528,83 @@ int64_t random_search(const Problem& p, State& st, int64_t q, int64_t t, Scratch
         }
     }
     return n;
+}
+
+int64_t random_search(const Problem& p, State& st, int64_t q, int64_t t, Scratch& sc) {
+    draw_random(p, st, q, t, sc);
+    return score_random(p, st, q, sc);
+}
+
+// Several rows (columns) in lockstep. Rows of a row pass are independent (each reads and writes
+// only its own positions), so advancing g_interleave of them together, one position each per
+// step, gives the same field as scanning them one after the other, while the memory reads of
+// their candidates (prefetched first) overlap: a propagation candidate depends on the previous
+// position's match, so a single scan has one cache miss in flight at a time.
+int64_t g_interleave = 1;
+
+struct Pending {
+    int64_t q;
+    Match cand;
+    const void* ptr;
+};
+
+// One propagation step of several scans: candidates first (prefetched), then scored in order.
+int64_t propagate(const Problem& p, State& st, std::vector<Pending>& pend) {
+    for (const Pending& e : pend) prefetch(p, &e.ptr, 1);
+    for (const Pending& e : pend) {
+        float s;
+        score(p, e.q, &e.ptr, 1, &s);
+        if (s > st.sim[e.q]) {
+            st.match[e.q] = e.cand;
+            st.sim[e.q] = s;
+        }
+    }
+    const int64_t n = static_cast<int64_t>(pend.size());
+    pend.clear();
+    return n;
+}
+
+inline void offer(const Problem& p, const State& st, int64_t q, const Match& cand, std::vector<Pending>& pend) {
+    if (cand != st.match[q]) pend.push_back(Pending{q, cand, vector_of(p, cand)});
+}
+
+int64_t row_block_pass(const Problem& p, State& st, int64_t t, int64_t row0, int64_t rows,
+                       std::vector<Scratch>& sc, std::vector<Pending>& pend) {
+    const bool forward = (t % 2) == 0;
+    const int64_t step = forward ? 1 : -1;
+    int64_t evaluated = 0;
+    if (static_cast<int64_t>(sc.size()) < rows) sc.resize(rows);
+    for (int64_t i = 0; i < p.wq; ++i) {
+        const int64_t x = forward ? i : p.wq - 1 - i;
+        if (i > 0) {
+            for (int64_t j = 0; j < rows; ++j) {
+                const int64_t q = (row0 + j) * p.wq + x;
+                const Match& nb = st.match[q - step];
+                offer(p, st, q, Match{nb.slot, nb.y, clip(int64_t{nb.x} + step, p.slots[nb.slot].w)}, pend);
+            }
+            evaluated += propagate(p, st, pend);
+        }
+        for (int64_t j = 0; j < rows; ++j) draw_random(p, st, (row0 + j) * p.wq + x, t, sc[j]);
+        for (int64_t j = 0; j < rows; ++j) evaluated += score_random(p, st, (row0 + j) * p.wq + x, sc[j]);
+    }
+    return evaluated;
+}
+
+int64_t column_block_pass(const Problem& p, State& st, int64_t t, int64_t col0, int64_t cols,
+                          std::vector<Pending>& pend) {
+    const bool forward = (t % 2) == 0;
+    const int64_t step = forward ? 1 : -1;
+    int64_t evaluated = 0;
+    for (int64_t i = 1; i < p.hq; ++i) {
+        const int64_t y = forward ? i : p.hq - 1 - i;
+        for (int64_t col = col0; col < col0 + cols; ++col) {
+            const int64_t q = y * p.wq + col;
+            const Match& nb = st.match[q - step * p.wq];
+            offer(p, st, q, Match{nb.slot, clip(int64_t{nb.y} + step, p.slots[nb.slot].h), nb.x}, pend);
+        }
+        evaluated += propagate(p, st, pend);
+    }
+    return evaluated;
 }
 
 int64_t row_pass(const Problem& p, State& st, int64_t t, int64_t row, Scratch& sc) {
@@ -506,9 +790,9 @@ constexpr int kMaxThreads = 1024;
 Problem parse(const py::array& queries_in, const py::array& vectors_in, const py::array& images_in,
               const py::array& offsets_in, const py::array& grids_in, const py::object& init_image,
               const py::object& init_y, const py::object& init_x, int64_t iterations, int64_t samples,
-              int64_t jumps, uint64_t seed, int64_t threads, double tol) {
+              int64_t jumps, uint64_t seed, int64_t threads, double tol, const std::string& codec,
+              const py::object& scale_in, const py::object& bias_in) {
     auto queries = require<float>(queries_in, "queries", 3);
-    auto vectors = require<float>(vectors_in, "vectors", 2);
     auto images = require<int64_t>(images_in, "images", 1);
     auto offsets = require<int64_t>(offsets_in, "offsets", 1);
     auto grids = require<int64_t>(grids_in, "grids", 2);
@@ -517,10 +801,45 @@ Problem parse(const py::array& queries_in, const py::array& vectors_in, const py
     p.hq = queries.shape(0);
     p.wq = queries.shape(1);
     p.d = queries.shape(2);
-    const int64_t n_vectors = vectors.shape(0);
-    if (vectors.shape(1) != p.d)
-        fail("Expected vectors of dimension D = " + std::to_string(p.d) + " (the queries' last axis), but vectors.shape = " +
-             shape_str(vectors));
+    int64_t n_vectors = 0;
+    if (codec == "fp32") {
+        auto vectors = require<float>(vectors_in, "vectors", 2);
+        n_vectors = vectors.shape(0);
+        if (vectors.shape(1) != p.d)
+            fail("Expected vectors of dimension D = " + std::to_string(p.d) + " (the queries' last axis), but vectors.shape = " +
+                 shape_str(vectors));
+        p.codes = reinterpret_cast<const uint8_t*>(vectors.data());
+        p.row_bytes = p.d * static_cast<int64_t>(sizeof(float));
+    } else if (codec == "fp16" || codec == "sq8") {
+        p.codec = codec == "fp16" ? Codec::fp16 : Codec::sq8;
+        auto codes = require<uint8_t>(vectors_in, "vectors", 2);
+        n_vectors = codes.shape(0);
+        const int64_t expect = p.codec == Codec::fp16 ? 2 * p.d : p.d;
+        if (codes.shape(1) != expect)
+            fail("Expected " + codec + " codes of " + std::to_string(expect) + " bytes per vector (D = " +
+                 std::to_string(p.d) + "), but vectors.shape = " + shape_str(codes));
+        p.codes = codes.data();
+        p.row_bytes = expect;
+        p.codec_fn = select_codec(p.codec);
+        if (p.codec == Codec::sq8) {
+            if (scale_in.is_none() || bias_in.is_none())
+                fail("Expected scale and bias (float32, shape (D,)) for sq8 codes, but they are missing");
+            auto sc = require<float>(scale_in.cast<py::array>(), "scale", 1);
+            auto bi = require<float>(bias_in.cast<py::array>(), "bias", 1);
+            if (sc.shape(0) != p.d || bi.shape(0) != p.d)
+                fail("Expected scale and bias of shape (" + std::to_string(p.d) + ",), but they have shapes " +
+                     shape_str(sc) + " and " + shape_str(bi));
+            p.sq_scale.resize(p.d);
+            p.sq_bias.resize(p.d);
+            for (int64_t i = 0; i < p.d; ++i) {
+                p.sq_scale[i] = load(sc.data(), i);
+                p.sq_bias[i] = load(bi.data(), i);
+            }
+            p.sq = Sq8Params{p.sq_scale.data(), p.sq_bias.data()};
+        }
+    } else {
+        fail("Expected codec 'fp32', 'fp16' or 'sq8', but codec = '" + codec + "'");
+    }
     if (p.hq < 1 || p.wq < 1 || p.d < 1)
         fail("Expected queries with at least one position and one dimension, but queries.shape = " + shape_str(queries));
     if (iterations < 0) fail("Expected iterations >= 0, but iterations = " + std::to_string(iterations));
@@ -577,7 +896,6 @@ Problem parse(const py::array& queries_in, const py::array& vectors_in, const py
                                bit_length(radius)});
     }
     p.queries = queries.data();
-    p.vectors = vectors.data();
 
     if (!init_image.is_none()) {
         auto fi = require<int64_t>(init_image.cast<py::array>(), "init_image", 2);
@@ -629,8 +947,8 @@ void init(const Problem& p, State& st, Pool& pool) {
             } else {
                 st.match[q] = p.given[q];
             }
-            const float* c = vector_of(p, st.match[q]);
-            kDot.fn(query_of(p, q), &c, 1, p.d, &st.sim[q]);
+            const void* c = vector_of(p, st.match[q]);
+            score(p, q, &c, 1, &st.sim[q]);
         }
         st.candidates += p.wq;
     });
@@ -639,18 +957,38 @@ void init(const Problem& p, State& st, Pool& pool) {
 
 // Iterations (a row pass, then a column pass) until p.iterations, or after the first whose
 // mean-similarity gain is below p.tol.
+struct alignas(64) ThreadScratch {
+    Scratch one;
+    std::vector<Scratch> rows;
+    std::vector<Pending> pend;
+};
+
 void run(const Problem& p, State& st, Pool& pool) {
-    std::vector<Scratch> scratch(pool.size());
+    std::vector<ThreadScratch> scratch(pool.size());
     const int64_t n_col_blocks = (p.wq + kColumnBlock - 1) / kColumnBlock;
+    const int64_t rb = std::max<int64_t>(1, g_interleave);
+    const int64_t n_row_blocks = (p.hq + rb - 1) / rb;
     for (int64_t t = 0; t < p.iterations; ++t) {
-        pool.parallel_for(p.hq, [&](int64_t row, int thread) {
-            st.candidates += row_pass(p, st, t, row, scratch[thread]);
-        });
+        if (rb == 1) {
+            pool.parallel_for(p.hq, [&](int64_t row, int thread) {
+                st.candidates += row_pass(p, st, t, row, scratch[thread].one);
+            });
+        } else {
+            pool.parallel_for(n_row_blocks, [&](int64_t k, int thread) {
+                ThreadScratch& ts = scratch[thread];
+                st.candidates += row_block_pass(p, st, t, k * rb, std::min(rb, p.hq - k * rb), ts.rows, ts.pend);
+            });
+        }
         // Columns go to threads in blocks: adjacent columns share cache lines of the state.
-        pool.parallel_for(n_col_blocks, [&](int64_t k, int) {
+        pool.parallel_for(n_col_blocks, [&](int64_t k, int thread) {
             int64_t evaluated = 0;
-            for (int64_t col = k * kColumnBlock; col < std::min(p.wq, (k + 1) * kColumnBlock); ++col)
-                evaluated += column_pass(p, st, t, col);
+            if (rb == 1) {
+                for (int64_t col = k * kColumnBlock; col < std::min(p.wq, (k + 1) * kColumnBlock); ++col)
+                    evaluated += column_pass(p, st, t, col);
+            } else {
+                evaluated = column_block_pass(p, st, t, k * kColumnBlock,
+                                              std::min(kColumnBlock, p.wq - k * kColumnBlock), scratch[thread].pend);
+            }
             st.candidates += evaluated;
         });
         st.mean_similarity.push_back(st.mean_sim());
@@ -666,9 +1004,10 @@ void run(const Problem& p, State& st, Pool& pool) {
 py::tuple patchmatch(const py::array& queries_in, const py::array& vectors_in, const py::array& images_in,
                      const py::array& offsets_in, const py::array& grids_in, const py::object& init_image,
                      const py::object& init_y, const py::object& init_x, int64_t iterations, int64_t samples,
-                     int64_t jumps, uint64_t seed, int64_t threads, double tol) {
+                     int64_t jumps, uint64_t seed, int64_t threads, double tol, const std::string& codec,
+                     const py::object& scale, const py::object& bias) {
     const Problem p = parse(queries_in, vectors_in, images_in, offsets_in, grids_in, init_image, init_y, init_x,
-                            iterations, samples, jumps, seed, threads, tol);
+                            iterations, samples, jumps, seed, threads, tol, codec, scale, bias);
     State st;
     {
         py::gil_scoped_release release;
@@ -713,14 +1052,14 @@ py::array_t<float> dot_many(const py::array& query_in, const py::array& vectors_
     const float* v = vectors.data();
     {
         py::gil_scoped_release release;
-        const float* ptr[4];
+        const void* ptr[4];
         int64_t i = 0;
         for (; i + 4 <= n; i += 4) {
             for (int k = 0; k < 4; ++k) ptr[k] = v + (i + k) * d;
             kDot.fn(q, ptr, 4, d, o + i);
         }
         for (; i < n; ++i) {
-            const float* c = v + i * d;
+            const void* c = v + i * d;
             kDot.fn(q, &c, 1, d, o + i);
         }
     }
@@ -732,8 +1071,17 @@ PYBIND11_MODULE(_hpm, m) {
     m.def("patchmatch", &patchmatch, py::arg("queries"), py::arg("vectors"), py::arg("images"), py::arg("offsets"),
           py::arg("grids"), py::arg("init_image"), py::arg("init_y"), py::arg("init_x"), py::arg("iterations"),
           py::arg("samples"), py::arg("jumps"), py::arg("seed"), py::arg("threads"), py::arg("tol"),
-          "Run HyperPatch-Match; returns (image, y, x, similarity, stats). Arrays are read in place, never copied.");
+          py::arg("codec") = "fp32", py::arg("scale") = py::none(), py::arg("bias") = py::none(),
+          "Run HyperPatch-Match; returns (image, y, x, similarity, stats). Arrays are read in place, never copied.\n"
+          "codec 'fp32': vectors float32 (N, D); 'fp16': uint8 (N, 2 D) half-float codes; 'sq8': uint8 (N, D)\n"
+          "codes with float32 scale, bias (D,). On fp16/sq8 the similarity is the cosine with the decoded vector.");
     m.def("dot_many", &dot_many, py::arg("query"), py::arg("vectors"),
           "Inner products of one query with every row of vectors, with the kernel's dot product (benchmarks).");
+    m.def("set_prefetch", [](int64_t bytes) { g_prefetch_bytes = std::max<int64_t>(0, bytes); }, py::arg("bytes"),
+          "Bytes of every random-search candidate prefetched before scoring (0: off). Never changes results.");
+    m.def("get_prefetch", [] { return g_prefetch_bytes; });
+    m.def("set_interleave", [](int64_t rows) { g_interleave = std::max<int64_t>(1, rows); }, py::arg("rows"),
+          "Rows (and columns) of a pass scanned in lockstep per task (1: one at a time). Never changes results.");
+    m.def("get_interleave", [] { return g_interleave; });
     m.attr("dot_kernel") = kDot.name;
 }
