@@ -383,7 +383,9 @@ def test_compare(capsys, segment_index, tmp_path):
     ex = doc["exact"]
     assert ex["seconds_per_query"] > 0 and ex["gflops"] > 0 and 0 <= ex["fidelity"] <= 1
     settings = doc["settings"]
-    assert {r["method"] for r in settings} == {"patchmatch", "hnsw", "ivf"}
+    assert {r["method"] for r in settings} == {"patchmatch", "hnsw", "ivf", "exact_fused"}
+    fused = next(r for r in settings if r["method"] == "exact_fused")
+    assert fused["recall_at_1"] > 0.99 and abs(fused["similarity_ratio"] - 1) < 1e-5  # same answers as FAISS
     pm = [r for r in settings if r["method"] == "patchmatch"]
     assert sorted((r["params"]["init"], r["params"]["iterations"]) for r in pm) == [
         ("coarse", 1), ("coarse", 4), ("random", 1), ("random", 4)]
@@ -397,7 +399,7 @@ def test_compare(capsys, segment_index, tmp_path):
     assert more[4] >= more[1] - 1e-6  # more iterations never lose similarity (same seed)
     md = (out / "comparison.md").read_text()
     assert f"| exact | {N} |" in md and md.count("| patchmatch |") == 4
-    assert ex["exact_method"] == "fused" and f"| exact | {N} | fused," in md
+    assert ex["exact_method"] == "faiss" and f"| exact | {N} | faiss," in md  # the reference is FAISS exact
     assert {r["top_k"] for r in settings} == {N}
     assert Image.open(out / "comparison.png").size[0] > 300
 
