@@ -94,9 +94,9 @@ def plan(info: dict, uploads: dict[int, bytes], n: int, offset: int) -> list[tup
         if (k // len(searches)) % 2:
             kind = f"{search}/upload"
             kwargs = {"files": {"image": ("q.png", uploads[image_id], "image/png")}, "data": fields}
-        else:
+        else:  # multipart too (the service refuses url-encoded forms)
             kind = f"{search}/id"
-            kwargs = {"data": {**fields, "image_id": str(image_id)}}
+            kwargs = {"files": [(k, (None, v)) for k, v in {**fields, "image_id": str(image_id)}.items()]}
         out.append((kind, kwargs))
     return out
 

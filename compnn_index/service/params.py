@@ -21,20 +21,10 @@ from ..data.query_image import load_image
 from ..errors import QueryError
 from ..options import INITS, SEARCHES, SOURCES, QueryOptions
 
-#: Bounds on the HyperPatch-Match parameters a client may ask for: tighter than the library's
-#: (:data:`compnn_index.checks.MAX_ITERATIONS`, ...), since a public server caps the work one
-#: request can ask for.
-MAX_ITERATIONS = 64
-MAX_SAMPLES = 64
-MAX_JUMPS = 64
-MAX_SEED = 2**31 - 1
-#: ``(low, high)`` of each integer query field a client may send.
-QUERY_INT_FIELDS = {
-    "iterations": (1, MAX_ITERATIONS),
-    "samples": (1, MAX_SAMPLES),
-    "jumps": (0, MAX_JUMPS),
-    "seed": (0, MAX_SEED),
-}
+#: ``(low, high)`` of each integer query field a client may send: the library's own bounds
+#: (:data:`compnn_index.checks.QUERY_INT_BOUNDS`), identical on the command line and the API.
+#: The work one request can cause is further bounded by the admission queue and its deadline.
+QUERY_INT_FIELDS = {name: checks.QUERY_INT_BOUNDS[name] for name in ("iterations", "samples", "jumps", "seed")}
 #: Initialisations of HyperPatch-Match the service accepts by name (``coarse``: coarse to fine
 #: down the indexed layers).
 INIT_CHOICES = tuple(INITS)
@@ -164,6 +154,8 @@ def parse_sources(value: Any) -> tuple[str, ...]:
     if value is None:
         return DEFAULT_SOURCES
     items = parse_list(value, "sources")
+    if len(items) > 4 * len(SOURCES):
+        raise HTTPProblem(422, f"Expected at most {4 * len(SOURCES)} sources, got {len(items)}")
     if not items:
         raise HTTPProblem(422, f"sources is empty; expected any of {', '.join(SOURCES)}")
     for s in items:
