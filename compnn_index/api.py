@@ -281,8 +281,12 @@ class CompNN:
             ids, sims = self.shortlist(feats.global_descriptor, cands, k)
             timings["shortlist"] = time.perf_counter() - t
             t = time.perf_counter()
-            nnf = search_field(feats.hyperpatches, self.store.layer, ids, layer=layer, options=opts,
-                               init=field_init, pyramid=need)
+            try:
+                nnf = search_field(feats.hyperpatches, self.store.layer, ids, layer=layer,
+                                   options=opts, init=field_init, pyramid=need)
+            except QueryError:  # non-finite stored vectors make searches fail oddly: say so
+                self._check_vectors_finite(need, ids)
+                raise
             timings["search"] = time.perf_counter() - t
             self._check_finite(sims, nnf, layer)
             t = time.perf_counter()
@@ -302,6 +306,15 @@ class CompNN:
         man = self.store.manifest
         check_finite(sims, f"shortlist similarities (global descriptors, {man['global']['file']})")
         check_finite(nnf.similarity, f"layer {layer!r} similarities ({man['layers'][layer]['file']})")
+
+    def _check_vectors_finite(self, layers: Sequence[str], images: np.ndarray) -> None:
+        """IndexStoreError if the stored vectors of ``images`` at ``layers`` hold NaN or inf."""
+        for name in layers:
+            lv = self.store.layer(name)
+            file = self.store.manifest["layers"][name]["file"]
+            for i in np.asarray(images).tolist():
+                for _, block in lv.blocks(*lv.image_range(int(i))):
+                    check_finite(block, f"layer {name!r} vectors of image {i} in {file!r}")
 
     def query(self, image: ImageArg, **kwargs) -> QueryResult:
         """Same as :meth:`explain` (the name of the first releases)."""

@@ -24,6 +24,7 @@ import anyio.to_thread
 
 from ..api import CompNN
 from ..checks import MAX_THREADS, check_int, check_threads, cpu_count, thread_limit
+from .memory import release_memory
 
 T = TypeVar("T")
 #: Queries that may wait per worker, by default (beyond them: 503 with Retry-After).
@@ -45,40 +46,6 @@ class PoolBusy(Exception):
 
 class ClientGone(Exception):
     """The client disconnected while its query waited: the query was never computed."""
-
-
-def release_memory() -> None:
-    """Give freed heap memory back to the OS (glibc ``malloc_trim``; elsewhere nothing).
-
-    Called when the pool falls idle: after a flood of large uploads the freed buffers would
-    otherwise stay in the allocator's arenas and the process's anonymous memory stay high.
-    """
-    trim = _libc_function("malloc_trim")
-    if trim is not None:
-        trim(0)
-
-
-def tune_allocator(mmap_threshold: int = 4 << 20) -> None:
-    """Serve allocations of at least ``mmap_threshold`` bytes (request bodies, decoded uploads)
-    from their own mappings, returned to the OS when freed (glibc ``mallopt``; elsewhere
-    nothing). Fixing the threshold also stops glibc from raising it after each large free."""
-    mallopt = _libc_function("mallopt")
-    if mallopt is not None:
-        mallopt(-3, int(mmap_threshold))  # M_MMAP_THRESHOLD
-
-
-def _libc_function(name: str):
-    import ctypes
-    import ctypes.util
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return getattr(libc, name)
-    except (OSError, AttributeError):
-        return None
 
 
 class EnginePool:

@@ -14,6 +14,8 @@ from typing import Iterable
 
 import anyio
 
+from .memory import release_memory
+
 #: Headers added to every response (the viewer loads nothing from elsewhere).
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
@@ -28,6 +30,9 @@ SECURITY_HEADERS = {
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 _CONTENT_LENGTH = re.compile(rb"[0-9]{1,20}")
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_TRIM_BYTES = 1 << 20
+#: Largest request line plus headers accepted.
+MAX_HEADER_BYTES = 16 * 1024
 
 
 async def send_error(send, status: int, message: str, *, headers: Iterable[tuple[bytes, bytes]] = (),
@@ -63,14 +68,16 @@ class HostGuard:
 
     - ``Host`` must name one of ``allowed`` (loopback names are always allowed; ``"*"`` allows
       any): a DNS-rebinding page whose name resolves to 127.0.0.1 is refused (400).
+    - Request line and headers over ``max_header_bytes`` are refused (431).
     - Requests other than GET/HEAD/OPTIONS are refused (403) when the browser says they come
       from another site (``Sec-Fetch-Site`` other than ``same-origin``/``none``) or carry an
       ``Origin`` that is neither this server's own (the ``Host`` it was reached by) nor one of
       the explicitly allowed host names (a reverse proxy's public name).
     """
 
-    def __init__(self, app, allowed: Iterable[str] = ()) -> None:
+    def __init__(self, app, allowed: Iterable[str] = (), *, max_header_bytes: int = MAX_HEADER_BYTES) -> None:
         self.app = app
+        self.max_header_bytes = int(max_header_bytes)
         extra = {host_name(h) for h in allowed if h and h.strip()}
         self.any_host = "*" in extra
         self.explicit = frozenset(extra - {"*"})
@@ -103,7 +110,14 @@ class HostGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = dict(scope.get("headers") or [])
+        raw = scope.get("headers") or []
+        size = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"") + \
+            sum(len(k) + len(v) + 4 for k, v in raw)
+        if size > self.max_header_bytes:
+            await send_error(send, 431, f"Request headers too large: {size} bytes; the limit is "
+                                        f"{self.max_header_bytes}")
+            return
+        headers = dict(raw)
         host = headers.get(b"host")
         if host is not None and not self.host_allowed(host.decode("latin-1")):
             shown = host.decode("latin-1")[:80]
@@ -197,6 +211,8 @@ class BodyLimit:
             await self.app(scope, replay, send)
         finally:
             self.buffered -= reserved
+            if reserved >= _TRIM_BYTES and self.buffered == 0:
+                release_memory()  # the last large body of a burst is gone: trim the heap
 
     async def _read(self, scope, receive, send, reserved: int) -> bytes | None:
         """The whole body, or None once a refusal was sent (or the client left)."""

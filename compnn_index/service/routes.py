@@ -168,7 +168,16 @@ async def read_fields(request: Request, uploads: tuple[str, ...]) -> Fields:
     )
 
 
+#: Most values (commas, counted before parsing) a JSON body may hold: a restrict list of
+#: MAX_RESTRICT ids and the other fields. ``json.loads`` holds the GIL for its whole run (over a
+#: second for 2 million values here), so longer documents are refused unparsed.
+MAX_JSON_VALUES = checks.MAX_RESTRICT + 1000
+
+
 def _load_body(raw: bytes) -> Any:
+    if raw.count(b",") >= MAX_JSON_VALUES:
+        raise HTTPProblem(422, f"The JSON body holds more than {MAX_JSON_VALUES} values; expected "
+                               f"at most {checks.MAX_RESTRICT} restrict entries")
     with refused_as(422):
         return checks.load_json(raw, "The JSON body")
 

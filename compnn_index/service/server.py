@@ -27,7 +27,8 @@ from fastapi import FastAPI
 
 from ..api import SEARCHES, CompNN, native_available
 from ..checks import check_int, check_number
-from .engines import EnginePool, tune_allocator
+from .engines import EnginePool
+from .memory import tune_allocator
 from .middleware import BodyLimit, HostGuard, SecurityHeaders
 from .protocol import HEADER_TIMEOUT, GuardedH11Protocol
 from .results import ResultCache
