@@ -19,7 +19,6 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import checks
@@ -28,8 +27,8 @@ from ..errors import CompNNError, IndexStoreError
 from ..options import SEARCHES
 from .engines import ClientGone, EnginePool, PoolBusy
 from .params import (
-    INIT_CHOICES, Fields, HTTPProblem, ImageRef, decode_upload, parse_correspond, parse_query,
-    refused_as,
+    INIT_CHOICES, Fields, HTTPProblem, ImageRef, decode_upload, parse_correspond, parse_multipart,
+    parse_query, refused_as,
 )
 from .results import (
     CORRESPOND_PICTURES, QUERY_PICTURES, ResultCache, StoredResult, database_rgb, png_bytes,
@@ -119,7 +118,7 @@ def _short(value: str, n: int = 48) -> str:
     return repr(value if len(value) <= n else value[:n] + "…")
 
 
-#: JSON bodies at least this large are parsed in a worker thread, not on the event loop.
+#: Bodies at least this large are parsed in a worker thread, not on the event loop.
 _THREAD_PARSE_BYTES = 64 * 1024
 
 
@@ -145,22 +144,9 @@ async def read_fields(request: Request, uploads: tuple[str, ...]) -> Fields:
             raise HTTPProblem(422, f"Expected a JSON object, got {type(body).__name__}")
         return Fields(values=body)
     if ctype == "multipart/form-data":
-        form = await request.form(max_files=len(uploads), max_fields=32)
-        values: dict[str, Any] = {}
-        files: dict[str, bytes] = {}
-        for key, value in form.multi_items():
-            if isinstance(value, UploadFile):
-                if key not in uploads:
-                    raise HTTPProblem(422, f"Unexpected file field {key!r}; expected uploads named "
-                                           f"{', '.join(map(repr, uploads))}")
-                if key in files:
-                    raise HTTPProblem(422, f"More than one file in field {key!r}")
-                files[key] = await value.read()
-            else:
-                values.setdefault(key, []).append(value)
-        await form.close()
-        return Fields(values={k: v[0] if len(v) == 1 else v for k, v in values.items()},
-                      uploads=files, form=True)
+        raw = await request.body()
+        parse = partial(parse_multipart, raw, request.headers["content-type"], uploads=uploads)
+        return await anyio.to_thread.run_sync(parse) if len(raw) >= _THREAD_PARSE_BYTES else parse()
     raise HTTPProblem(
         415, f"Expected Content-Type multipart/form-data or application/json, got {ctype or 'none'!r}"
              + (" (url-encoded forms are refused: any web page can send them cross-site)"
