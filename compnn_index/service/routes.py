@@ -6,6 +6,7 @@ registers one group of routes on it.
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import OrderedDict
@@ -112,6 +113,16 @@ class ServiceState:
 # ---------------------------------------------------------------------------- helpers
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
+
+
+def _json(doc: dict) -> Response:
+    """``doc`` as a JSON answer (strict JSON: a NaN that slipped past the checks is refused)."""
+    try:
+        body = json.dumps(doc, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    except ValueError:
+        raise IndexStoreError("the result holds NaN or infinite values; the index store is "
+                              "corrupt (run compnn verify STORE)") from None
+    return Response(body.encode("utf-8"), media_type="application/json")
 
 
 def _short(value: str, n: int = 48) -> str:
@@ -279,10 +290,14 @@ def add_query_routes(app: FastAPI, state: ServiceState) -> None:
         result, waited = await pool.run(lambda engine: engine.query(state.image(p.image), **p.api_kwargs()),
                                         disconnected=_disconnected(request))
         stored = cache.put(StoredResult("query", result))
-        doc = result.to_json()
-        doc["timings"].update(queued=round(waited, 6), server=round(time.perf_counter() - t0, 6))
-        return {"query_id": stored.id, "image": p.image.describe(), "image_size": list(state.image_size),
-                **doc, "links": stored.links()}
+
+        def answer() -> Response:
+            doc = result.to_json()
+            doc["timings"].update(queued=round(waited, 6), server=round(time.perf_counter() - t0, 6))
+            return _json({"query_id": stored.id, "image": p.image.describe(),
+                          "image_size": list(state.image_size), **doc, "links": stored.links()})
+
+        return await anyio.to_thread.run_sync(answer)  # a large field: serialised off the loop
 
     @app.post("/v1/correspond", openapi_extra=_CORRESPOND_BODY)
     async def correspond(request: Request) -> dict:
@@ -295,11 +310,15 @@ def add_query_routes(app: FastAPI, state: ServiceState) -> None:
             state.image(p.image_a), state.image(p.image_b), layer=p.layer),
             disconnected=_disconnected(request))
         stored = cache.put(StoredResult("correspond", res))
-        timings = {k: round(float(v), 6) for k, v in res.timings.items()}
-        timings.update(queued=round(waited, 6), server=round(time.perf_counter() - t0, 6))
-        return {"query_id": stored.id, "layer": res.layer, "spec": res.spec.to_dict(),
-                "image_a": p.image_a.describe(), "image_b": p.image_b.describe(),
-                "nn_field": res.field.to_dict(), "timings": timings, "links": stored.links()}
+
+        def answer() -> Response:
+            timings = {k: round(float(v), 6) for k, v in res.timings.items()}
+            timings.update(queued=round(waited, 6), server=round(time.perf_counter() - t0, 6))
+            return _json({"query_id": stored.id, "layer": res.layer, "spec": res.spec.to_dict(),
+                          "image_a": p.image_a.describe(), "image_b": p.image_b.describe(),
+                          "nn_field": res.field.to_dict(), "timings": timings, "links": stored.links()})
+
+        return await anyio.to_thread.run_sync(answer)
 
 
 def add_picture_routes(app: FastAPI, state: ServiceState) -> None:
