@@ -160,9 +160,11 @@ class BodyLimit:
         self.drain_seconds = float(drain_seconds)
         self.buffered = 0  # bytes held by bodies in progress (event-loop thread only)
 
-    async def _refuse(self, send, receive, status: int, message: str, headers=()) -> None:
+    async def _refuse(self, send, receive, status: int, message: str, headers=(), *,
+                      drain: bool = True) -> None:
         await send_error(send, status, message, headers=headers, more_body=True)
-        with anyio.move_on_after(self.drain_seconds):
+        # (a client waiting for "100 Continue" has sent nothing: reading would invite the body)
+        with anyio.move_on_after(self.drain_seconds if drain else 0):
             seen = 0
             while seen <= 16 * self.max_bytes:
                 msg = await receive()
@@ -185,12 +187,15 @@ class BodyLimit:
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length")
         declared_n = int(declared) if declared is not None and _CONTENT_LENGTH.fullmatch(declared) else None
+        drain = headers.get(b"expect", b"").lower() != b"100-continue"
         if declared_n is not None and declared_n > self.max_bytes:
-            await self._refuse(send, receive, 413, self._too_large(f"Content-Length {declared_n}"))
+            await self._refuse(send, receive, 413, self._too_large(f"Content-Length {declared_n}"),
+                               drain=drain)
             return
         reserved = declared_n or 0
         if self.buffered + reserved > self.max_buffered:
-            await self._refuse(send, receive, 503, self._busy(), headers=[(b"retry-after", b"1")])
+            await self._refuse(send, receive, 503, self._busy(), headers=[(b"retry-after", b"1")],
+                               drain=drain)
             return
         self.buffered += reserved
         try:
