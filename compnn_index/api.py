@@ -23,6 +23,7 @@ from .data.query_image import ImageLike, load_image
 from .errors import IndexStoreError, QueryError
 from .features import FeatureExtractor, LayerSpec
 from .index import IndexStore, LayerVectors
+from .index.integrity import check_finite
 from .options import DEFAULT_TOP_K, INITS, SEARCHES, SOURCES, QueryOptions
 from .results import Correspondence, GlobalNN, QueryFeatures, QueryResult
 from .search import NNField, exact_search, native_available, native_error, search_field
@@ -57,7 +58,7 @@ class CompNN:
     # ------------------------------------------------------------------ loading
     @classmethod
     def load(cls, index_dir: Union[str, Path], model: torch.nn.Module | None = None, *,
-             mmap: bool = True, threads: int | None = None) -> "CompNN":
+             mmap: bool = True, threads: int | None = None, verify: bool = False) -> "CompNN":
         """Open an index store and its model.
 
         Parameters
@@ -67,8 +68,10 @@ class CompNN:
             names is loaded. Either way it is checked against the manifest's model hash.
         mmap : memory-map the layer indexes instead of reading them into RAM.
         threads : threads for torch, FAISS and the native kernel (default: all cores).
+        verify : check every file of the store against its manifest checksums (reads it all);
+            small files are always checked.
         """
-        store = IndexStore.open(index_dir, mmap=mmap)
+        store = IndexStore.open(index_dir, mmap=mmap, verify=verify)
         if model is None:
             from .models import load_checkpoint
 
@@ -131,7 +134,7 @@ class CompNN:
         if is_int(image):
             idx = self.check_ids([image], what=name)[0]
             return np.array(self.array("inputs")[idx], dtype=np.float32)
-        arr = load_image(image, name=name)
+        arr = load_image(image, name=name, size=self.store.image_size)
         self.check_size(arr, name)
         return arr
 
@@ -280,9 +283,14 @@ class CompNN:
             timings["shortlist"] = time.perf_counter() - t
             t = time.perf_counter()
             info: dict = {}
-            nnf = search_field(feats.hyperpatches, self.store.layer, ids, layer=layer, options=opts,
-                               init=field_init, pyramid=need, norms=feats.hyperpatch_norms, info=info)
+            try:
+                nnf = search_field(feats.hyperpatches, self.store.layer, ids, layer=layer, options=opts,
+                                   init=field_init, pyramid=need, norms=feats.hyperpatch_norms, info=info)
+            except QueryError:  # non-finite stored vectors make searches fail oddly: say so
+                self._check_vectors_finite(need, ids)
+                raise
             timings["search"] = time.perf_counter() - t
+            self._check_finite(sims, nnf, layer)
             t = time.perf_counter()
             spec = self.store.spec(layer)
             recon = {s: self.compose(nnf, spec, s, feats.image.shape[1:]) for s in sources}
@@ -296,6 +304,21 @@ class CompNN:
         return QueryResult(layer=layer, spec=spec, field=nnf, shortlist=ids, shortlist_similarity=sims,
                            query_input=feats.image, output=feats.output, reconstructions=recon,
                            timings=timings, search=opts.search, params=params)
+
+    def _check_finite(self, sims: np.ndarray, nnf: NNField, layer: str) -> None:
+        """A NaN or infinite similarity means corrupt vectors: refuse, naming the file."""
+        man = self.store.manifest
+        check_finite(sims, f"shortlist similarities (global descriptors, {man['global']['file']})")
+        check_finite(nnf.similarity, f"layer {layer!r} similarities ({man['layers'][layer]['file']})")
+
+    def _check_vectors_finite(self, layers: Sequence[str], images: np.ndarray) -> None:
+        """IndexStoreError if the stored vectors of ``images`` at ``layers`` hold NaN or inf."""
+        for name in layers:
+            lv = self.store.layer(name)
+            file = self.store.manifest["layers"][name]["file"]
+            for i in np.asarray(images).tolist():
+                for _, block in lv.blocks(*lv.image_range(int(i))):
+                    check_finite(block, f"layer {name!r} vectors of image {i} in {file!r}")
 
     def query(self, image: ImageArg, **kwargs) -> QueryResult:
         """Same as :meth:`explain` (the name of the first releases)."""

@@ -37,8 +37,23 @@ MAX_THREADS = max(8, 4 * cpu_count())
 MAX_ITERATIONS = 256
 MAX_SAMPLES = 256
 MAX_JUMPS = 256
+#: Largest HyperPatch-Match seed (the kernel's counter-based generator takes 63 bits).
+MAX_SEED = 2**63 - 1
 #: Longest ``restrict`` list accepted (ids or names).
 MAX_RESTRICT = 100_000
+#: Deepest nesting of arrays and objects accepted in a JSON document (a request body, a
+#: ``--restrict`` file, a manifest). Deeper documents are refused before they can recurse.
+MAX_JSON_DEPTH = 32
+#: ``(low, high)`` of the integer query options, the same on every surface (the API's
+#: :class:`~compnn_index.options.QueryOptions`, the command line's flags, the HTTP fields).
+#: ``top_k``'s upper bound is the database's image count (``QueryOptions.resolve_top_k``).
+QUERY_INT_BOUNDS: dict[str, tuple[int, int | None]] = {
+    "iterations": (0, MAX_ITERATIONS),
+    "samples": (0, MAX_SAMPLES),
+    "jumps": (0, MAX_JUMPS),
+    "seed": (0, MAX_SEED),
+    "seed_images": (1, None),
+}
 
 _INT_TEXT = re.compile(r"[+-]?[0-9]+")
 
@@ -183,6 +198,10 @@ def parse_restrict(value: Any, name: str = "restrict") -> Any:
     """
     if value is None:
         return None
+    # Count before splitting: an 8 MiB "1,1,1,..." is refused without building 4 million items.
+    if (isinstance(value, str) and value.count(",") >= MAX_RESTRICT) or \
+            (isinstance(value, (list, tuple)) and len(value) > MAX_RESTRICT):
+        raise QueryError(f"Expected at most {MAX_RESTRICT} {name} entries, got more")
     if isinstance(value, dict):
         if not value or not all(isinstance(k, str) and isinstance(v, (str, int)) and not isinstance(v, bool)
                                 for k, v in value.items()):
@@ -221,3 +240,39 @@ def parse_restrict(value: Any, name: str = "restrict") -> Any:
         else:
             raise QueryError(f"{name}: expected image ids or names, got {_quote(v)}")
     return out
+
+
+# ------------------------------------------------------------------------------------ JSON
+
+
+def check_json_depth(value: Any, what: str = "JSON", *, limit: int = MAX_JSON_DEPTH,
+                     error: type[CompNNError] = QueryError) -> Any:
+    """``value`` if its arrays and objects nest at most ``limit`` deep; else ``error``.
+
+    Iterative (a deep document cannot exhaust the stack here), linear in the containers' sizes.
+    """
+    stack = [(value, 1)] if isinstance(value, (list, dict)) else []
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            raise error(f"{what} is nested more than {limit} levels deep")
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (list, dict)))
+    return value
+
+
+def load_json(text: str | bytes, what: str = "JSON", *, limit: int = MAX_JSON_DEPTH,
+              error: type[CompNNError] = QueryError) -> Any:
+    """``json.loads`` that refuses documents nested deeper than ``limit`` with ``error``.
+
+    Invalid JSON raises ``json.JSONDecodeError`` / ``UnicodeDecodeError`` as usual (callers word
+    that message themselves); nesting deep enough to exhaust the parser's recursion is ``error``,
+    never a ``RecursionError``.
+    """
+    import json
+
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise error(f"{what} is nested more than {limit} levels deep") from None
+    return check_json_depth(value, what, limit=limit, error=error)

@@ -1,4 +1,4 @@
-"""``compnn`` command line: train | build | compress | upgrade | query | evaluate | compare | serve | demo.
+"""``compnn`` command line: train | build | compress | upgrade | verify | query | evaluate | compare | serve | demo.
 
 Argument parsing only; the work is done by the api / index / evaluate / compare / demo modules.
 Integers, thread counts and ``--restrict`` go through :mod:`compnn_index.checks` (the parsers
@@ -39,6 +39,12 @@ def _int(name: str, *, low: int | None = None, high: int | None = None) -> Calla
             raise argparse.ArgumentTypeError(str(exc)) from None
 
     return parse
+
+
+def _query_int(flag: str) -> Callable[[str], int]:
+    """A query option's flag, bounded like the API and the service (``checks.QUERY_INT_BOUNDS``)."""
+    low, high = checks.QUERY_INT_BOUNDS[flag.lstrip("-")]
+    return _int(flag, low=low, high=high)
 
 
 def _int_list(text: str) -> list[int]:
@@ -129,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layer", default=None)
     p.add_argument("--search", choices=SEARCHES, default=DEFAULTS.search)
     p.add_argument("--top-k", type=_int_list, default=[1, 16, 64])
-    p.add_argument("--iterations", type=_int("--iterations"), default=DEFAULTS.iterations)
+    p.add_argument("--iterations", type=_query_int("--iterations"), default=DEFAULTS.iterations)
     p.add_argument("--init", choices=INITS, default=DEFAULTS.init, help="patchmatch init")
     _threads(p)
     p.add_argument("--out", required=True)
@@ -143,8 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iterations", type=_int_list, default=_doubling(DEFAULTS.iterations),
                    help=f"comma-separated (default: {','.join(map(str, _doubling(DEFAULTS.iterations)))})")
     p.add_argument("--init", type=_str_list, default=[DEFAULTS.init], help=", ".join(INITS))
-    p.add_argument("--samples", type=_int("--samples"), default=DEFAULTS.samples)
-    p.add_argument("--jumps", type=_int("--jumps"), default=DEFAULTS.jumps)
+    p.add_argument("--samples", type=_query_int("--samples"), default=DEFAULTS.samples)
+    p.add_argument("--jumps", type=_query_int("--jumps"), default=DEFAULTS.jumps)
     p.add_argument("--baselines", type=_str_list, default=["hnsw", "ivf"])
     p.add_argument("--stores", type=_str_list, default=[],
                    help="more stores of the same model (other codecs), compared with INDEX's fp32 exact field")
@@ -155,10 +161,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="HTTP query API and correspondence viewer")
     p.add_argument("index")
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default loopback; see docs/security.md before changing it)")
     p.add_argument("--port", type=_int("--port", low=0, high=65535), default=8000)
-    p.add_argument("--workers", type=_int("--workers", low=1), default=2, help="query worker threads")
+    p.add_argument("--workers", type=_int("--workers", low=1, high=checks.MAX_THREADS), default=2,
+                   help="query worker threads")
     _threads(p)
+    _serve_guard_args(p)
+    _verify_arg(p)
+
+    p = sub.add_parser("verify", help="check every file of an index store against its checksums")
+    p.add_argument("index")
 
     p = sub.add_parser("demo", help="the built-in end-to-end demo on synthetic facades")
     p.add_argument("--out", default="indexes/demo")
@@ -170,6 +183,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _verify_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--verify", action="store_true",
+                   help="check every store file against its manifest checksum on open (reads it all)")
+
+
+def _serve_guard_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="also accept requests whose Host header names NAME (repeatable; "
+                        "loopback names are always accepted; '*' accepts any)")
+    p.add_argument("--max-queue", type=_int("--max-queue", low=0, high=10_000), default=None,
+                   help="queries waiting for a worker before new ones are refused with 503")
+
+
 def _query_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layer", default=None)
     p.add_argument("--search", choices=SEARCHES, default=DEFAULTS.search)
@@ -178,12 +204,13 @@ def _query_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--restrict", default=None,
                    help="ids or names (comma-separated), KEY=VALUE on image meta, or a file of ids")
     p.add_argument("--sources", type=_str_list, default=["target", "input"])
-    p.add_argument("--iterations", type=_int("--iterations"), default=DEFAULTS.iterations)
-    p.add_argument("--samples", type=_int("--samples"), default=DEFAULTS.samples)
-    p.add_argument("--jumps", type=_int("--jumps"), default=DEFAULTS.jumps)
+    p.add_argument("--iterations", type=_query_int("--iterations"), default=DEFAULTS.iterations)
+    p.add_argument("--samples", type=_query_int("--samples"), default=DEFAULTS.samples)
+    p.add_argument("--jumps", type=_query_int("--jumps"), default=DEFAULTS.jumps)
     p.add_argument("--init", choices=INITS, default=DEFAULTS.init, help="patchmatch init")
-    p.add_argument("--seed", type=_int("--seed"), default=DEFAULTS.seed)
+    p.add_argument("--seed", type=_query_int("--seed"), default=DEFAULTS.seed)
     _threads(p)
+    _verify_arg(p)
 
 
 def parse_restrict(text: str | None):
@@ -208,7 +235,8 @@ def _read_restrict_file(path: Path):
         raise QueryError(f"--restrict: no such file {str(path)!r}")
     try:
         raw = path.read_text(encoding="utf-8")
-        items = json.loads(raw) if path.suffix == ".json" else raw.replace(",", " ").split()
+        items = checks.load_json(raw, f"--restrict file {str(path)!r}") if path.suffix == ".json" \
+            else raw.replace(",", " ").split()
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise QueryError(f"--restrict: cannot read {str(path)!r}: {exc}") from None
     if isinstance(items, (int, str)) and not isinstance(items, bool):
@@ -255,7 +283,8 @@ def _cmd_query(a: argparse.Namespace) -> None:
     options = QueryOptions(search=a.search, top_k=a.top_k, iterations=a.iterations,
                            samples=a.samples, jumps=a.jumps, init=a.init, seed=a.seed)
     query(index=a.index, images=a.images, layer=a.layer, options=options,
-          restrict=parse_restrict(a.restrict), sources=a.sources, threads=a.threads, out=a.out)
+          restrict=parse_restrict(a.restrict), sources=a.sources, threads=a.threads, out=a.out,
+          verify=a.verify)
 
 
 def _cmd_evaluate(a: argparse.Namespace) -> None:
@@ -279,7 +308,15 @@ def _cmd_compare(a: argparse.Namespace) -> None:
 def _cmd_serve(a: argparse.Namespace) -> None:
     from .service.server import serve
 
-    serve(a.index, host=a.host, port=a.port, workers=a.workers, threads=a.threads)
+    serve(a.index, host=a.host, port=a.port, workers=a.workers, threads=a.threads,
+          allow_hosts=a.allow_host, max_queue=a.max_queue, verify=a.verify)
+
+
+def _cmd_verify(a: argparse.Namespace) -> None:
+    from .index.integrity import verify_store
+
+    for line in verify_store(a.index):
+        print(line)
 
 
 def _cmd_demo(a: argparse.Namespace) -> None:
@@ -291,7 +328,7 @@ def _cmd_demo(a: argparse.Namespace) -> None:
 
 COMMANDS = {
     "train": _cmd_train, "build": _cmd_build, "compress": _cmd_compress, "upgrade": _cmd_upgrade,
-    "query": _cmd_query, "evaluate": _cmd_evaluate,
+    "verify": _cmd_verify, "query": _cmd_query, "evaluate": _cmd_evaluate,
     "compare": _cmd_compare, "serve": _cmd_serve, "demo": _cmd_demo,
 }
 
@@ -301,6 +338,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         COMMANDS[args.command](args)
     except CompNNError as exc:
+        print(f"compnn {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a file or folder the user named cannot be read or written
         print(f"compnn {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

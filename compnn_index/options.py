@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from .errors import QueryError
-from .checks import MAX_ITERATIONS, MAX_JUMPS, MAX_SAMPLES, check_choice, check_int, check_number
+from .checks import QUERY_INT_BOUNDS, check_choice, check_int, check_number
 
 SEARCHES = ("exact", "patchmatch")
 #: How exact search runs: the fused pixel-level kernel where it can, or always FAISS / fused.
@@ -64,12 +64,9 @@ class QueryOptions:
         check_choice(self.search, "search", SEARCHES)
         if self.top_k is not None:
             check_int(self.top_k, "top_k")  # bounds depend on the database: resolve_top_k
-        check_int(self.iterations, "iterations", low=0, high=MAX_ITERATIONS)
-        check_int(self.samples, "samples", low=0, high=MAX_SAMPLES)
-        check_int(self.jumps, "jumps", low=0, high=MAX_JUMPS)
-        check_int(self.seed, "seed", low=0, high=2**63 - 1)
+        for name, (low, high) in QUERY_INT_BOUNDS.items():
+            check_int(getattr(self, name), name, low=low, high=high)
         check_choice(self.init, "init", INITS)
-        check_int(self.seed_images, "seed_images", low=1)
         check_number(self.coarse_exact_gflop, "coarse_exact_gflop", low=0)
         check_choice(self.exact_method, "exact_method", EXACT_METHODS)
 

@@ -116,7 +116,6 @@ def test_query_segment_files_and_patchmatch(capsys, segment_index, segment_cnn, 
     (["--restrict=--1"], "no database image named '--1'"),
     (["--restrict", "-1"], "image id -1 does not exist"),
     (["--restrict", "material="], "Expected --restrict as KEY=VALUE"),
-    (["--iterations", "300"], "Expected 0 <= iterations <= 256, but iterations = 300"),
 ])
 def test_query_user_errors_exit_2_with_one_line(capsys, translate_index, tmp_path, monkeypatch, args, match):
     monkeypatch.chdir(tmp_path)
@@ -176,6 +175,10 @@ def test_init_is_a_choice(capsys, translate_index, tmp_path):
     (["--seed", "1.5"], "Expected --seed to be an integer, but --seed = '1.5'"),
     (["--threads", "100000"], f"Expected 1 <= --threads <= {MAX_THREADS}, but --threads = 100000"),
     (["--threads", "0"], f"Expected 1 <= --threads <= {MAX_THREADS}, but --threads = 0"),
+    # the bounds of the API and the service (checks.QUERY_INT_BOUNDS), refused at parse time
+    (["--iterations", "1000000000"], "Expected 0 <= --iterations <= 256, but --iterations = 1000000000"),
+    (["--samples", "257"], "Expected 0 <= --samples <= 256, but --samples = 257"),
+    (["--jumps", "-1"], "Expected 0 <= --jumps <= 256, but --jumps = -1"),
 ])
 def test_integer_junk_exits_2_with_one_line(capsys, translate_index, tmp_path, args, match):
     assert_argument_error(capsys, ["query", translate_index.index, "1", *args, "--out", tmp_path / "q"],

@@ -48,7 +48,7 @@ def header_size(path: Path) -> tuple[int, int]:
     try:
         with Image.open(path) as img:
             return img.size
-    except (OSError, SyntaxError, ValueError) as exc:
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise DataError(f"{path}: cannot read image header ({exc})") from exc
 
 
@@ -73,7 +73,7 @@ def open_image(path: Path, *, modes: frozenset[str]) -> Image.Image:
             return img.copy()
     except DataError:
         raise
-    except (OSError, SyntaxError, ValueError) as exc:
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise DataError(f"{path}: unreadable or truncated image ({exc})") from exc
 
 

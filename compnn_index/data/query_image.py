@@ -16,20 +16,37 @@ from ..errors import QueryError
 ImageLike = Union[np.ndarray, Image.Image, str, Path]
 
 
+#: PIL modes read as colour (alpha dropped, palette and grey expanded to RGB).
+_MODES = ("RGB", "RGBA", "RGBX", "RGBa", "L", "LA", "La", "P", "PA", "1")
+#: 16-bit grey modes: reduced to 8 bits (the high byte), as Pillow itself reads 16-bit RGB/RGBA.
+_MODES_16 = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
 def _from_pil(img: Image.Image, what: str) -> np.ndarray:
-    if img.mode not in ("RGB", "RGBA", "L", "P"):
-        raise QueryError(f"{what}: expected an RGB image, got PIL mode {img.mode!r}")
+    if img.mode in _MODES_16:
+        grey = np.asarray(img)
+        if grey.size and (grey.min() < 0 or grey.max() > 65535):
+            raise QueryError(f"{what}: expected 8- or 16-bit pixel values, got PIL mode {img.mode!r} "
+                             f"with values in [{grey.min()}, {grey.max()}]")
+        img = Image.fromarray((grey.astype(np.uint32) >> 8).astype(np.uint8), mode="L")
+    elif img.mode not in _MODES:
+        raise QueryError(f"{what}: expected an RGB or grey image (8 or 16 bits), got PIL mode "
+                         f"{img.mode!r}")
     arr = np.asarray(img.convert("RGB"), dtype=np.float32)
     return np.ascontiguousarray(arr.transpose(2, 0, 1) / 127.5 - 1.0, dtype=np.float32)
 
 
-def load_image(image: ImageLike, *, name: str = "image") -> np.ndarray:
+def load_image(image: ImageLike, *, name: str = "image", size: tuple[int, int] | None = None) -> np.ndarray:
     """Return ``image`` as float32 (3, H, W) in [-1, 1].
+
+    ``size``: the expected ``(H, W)`` of an image file, checked from its header before any pixel
+    is decoded (a file declaring a huge size is refused, not decompressed).
 
     Raises
     ------
     QueryError
-        If the file cannot be read or the array has the wrong shape, dtype or channel count.
+        If the file cannot be read, declares another size, or the array has the wrong shape,
+        dtype or channel count.
     """
     if isinstance(image, (str, Path)):
         path = Path(image)
@@ -39,9 +56,14 @@ def load_image(image: ImageLike, *, name: str = "image") -> np.ndarray:
             raise QueryError(f"{name}: no such image file: {str(path)!r}")
         try:
             with Image.open(path) as img:
+                if size is not None and (img.height, img.width) != tuple(size):
+                    raise QueryError(f"{path}: expected a {size[0]}×{size[1]} image (height×width, "
+                                     f"the index's image size), got {img.height}×{img.width}")
                 img.load()
                 return _from_pil(img, str(path))
-        except (UnidentifiedImageError, OSError) as exc:
+        except Image.DecompressionBombError as exc:
+            raise QueryError(f"{path}: refused to decode ({exc})") from None
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
             raise QueryError(f"{path}: cannot read as an image ({exc})") from None
     if isinstance(image, Image.Image):
         return _from_pil(image, name)

@@ -10,7 +10,9 @@ fit on the disk is refused.
 Atomicity: everything is written into a hidden temporary folder beside ``out``
 (``.<name>.building-XXXX``), the manifest last; only after a complete build is the folder renamed
 to ``out`` (``os.replace``). Any exception, ``KeyboardInterrupt`` included, removes the temporary
-folder and leaves ``out`` as it was.
+folder and leaves ``out`` as it was; a build killed outright leaves its folder with a lock file
+naming its PID, and the next build beside it removes it (:mod:`.integrity`). The manifest records
+every file's SHA-256 (``"checksums"``), computed in one pass before the rename.
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ from ..errors import IndexStoreError, ModelError
 from ..features import FeatureExtractor, LayerSpec, default_layer_specs
 from ..models import model_hash
 from .codecs import SQ_TRAIN_ROWS, check_codec, file_bytes, layer_writer, n_trained, train_codec
+from . import integrity
 from .flatfile import HEADER_BYTES, FlatIPWriter
 from .manifest import ARRAY_DIR, FORMAT_VERSION, GLOBAL_FILE, LAYER_DIR, library_versions, write_manifest
 from .memory import StoreSize, check_disk, check_memory
@@ -238,10 +241,12 @@ def build_index(
         check_memory(_batch_bytes(shapes, gdim, per_image_arrays, int(batch_size)),
                      what=f"one batch of {batch_size} images")
 
+        integrity.clean_stale_builds(out.parent, out.name)  # left by builds that were killed
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
         os.chmod(tmp, 0o777 & ~_current_umask())  # mkdtemp makes it private (0700)
         try:
             trained = _train_codec_sample(dataset, extractor, shapes, codec, int(batch_size))
+            integrity.claim_build_dir(tmp)  # a lock naming this process, for clean_stale_builds
             manifest = _write_store(
                 tmp, dataset, extractor, shapes, gdim, arrays,
                 batch_size=int(batch_size), progress=progress, codec=codec, trained=trained,
@@ -266,11 +271,13 @@ def build_index(
                 versions=library_versions(),
             )
             manifest.setdefault("shards", None)
-            manifest.setdefault("checksums", None)
+            # one sequential pass over the finished files, before the atomic rename
+            manifest["checksums"] = integrity.compute_checksums(tmp)
             order = ["format_version", "created", "build_seconds", "model", "dataset", "task",
                      "num_classes", "ignore_index", "palette", "image_size", "images", "layers",
                      "global", "arrays", "shards", "checksums", "versions"]
             write_manifest(tmp, {k: manifest[k] for k in order})
+            integrity.release_build_dir(tmp)
             _move_into_place(tmp, out)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

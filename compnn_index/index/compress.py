@@ -30,6 +30,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import IndexStoreError
+from . import integrity
 from .codecs import SQ_TRAIN_ROWS, check_codec, file_bytes, layer_writer, n_trained, train_codec
 from .manifest import FORMAT_VERSION, MANIFEST_NAME, write_manifest
 from .memory import StoreSize, check_disk
@@ -150,8 +151,8 @@ def compress_store(src: str | os.PathLike, out: str | os.PathLike, *, codec: str
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "seconds": round(time.perf_counter() - started, 3),
         }
-        man["checksums"] = None  # any recorded checksums were of the source's files
         (tmp / _OWNER).unlink()
+        man["checksums"] = integrity.compute_checksums(tmp)  # of the new files, not the source's
         write_manifest(tmp, man)
         _move_into_place(tmp, out)
     except BaseException:

@@ -42,7 +42,9 @@ import platform
 from pathlib import Path
 from typing import Any
 
+from ..checks import load_json
 from ..errors import IndexStoreError
+from .integrity import check_manifest_shape
 
 #: Version of the on-disk layout this code writes.
 FORMAT_VERSION = 2
@@ -101,8 +103,8 @@ def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
         raise IndexStoreError(
             f"{os.fspath(path)!r} is missing: {os.fspath(directory)!r} is not a (complete) index store"
         )
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+    try:  # nesting deeper than MAX_JSON_DEPTH is refused (IndexStoreError), never a RecursionError
+        manifest = load_json(path.read_text(encoding="utf-8"), f"{os.fspath(path)!r}", error=IndexStoreError)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise IndexStoreError(f"{os.fspath(path)!r} is not a readable JSON manifest: {exc}") from None
     if not isinstance(manifest, dict):
@@ -121,7 +123,9 @@ def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
         raise IndexStoreError(f"{os.fspath(path)!r} lacks required keys {missing}")
     if not isinstance(manifest["layers"], dict) or not manifest["layers"]:
         raise IndexStoreError(f"{os.fspath(path)!r} lists no layers")
-    return upgrade_manifest(manifest)
+    manifest = upgrade_manifest(manifest)
+    check_manifest_shape(manifest, repr(os.fspath(path)))
+    return manifest
 
 
 def upgrade_manifest(manifest: dict[str, Any]) -> dict[str, Any]:

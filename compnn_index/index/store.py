@@ -30,6 +30,7 @@ import torch
 from ..errors import IndexStoreError, QueryError
 from ..features import LayerSpec
 from .codecs import CODECS, CodecDecoder, code_size, codes_offset, codes_view, file_bytes, sniff_codec, trained_of
+from . import integrity
 from .layer import LayerVectors
 from .readahead import LayerSource
 from .manifest import read_manifest
@@ -169,7 +170,7 @@ class IndexStore:
 
     # ------------------------------------------------------------------ opening
     @classmethod
-    def open(cls, path: str | os.PathLike, *, mmap: bool = True) -> "IndexStore":
+    def open(cls, path: str | os.PathLike, *, mmap: bool = True, verify: bool = False) -> "IndexStore":
         """Open the index store in ``path``.
 
         Parameters
@@ -178,17 +179,22 @@ class IndexStore:
             Folder written by :func:`build_index`.
         mmap : bool, default True
             Memory-map the FAISS files (read-only) instead of reading them into RAM.
+        verify : bool, default False
+            Verify every file against the manifest's checksums (reads the whole store). Files
+            of at most ``integrity.VERIFY_ON_OPEN_BYTES`` are verified on every open.
 
         Raises
         ------
         IndexStoreError
-            Missing folder, manifest or file, corrupt manifest, other format version, or a file
-            whose size does not match the manifest (the message names it).
+            Missing folder, manifest or file, corrupt manifest, other format version, a file
+            whose size, header or checksum does not match the manifest (the message names it).
         """
         path = Path(path)
         manifest = read_manifest(path)
         store = cls(path, manifest, mmap=bool(mmap))
         store._check_files()
+        integrity.verify_checksums(path, manifest.get("checksums"),
+                                   max_bytes=None if verify else integrity.VERIFY_ON_OPEN_BYTES)
         return store
 
     def _check_files(self) -> None:
@@ -217,6 +223,7 @@ class IndexStore:
         for name, entry in self.manifest["arrays"].items():
             if not (self.path / entry["file"]).is_file():
                 raise IndexStoreError(f"array {name!r}: file {os.fspath(self.path / entry['file'])!r} is missing")
+            integrity.check_npy_file(self.path / entry["file"], entry["dtype"], entry["shape"])
 
     def _check_flat_file(self, rel: str, ntotal: int, dim: int, codec: str = "fp32") -> None:
         file = self.path / rel
@@ -259,8 +266,11 @@ class IndexStore:
                     f"index file {file!r}: expected an IndexFlatIP of {ntotal} × {dim}, but found "
                     f"{type(index).__name__} of {index.ntotal} × {index.d}"
                 )
+            view = _readonly_view(index)
+            if key == "\0global":  # small (one vector per image): a NaN-poisoned file is refused
+                integrity.check_finite(view, f"global descriptors in {file!r}")
             self._indexes[key] = index
-            self._views[key] = _readonly_view(index)
+            self._views[key] = view
             return index
 
     def _load_codec(self, key: str, rel: str, ntotal: int, dim: int, codec: str) -> faiss.Index:

@@ -94,12 +94,12 @@ def _unique_name(name: str, used: set[str]) -> str:
 def query(
     *, index: str | Path, images: Sequence[str], out: str | Path, layer: str | None = None,
     options: QueryOptions | None = None, restrict=None, sources: Sequence[str] = ("target", "input"),
-    threads: int | None = None, progress: bool = True,
+    threads: int | None = None, progress: bool = True, verify: bool = False,
 ) -> list[dict]:
     """Answer each query image (file or database id) and write its pictures and JSON."""
     from ..api import CompNN
 
-    cnn = CompNN.load(index, threads=threads)
+    cnn = CompNN.load(index, threads=threads, verify=verify)
     options = options or QueryOptions()
     out = Path(out)
     docs = []

@@ -99,12 +99,19 @@ def load_checkpoint(path: str | os.PathLike) -> TapModel:
             f"checkpoint file {os.fspath(path)!r} is not a compnn checkpoint: expected keys "
             f"{list(_REQUIRED_KEYS)}, found {found}"
         )
+    if not isinstance(ckpt["arch"], str) or not isinstance(ckpt["config"], dict) or \
+            not all(isinstance(k, str) for k in ckpt["config"]) or not isinstance(ckpt["state_dict"], dict):
+        raise ModelError(
+            f"checkpoint file {os.fspath(path)!r} is not a compnn checkpoint: expected a string "
+            f"'arch', a dict 'config' and a dict 'state_dict', found {type(ckpt['arch']).__name__}, "
+            f"{type(ckpt['config']).__name__} and {type(ckpt['state_dict']).__name__}"
+        )
     config = dict(ckpt["config"])
     config.pop("arch", None)
     try:
         model = build_model(ckpt["arch"], **config)
         model.load_state_dict(ckpt["state_dict"])
-    except (ModelError, TypeError, RuntimeError) as exc:
+    except (ModelError, TypeError, ValueError, KeyError, RuntimeError, OverflowError) as exc:
         raise ModelError(f"checkpoint file {os.fspath(path)!r}: {exc}") from exc
     model.checkpoint_extra = dict(ckpt.get("extra") or {})
     return model.eval()

@@ -11,6 +11,8 @@ import time
 
 import uvicorn
 
+from .server import uvicorn_config
+
 
 class BackgroundServer:
     """Serve an ASGI app with uvicorn on a loopback port from a daemon thread.
@@ -21,10 +23,12 @@ class BackgroundServer:
     host : address to bind (loopback by default).
     port : port to bind; 0 picks a free one (read it back from :attr:`port` / :attr:`url`).
     start_timeout : seconds to wait for the server to accept connections.
+    server_options : passed to :func:`~compnn_index.service.server.uvicorn_config`
+        (``header_timeout``, ``keep_alive``, ...).
     """
 
     def __init__(self, app, *, host: str = "127.0.0.1", port: int = 0, start_timeout: float = 30.0,
-                 log_level: str = "warning") -> None:
+                 log_level: str = "warning", **server_options) -> None:
         self.app = app
         self.host = host
         self.start_timeout = start_timeout
@@ -32,7 +36,8 @@ class BackgroundServer:
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind((host, port))
         self.port = int(self._sock.getsockname()[1])
-        config = uvicorn.Config(app, log_level=log_level, lifespan="auto", access_log=False)
+        config = uvicorn_config(app, host=host, port=self.port, log_level=log_level, access_log=False,
+                                **server_options)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]},
                                         name=f"uvicorn-{self.port}", daemon=True)

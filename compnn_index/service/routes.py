@@ -20,15 +20,16 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .. import checks
 from ..api import CompNN, Correspondence
-from ..errors import CompNNError
+from ..errors import CompNNError, IndexStoreError
 from ..options import SEARCHES
-from .engines import EnginePool
+from .engines import ClientGone, EnginePool, PoolBusy
 from .params import (
-    INIT_CHOICES, Fields, HTTPProblem, ImageRef, decode_upload, parse_correspond, parse_query,
+    INIT_CHOICES, Fields, HTTPProblem, ImageRef, decode_upload, parse_correspond, parse_multipart,
+    parse_query, refused_as,
 )
 from .results import (
     CORRESPOND_PICTURES, QUERY_PICTURES, ResultCache, StoredResult, database_rgb, png_bytes,
@@ -114,40 +115,86 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
+def _json(doc: dict) -> Response:
+    """``doc`` as a JSON answer (strict JSON: a NaN that slipped past the checks is refused)."""
+    try:
+        body = json.dumps(doc, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    except ValueError:
+        raise IndexStoreError("the result holds NaN or infinite values; the index store is "
+                              "corrupt (run compnn verify STORE)") from None
+    return Response(body.encode("utf-8"), media_type="application/json")
+
+
 def _short(value: str, n: int = 48) -> str:
     return repr(value if len(value) <= n else value[:n] + "…")
 
 
+#: Bodies at least this large are parsed in a worker thread, not on the event loop.
+_THREAD_PARSE_BYTES = 64 * 1024
+
+
 async def read_fields(request: Request, uploads: tuple[str, ...]) -> Fields:
-    """The request's fields: a JSON object, or form fields plus the named file uploads."""
+    """The request's fields: a JSON object, or multipart form fields plus the named file uploads.
+
+    Only ``application/json`` and ``multipart/form-data`` are read: a url-encoded form, which
+    any web page can make a browser send cross-site, is refused (415). JSON nested more than
+    :data:`compnn_index.checks.MAX_JSON_DEPTH` deep is refused (422); a large body is parsed
+    off the event loop.
+    """
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "application/json":
+        raw = await request.body()
         try:
-            body = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise HTTPProblem(400, f"The request body is not valid JSON ({exc})") from None
+            if len(raw) >= _THREAD_PARSE_BYTES:
+                body = await anyio.to_thread.run_sync(_load_body, raw)
+            else:
+                body = _load_body(raw)
+        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, a 5000-digit integer
+            raise HTTPProblem(400, f"The request body is not valid JSON ({str(exc)[:200]})") from None
         if not isinstance(body, dict):
             raise HTTPProblem(422, f"Expected a JSON object, got {type(body).__name__}")
         return Fields(values=body)
-    if ctype in ("multipart/form-data", "application/x-www-form-urlencoded"):
-        form = await request.form(max_files=len(uploads), max_fields=32)
-        values: dict[str, Any] = {}
-        files: dict[str, bytes] = {}
-        for key, value in form.multi_items():
-            if isinstance(value, UploadFile):
-                if key not in uploads:
-                    raise HTTPProblem(422, f"Unexpected file field {key!r}; expected uploads named "
-                                           f"{', '.join(map(repr, uploads))}")
-                if key in files:
-                    raise HTTPProblem(422, f"More than one file in field {key!r}")
-                files[key] = await value.read()
-            else:
-                values.setdefault(key, []).append(value)
-        return Fields(values={k: v[0] if len(v) == 1 else v for k, v in values.items()},
-                      uploads=files, form=True)
+    if ctype == "multipart/form-data":
+        raw = await request.body()
+        parse = partial(parse_multipart, raw, request.headers["content-type"], uploads=uploads)
+        return await anyio.to_thread.run_sync(parse) if len(raw) >= _THREAD_PARSE_BYTES else parse()
     raise HTTPProblem(
         415, f"Expected Content-Type multipart/form-data or application/json, got {ctype or 'none'!r}"
+             + (" (url-encoded forms are refused: any web page can send them cross-site)"
+                if ctype == "application/x-www-form-urlencoded" else "")
     )
+
+
+#: Most values (commas, counted before parsing) a JSON body may hold: a restrict list of
+#: MAX_RESTRICT ids and the other fields. ``json.loads`` holds the GIL for its whole run (over a
+#: second for 2 million values here), so longer documents are refused unparsed.
+MAX_JSON_VALUES = checks.MAX_RESTRICT + 1000
+
+
+def _load_body(raw: bytes) -> Any:
+    if raw.count(b",") >= MAX_JSON_VALUES:
+        raise HTTPProblem(422, f"The JSON body holds more than {MAX_JSON_VALUES} values; expected "
+                               f"at most {checks.MAX_RESTRICT} restrict entries")
+    with refused_as(422):
+        return checks.load_json(raw, "The JSON body")
+
+
+async def _parse(parser, fields: Fields, **kwargs):
+    """Validate the fields, in a worker thread when they are large (a long ``restrict``)."""
+    big = any(isinstance(v, (str, list, dict)) and len(v) > 1024 for v in fields.values.values())
+    if big:
+        return await anyio.to_thread.run_sync(partial(parser, fields, **kwargs))
+    return parser(fields, **kwargs)
+
+
+def _disconnected(request: Request):
+    """An awaitable factory that returns once the client has disconnected."""
+    async def wait() -> None:
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                return
+    return wait
 
 
 # ---------------------------------------------------------------------------- route groups
@@ -165,6 +212,24 @@ def add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(HTTPProblem)
     async def _problem(request: Request, exc: HTTPProblem):
         return _error(exc.status, exc.message)
+
+    @app.exception_handler(RecursionError)
+    async def _recursion(request: Request, exc: RecursionError):
+        return _error(422, "The request is nested too deeply")
+
+    @app.exception_handler(PoolBusy)
+    async def _busy(request: Request, exc: PoolBusy):
+        return JSONResponse({"error": str(exc)}, status_code=503,
+                            headers={"Retry-After": str(exc.retry_after)})
+
+    @app.exception_handler(ClientGone)
+    async def _gone(request: Request, exc: ClientGone):
+        return Response(status_code=499)  # nobody is listening; for the access log
+
+    @app.exception_handler(IndexStoreError)
+    async def _store(request: Request, exc: IndexStoreError):
+        log.error("index store problem on %s %s: %s", request.method, request.url.path, exc)
+        return _error(503, f"The index store cannot answer: {exc}")
 
     @app.exception_handler(CompNNError)
     async def _compnn(request: Request, exc: CompNNError):
@@ -201,8 +266,9 @@ def add_page_routes(app: FastAPI, state: ServiceState) -> None:
         """Liveness: answers while queries compute."""
         pool = state.pool
         return {"status": "ok", "images": state.cnn.num_images, "workers": pool.workers,
-                "queries_in_flight": pool.in_flight, "queries_completed": pool.completed,
-                "results_cached": len(state.cache)}
+                "queries_in_flight": pool.in_flight, "queries_waiting": pool.waiting,
+                "queries_completed": pool.completed, "queries_refused": pool.refused,
+                "queries_abandoned": pool.abandoned, "results_cached": len(state.cache)}
 
     @app.get("/v1/index")
     async def index_info() -> dict:
@@ -219,30 +285,40 @@ def add_query_routes(app: FastAPI, state: ServiceState) -> None:
         """Explain an image: NN field, shortlist, timings and links to the pictures."""
         t0 = time.perf_counter()
         fields = await read_fields(request, ("image",))
-        p = parse_query(fields, layers=cnn.layers, num_images=cnn.num_images)
+        p = await _parse(parse_query, fields, layers=cnn.layers, num_images=cnn.num_images)
         # top_k None: the API resolves the default shortlist (QueryOptions.resolve_top_k)
-        result, waited = await pool.run(lambda engine: engine.query(state.image(p.image), **p.api_kwargs()))
+        result, waited = await pool.run(lambda engine: engine.query(state.image(p.image), **p.api_kwargs()),
+                                        disconnected=_disconnected(request))
         stored = cache.put(StoredResult("query", result))
-        doc = result.to_json()
-        doc["timings"].update(queued=round(waited, 6), server=round(time.perf_counter() - t0, 6))
-        return {"query_id": stored.id, "image": p.image.describe(), "image_size": list(state.image_size),
-                **doc, "links": stored.links()}
+
+        def answer() -> Response:
+            doc = result.to_json()
+            doc["timings"].update(queued=round(waited, 6), server=round(time.perf_counter() - t0, 6))
+            return _json({"query_id": stored.id, "image": p.image.describe(),
+                          "image_size": list(state.image_size), **doc, "links": stored.links()})
+
+        return await anyio.to_thread.run_sync(answer)  # a large field: serialised off the loop
 
     @app.post("/v1/correspond", openapi_extra=_CORRESPOND_BODY)
     async def correspond(request: Request) -> dict:
         """Semantic correspondences: each hyperpatch of image A matched to its most similar in B."""
         t0 = time.perf_counter()
         fields = await read_fields(request, ("image_a", "image_b"))
-        p = parse_correspond(fields, layers=cnn.layers, num_images=cnn.num_images)
+        p = await _parse(parse_correspond, fields, layers=cnn.layers, num_images=cnn.num_images)
         res: Correspondence
         res, waited = await pool.run(lambda engine: engine.correspond(
-            state.image(p.image_a), state.image(p.image_b), layer=p.layer))
+            state.image(p.image_a), state.image(p.image_b), layer=p.layer),
+            disconnected=_disconnected(request))
         stored = cache.put(StoredResult("correspond", res))
-        timings = {k: round(float(v), 6) for k, v in res.timings.items()}
-        timings.update(queued=round(waited, 6), server=round(time.perf_counter() - t0, 6))
-        return {"query_id": stored.id, "layer": res.layer, "spec": res.spec.to_dict(),
-                "image_a": p.image_a.describe(), "image_b": p.image_b.describe(),
-                "nn_field": res.field.to_dict(), "timings": timings, "links": stored.links()}
+
+        def answer() -> Response:
+            timings = {k: round(float(v), 6) for k, v in res.timings.items()}
+            timings.update(queued=round(waited, 6), server=round(time.perf_counter() - t0, 6))
+            return _json({"query_id": stored.id, "layer": res.layer, "spec": res.spec.to_dict(),
+                          "image_a": p.image_a.describe(), "image_b": p.image_b.describe(),
+                          "nn_field": res.field.to_dict(), "timings": timings, "links": stored.links()})
+
+        return await anyio.to_thread.run_sync(answer)
 
 
 def add_picture_routes(app: FastAPI, state: ServiceState) -> None:

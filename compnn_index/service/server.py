@@ -13,21 +13,25 @@ Endpoints (JSON unless noted; schema at ``/openapi.json``):
   (``image_id``); ``GET /v1/results/{query_id}/{name}.png`` its pictures.
 - ``POST /v1/correspond`` semantic correspondences from image A to image B.
 
-Every refused request is answered 4xx with ``{"error": "..."}`` naming what is wrong.
+Every refused request is answered 4xx (or 503 when busy) with ``{"error": "..."}`` naming what is
+wrong. What the service refuses, and how to expose it deliberately: ``docs/security.md``.
 """
 from __future__ import annotations
 
 import ipaddress
 import logging
+import sys
 from pathlib import Path
-from typing import Union
+from typing import Sequence, Union
 
 from fastapi import FastAPI
 
 from ..api import SEARCHES, CompNN, native_available
-from ..checks import check_int
+from ..checks import check_int, check_number
 from .engines import EnginePool
-from .middleware import BodyLimit, SecurityHeaders
+from .memory import tune_allocator
+from .middleware import BodyLimit, HostGuard, SecurityHeaders
+from .protocol import HEADER_TIMEOUT, GuardedH11Protocol
 from .results import ResultCache
 from .routes import ServiceState, add_routes
 
@@ -82,6 +86,12 @@ def create_app(
     cache_size: int = 64,
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD,
     cnn: CompNN | None = None,
+    allow_hosts: Sequence[str] = (),
+    max_queue: int | None = None,
+    queue_timeout: float = 60.0,
+    body_timeout: float = 30.0,
+    max_buffered_bytes: int | None = None,
+    verify: bool = False,
 ) -> FastAPI:
     """Build the ASGI app over one index store.
 
@@ -93,6 +103,14 @@ def create_app(
     cache_size : query results kept for their pictures (least recently used evicted).
     max_upload_bytes : request bodies over this are refused with 413.
     cnn : an already loaded :class:`CompNN` to serve instead of loading ``index_dir``.
+    allow_hosts : host names accepted in ``Host`` besides the loopback names (``"*"``: any);
+        also the origins (by host name) allowed to POST, e.g. a reverse proxy's public name.
+    max_queue : queries that may wait for a worker (default 16 per worker); more get 503.
+    queue_timeout : seconds a query may wait for a worker before it is answered 503.
+    body_timeout : seconds a request's body may take to arrive (else 408).
+    max_buffered_bytes : request bodies held at once, all requests together (default
+        ``max(4 * max_upload_bytes, 32 MiB)``); beyond, 503.
+    verify : check every store file against its checksum on open (reads the whole store).
 
     Raises
     ------
@@ -102,10 +120,14 @@ def create_app(
         For ``workers``, ``threads``, ``cache_size`` or ``max_upload_bytes`` out of range.
     """
     check_int(max_upload_bytes, "max_upload_bytes", low=1024)
+    check_number(queue_timeout, "queue_timeout", low=0)
+    check_number(body_timeout, "body_timeout", low=0)
     if cnn is None:
-        cnn = CompNN.load(index_dir, mmap=True)
-    pool = EnginePool(cnn, workers=workers, threads=threads)
+        cnn = CompNN.load(index_dir, mmap=True, verify=verify)
+    pool = EnginePool(cnn, workers=workers, threads=threads, max_queue=max_queue,
+                      queue_timeout=queue_timeout)
     state = ServiceState(cnn=cnn, pool=pool, cache=ResultCache(cache_size), summary=index_summary(cnn))
+    tune_allocator()
 
     app = FastAPI(
         title="compnn-index", version="1", docs_url=None, redoc_url=None,
@@ -113,7 +135,9 @@ def create_app(
                     "the training patches its layer embedding matches.",
     )
     app.state.cnn, app.state.pool, app.state.cache = cnn, pool, state.cache
-    app.add_middleware(BodyLimit, max_bytes=max_upload_bytes)
+    app.add_middleware(BodyLimit, max_bytes=max_upload_bytes, read_timeout=body_timeout,
+                       max_buffered=max_buffered_bytes)
+    app.add_middleware(HostGuard, allowed=tuple(allow_hosts))
     app.add_middleware(SecurityHeaders)  # outermost: every answer carries the headers
     add_routes(app, state)
     return app
@@ -129,6 +153,22 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def uvicorn_config(app, *, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info",
+                   header_timeout: float = HEADER_TIMEOUT, keep_alive: int = 5, **kwargs):
+    """The uvicorn configuration the service runs under (``serve`` and ``BackgroundServer``).
+
+    The h11 protocol with a request-header deadline (:mod:`.protocol`), a 16 KiB limit on a
+    request's headers, idle keep-alive connections closed after ``keep_alive`` seconds.
+    """
+    import uvicorn
+
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, http=GuardedH11Protocol,
+                            timeout_keep_alive=keep_alive, h11_max_incomplete_event_size=16 * 1024,
+                            ws="none", lifespan="auto", **kwargs)
+    config.compnn_header_timeout = float(header_timeout)
+    return config
+
+
 def serve(
     index_dir: Union[str, Path],
     *,
@@ -138,19 +178,30 @@ def serve(
     threads: int | None = None,
     cache_size: int = 64,
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD,
+    allow_hosts: Sequence[str] = (),
+    max_queue: int | None = None,
+    verify: bool = False,
 ) -> None:
     """Load ``index_dir`` and serve it with uvicorn until interrupted.
 
     Listens on loopback by default; another ``host`` exposes the service (which has no
-    authentication) to that network, and a warning says so.
+    authentication) to that network, and a warning says so. Requests must name a loopback host
+    or one of ``allow_hosts`` (the bind address is added when it is a specific one).
     """
     import uvicorn
 
     check_int(port, "port", low=0, high=65535)
+    allowed = list(allow_hosts)
     if not is_loopback(host):
         log.warning("serving on %s: the service has no authentication; anyone who can reach "
                     "this address can query the index", host)
+        if host not in ("0.0.0.0", "::", ""):
+            allowed.append(host)
     app = create_app(index_dir, workers=workers, threads=threads, cache_size=cache_size,
-                     max_upload_bytes=max_upload_bytes)
+                     max_upload_bytes=max_upload_bytes, allow_hosts=allowed, max_queue=max_queue,
+                     verify=verify)
     print(f"compnn serve: {index_dir} on http://{host}:{port}/ ({workers} query workers)")
-    uvicorn.run(app, host=host, port=port, log_level="info", workers=None)
+    # Worker threads running Python code hand the GIL back to the event loop every 1 ms instead
+    # of 5: /health and refusals stay quick while queries compute.
+    sys.setswitchinterval(0.001)
+    uvicorn.Server(uvicorn_config(app, host=host, port=port)).run()
