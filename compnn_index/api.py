@@ -144,7 +144,8 @@ class CompNN:
         if tuple(image.shape[1:]) != expected:
             raise QueryError(
                 f"{name}: expected a {expected[0]}×{expected[1]} image (the index's image size), "
-                f"got {image.shape[1]}×{image.shape[2]}"
+                f"got {image.shape[1]}×{image.shape[2]} (H×W); resize or crop it "
+                "(compnn query --resize or --crop)"
             )
 
     def check_ids(self, ids: Iterable, *, what: str = "restrict") -> np.ndarray:

@@ -26,7 +26,6 @@ that does not fit is named with both shapes.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Mapping
 
 import torch
@@ -34,6 +33,7 @@ import torch
 from compnn_index.checks import check_choice
 from compnn_index.errors import ModelError
 from compnn_index.models.base import TASKS, init_weights
+from compnn_index.models.checkpoint import read_state_dict, strip_module_prefix
 from compnn_index.models.unet import NORMS, UNet, build_unet
 
 _BN_KEYS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
@@ -132,16 +132,7 @@ def _shape(t: object) -> tuple[int, ...] | str:
 
 
 def _clean(state: object, source: str) -> dict[str, torch.Tensor]:
-    """A plain ``{key: tensor}`` dict; a ``module.`` prefix (DataParallel) is removed."""
-    if not isinstance(state, Mapping):
-        raise ModelError(
-            f"{source}: expected a generator state dict (a mapping of keys to tensors), "
-            f"got {type(state).__name__}"
-        )
-    state = dict(state)
-    if state and all(isinstance(k, str) and k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
-    return state
+    return strip_module_prefix(state, source)
 
 
 def describe_keys(state: Mapping[str, object], limit: int = 6) -> str:
@@ -206,24 +197,6 @@ def convert_pix2pix_state_dict(
     if missing:  # a bug in the mapping, not the user's fault
         raise ModelError(f"internal: the pix2pix mapping leaves {missing} of the U-Net unset")
     return out
-
-
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """``torch.load(path, weights_only=True)``, with errors that name the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"weights file {os.fspath(path)!r} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for corrupt or foreign files
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        raise ModelError(
-            f"weights file {os.fspath(path)!r} could not be read with torch.load(weights_only=True): "
-            f"{type(exc).__name__}: {first}"
-        ) from exc
-    if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
-        state = state["state_dict"]  # a training checkpoint that wraps the weights
-    return _clean(state, os.fspath(path))
 
 
 def import_pix2pix(
