@@ -104,3 +104,185 @@ def test_old_checkpoints_without_norm_are_batch_norm_and_keep_their_hash():
     assert inst.encoder1.bias is not None and unet.encoder1.bias is None
     with pytest.raises(ModelError, match="norm"):
         build_model("segnet", task="segment", out_channels=3, norm="instance")
+
+
+# ------------------------------------------------------------------ any module, by factory
+
+import json  # noqa: E402
+
+from PIL import Image  # noqa: E402
+
+import own_network_fixtures as fx  # noqa: E402
+from compnn_index import cli  # noqa: E402
+from compnn_index.api import CompNN  # noqa: E402
+from compnn_index.data import open_dataset, select_indices  # noqa: E402
+from compnn_index.data.query_image import fit_image  # noqa: E402
+from compnn_index.errors import DataError, QueryError  # noqa: E402
+from compnn_index.features import LayerSpec, infer_layer_specs  # noqa: E402
+from compnn_index.index import IndexStore, build_index  # noqa: E402
+from compnn_index.jobs import workflows  # noqa: E402
+
+SIZE = 32
+N_IMAGES = 6
+
+
+def _identity_fraction(cnn: CompNN, layer: str) -> float:
+    """Fraction of query positions of training images matched in their own image, as well as
+    by their own position (flat regions tie with other positions of the same image)."""
+    hits = []
+    for i in range(cnn.num_images):
+        f = cnn.explain(i, layer=layer, top_k=cnn.num_images, sources=("target",)).field
+        hits.append(((f.image == i) & (f.similarity >= 0.999)).mean())
+    return float(np.mean(hits))
+
+
+@pytest.fixture(scope="module")
+def factory_store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("factory")
+    weights = root / "weights.pth"
+    torch.save(fx.make_net(width=8, seed=1).state_dict(), weights)
+    store = workflows.build(
+        model_factory="own_network_fixtures:make_net", factory_args={"width": 8}, weights=weights,
+        task="translate", data="synthetic", size=SIZE, limit=N_IMAGES, direction="BtoA",
+        layers=["enc=enc", "dec=dec:output"], out=root / "store", threads=1, progress=False)
+    return root, store
+
+
+def test_a_factory_tap_of_stride_4_gets_stride_4_and_explains_itself(factory_store):
+    root, store = factory_store
+    man = IndexStore.open(store).manifest
+    enc = man["layers"]["enc"]["spec"]
+    assert (enc["stride"], enc["k"], enc["region"], enc["module"], enc["io"]) == (4, 2, 8, "enc", "output")
+    assert man["layers"]["enc"]["grid"] == [7, 7]
+    assert man["global"]["layer"] == "enc"  # smallest map among the indexed taps (ties: first)
+    # The checkpoint the store names records the factory and its arguments: nothing to repeat.
+    assert man["model"]["checkpoint"] == str((store / "model.pt").resolve())
+    net = load_checkpoint(store / "model.pt")
+    assert net.config["factory"] == "own_network_fixtures:make_net"
+    assert net.config["factory_args"] == {"width": 8}
+    want = fx.make_net(width=8, seed=1).eval()
+    x = torch.randn(1, 3, SIZE, SIZE)
+    with torch.no_grad():
+        assert torch.equal(net(x), want(x))
+    cnn = CompNN.load(store, threads=1)
+    assert _identity_fraction(cnn, "enc") >= 0.99
+    assert _identity_fraction(cnn, "dec") >= 0.99
+
+
+def test_the_command_line_builds_a_factory_store_with_a_global_module(tmp_path, capsys):
+    weights = tmp_path / "w.pth"
+    torch.save(fx.make_net(width=4).state_dict(), weights)
+    rc = cli.main(["build", "--model-factory", "own_network_fixtures:make_net",
+                   "--factory-args", '{"width": 4}', "--weights", str(weights), "--task", "translate",
+                   "--data", "synthetic", "--size", "32", "--limit", "3", "--direction", "BtoA",
+                   "--layers", "enc=enc", "--global-layer", "mid", "--threads", "1",
+                   "--out", str(tmp_path / "s")])
+    assert rc == 0, capsys.readouterr().err
+    man = IndexStore.open(tmp_path / "s").manifest
+    assert man["global"]["layer"] == "mid" and man["global"]["dim"] == 8 * 4 * 4
+    # The query needs no factory options; a 64×48 file is resized (or cropped) to 32×32.
+    Image.new("RGB", (48, 64), (90, 20, 200)).save(tmp_path / "big.png")
+    assert cli.main(["query", str(tmp_path / "s"), str(tmp_path / "big.png"), "--top-k", "2",
+                     "--resize", "--threads", "1", "--out", str(tmp_path / "q")]) == 0
+    assert (tmp_path / "q" / "result.json").is_file()
+    assert cli.main(["query", str(tmp_path / "s"), str(tmp_path / "big.png"), "--top-k", "2",
+                     "--threads", "1", "--out", str(tmp_path / "q2")]) == 2
+    err = capsys.readouterr().err
+    assert "expected a 32×32 image (the index's image size), got 64×48 (H×W)" in err and "--resize" in err
+    assert cli.main(["build", "--model-factory", "own_network_fixtures:make_net", "--task", "translate",
+                     "--data", "synthetic", "--size", "32", "--limit", "2", "--layers", "odd=enc.1:input",
+                     "--weights", str(tmp_path / "nope.pth"), "--out", str(tmp_path / "t")]) == 2
+    assert "weights file" in capsys.readouterr().err
+
+
+def test_a_non_integer_stride_is_refused_naming_the_tap_and_both_shapes():
+    with pytest.raises(ModelError, match=r"layer 'odd' \(output of module 'odd'\): the 32×32 \(H×W\) input "
+                                         r"gives a 10×10 map \(tap shape 4×10×10\), a stride of 3\.2×3\.2"):
+        infer_layer_specs(fx.make_odd_net(), [LayerSpec("odd", "odd")], SIZE)
+    net = fx.make_net(width=4)
+    with pytest.raises(ModelError, match=r"layer 'enc'.*stride = 2 was given, but .* gives a 8×8 map, a stride of 4"):
+        infer_layer_specs(net, [LayerSpec("enc", "enc", stride=2)], SIZE)
+    assert infer_layer_specs(net, [LayerSpec("mid", "mid", k=1)], (64, 32))["mid"].stride == 8
+
+
+def test_python_api_layer_specs_without_stride_are_inferred(tmp_path):
+    """build_index with a bare module: LayerSpecs without stride, a module path as global layer."""
+    net = fx.make_net(width=4)
+    ds = open_dataset("synthetic", size=SIZE, limit=2, direction="BtoA")
+    store = build_index(net, ds, layers=[LayerSpec("enc", "enc")], global_layer="mid",
+                        out=tmp_path / "s", progress=False)
+    man = IndexStore.open(store).manifest
+    assert man["layers"]["enc"]["spec"]["stride"] == 4 and man["global"]["layer"] == "mid"
+    cnn = CompNN.load(store, model=net, threads=1)
+    assert _identity_fraction(cnn, "enc") >= 0.99
+    with pytest.raises(ModelError, match=r"unknown global_tap 'nowhere'"):
+        build_index(net, ds, layers=[LayerSpec("enc", "enc")], global_layer="nowhere",
+                    out=tmp_path / "t", progress=False)
+
+
+# ------------------------------------------------------------------ any dataset
+
+
+def _write_pix2pix(root: Path, n: int = 4, hw: int = SIZE) -> Path:
+    (root / "train").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (hw, 2 * hw, 3), dtype=np.uint8)).save(root / "train" / f"{i + 1}.png")
+    return root
+
+
+def test_a_torch_dataset_builds_the_same_store_as_the_folder(tmp_path):
+    root = _write_pix2pix(tmp_path / "ab")
+    net = build_model("unet", task="translate", ngf=4, size=SIZE)
+    a = build_index(net, open_dataset(root), layers=["decoder2"], out=tmp_path / "a", progress=False)
+    b = build_index(net, fx.FolderPairs(root), layers=["decoder2"], out=tmp_path / "b", progress=False)
+    c = workflows.build(model=save_checkpoint(tmp_path / "m.pt", net), data="own_network_fixtures:folder_pairs",
+                        data_args={"root": str(root)}, layers=["decoder2"], out=tmp_path / "c",
+                        progress=False)
+    sa = IndexStore.open(a)
+    for other in (IndexStore.open(b), IndexStore.open(c)):
+        assert other.image_names == sa.image_names == ["1.png", "2.png", "3.png", "4.png"]
+        for name in ("inputs", "targets", "outputs"):
+            np.testing.assert_array_equal(other.array(name), sa.array(name))
+        np.testing.assert_array_equal(np.asarray(other.vectors("decoder2")), np.asarray(sa.vectors("decoder2")))
+        np.testing.assert_array_equal(np.asarray(other.global_vectors()), np.asarray(sa.global_vectors()))
+        assert other.manifest["layers"]["decoder2"]["spec"] == sa.manifest["layers"]["decoder2"]["spec"]
+    assert IndexStore.open(c).manifest["dataset"]["factory"] == "own_network_fixtures:folder_pairs"
+
+
+def test_wrapped_datasets_read_tensors_uint8_pictures_and_class_maps():
+    pairs = [(np.full((4, 4, 3), 255, np.uint8), torch.tensor([[0, 1, 2, 11]] * 4)) for _ in range(3)]
+    ds = open_dataset(pairs, ignore_index=11)
+    assert (ds.task, ds.num_classes, ds.ignore_index, ds.image_size) == ("segment", 3, 11, (4, 4))
+    assert ds[0].input.dtype == np.float32 and ds[0].input.max() == 1.0
+    assert ds.names == ["item00000", "item00001", "item00002"] and ds.palette.shape == (3, 3)
+    with pytest.raises(DataError, match=r"size = 32 resizes folder images only"):
+        open_dataset(pairs, size=32)
+    with pytest.raises(DataError, match=r"expected an \(input, target\) pair"):
+        open_dataset([np.zeros(3)])
+    with pytest.raises(DataError, match=r"--data: cannot import module 'no_such_module_x'"):
+        open_dataset("no_such_module_x:make")
+
+
+def test_sizes_limits_and_samples(tmp_path):
+    assert select_indices(10, 3, "first") == [0, 1, 2]
+    assert select_indices(10, 3, "every") == [0, 3, 6]
+    r = select_indices(10, 3, "random", seed=5)
+    assert r == sorted(r) and len(set(r)) == 3 and r == select_indices(10, 3, "random", seed=5)
+    root = _write_pix2pix(tmp_path / "ab", n=6)
+    ds = open_dataset(root, limit=2, sample="every")
+    assert ds.names == ["1.png", "4.png"] and ds.identity["sample"] == "every"
+    assert open_dataset(root, size=(64, 96)).image_size == (64, 96)
+    with pytest.raises(DataError, match="sample = 'every': synthetic data generates limit images"):
+        open_dataset("synthetic", limit=2, sample="every")
+    parser = cli.build_parser()
+    assert parser.parse_args(["build", "--model", "m", "--data", "d", "--out", "o", "--size", "352x480"]).size == (352, 480)
+    assert parser.parse_args(["build", "--model", "m", "--data", "d", "--out", "o", "--size", "256"]).size == 256
+    with pytest.raises(SystemExit):
+        parser.parse_args(["build", "--model", "m", "--data", "d", "--out", "o", "--size", "352x"])
+    img = np.linspace(-1, 1, 3 * 40 * 50, dtype=np.float32).reshape(3, 40, 50)
+    assert fit_image(img, (32, 32), "crop").shape == (3, 32, 32)
+    np.testing.assert_array_equal(fit_image(img, (32, 32), "crop"), img[:, 4:36, 9:41])
+    assert fit_image(img, (64, 64), "resize").shape == (3, 64, 64)
+    with pytest.raises(QueryError, match=r"a 40×50 \(H×W\) image cannot be cropped to the index's 64×64"):
+        fit_image(img, (64, 64), "crop")
