@@ -286,3 +286,75 @@ def test_sizes_limits_and_samples(tmp_path):
     assert fit_image(img, (64, 64), "resize").shape == (3, 64, 64)
     with pytest.raises(QueryError, match=r"a 40×50 \(H×W\) image cannot be cropped to the index's 64×64"):
         fit_image(img, (64, 64), "crop")
+
+
+# ------------------------------------------------------------------ ignore label, palettes
+
+
+VOID = 11
+
+
+def _write_annotated(root: Path, split: str, n: int = 4, hw: int = SIZE, classes: int = 4) -> None:
+    (root / split).mkdir(parents=True)
+    (root / f"{split}annot").mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (hw, hw, 3), dtype=np.uint8)).save(root / split / f"f{i}.png")
+        coarse = rng.integers(0, classes, (hw // 8, hw // 8))
+        labels = np.kron(coarse, np.ones((8, 8), dtype=np.int64)).astype(np.uint8)
+        labels[:5, :] = VOID  # void in the training labels: label transfer pastes it
+        Image.fromarray(labels).save(root / f"{split}annot" / f"f{i}.png")
+
+
+def test_evaluate_counts_a_transferred_ignore_label_as_wrong(tmp_path):
+    from compnn_index.jobs.evaluate import evaluate
+
+    root = tmp_path / "camvid"
+    _write_annotated(root, "train")
+    _write_annotated(root, "test")  # the same images: top-1 CompNN is each image itself
+    colours = [(128, 128, 128), (128, 0, 0), (192, 192, 128), (0, 0, 192)]
+    (root / "classes.txt").write_text("".join(f"class {i} {r} {g} {b}\n" for i, (r, g, b) in enumerate(colours)))
+    ds = open_dataset(root)
+    assert ds.num_classes == 4 and ds.ignore_index == VOID and ds.class_names[0] == "class 0"
+    np.testing.assert_array_equal(ds.palette, np.array(colours, np.uint8))
+    net = build_model("unet", task="segment", out_channels=4, ngf=4, size=SIZE)
+    ckpt = save_checkpoint(tmp_path / "m.pt", net)
+    store = workflows.build(model=ckpt, data=root, layers=["decoder2"], out=tmp_path / "s", progress=False)
+    assert IndexStore.open(store).manifest["palette"] == [list(c) for c in colours]
+    doc = evaluate(store, data=root, split="test", top_k=[1], out=tmp_path / "eval", progress=False)
+    rows = {(r["method"], r["source"], r["vs"]): r for r in doc["rows"] if r["top_k"] in (None, 1)}
+
+    cnn = CompNN.load(store, threads=1)
+    recon, cnn_out, truth = [], [], []
+    for i in range(len(ds)):
+        res = cnn.explain(ds[i].input, layer="decoder2", top_k=1, sources=("target",))
+        recon.append(res.reconstructions["target"])
+        cnn_out.append(res.output)
+        truth.append(ds[i].target)
+    recon, cnn_out, truth = map(np.stack, (recon, cnn_out, truth))
+    void = recon == VOID
+    assert void.mean() > 0.1  # the training labels' void is pasted
+    # vs the CNN: a transferred void pixel is wrong (counted, never correct).
+    want = float((recon == cnn_out).sum() / recon.size)
+    assert rows[("compnn", "original", "cnn")]["pixel_accuracy"] == pytest.approx(want)
+    assert want < float((recon == cnn_out)[~void].mean())
+    # vs the ground truth: void ground-truth pixels are left out of every row alike.
+    keep = truth != VOID
+    assert rows[("compnn", "original", "ground_truth")]["pixel_accuracy"] == pytest.approx(
+        float((recon == truth)[keep].sum() / keep.sum()))
+    assert rows[("cnn", None, "ground_truth")]["pixel_accuracy"] == pytest.approx(
+        float((cnn_out == truth)[keep].mean()))
+    assert (tmp_path / "eval" / "examples.png").is_file()
+
+
+def test_classes_file_colours_are_all_or_none(tmp_path):
+    from compnn_index.data.annotated import read_classes
+
+    (tmp_path / "c.txt").write_text("sky 128 128 128\nroad\n")
+    with pytest.raises(DataError, match=r"either every class line has a colour .* class 2 \('road'\)"):
+        read_classes(tmp_path / "c.txt")
+    (tmp_path / "c.txt").write_text("sky\nroad 2\n")
+    assert read_classes(tmp_path / "c.txt") == (("sky", "road 2"), None)
+    (tmp_path / "c.txt").write_text("sky 300 0 0\n")
+    with pytest.raises(DataError, match=r"colour 300 0 0 is not in 0\.\.255"):
+        read_classes(tmp_path / "c.txt")
