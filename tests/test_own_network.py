@@ -108,7 +108,6 @@ def test_old_checkpoints_without_norm_are_batch_norm_and_keep_their_hash():
 
 # ------------------------------------------------------------------ any module, by factory
 
-import json  # noqa: E402
 
 from PIL import Image  # noqa: E402
 

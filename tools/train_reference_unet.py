@@ -65,9 +65,9 @@ def main() -> None:
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total += float(loss) * len(ids)
-            if (start // a.batch_size) % 50 == 0:
-                print(f"  {start + len(ids)}/{len(ds)} images, L1 {float(loss):.4f}, "
+            total += float(loss.detach()) * len(ids)
+            if (start // a.batch_size) % 10 == 0:
+                print(f"  {start + len(ids)}/{len(ds)} images, L1 {float(loss.detach()):.4f}, "
                       f"{time.perf_counter() - t0:.0f} s", flush=True)
         print(f"epoch {epoch + 1}: L1 {total / len(ds):.4f} ({time.perf_counter() - t0:.0f} s, {len(ds)} images)")
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ from torch import nn
 
 from compnn_index.checks import check_choice, check_int
 from compnn_index.errors import ModelError
-from compnn_index.models.base import TapModel, check_common_options, init_weights
+from compnn_index.models.base import TapModel, check_common_options
 
 #: Decoders with an index above this get Dropout(0.5) (pix2pix: decoders 7, 6, 5 at depth 8).
 _DROPOUT_ABOVE = 4
