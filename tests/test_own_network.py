@@ -96,6 +96,26 @@ def test_a_mismatching_key_is_refused_with_both_shapes(tmp_path):
         import_pix2pix(ReferenceUnet(num_downs=8, ngf=4).state_dict(), size=128)
 
 
+def test_import_pix2pix_on_the_command_line(tmp_path, capsys):
+    from compnn_index import cli
+
+    ref = randomise(ReferenceUnet(num_downs=7, ngf=4, norm="instance"), seed=5).eval()
+    state = ref.state_dict()
+    # Old instance-norm checkpoints carry running statistics; the reference deletes them on load.
+    state["model.model.1.model.2.running_mean"] = torch.zeros(8)
+    torch.save(state, tmp_path / "latest_net_G.pth")
+    assert cli.main(["import-pix2pix", str(tmp_path / "latest_net_G.pth"), "--size", "128",
+                     "--out", str(tmp_path / "m.pt")]) == 0
+    assert "unet_128, ngf 4, instance norm, 3→3 channels" in capsys.readouterr().out
+    model = load_checkpoint(tmp_path / "m.pt")
+    x = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        assert torch.allclose(model(x), ref(x), atol=1e-5)
+    assert cli.main(["import-pix2pix", str(tmp_path / "latest_net_G.pth"), "--norm", "batch",
+                     "--size", "128", "--out", str(tmp_path / "b.pt")]) == 2
+    assert "key 'model.model.1.model.2.weight' (shape (8,)) is missing" in capsys.readouterr().err
+
+
 def test_old_checkpoints_without_norm_are_batch_norm_and_keep_their_hash():
     unet = build_model("unet", task="translate", size=128, ngf=4)
     assert "norm" not in unet.config and unet.norm == "batch"
