@@ -234,6 +234,10 @@ def test_python_api_layer_specs_without_stride_are_inferred(tmp_path):
     assert man["layers"]["enc"]["spec"]["stride"] == 4 and man["global"]["layer"] == "mid"
     cnn = CompNN.load(store, model=net, threads=1)
     assert _identity_fraction(cnn, "enc") >= 0.99
+    pairs = [(ds[i].input, torch.from_numpy(ds[i].target)) for i in range(len(ds))]  # any map-style dataset
+    built = CompNN.build(net, pairs, layers=[LayerSpec("enc", "enc")], global_layer="mid",
+                         out=tmp_path / "u", progress=False, threads=1)
+    np.testing.assert_array_equal(np.asarray(built.layer("enc").vectors), np.asarray(cnn.layer("enc").vectors))
     with pytest.raises(ModelError, match=r"unknown global_tap 'nowhere'"):
         build_index(net, ds, layers=[LayerSpec("enc", "enc")], global_layer="nowhere",
                     out=tmp_path / "t", progress=False)
