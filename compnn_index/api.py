@@ -87,6 +87,21 @@ class CompNN:
         store.check_model(model)
         return cls(store, model, threads=threads)
 
+    @classmethod
+    def build(cls, model: torch.nn.Module, dataset, *, layers, out: Union[str, Path],
+              threads: int | None = None, **options) -> "CompNN":
+        """Build an index store of ``model`` over ``dataset`` and open it for queries.
+
+        ``dataset`` may be any map-style dataset of ``(input, target)`` pairs (e.g. a
+        ``torch.utils.data.Dataset``); ``layers`` tap names or ``LayerSpec``s whose strides are
+        inferred by probing. ``options`` go to :func:`compnn_index.index.build_index`
+        (``global_layer``, ``specs``, ``batch_size``, ``overwrite``, ``progress``, ...).
+        """
+        from .index import build_index
+
+        path = build_index(model, dataset, layers=layers, out=out, threads=threads, **options)
+        return cls.load(path, model, threads=threads)
+
     # ------------------------------------------------------------------ description
     @property
     def layers(self) -> list[str]:
@@ -147,7 +162,8 @@ class CompNN:
         if tuple(image.shape[1:]) != expected:
             raise QueryError(
                 f"{name}: expected a {expected[0]}×{expected[1]} image (the index's image size), "
-                f"got {image.shape[1]}×{image.shape[2]}"
+                f"got {image.shape[1]}×{image.shape[2]} (H×W); resize or crop it "
+                "(compnn query --resize or --crop)"
             )
 
     def check_ids(self, ids: Iterable, *, what: str = "restrict") -> np.ndarray:

@@ -276,3 +276,37 @@ def load_json(text: str | bytes, what: str = "JSON", *, limit: int = MAX_JSON_DE
     except RecursionError:
         raise error(f"{what} is nested more than {limit} levels deep") from None
     return check_json_depth(value, what, limit=limit, error=error)
+
+
+_CALLABLE_SPEC = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+def is_callable_spec(text: Any) -> bool:
+    """True for ``package.module:function`` text (what :func:`resolve_callable` reads)."""
+    return isinstance(text, str) and len(text) <= 300 and _CALLABLE_SPEC.fullmatch(text) is not None
+
+
+def resolve_callable(spec: Any, name: str, *, error: type[CompNNError] = QueryError) -> Any:
+    """Import ``package.module:function`` (``function`` may be dotted: ``module:Class.build``).
+
+    The user's own code, named on the command line (``--model-factory``, ``--data``), is
+    imported like any other module; nothing else is executed. Refusals name the option, the
+    module and what went wrong.
+    """
+    import importlib
+
+    if not is_callable_spec(spec):
+        raise error(f"Expected {name} as package.module:function, but {name} = {_quote(spec)}")
+    module_name, _, attr = spec.partition(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise error(f"{name}: cannot import module {module_name!r} ({type(exc).__name__}: {exc}); "
+                    "is it installed, or on PYTHONPATH?") from None
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise error(f"{name}: {module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise error(f"{name}: {spec} is a {type(obj).__name__}, expected a function or class")
+    return obj

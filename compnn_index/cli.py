@@ -1,4 +1,5 @@
-"""``compnn`` command line: train | build | compress | upgrade | verify | query | evaluate | compare | serve | demo.
+"""``compnn`` command line: train | import-pix2pix | build | compress | upgrade | verify | query | evaluate |
+compare | serve | demo.
 
 Argument parsing only; the work is done by the api / index / evaluate / compare / demo modules.
 Integers, thread counts and ``--restrict`` go through :mod:`compnn_index.checks` (the parsers
@@ -54,6 +55,34 @@ def _int_list(text: str) -> list[int]:
     return [int(t) for t in items]
 
 
+def _size(text: str) -> int | tuple[int, int]:
+    """``--size``: ``256`` (square) or ``HxW`` such as ``352x480`` (height first)."""
+    parts = text.replace("×", "x").lower().split("x")
+    try:
+        if len(parts) == 1:
+            return checks.parse_int(parts[0], "--size", low=1)
+        if len(parts) == 2:
+            return tuple(checks.parse_int(p, "--size", low=1) for p in parts)  # type: ignore[return-value]
+    except QueryError:
+        pass
+    raise argparse.ArgumentTypeError(f"expected SIZE or HxW (height x width, e.g. 352x480), got {text!r}")
+
+
+def _json_object(name: str) -> Callable[[str], dict]:
+    """An argparse ``type``: a JSON object (factory / dataset keyword arguments)."""
+
+    def parse(text: str) -> dict:
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise argparse.ArgumentTypeError(f"{name}: not valid JSON ({exc}): {text!r}") from None
+        if not isinstance(value, dict):
+            raise argparse.ArgumentTypeError(f"{name}: expected a JSON object {{...}}, got {text!r}")
+        return value
+
+    return parse
+
+
 def _str_list(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
@@ -67,13 +96,20 @@ def _doubling(last: int) -> list[int]:
 
 
 def _data_args(p: argparse.ArgumentParser, *, split: str = "train", direction: str | None = None) -> None:
-    p.add_argument("--data", required=True, help="dataset folder, or 'synthetic' (built-in facades)")
+    p.add_argument("--data", required=True,
+                   help="dataset folder, 'synthetic' (built-in facades), or package.module:function "
+                        "returning a map-style dataset of (input, target) pairs")
+    p.add_argument("--data-args", type=_json_object("--data-args"), default=None,
+                   help="JSON keyword arguments of a --data package.module:function")
     p.add_argument("--split", default=split)
     # None: the direction the model / index store was trained on (recorded in it).
     p.add_argument("--direction", choices=["AtoB", "BtoA"], default=direction,
                    help=f"pix2pix direction (default: {direction or 'the one the model was trained with'})")
-    p.add_argument("--size", type=_int("--size"), default=None, help="resize images to SIZE×SIZE")
-    p.add_argument("--limit", type=_int("--limit"), default=None, help="use the first N images")
+    p.add_argument("--size", type=_size, default=None,
+                   help="resize folder images to SIZE×SIZE or HxW (e.g. 352x480), multiples of 32")
+    p.add_argument("--limit", type=_int("--limit"), default=None, help="use N images (see --sample)")
+    p.add_argument("--sample", choices=["first", "every", "random"], default="first",
+                   help="which --limit images: the first N, N evenly spaced, or N at random (--seed)")
     p.add_argument("--seed", type=_int("--seed"), default=0)
 
 
@@ -102,11 +138,31 @@ def build_parser() -> argparse.ArgumentParser:
     _threads(p)
     p.add_argument("--out", required=True, help="checkpoint path (.pt)")
 
+    p = sub.add_parser("import-pix2pix", help="a pix2pix reference generator (latest_net_G.pth) as a checkpoint")
+    p.add_argument("weights", help="state dict of a unet_256 / unet_128 generator (pytorch-CycleGAN-and-pix2pix)")
+    p.add_argument("--size", type=_int("--size", low=1), default=256, help="image side (default 256)")
+    p.add_argument("--norm", choices=["batch", "instance"], default=None,
+                   help="the reference's --norm (default: read from the weights)")
+    p.add_argument("--task", choices=["translate", "segment"], default="translate")
+    p.add_argument("--out", required=True, help="checkpoint path (.pt)")
+
     p = sub.add_parser("build", help="build an index store from a model and a dataset")
-    p.add_argument("--model", required=True, help="checkpoint written by 'compnn train'")
+    p.add_argument("--model", default=None,
+                   help="checkpoint written by 'compnn train' or 'compnn import-pix2pix'")
+    p.add_argument("--model-factory", default=None, metavar="PACKAGE.MODULE:FUNCTION",
+                   help="your own network: a function returning the nn.Module (instead of --model)")
+    p.add_argument("--factory-args", type=_json_object("--factory-args"), default=None,
+                   help="JSON keyword arguments of --model-factory")
+    p.add_argument("--weights", default=None, help="state dict for --model-factory (torch.load weights_only)")
+    p.add_argument("--task", choices=["translate", "segment"], default=None,
+                   help="what the --model-factory network outputs: an image or class scores")
     _data_args(p)
     p.add_argument("--layers", type=_str_list, default=None,
-                   help="comma-separated layer taps (default: decoder2)")
+                   help="comma-separated layer taps (default: decoder2), or NAME=MODULE.PATH[:input|output] "
+                        "(strides inferred by probing)")
+    p.add_argument("--global-layer", default=None, metavar="TAP_OR_MODULE",
+                   help="global descriptor: a tap or module path (default: the bottleneck, or the "
+                        "indexed layer with the smallest map)")
     p.add_argument("--batch-size", type=_int("--batch-size"), default=8)
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--codec", choices=["fp32", "fp16", "sq8"], default="fp32",
@@ -127,6 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("index")
     p.add_argument("images", nargs="+", help="image files or database image ids")
     _query_args(p)
+    fit = p.add_mutually_exclusive_group()
+    fit.add_argument("--resize", dest="fit", action="store_const", const="resize",
+                     help="resize image files of another size to the index's size")
+    fit.add_argument("--crop", dest="fit", action="store_const", const="crop",
+                     help="centre-crop image files of another size to the index's size")
     p.add_argument("--out", required=True)
 
     p = sub.add_parser("evaluate", help="papers' tables on a dataset split")
@@ -253,7 +314,7 @@ def _cmd_train(a: argparse.Namespace) -> None:
     from .jobs.workflows import train
 
     train(data=a.data, split=a.split, direction=a.direction, size=a.size, limit=a.limit,
-          seed=a.seed, task=a.task, arch=a.arch, ngf=a.ngf, depth=a.depth, epochs=a.epochs,
+          seed=a.seed, sample=a.sample, data_args=a.data_args, task=a.task, arch=a.arch, ngf=a.ngf, depth=a.depth, epochs=a.epochs,
           batch_size=a.batch_size, lr=a.lr, gan=a.gan, threads=a.threads, out=a.out)
 
 
@@ -261,8 +322,10 @@ def _cmd_build(a: argparse.Namespace) -> None:
     from .jobs.workflows import build
 
     build(model=a.model, data=a.data, split=a.split, direction=a.direction, size=a.size,
-          limit=a.limit, seed=a.seed, layers=a.layers, batch_size=a.batch_size,
-          threads=a.threads, out=a.out, overwrite=a.overwrite, codec=a.codec)
+          limit=a.limit, seed=a.seed, sample=a.sample, data_args=a.data_args, layers=a.layers,
+          global_layer=a.global_layer, batch_size=a.batch_size, threads=a.threads, out=a.out,
+          overwrite=a.overwrite, model_factory=a.model_factory, factory_args=a.factory_args,
+          weights=a.weights, task=a.task, codec=a.codec)
 
 
 def _cmd_compress(a: argparse.Namespace) -> None:
@@ -277,6 +340,12 @@ def _cmd_upgrade(a: argparse.Namespace) -> None:
     print(upgrade_store(a.index))
 
 
+def _cmd_import_pix2pix(a: argparse.Namespace) -> None:
+    from .jobs.workflows import import_pix2pix
+
+    import_pix2pix(weights=a.weights, size=a.size, norm=a.norm, task=a.task, out=a.out)
+
+
 def _cmd_query(a: argparse.Namespace) -> None:
     from .jobs.workflows import query
 
@@ -284,14 +353,14 @@ def _cmd_query(a: argparse.Namespace) -> None:
                            samples=a.samples, jumps=a.jumps, init=a.init, seed=a.seed)
     query(index=a.index, images=a.images, layer=a.layer, options=options,
           restrict=parse_restrict(a.restrict), sources=a.sources, threads=a.threads, out=a.out,
-          verify=a.verify)
+          verify=a.verify, fit=a.fit)
 
 
 def _cmd_evaluate(a: argparse.Namespace) -> None:
     from .jobs.evaluate import evaluate
 
     evaluate(a.index, data=a.data, split=a.split, direction=a.direction, size=a.size,
-             limit=a.limit, seed=a.seed, layer=a.layer, search=a.search, top_k=a.top_k,
+             limit=a.limit, seed=a.seed, sample=a.sample, data_args=a.data_args, layer=a.layer, search=a.search, top_k=a.top_k,
              iterations=a.iterations, init=a.init, threads=a.threads, out=a.out)
 
 
@@ -299,7 +368,7 @@ def _cmd_compare(a: argparse.Namespace) -> None:
     from .jobs.compare import compare
 
     compare(a.index, data=a.data, split=a.split, direction=a.direction, size=a.size,
-            limit=a.limit, seed=a.seed, layer=a.layer, top_k=a.top_k, iterations=a.iterations,
+            limit=a.limit, seed=a.seed, sample=a.sample, data_args=a.data_args, layer=a.layer, top_k=a.top_k, iterations=a.iterations,
             samples=a.samples, jumps=a.jumps,
             init=a.init, baselines=a.baselines, threads=a.threads, out=a.out,
             stores=a.stores, exact_cache=a.exact_cache, cold=a.cold)
@@ -327,8 +396,9 @@ def _cmd_demo(a: argparse.Namespace) -> None:
 
 
 COMMANDS = {
-    "train": _cmd_train, "build": _cmd_build, "compress": _cmd_compress, "upgrade": _cmd_upgrade,
-    "verify": _cmd_verify, "query": _cmd_query, "evaluate": _cmd_evaluate,
+    "train": _cmd_train, "import-pix2pix": _cmd_import_pix2pix, "build": _cmd_build,
+    "compress": _cmd_compress, "upgrade": _cmd_upgrade, "verify": _cmd_verify, "query": _cmd_query,
+    "evaluate": _cmd_evaluate,
     "compare": _cmd_compare, "serve": _cmd_serve, "demo": _cmd_demo,
 }
 

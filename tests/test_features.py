@@ -181,7 +181,9 @@ def test_feature_extractor_on_builtin_model():
 
 def test_feature_extractor_on_user_model():
     model = InplaceNet()
-    layer = LayerSpec("conv", "conv", k=3)
+    with pytest.raises(ModelError, match=r"layers \['conv'\] have no stride yet; infer it by probing"):
+        FeatureExtractor(model, [LayerSpec("conv", "conv", k=3)], global_tap=LayerSpec("g", "head", "input"))
+    layer = LayerSpec("conv", "conv", k=3, stride=1)
     with pytest.raises(ModelError, match=r"InplaceNet has no bottleneck_tap\(\); pass global_tap"):
         FeatureExtractor(model, [layer])
     fe = FeatureExtractor(model, {"conv": layer}, global_tap=LayerSpec("g", "head", "input"))

@@ -9,16 +9,21 @@ from .factory import open_dataset
 from .facade_params import MATERIALS
 from .palette import FACADES_CLASSES, FACADES_PALETTE, colorize, jet_palette, labels_from_colors
 from .synthetic import SyntheticFacades
+from .wrapped import SAMPLES, WrappedDataset, as_paired_dataset, select_indices
 
 __all__ = [
     "FACADES_CLASSES",
     "FACADES_PALETTE",
     "MATERIALS",
     "PairedDataset",
+    "SAMPLES",
     "Sample",
     "SyntheticFacades",
+    "WrappedDataset",
+    "as_paired_dataset",
     "colorize",
     "jet_palette",
     "labels_from_colors",
     "open_dataset",
+    "select_indices",
 ]

@@ -21,7 +21,8 @@ from .palette import jet_palette
 
 #: Default label skipped by losses and metrics in this layout (CamVid's "void" is 11).
 DEFAULT_IGNORE_INDEX = 11
-#: Optional file in the dataset folder naming one class per line (its line count is K).
+#: Optional file in the dataset folder naming one class per line (its line count is K), each
+#: optionally followed by its colour (``name R G B``), which pictures then use.
 CLASSES_FILE = "classes.txt"
 
 
@@ -31,15 +32,51 @@ def annotation_path(image: Path, annot_dir: Path) -> Path:
 
 
 def read_class_names(path: Path) -> tuple[str, ...]:
-    """Class names from ``classes.txt``: one per non-empty line."""
+    """Class names from ``classes.txt``: one per non-empty line (see :func:`read_classes`)."""
+    return read_classes(path)[0]
+
+
+def read_classes(path: Path) -> tuple[tuple[str, ...], np.ndarray | None]:
+    """Class names, and colours when given, from ``classes.txt``.
+
+    One class per non-empty line: ``name`` or ``name R G B`` (0..255; the name may contain
+    spaces). Either every line has a colour or none does.
+
+    Returns
+    -------
+    names : tuple of str
+    palette : ndarray of uint8, shape (K, 3), or None
+    """
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: cannot read class names ({exc})") from exc
-    names = tuple(line.strip() for line in lines if line.strip())
+    names, colours = [], []
+    for n, line in enumerate(lines, 1):
+        parts = line.split()
+        if not parts:
+            continue
+        rgb = parts[-3:] if len(parts) >= 4 else []
+        if rgb and all(p.isascii() and p.isdigit() for p in rgb):
+            values = [int(p) for p in rgb]
+            if max(values) > 255:
+                raise DataError(f"{path}:{n}: colour {' '.join(rgb)} is not in 0..255")
+            names.append(" ".join(parts[:-3]))
+            colours.append(values)
+        else:
+            names.append(line.strip())
+            colours.append(None)
     if not names:
         raise DataError(f"{path}: expected one class name per line, found none")
-    return names
+    given = [c is not None for c in colours]
+    if any(given) and not all(given):
+        line = given.index(False) + 1 if given[0] else given.index(True) + 1
+        raise DataError(
+            f"{path}: either every class line has a colour ('name R G B') or none does; "
+            f"class {line} ({names[line - 1]!r}) differs from class 1"
+        )
+    palette = np.asarray(colours, dtype=np.uint8) if all(given) else None
+    return tuple(names), palette
 
 
 def scan_num_classes(root: Path, ignore_index: int) -> int:
@@ -97,8 +134,9 @@ class AnnotatedDataset(PairedDataset):
             )
         ignore = DEFAULT_IGNORE_INDEX if ignore_index is None else ignore_index
         classes_file = root / CLASSES_FILE
+        palette = None
         if classes_file.is_file():
-            class_names: tuple[str, ...] | None = read_class_names(classes_file)
+            class_names, palette = read_classes(classes_file)
             num_classes = len(class_names)
         else:
             class_names = None
@@ -118,7 +156,7 @@ class AnnotatedDataset(PairedDataset):
                 "size": None if size is None else list(size), "limit": limit, "seed": seed,
                 "ignore_index": ignore,
             },
-            palette=jet_palette(num_classes),
+            palette=jet_palette(num_classes) if palette is None else palette,
             class_names=class_names,
         )
 
@@ -129,13 +167,13 @@ class AnnotatedDataset(PairedDataset):
         w, h = img.size
         if labels.shape != (h, w):
             raise DataError(
-                f"{annot}: annotation is {labels.shape[1]}×{labels.shape[0]} (W×H) but its image "
-                f"{path.name} is {w}×{h}"
+                f"{annot}: annotation is {labels.shape[0]}×{labels.shape[1]} (H×W) but its image "
+                f"{path.name} is {h}×{w}"
             )
         if self._size is None and (h, w) != self.image_size:
             eh, ew = self.image_size
             raise DataError(
-                f"{path}: expected {ew}×{eh} (W×H) like {self._files[0].name}, got {w}×{h}; "
+                f"{path}: expected {eh}×{ew} (H×W) like {self._files[0].name}, got {h}×{w}; "
                 "pass size= to resize every image"
             )
         bad = (labels >= self.num_classes) & (labels != self.ignore_index)

@@ -4,13 +4,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..checks import check_choice, check_int, is_int
+from ..checks import check_choice, check_int, is_callable_spec, is_int
 from ..errors import DataError
 from .annotated import AnnotatedDataset
 from .base import PairedDataset
 from .images import IMAGE_EXTENSIONS, SIZE_MULTIPLE, describe_listing, list_images
 from .pix2pix import Pix2PixDataset
 from .synthetic import SyntheticFacades
+from .wrapped import SAMPLES, WrappedDataset, open_factory_dataset, select_indices
 
 DIRECTIONS = ("AtoB", "BtoA")
 TASKS = ("translate", "segment")
@@ -47,7 +48,8 @@ def _check_options(split: str, direction: str, task: str | None, limit: int | No
     return limit, seed, ignore_index
 
 
-def _split_files(root: Path, split: str, limit: int | None) -> list[Path]:
+def _split_files(root: Path, split: str, limit: int | None, sample: str = "first",
+                 seed: int = 0) -> list[Path]:
     folder = root / split
     if not folder.is_dir():
         found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.endswith("annot"))
@@ -58,7 +60,7 @@ def _split_files(root: Path, split: str, limit: int | None) -> list[Path]:
         raise DataError(
             f"{folder} contains no {'/'.join(IMAGE_EXTENSIONS)} images; found {describe_listing(folder)}"
         )
-    return files[:limit] if limit is not None else files
+    return [files[i] for i in select_indices(len(files), limit, sample, seed)]
 
 
 def open_dataset(
@@ -71,15 +73,20 @@ def open_dataset(
     limit: int | None = None,
     seed: int = 0,
     ignore_index: int | None = None,
+    sample: str = "first",
+    data_args: dict | None = None,
 ) -> PairedDataset:
     """Open a paired dataset lazily (files are read on access).
 
     Parameters
     ----------
-    data : str or path
+    data : str, path or dataset
         ``"synthetic"`` for the built-in synthetic facades; a folder with ``{split}/`` and
-        ``{split}annot/`` (image + annotation layout, e.g. CamVid); or a folder with
-        ``{split}/*.jpg|png`` AB images (pix2pix layout).
+        ``{split}annot/`` (image + annotation layout, e.g. CamVid); a folder with
+        ``{split}/*.jpg|png`` AB images (pix2pix layout); ``"package.module:function"``, a
+        function returning a map-style dataset of ``(input, target)`` pairs (called with
+        ``split=`` when it takes it, and ``data_args``); or such a dataset object itself
+        (e.g. a ``torch.utils.data.Dataset``), see :class:`~compnn_index.data.wrapped.WrappedDataset`.
     split : str
         Sub-folder to read (``"train"``, ``"val"``, ``"test"``); for synthetic data it selects an
         independent seed stream.
@@ -95,13 +102,19 @@ def open_dataset(
         Resize every image to this size (bilinear for photos, nearest for labels). Must be a
         multiple of 32. Default: native size (synthetic: 256).
     limit : int, optional
-        Keep only the first ``limit`` images in sorted order (synthetic: how many to generate;
-        default 400 train, 100 val/test).
+        Keep only ``limit`` images (chosen by ``sample``), in sorted order (synthetic: how many
+        to generate; default 400 train, 100 val/test).
     seed : int
         Synthetic generator seed (recorded but unused for folders).
     ignore_index : int, optional
         Target label skipped by losses and metrics (segmentation only). Default: 11 for the
         annotation layout (CamVid void), None otherwise.
+    sample : {"first", "every", "random"}
+        Which ``limit`` images a folder or wrapped dataset keeps: the first, evenly spaced
+        ones, or a random subset drawn with ``seed`` (not for synthetic data, where ``limit``
+        is the number generated).
+    data_args : dict, optional
+        Keyword arguments of a ``package.module:function`` dataset.
 
     Returns
     -------
@@ -114,14 +127,39 @@ def open_dataset(
         wrong shape. Bad individual files raise :class:`DataError` when read.
     """
     limit, seed, ignore_index = _check_options(split, direction, task, limit, seed, ignore_index)
+    check_choice(sample, "sample", SAMPLES, error=DataError)
     shape = _normalise_size(size)
+    is_path = isinstance(data, (str, os.PathLike))
+    if not is_path or (is_callable_spec(data) and not Path(data).exists()):
+        if shape is not None:
+            raise DataError(
+                f"size = {size!r} resizes folder images only; a dataset object or function "
+                "returns its samples at their own size"
+            )
+        if not is_path:
+            if not (hasattr(data, "__getitem__") and hasattr(data, "__len__")):
+                raise DataError(
+                    "Expected data = 'synthetic', a folder path, 'package.module:function' or a "
+                    f"map-style dataset of (input, target) pairs, but data = {data!r}"
+                )
+            if data_args:
+                raise DataError("data_args apply to a 'package.module:function' dataset only")
+            return WrappedDataset(data, task=task, limit=limit, sample=sample, seed=seed,
+                                  ignore_index=ignore_index, identity={"split": split})
+        return open_factory_dataset(data, split=split, args=data_args, task=task, limit=limit,
+                                    sample=sample, seed=seed, ignore_index=ignore_index)
+    if data_args:
+        raise DataError(f"data_args apply to a 'package.module:function' dataset, not {data!r}")
     if isinstance(data, str) and data == "synthetic":
+        if sample != "first":
+            raise DataError(
+                f"sample = {sample!r}: synthetic data generates limit images; sample applies to "
+                "folders and datasets"
+            )
         task = task or "translate"
         _check_ignore(task, ignore_index)
         return SyntheticFacades(split=split, direction=direction, task=task, size=shape,
                                 limit=limit, seed=seed, ignore_index=ignore_index)
-    if not isinstance(data, (str, os.PathLike)):
-        raise DataError(f"Expected data = 'synthetic' or a folder path, but data = {data!r}")
     root = Path(data)
     if not root.is_dir():
         raise DataError(
@@ -139,13 +177,18 @@ def open_dataset(
                 f"{root} has the image + annotation layout, which only supports direction='AtoB' "
                 f"(image to labels), but direction = {direction!r}"
             )
-        return AnnotatedDataset(_split_files(root, split, limit), root=root, split=split,
-                                size=shape, limit=limit, seed=seed, ignore_index=ignore_index)
+        ds = AnnotatedDataset(_split_files(root, split, limit, sample, seed), root=root,
+                              split=split, size=shape, limit=limit, seed=seed,
+                              ignore_index=ignore_index)
+        ds.identity["sample"] = sample
+        return ds
     task = task or "translate"
     _check_ignore(task, ignore_index)
-    return Pix2PixDataset(_split_files(root, split, limit), root=root, split=split,
-                          direction=direction, task=task, size=shape, limit=limit, seed=seed,
-                          ignore_index=ignore_index)
+    ds = Pix2PixDataset(_split_files(root, split, limit, sample, seed), root=root, split=split,
+                        direction=direction, task=task, size=shape, limit=limit, seed=seed,
+                        ignore_index=ignore_index)
+    ds.identity["sample"] = sample
+    return ds
 
 
 def _check_ignore(task: str, ignore_index: int | None) -> None:

@@ -117,10 +117,10 @@ def to_network(img: Image.Image | np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(arr.transpose(2, 0, 1) / 127.5 - 1.0, dtype=np.float32)
 
 
-def suggest_size(h: int, w: int) -> tuple[int, int]:
-    """Nearest sizes that are multiples of :data:`SIZE_MULTIPLE` (at least one multiple)."""
+def suggest_size(h: int, w: int, multiple: int = SIZE_MULTIPLE) -> tuple[int, int]:
+    """Nearest sizes ``(H, W)`` that are multiples of ``multiple`` (at least one multiple)."""
     def snap(v: int) -> int:
-        return max(SIZE_MULTIPLE, int(round(v / SIZE_MULTIPLE)) * SIZE_MULTIPLE)
+        return max(multiple, int(round(v / multiple)) * multiple)
     return snap(h), snap(w)
 
 
@@ -129,6 +129,6 @@ def check_multiple(path: Path, h: int, w: int, what: str) -> None:
     if h % SIZE_MULTIPLE or w % SIZE_MULTIPLE:
         sh, sw = suggest_size(h, w)
         raise DataError(
-            f"{path}: {what} is {w}×{h} (W×H); height and width must be multiples of "
-            f"{SIZE_MULTIPLE}: pass size= to resize, e.g. size=({sh}, {sw})"
+            f"{path}: {what} is {h}×{w} (H×W); height and width must be multiples of "
+            f"{SIZE_MULTIPLE}: pass size= to resize, e.g. size=({sh}, {sw}) (--size {sh}x{sw})"
         )

@@ -43,7 +43,7 @@ class Pix2PixDataset(PairedDataset):
         self._size = size
         w, h = header_size(files[0])
         if w != 2 * h:
-            raise DataError(f"{files[0]}: expected an AB image of width 2×height, got {w}×{h}")
+            raise DataError(f"{files[0]}: expected an AB image of width 2 × height, got {h}×{w} (H×W)")
         if size is None:
             check_multiple(files[0], h, h, "each half")
         super().__init__(
@@ -66,11 +66,11 @@ class Pix2PixDataset(PairedDataset):
         img = read_photo(path)
         w, h = img.size
         if w != 2 * h:
-            raise DataError(f"{path}: expected an AB image of width 2×height, got {w}×{h}")
+            raise DataError(f"{path}: expected an AB image of width 2 × height, got {h}×{w} (H×W)")
         if self._size is None and (h, h) != self.image_size:
             eh, ew = self.image_size
             raise DataError(
-                f"{path}: expected halves of {ew}×{eh} like {self._files[0].name}, got {h}×{h}; "
+                f"{path}: expected halves of {eh}×{ew} (H×W) like {self._files[0].name}, got {h}×{h}; "
                 "pass size= to resize every image"
             )
         a, b = img.crop((0, 0, h, h)), img.crop((h, 0, 2 * h, h))

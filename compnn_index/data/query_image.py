@@ -92,3 +92,32 @@ def load_image(image: ImageLike, *, name: str = "image", size: tuple[int, int] |
     raise QueryError(
         f"{name}: expected an array, PIL image, path or dataset id, got {type(image).__name__}"
     )
+
+
+#: How a query image of another size is brought to the store's size.
+FITS = ("resize", "crop")
+
+
+def fit_image(image: np.ndarray, size: tuple[int, int], how: str, *, name: str = "image") -> np.ndarray:
+    """Bring a float32 ``(3, H, W)`` image to ``size = (H, W)``.
+
+    ``"resize"``: bilinear (the aspect ratio is not kept); ``"crop"``: the centred window of
+    ``size`` (refused when the image is smaller on either side).
+    """
+    if how not in FITS:
+        raise QueryError(f"Unknown fit {how!r}; expected one of {', '.join(FITS)}")
+    h, w = (int(v) for v in size)
+    ih, iw = image.shape[1:]
+    if (ih, iw) == (h, w):
+        return image
+    if how == "crop":
+        if ih < h or iw < w:
+            raise QueryError(
+                f"{name}: a {ih}×{iw} (H×W) image cannot be cropped to the index's {h}×{w}; "
+                "use --resize"
+            )
+        top, left = (ih - h) // 2, (iw - w) // 2
+        return np.ascontiguousarray(image[:, top:top + h, left:left + w])
+    pixels = np.clip(np.round((image.transpose(1, 2, 0) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+    resized = np.asarray(Image.fromarray(pixels).resize((w, h), Image.BILINEAR), dtype=np.float32)
+    return np.ascontiguousarray(resized.transpose(2, 0, 1) / 127.5 - 1.0, dtype=np.float32)

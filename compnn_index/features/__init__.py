@@ -7,7 +7,9 @@ networks give :class:`LayerSpec` objects whose ``module`` is a path for
 """
 from .extractor import FeatureExtractor
 from .spec import IO_KINDS, LayerSpec, Specs
-from .taps import ArrayLike, capture, default_layer_specs, global_descriptor, hyperpatches, probe_shapes
+from .taps import (ArrayLike, capture, default_layer_specs, global_descriptor, hyperpatches,
+                   infer_layer_specs, probe_shapes, smallest_tap)
 
 __all__ = ["ArrayLike", "FeatureExtractor", "IO_KINDS", "LayerSpec", "Specs", "capture",
-           "default_layer_specs", "global_descriptor", "hyperpatches", "probe_shapes"]
+           "default_layer_specs", "global_descriptor", "hyperpatches", "infer_layer_specs", "probe_shapes",
+           "smallest_tap"]

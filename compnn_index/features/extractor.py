@@ -22,7 +22,8 @@ class FeatureExtractor:
         Layers whose hyperpatches are extracted.
     global_tap : str or LayerSpec, optional
         Activation used for the global descriptor: a name from ``specs`` or from
-        ``model.layer_taps()``, or a spec. Default: ``model.bottleneck_tap()``.
+        ``model.layer_taps()``, a module path of the model (its output), or a spec. Default:
+        ``model.bottleneck_tap()``.
 
     Attributes
     ----------
@@ -34,7 +35,8 @@ class FeatureExtractor:
     Raises
     ------
     ModelError
-        If a tap is unknown or no global tap can be chosen.
+        If a tap is unknown, a layer's stride is not known yet (see
+        :func:`~compnn_index.features.infer_layer_specs`), or no global tap can be chosen.
     """
 
     def __init__(
@@ -44,6 +46,12 @@ class FeatureExtractor:
         self.specs = {s.name: s for s in _spec_list(specs)}
         if not self.specs and not isinstance(global_tap, LayerSpec):
             raise ModelError("FeatureExtractor needs at least one LayerSpec (or a global_tap LayerSpec)")
+        unresolved = [s.name for s in self.specs.values() if s.stride is None]
+        if unresolved:
+            raise ModelError(
+                f"layers {unresolved} have no stride yet; infer it by probing with "
+                "infer_layer_specs(model, specs, image_size) (build_index does) or give it"
+            )
         self.global_spec = self._global_spec(global_tap)
         for spec in self.specs.values():
             _resolve(model, spec)
@@ -65,9 +73,12 @@ class FeatureExtractor:
             return self.specs[global_tap]
         taps = _model_taps(self.model) or {}
         if global_tap not in taps:
+            if isinstance(global_tap, str) and global_tap and _is_submodule(self.model, global_tap):
+                return LayerSpec(global_tap, global_tap, "output", k=1)
             available = sorted(set(taps) | set(self.specs))
             raise ModelError(
-                f"unknown global_tap {global_tap!r}; available taps: {', '.join(available)}"
+                f"unknown global_tap {global_tap!r}; available taps: {', '.join(available)}; "
+                f"or a module path of {type(self.model).__name__}"
             )
         module, io = taps[global_tap]
         return LayerSpec(global_tap, module, io, k=1)
@@ -143,3 +154,11 @@ class FeatureExtractor:
         if key not in self._shapes:
             self._shapes[key] = probe_shapes(self.model, key, self._capture_specs())
         return self._shapes[key]
+
+
+def _is_submodule(model: nn.Module, path: str) -> bool:
+    try:
+        model.get_submodule(path)
+    except AttributeError:
+        return False
+    return True

@@ -28,13 +28,16 @@ class LayerSpec:
         Module path for ``model.get_submodule`` (``""`` is the model itself).
     io : {"output", "input"}
         Read the module's output or its (first) input.
-    k : int
+    k : int, default 2
         Hyperpatch window side in feature cells.
-    stride : int
-        Image pixels per feature cell.
+    stride : int, optional
+        Image pixels per feature cell. ``None`` (the default): not known yet —
+        :func:`compnn_index.features.infer_layer_specs` (which ``build_index`` calls) measures it
+        by probing the tap with a dummy input (image size / tap size per axis), and nothing
+        extracts hyperpatches from a spec whose stride is still ``None``.
     region : int, optional
-        Side in pixels of the image block a hyperpatch stands for; default ``k * stride``.
-        The hyperpatch at feature position (y, x) stands for
+        Side in pixels of the image block a hyperpatch stands for; default ``k * stride`` (the
+        block its k×k cells cover). The hyperpatch at feature position (y, x) stands for
         ``[y*stride, y*stride + region) × [x*stride, x*stride + region)``.
     """
 
@@ -42,7 +45,7 @@ class LayerSpec:
     module: str
     io: str = "output"
     k: int = 2
-    stride: int = 1
+    stride: int | None = None
     region: int | None = None
 
     def __post_init__(self) -> None:
@@ -59,6 +62,8 @@ class LayerSpec:
             )
         for option in ("k", "stride"):
             value = getattr(self, option)
+            if option == "stride" and value is None:
+                continue
             if not _is_positive_int(value):
                 raise ModelError(
                     f"layer {self.name!r}: expected {option} to be a positive integer, "
@@ -66,7 +71,8 @@ class LayerSpec:
                 )
             object.__setattr__(self, option, int(value))
         if self.region is None:
-            object.__setattr__(self, "region", self.k * self.stride)
+            if self.stride is not None:
+                object.__setattr__(self, "region", self.k * self.stride)
         elif not _is_positive_int(self.region):
             raise ModelError(
                 f"layer {self.name!r}: expected region to be a positive integer (pixels), "
@@ -74,6 +80,34 @@ class LayerSpec:
             )
         else:
             object.__setattr__(self, "region", int(self.region))
+
+    @property
+    def resolved(self) -> bool:
+        """True once the stride is known (given, or inferred by probing)."""
+        return self.stride is not None
+
+    @classmethod
+    def parse(cls, text: str) -> "LayerSpec":
+        """``NAME=MODULE.PATH[:input|output]`` (the command line's ``--layers`` items).
+
+        The stride and region are left to be inferred by probing; ``k`` is 2.
+
+        >>> LayerSpec.parse("d0=decoder.blocks.0:input")
+        LayerSpec(name='d0', module='decoder.blocks.0', io='input', k=2, stride=None, region=None)
+        """
+        if not isinstance(text, str) or "=" not in text:
+            raise ModelError(
+                f"Expected a layer as NAME=MODULE.PATH[:input|output], but got {text!r}"
+            )
+        name, _, path = (t.strip() for t in text.partition("="))
+        io = "output"
+        if ":" in path:
+            path, _, io = (t.strip() for t in path.rpartition(":"))
+        if not name or not path:
+            raise ModelError(
+                f"Expected a layer as NAME=MODULE.PATH[:input|output], but got {text!r}"
+            )
+        return cls(name, path, io)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict; :meth:`from_dict` inverts it."""

@@ -61,6 +61,84 @@ def default_layer_specs(
     return specs
 
 
+def infer_layer_specs(
+    model: nn.Module, specs: Specs, image_size: int | tuple[int, int]
+) -> dict[str, LayerSpec]:
+    """Fill in each spec's stride (and default region) by probing its tap with a dummy input.
+
+    The stride is the image size divided by the tap's map size, per axis; it must be the same
+    integer on both axes (square cells). A stride that was given is checked against the probe
+    when the sizes divide evenly. Never a silent default: a tap whose map does not divide the
+    image is refused, naming the tap and both shapes.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Any network.
+    specs : mapping or iterable of LayerSpec
+        Taps; ``stride=None`` means "infer".
+    image_size : int or (int, int)
+        Input height and width of the images that will be indexed.
+
+    Returns
+    -------
+    dict of str to LayerSpec
+        Every spec with its stride and region set, in the given order.
+
+    Raises
+    ------
+    ModelError
+        For a non-integer or non-square stride, a given stride the probe contradicts, or a
+        window larger than the tap's map.
+    """
+    spec_list = _spec_list(specs)
+    height, width = _size_pair(image_size)
+    shapes = probe_shapes(model, (height, width), spec_list) if spec_list else {}
+    out = {}
+    for spec in spec_list:
+        c, h, w = shapes[spec.name]
+        where = f"layer {spec.name!r} ({spec.io} of module {spec.module!r})"
+        even = height % h == 0 and width % w == 0
+        if spec.stride is None:
+            if not even or height // h != width // w:
+                raise ModelError(
+                    f"{where}: the {height}×{width} (H×W) input gives a {h}×{w} map "
+                    f"(tap shape {c}×{h}×{w}), a stride of {_ratio(height, h)}×{_ratio(width, w)} "
+                    "pixels per cell, not one integer; choose another tap or image size, or give "
+                    "the LayerSpec stride and region explicitly"
+                )
+            spec = LayerSpec(spec.name, spec.module, spec.io, k=spec.k, stride=height // h,
+                             region=spec.region)
+        elif even and height // h == width // w and height // h != spec.stride:
+            raise ModelError(
+                f"{where}: stride = {spec.stride} was given, but the {height}×{width} (H×W) input "
+                f"gives a {h}×{w} map, a stride of {height // h}; leave stride out to infer it"
+            )
+        if spec.k > min(h, w):
+            raise ModelError(
+                f"{where}: a {spec.k}×{spec.k} window does not fit its {h}×{w} map; give k=1"
+            )
+        out[spec.name] = spec
+    return out
+
+
+def smallest_tap(
+    model: nn.Module, specs: Specs, image_size: int | tuple[int, int]
+) -> LayerSpec:
+    """The spec (``k = 1``) of the tap with the smallest map — the default global descriptor of
+    a network without ``bottleneck_tap()``. Ties go to the first."""
+    spec_list = _spec_list(specs)
+    if not spec_list:
+        raise ModelError("no layer taps to choose a global descriptor from; name a global layer")
+    shapes = probe_shapes(model, image_size, spec_list)
+    best = min(spec_list, key=lambda s: shapes[s.name][1] * shapes[s.name][2])
+    return LayerSpec(best.name, best.module, best.io, k=1, stride=best.stride)
+
+
+def _ratio(a: int, b: int) -> str:
+    return str(a // b) if a % b == 0 else f"{a / b:.3g}"
+
+
 def probe_shapes(
     model: nn.Module, image_size: int | tuple[int, int], specs: Specs
 ) -> dict[str, tuple[int, int, int]]:

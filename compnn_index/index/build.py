@@ -31,8 +31,9 @@ import torch
 from tqdm.auto import tqdm
 
 from ..checks import check_threads, thread_limit
+from ..data import as_paired_dataset
 from ..errors import IndexStoreError, ModelError
-from ..features import FeatureExtractor, LayerSpec, default_layer_specs
+from ..features import FeatureExtractor, LayerSpec, default_layer_specs, infer_layer_specs, smallest_tap
 from ..models import model_hash
 from .codecs import SQ_TRAIN_ROWS, check_codec, file_bytes, layer_writer, n_trained, train_codec
 from . import integrity
@@ -55,10 +56,13 @@ def _norms_file(layer: str) -> str:
 
 
 def _resolve_specs(
-    model: torch.nn.Module, layers: Sequence[str], specs: Mapping[str, LayerSpec] | None,
+    model: torch.nn.Module, layers: Sequence[str | LayerSpec], specs: Mapping[str, LayerSpec] | None,
     image_size: tuple[int, int],
 ) -> dict[str, LayerSpec]:
-    """The LayerSpec of every requested layer, in request order."""
+    """The LayerSpec of every requested layer, in request order, strides inferred by probing."""
+    if not isinstance(layers, str) and any(isinstance(x, LayerSpec) for x in layers or ()):
+        specs = {**(specs or {}), **{x.name: x for x in layers if isinstance(x, LayerSpec)}}
+        layers = [x.name if isinstance(x, LayerSpec) else x for x in layers]
     if isinstance(layers, str) or not layers:
         raise IndexStoreError(
             f"Expected layers to be a non-empty list of layer names, but layers = {layers!r}"
@@ -71,7 +75,15 @@ def _resolve_specs(
         raise ModelError(
             f"unknown layers {unknown}: expected names among {', '.join(available)}"
         )
-    return {name: available[name] for name in layers}
+    return infer_layer_specs(model, [available[name] for name in layers], image_size)
+
+
+def _global_tap(model: torch.nn.Module, global_layer: str | LayerSpec | None,
+                layer_specs: Mapping[str, LayerSpec], image_size: tuple[int, int]):
+    """``global_layer``, else the model's bottleneck, else the indexed tap of smallest map."""
+    if global_layer is None and not callable(getattr(model, "bottleneck_tap", None)):
+        return smallest_tap(model, list(layer_specs.values()), image_size)
+    return global_layer
 
 
 def _array_layouts(dataset: Any, sample: Any, output_shape: tuple[int, ...]) -> dict[str, tuple[tuple, np.dtype]]:
@@ -166,18 +178,23 @@ def build_index(
     model : nn.Module
         The network (a built-in model, or any module with ``specs`` given). Every forward runs
         in eval mode (its mode is restored afterwards).
-    dataset : PairedDataset
+    dataset : PairedDataset or map-style dataset
         Sequence of samples with ``task``, ``num_classes``, ``ignore_index``, ``palette``,
         ``identity`` and ``image_size`` (see ``compnn_index.data``); every image the same size.
-    layers : list of str
-        Layers to index, each as one ``IndexFlatIP`` of L2-normalised hyperpatches.
+        Any other map-style dataset of ``(input, target)`` pairs (a ``torch.utils.data.Dataset``)
+        is wrapped by :class:`compnn_index.data.WrappedDataset`.
+    layers : list of str or LayerSpec
+        Layers to index, each as one ``IndexFlatIP`` of L2-normalised hyperpatches: tap names
+        (of ``specs`` or the model's taps), or specs. A spec's stride (and default region) may
+        be left out: it is inferred by probing (:func:`compnn_index.features.infer_layer_specs`).
     out : path-like
         Folder to create.
     specs : dict of str to LayerSpec, optional
         Layer geometry; default :func:`compnn_index.features.default_layer_specs`.
-    global_layer : str, optional
-        Tap whose flattened, L2-normalised activation is the global descriptor
-        (default ``model.bottleneck_tap()``).
+    global_layer : str or LayerSpec, optional
+        Tap whose flattened, L2-normalised activation is the global descriptor: a tap name or
+        any module path of the model. Default ``model.bottleneck_tap()``, or, for a model
+        without one, the indexed layer whose map is smallest.
     batch_size : int, default 8
         Images per forward pass (peak RAM grows with it).
     threads : int, optional
@@ -223,6 +240,7 @@ def build_index(
         raise IndexStoreError(
             f"index store {os.fspath(out)!r} already exists; pass overwrite=True (--overwrite on the command line) to replace it"
         )
+    dataset = as_paired_dataset(dataset)  # a torch Dataset of (input, target) pairs is fine too
     n = len(dataset)
     if n == 0:
         raise IndexStoreError("the dataset is empty: expected at least one image to index")
@@ -230,7 +248,8 @@ def build_index(
     started = time.perf_counter()
     with thread_limit(threads):
         layer_specs = _resolve_specs(model, layers, specs, image_size)
-        extractor = FeatureExtractor(model, layer_specs, global_tap=global_layer)
+        extractor = FeatureExtractor(
+            model, layer_specs, global_tap=_global_tap(model, global_layer, layer_specs, image_size))
         first = dataset[0]
         shapes, gdim, output_shape = _probe(extractor, first)
         arrays = _array_layouts(dataset, first, output_shape)

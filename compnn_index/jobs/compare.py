@@ -49,7 +49,8 @@ def _fidelity(recon: np.ndarray, cnn_out: np.ndarray, seg: bool) -> float:
 
 def compare(
     index: str | Path, *, data: str, split: str = "test", direction: str | None = None,
-    size: int | None = None, limit: int | None = 5, seed: int = 0, layer: str | None = None,
+    size: int | None = None, limit: int | None = 5, seed: int = 0, sample: str = "first",
+    data_args: dict | None = None, layer: str | None = None,
     top_k: Sequence[int] | None = None, iterations: Sequence[int] = (2, 4, 8, 16, 32),
     init: Sequence[str] = ("random",), baselines: Sequence[str] = ("hnsw", "ivf"),
     samples: int = DEFAULTS.samples, jumps: int = DEFAULTS.jumps, threads: int | None = None, out: str | Path,
@@ -90,7 +91,8 @@ def compare(
     pm_options = [QueryOptions(search="patchmatch", iterations=int(it), samples=samples, jumps=jumps,
                                seed=seed, init=mode) for mode in init for it in iterations]
     ds = open_dataset(data, split=split, direction=direction or trained.get("direction", "AtoB"),
-                      task=cnn.task, size=size or trained.get("size"), limit=limit, seed=seed)
+                      task=cnn.task, size=size or trained.get("size"), limit=limit, seed=seed,
+                      sample=sample, data_args=data_args)
     lv = cnn.layer(layer)
     exact_stats = defaultdict(list)
     codec_stats: dict[tuple[str, int], list] = defaultdict(list)

@@ -22,11 +22,18 @@ from tqdm import tqdm
 from ..options import DEFAULTS, QueryOptions
 
 from ..errors import QueryError
-from ..metrics import confusion_matrix, l1, mean_iou, pixel_accuracy, psnr
+from ..metrics import confusion_matrix, iou_per_class, l1, pixel_accuracy, psnr
 
 
 class _SegAccumulator:
-    """Confusion matrices summed over images, one per table row."""
+    """Confusion matrices summed over images, one per table row.
+
+    The ignore label (e.g. CamVid's void, 11): reference pixels that carry it are left out of
+    every row; a *predicted* pixel that carries it — a training label pasted by label transfer,
+    or a global-NN image's void — counts as wrong, in every row alike (the CNN never predicts
+    it). It is counted in an extra "void" prediction column: it lowers pixel accuracy and the
+    IoU of the true class, and is no class of its own in the mean IoU.
+    """
 
     def __init__(self, num_classes: int, ignore_index: int | None):
         self.k = num_classes
@@ -34,14 +41,23 @@ class _SegAccumulator:
         self.cms: dict[tuple, np.ndarray] = {}
 
     def add(self, key: tuple, pred: np.ndarray, ref: np.ndarray, *, ignore: bool = True) -> None:
-        cm = confusion_matrix(pred, ref, self.k, ignore_index=self.ignore if ignore else None)
+        pred, ref = np.asarray(pred), np.asarray(ref)
+        if self.ignore is not None:
+            if pred.shape == ref.shape:
+                keep = ref != self.ignore if ignore else np.ones(ref.shape, dtype=bool)
+                pred, ref = pred[keep], ref[keep]
+            pred = np.where(pred == self.ignore, self.k, pred)  # the "void" column: wrong
+        cm = confusion_matrix(pred, ref, self.k + 1)
         self.cms[key] = self.cms.get(key, 0) + cm
 
     def rows(self) -> list[dict]:
         out = []
         for (method, top_k, source, vs), cm in self.cms.items():
+            iou = iou_per_class(cm)[: self.k]
+            present = ~np.isnan(iou)
             out.append({"method": method, "top_k": top_k, "source": source, "vs": vs,
-                        "pixel_accuracy": float(pixel_accuracy(cm)), "mean_iou": float(mean_iou(cm))})
+                        "pixel_accuracy": float(pixel_accuracy(cm)),
+                        "mean_iou": float(iou[present].mean()) if present.any() else float("nan")})
         return out
 
 
@@ -59,7 +75,8 @@ def _render_table(rows: list[dict], columns: Sequence[str]) -> str:
 
 def evaluate(
     index: str | Path, *, data: str, split: str = "test", direction: str | None = None,
-    size: int | None = None, limit: int | None = None, seed: int = 0, layer: str | None = None,
+    size: int | None = None, limit: int | None = None, seed: int = 0, sample: str = "first",
+    data_args: dict | None = None, layer: str | None = None,
     search: str = "exact", top_k: Sequence[int] = (1, 16, 64), iterations: int = DEFAULTS.iterations,
     init: str = DEFAULTS.init,
     threads: int | None = None, out: str | Path, progress: bool = True, cnn=None,
@@ -83,7 +100,8 @@ def evaluate(
             f"Expected --top-k <= number of database images ({cnn.num_images}), but got {over}"
         )
     ds = open_dataset(data, split=split, direction=direction or trained.get("direction", "AtoB"),
-                      task=cnn.task, size=size or trained.get("size"), limit=limit, seed=seed)
+                      task=cnn.task, size=size or trained.get("size"), limit=limit, seed=seed,
+                      sample=sample, data_args=data_args)
     palette = man.get("palette")
     seg = cnn.task == "segment"
     acc = _SegAccumulator(cnn.num_classes, cnn.ignore_index) if seg else None

@@ -14,8 +14,9 @@ from ..options import QueryOptions
 
 
 def train(
-    *, data: str, split: str = "train", direction: str = "AtoB", size: int | None = None,
-    limit: int | None = None, seed: int = 0, task: str, arch: str = "unet", ngf: int = 64,
+    *, data: str, split: str = "train", direction: str = "AtoB", size: int | tuple[int, int] | None = None,
+    limit: int | None = None, seed: int = 0, sample: str = "first", data_args: dict | None = None,
+    task: str, arch: str = "unet", ngf: int = 64,
     depth: int | None = None, epochs: int = 10, batch_size: int = 4, lr: float = 2e-4,
     gan: bool = False, threads: int | None = None, out: str | Path, progress: bool = True,
 ):
@@ -27,7 +28,8 @@ def train(
         raise ModelError(f"--arch segnet is a segmentation network; expected --task segment, got --task {task}")
     if epochs < 1:
         raise ModelError(f"Expected --epochs >= 1, but --epochs = {epochs}")
-    ds = open_dataset(data, split=split, direction=direction, task=task, size=size, limit=limit, seed=seed)
+    ds = open_dataset(data, split=split, direction=direction, task=task, size=size, limit=limit,
+                      seed=seed, sample=sample, data_args=data_args)
     h, w = ds.image_size
     model = build_model(arch, task=task, in_channels=ds.in_channels, out_channels=ds.out_channels,
                         ngf=ngf, depth=depth, size=min(h, w))
@@ -42,28 +44,70 @@ def train(
 
 
 def build(
-    *, model: str | Path, data: str, split: str = "train", direction: str | None = None,
-    size: int | None = None, limit: int | None = None, seed: int = 0,
-    layers: Sequence[str] | None = None, batch_size: int = 8, threads: int | None = None,
-    out: str | Path, overwrite: bool = False, progress: bool = True, codec: str = "fp32",
+    *, model: str | Path | None = None, data: str, split: str = "train", direction: str | None = None,
+    size: int | tuple[int, int] | None = None, limit: int | None = None, seed: int = 0,
+    sample: str = "first", data_args: dict | None = None,
+    layers: Sequence[str] | None = None, global_layer: str | None = None, batch_size: int = 8,
+    threads: int | None = None, out: str | Path, overwrite: bool = False, progress: bool = True,
+    model_factory: str | None = None, factory_args: dict | str | None = None,
+    weights: str | Path | None = None, task: str | None = None, codec: str = "fp32",
 ) -> Path:
-    """Build an index store for ``model`` over a dataset split (layers stored with ``codec``)."""
-    from ..data import open_dataset
-    from ..index import build_index
-    from ..models import load_checkpoint
+    """Build an index store for ``model`` over a dataset split (layers stored with ``codec``).
 
-    net = load_checkpoint(model)
-    trained_on = getattr(net, "checkpoint_extra", {}).get("dataset", {}) or {}
-    task = net.config.get("task", "translate")
-    ds = open_dataset(
-        data, split=split, direction=direction or trained_on.get("direction", "AtoB"), task=task,
-        size=size or trained_on.get("size"), limit=limit, seed=seed,
-    )
+    ``model`` is a compnn checkpoint (``compnn train`` / ``compnn import-pix2pix``, or a
+    ``model.pt`` an earlier factory build wrote). Or the user's own network:
+    ``model_factory`` (``package.module:function``), ``factory_args``, ``weights`` and ``task``;
+    its checkpoint, recording the factory and its arguments, is written as ``OUT/model.pt``
+    and named in the manifest, so later commands load it by themselves. ``layers`` items are
+    tap names or ``NAME=MODULE.PATH[:input|output]``; strides and regions are inferred by
+    probing.
+    """
+    from ..data import open_dataset
+    from ..features import LayerSpec
+    from ..index import build_index
+    from ..models import factory_model, load_checkpoint, save_checkpoint
+
+    if (model is None) == (model_factory is None):
+        raise ModelError("give either --model (a compnn checkpoint) or --model-factory "
+                         "(package.module:function), not both or neither")
+    if model_factory is None and (factory_args is not None or weights is not None):
+        raise ModelError("--factory-args and --weights go with --model-factory")
+    if model_factory is not None:
+        if task is None:
+            raise ModelError("--task (translate or segment) is required with --model-factory")
+        if not layers:
+            raise ModelError("--layers is required with --model-factory: NAME=MODULE.PATH[:input|output],... "
+                             "(module paths as in model.named_modules())")
+        ds = open_dataset(data, split=split, direction=direction or "AtoB", task=task, size=size,
+                          limit=limit, seed=seed, sample=sample, data_args=data_args)
+        net = factory_model(model_factory, factory_args, weights=weights, task=task,
+                            in_channels=ds.in_channels)
+        model_path = Path(out).resolve() / "model.pt"
+    else:
+        net = load_checkpoint(model)
+        trained_on = getattr(net, "checkpoint_extra", {}).get("dataset", {}) or {}
+        if task is not None and task != net.config.get("task", "translate"):
+            raise ModelError(f"--task {task}: the checkpoint {model} is a "
+                             f"{net.config.get('task', 'translate')} network")
+        task = net.config.get("task", "translate")
+        ds = open_dataset(
+            data, split=split, direction=direction or trained_on.get("direction", "AtoB"), task=task,
+            size=size or trained_on.get("size"), limit=limit, seed=seed, sample=sample,
+            data_args=data_args,
+        )
+        model_path = Path(model).resolve()
     if layers is None:
-        layers = ["decoder2"] if "decoder2" in net.layer_taps() else [next(iter(net.layer_taps()))]
-    path = build_index(net, ds, layers=list(layers), out=out, batch_size=batch_size,
-                       threads=threads, progress=progress, model_path=str(Path(model).resolve()),
-                       overwrite=overwrite, codec=codec)
+        taps = net.layer_taps() if callable(getattr(net, "layer_taps", None)) else {}
+        if not taps:
+            raise ModelError("--layers is required for this network: NAME=MODULE.PATH[:input|output],...")
+        layers = ["decoder2"] if "decoder2" in taps else [next(iter(taps))]
+    specs = [LayerSpec.parse(x) if isinstance(x, str) and "=" in x else x for x in layers]
+    path = build_index(net, ds, layers=specs, global_layer=global_layer, out=out,
+                       batch_size=batch_size, threads=threads, progress=progress,
+                       model_path=str(model_path), overwrite=overwrite, codec=codec)
+    if model_factory is not None:
+        save_checkpoint(path / "model.pt", net, dataset=ds.identity,
+                        weights=None if weights is None else str(Path(weights).resolve()))
     if progress:
         print(f"wrote index store {path}")
     return path
@@ -80,6 +124,23 @@ def compress(*, index: str | Path, codec: str, out: str | Path, overwrite: bool 
     return path
 
 
+def import_pix2pix(*, weights: str | Path, size: int = 256, norm: str | None = None,
+                   task: str = "translate", out: str | Path, progress: bool = True):
+    """``compnn import-pix2pix``: a pix2pix reference generator as a compnn checkpoint."""
+    from ..models import import_pix2pix as load_reference, save_checkpoint
+    from ..models.pix2pix_import import GENERATORS
+
+    model = load_reference(weights, size=size, norm=norm, task=task)
+    save_checkpoint(out, model, imported_from={"format": "pix2pix", "weights": str(Path(weights).resolve())},
+                    dataset={"size": size})
+    if progress:
+        c = model.config
+        name = GENERATORS.get(model.depth, f"{model.depth}-level U-Net")
+        print(f"wrote {out} (pix2pix {name}, ngf {c['ngf']}, {model.norm} norm, "
+              f"{c['in_channels']}→{c['out_channels']} channels, {task})")
+    return model
+
+
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
@@ -94,10 +155,15 @@ def _unique_name(name: str, used: set[str]) -> str:
 def query(
     *, index: str | Path, images: Sequence[str], out: str | Path, layer: str | None = None,
     options: QueryOptions | None = None, restrict=None, sources: Sequence[str] = ("target", "input"),
-    threads: int | None = None, progress: bool = True, verify: bool = False,
+    threads: int | None = None, progress: bool = True, verify: bool = False, fit: str | None = None,
 ) -> list[dict]:
-    """Answer each query image (file or database id) and write its pictures and JSON."""
+    """Answer each query image (file or database id) and write its pictures and JSON.
+
+    ``fit`` (``"resize"`` or ``"crop"``) brings image files of another size than the store's
+    to its size: bilinear resize, or a centred crop (refused when the file is smaller).
+    """
     from ..api import CompNN
+    from ..data.query_image import fit_image, load_image
 
     cnn = CompNN.load(index, threads=threads, verify=verify)
     options = options or QueryOptions()
@@ -106,6 +172,9 @@ def query(
     used: set[str] = set()  # two files with one stem must not overwrite each other's results
     for item in images:
         image = int(item) if is_int_text(str(item)) else item
+        if fit is not None and not isinstance(image, int):
+            image = fit_image(load_image(image, name=str(item)), tuple(cnn.store.image_size), fit,
+                              name=str(item))
         res = cnn.explain(image, layer=layer, options=options, restrict=restrict, sources=tuple(sources))
         name = _unique_name(
             f"id{image}" if isinstance(image, int) else _SAFE.sub("_", Path(item).stem), used)

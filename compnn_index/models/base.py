@@ -59,9 +59,13 @@ class TapModel(nn.Module):
         """
         m = self.size_multiple()
         if height < m or width < m or height % m or width % m:
+            from compnn_index.data.images import suggest_size
+
+            sh, sw = suggest_size(height, width, m)
             raise ModelError(
                 f"image size {height}×{width} is not a multiple of {m} required by "
-                f"{self._size_requirement()}; resize the images (size option)"
+                f"{self._size_requirement()}; resize the images (size option), H×W e.g. "
+                f"{sh}×{sw} (--size {sh}x{sw})"
             )
 
     def _size_requirement(self) -> str:

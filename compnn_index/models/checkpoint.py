@@ -6,6 +6,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Mapping
 
 import torch
 from torch import nn
@@ -108,6 +109,17 @@ def load_checkpoint(path: str | os.PathLike) -> TapModel:
         )
     config = dict(ckpt["config"])
     config.pop("arch", None)
+    if ckpt["arch"] == "factory":  # the user's own network, rebuilt by the factory it records
+        from compnn_index.models.factory import factory_model
+
+        try:
+            model = factory_model(config.pop("factory", None), config.pop("factory_args", None),
+                                  **config)
+            load_weights(model, ckpt["state_dict"], source=os.fspath(path))
+        except ModelError as exc:
+            raise ModelError(f"checkpoint file {os.fspath(path)!r}: {exc}") from exc
+        model.checkpoint_extra = dict(ckpt.get("extra") or {})
+        return model.eval()
     try:
         model = build_model(ckpt["arch"], **config)
         model.load_state_dict(ckpt["state_dict"])
@@ -115,6 +127,67 @@ def load_checkpoint(path: str | os.PathLike) -> TapModel:
         raise ModelError(f"checkpoint file {os.fspath(path)!r}: {exc}") from exc
     model.checkpoint_extra = dict(ckpt.get("extra") or {})
     return model.eval()
+
+
+def load_weights(model: nn.Module, state: Mapping[str, torch.Tensor], *, source: str) -> None:
+    """``model.load_state_dict(state)`` (strict), refusing with the first key that does not fit.
+
+    Raises
+    ------
+    ModelError
+        Naming the first missing or unexpected key, or the first key whose shape differs
+        (both shapes).
+    """
+    ours = model.state_dict()
+    for key, want in ours.items():
+        if key not in state:
+            raise ModelError(f"{source}: key {key!r} (shape {tuple(want.shape)}) is missing"
+                             f" ({len(set(ours) - set(state))} missing in all)")
+        got = state[key]
+        if not isinstance(got, torch.Tensor) or tuple(got.shape) != tuple(want.shape):
+            shape = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
+            raise ModelError(f"{source}: key {key!r} has shape {shape}, but the model needs "
+                             f"{tuple(want.shape)}")
+    extra = [k for k in state if k not in ours]
+    if extra:
+        raise ModelError(f"{source}: unexpected key {extra[0]!r} ({len(extra)} in all); the "
+                         "weights are not for this model (check the factory arguments)")
+    model.load_state_dict(state)
+
+
+def strip_module_prefix(state: object, source: str) -> dict[str, torch.Tensor]:
+    """A plain ``{key: tensor}`` dict; a ``module.`` prefix on every key (DataParallel) is removed."""
+    if not isinstance(state, Mapping):
+        raise ModelError(
+            f"{source}: expected a state dict (a mapping of keys to tensors), got "
+            f"{type(state).__name__}"
+        )
+    state = dict(state)
+    if state and all(isinstance(k, str) and k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A weights file's state dict: ``torch.load(path, weights_only=True)``, errors naming the file.
+
+    A dict holding the weights under ``"state_dict"`` (a training checkpoint) is unwrapped; a
+    ``module.`` prefix on every key is removed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"weights file {os.fspath(path)!r} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt or foreign files
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise ModelError(
+            f"weights file {os.fspath(path)!r} could not be read with torch.load(weights_only=True): "
+            f"{type(exc).__name__}: {first}"
+        ) from exc
+    if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
+        state = state["state_dict"]
+    return strip_module_prefix(state, os.fspath(path))
 
 
 def model_hash(model: nn.Module) -> str:

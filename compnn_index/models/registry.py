@@ -24,6 +24,7 @@ def build_model(
     ngf: int = 64,
     depth: int | None = None,
     size: int = 256,
+    norm: str = "batch",
     seed: int | None = 0,
 ) -> TapModel:
     """Build a built-in network with named layer taps.
@@ -46,6 +47,8 @@ def build_model(
     size : int, default 256
         Image side the network is built for (inputs must be a multiple of
         ``model.size_multiple()``).
+    norm : {"batch", "instance"}, default "batch"
+        U-Net normalisation (pix2pix's ``--norm``); SegNet has batch norm only.
     seed : int or None, default 0
         Seed of the pix2pix weight initialisation (N(0, 0.02)); ``None`` uses the global RNG.
         Not part of :attr:`config`: a checkpoint's weights replace the initial ones.
@@ -63,9 +66,14 @@ def build_model(
         For an unknown architecture or an invalid option.
     """
     builder = _BUILDERS[check_choice(arch, "arch", ARCHITECTURES, error=ModelError)]
+    extra = {}
+    if arch == "unet":
+        extra["norm"] = norm
+    elif norm != "batch":
+        raise ModelError(f"norm = {norm!r}: only arch 'unet' has a norm option ({arch} uses batch norm)")
     model = builder(
         task=task, in_channels=in_channels, out_channels=out_channels, ngf=ngf, depth=depth,
-        size=size,
+        size=size, **extra,
     )
     init_weights(model, seed=seed)
     return model

@@ -9,12 +9,21 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from compnn_index.checks import check_int
+from compnn_index.checks import check_choice, check_int
 from compnn_index.errors import ModelError
-from compnn_index.models.base import TapModel, check_common_options, init_weights
+from compnn_index.models.base import TapModel, check_common_options
 
 #: Decoders with an index above this get Dropout(0.5) (pix2pix: decoders 7, 6, 5 at depth 8).
 _DROPOUT_ABOVE = 4
+#: Normalisation layers: pix2pix's ``--norm batch`` (default) and ``--norm instance``.
+NORMS = ("batch", "instance")
+
+
+def _norm_layer(norm: str, channels: int) -> nn.Module:
+    """BatchNorm2d, or pix2pix's InstanceNorm2d (no affine weights, no running statistics)."""
+    if norm == "instance":
+        return nn.InstanceNorm2d(channels, affine=False, track_running_stats=False)
+    return nn.BatchNorm2d(channels)
 
 
 def default_depth(size: int) -> int:
@@ -56,15 +65,23 @@ class UNet(TapModel):
         Number of stride-2 encoder blocks; the input side must be a multiple of ``2**depth``.
     size : int
         Image side the network is meant for (recorded in :attr:`config`).
+    norm : {"batch", "instance"}
+        pix2pix's normalisation. ``"instance"`` is ``InstanceNorm2d`` without affine weights or
+        running statistics, and, as in pix2pix, every convolution then has a bias. Recorded in
+        :attr:`config` only when it is not ``"batch"``, so a checkpoint without it (every one
+        written before the option existed) is a batch-norm U-Net and its hash is unchanged.
     """
 
     arch = "unet"
 
     def __init__(
-        self, *, task: str, in_channels: int, out_channels: int, ngf: int, depth: int, size: int
+        self, *, task: str, in_channels: int, out_channels: int, ngf: int, depth: int, size: int,
+        norm: str = "batch",
     ) -> None:
         super().__init__()
         self.depth = depth
+        self.norm = norm
+        bias = norm == "instance"  # pix2pix: use_bias = norm_layer == InstanceNorm2d
         self.config = {
             "arch": self.arch,
             "task": task,
@@ -74,22 +91,24 @@ class UNet(TapModel):
             "depth": depth,
             "size": size,
         }
+        if norm != "batch":
+            self.config["norm"] = norm
         ch = [0] + [_channels(level, ngf) for level in range(1, depth + 1)]
-        self.encoder1 = nn.Conv2d(in_channels, ch[1], 4, stride=2, padding=1, bias=False)
+        self.encoder1 = nn.Conv2d(in_channels, ch[1], 4, stride=2, padding=1, bias=bias)
         for level in range(2, depth):
             self.add_module(
                 f"encoder{level}",
                 nn.Sequential(
                     nn.LeakyReLU(0.2),
-                    nn.Conv2d(ch[level - 1], ch[level], 4, stride=2, padding=1, bias=False),
-                    nn.BatchNorm2d(ch[level]),
+                    nn.Conv2d(ch[level - 1], ch[level], 4, stride=2, padding=1, bias=bias),
+                    _norm_layer(norm, ch[level]),
                 ),
             )
         self.add_module(
             f"encoder{depth}",
             nn.Sequential(
                 nn.LeakyReLU(0.2),
-                nn.Conv2d(ch[depth - 1], ch[depth], 4, stride=2, padding=1, bias=False),
+                nn.Conv2d(ch[depth - 1], ch[depth], 4, stride=2, padding=1, bias=bias),
             ),
         )
         # decoder{depth} sees only the bottleneck; every other decoder sees cat(decoder, skip).
@@ -97,8 +116,8 @@ class UNet(TapModel):
             cin = ch[level] if level == depth else 2 * ch[level]
             layers: list[nn.Module] = [
                 nn.ReLU(),
-                nn.ConvTranspose2d(cin, ch[level - 1], 4, stride=2, padding=1, bias=False),
-                nn.BatchNorm2d(ch[level - 1]),
+                nn.ConvTranspose2d(cin, ch[level - 1], 4, stride=2, padding=1, bias=bias),
+                _norm_layer(norm, ch[level - 1]),
             ]
             if _DROPOUT_ABOVE < level < depth:
                 layers.append(nn.Dropout(0.5))
@@ -159,6 +178,7 @@ def build_unet(
     ngf: int = 64,
     depth: int | None = None,
     size: int = 256,
+    norm: str = "batch",
 ) -> UNet:
     """Validate options and build a :class:`UNet` (weights not yet initialised).
 
@@ -171,6 +191,7 @@ def build_unet(
         "unet", task=task, in_channels=in_channels, out_channels=out_channels, ngf=ngf
     )
     size = check_int(size, "size", low=4, error=ModelError)
+    norm = check_choice(norm, "norm", NORMS, error=ModelError)
     if depth is None:
         depth = default_depth(size)
         if depth < 2:
@@ -187,5 +208,5 @@ def build_unet(
             )
     return UNet(  # ints, not NumPy ints: the config is written as JSON
         task=task, in_channels=int(in_channels), out_channels=out_channels, ngf=int(ngf),
-        depth=depth, size=size,
+        depth=depth, size=size, norm=norm,
     )
