@@ -221,3 +221,14 @@ def parse_restrict(value: Any, name: str = "restrict") -> Any:
         else:
             raise QueryError(f"{name}: expected image ids or names, got {_quote(v)}")
     return out
+
+
+def parse_exclude(value: Any, name: str = "exclude") -> list:
+    """Database images never matched: ids and names as :func:`parse_restrict` reads them
+    (a list, or a comma-separated string), without the KEY=VALUE form. None or empty: ``[]``."""
+    if value is None or (isinstance(value, (str, list, tuple)) and not len(value)):
+        return []
+    out = parse_restrict(value, name)
+    if isinstance(out, dict):
+        raise QueryError(f"Expected {name} as image ids or names, got {_quote(value)}")
+    return out

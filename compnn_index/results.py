@@ -342,7 +342,7 @@ def _save_pictures(pictures: dict, doc: dict, out_dir: str | os.PathLike, *,
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {n: f"{n}.png" for n in pictures}
     doc = {**doc, "files": files}
-    with tempfile.TemporaryDirectory(prefix=".compnn-result-", dir=out_dir) as tmp_name:
+    with tempfile.TemporaryDirectory(prefix=".compnn-query-", dir=out_dir) as tmp_name:
         tmp = Path(tmp_name)
         for n, rgb in pictures.items():
             (rgb if isinstance(rgb, Image.Image) else Image.fromarray(np.asarray(rgb))).save(tmp / files[n])

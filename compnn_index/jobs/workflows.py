@@ -83,9 +83,13 @@ def _unique_name(name: str, used: set[str]) -> str:
 def query(
     *, index: str | Path, images: Sequence[str], out: str | Path, layer: str | None = None,
     options: QueryOptions | None = None, restrict=None, sources: Sequence[str] = ("target", "input"),
-    threads: int | None = None, progress: bool = True,
+    threads: int | None = None, progress: bool = True, exclude: Sequence = (), keep_self: bool = False,
 ) -> list[dict]:
-    """Answer each query image (file or database id) and write its pictures and JSON."""
+    """Answer each query image (file or database id) and write its pictures and JSON.
+
+    A database id is left out of its own explanation (leave-one-out) unless ``keep_self``;
+    ``exclude`` (ids or names) is left out of every query.
+    """
     from ..api import CompNN
 
     cnn = CompNN.load(index, threads=threads)
@@ -95,12 +99,15 @@ def query(
     used: set[str] = set()  # two files with one stem must not overwrite each other's results
     for item in images:
         image = int(item) if is_int_text(str(item)) else item
-        res = cnn.explain(image, layer=layer, options=options, restrict=restrict, sources=tuple(sources))
+        own = [image] if isinstance(image, int) and not keep_self else []
+        res = cnn.explain(image, layer=layer, options=options, restrict=restrict, sources=tuple(sources),
+                          exclude=[*exclude, *own])
         name = _unique_name(
             f"id{image}" if isinstance(image, int) else _SAFE.sub("_", Path(item).stem), used)
         target = out if len(images) == 1 else out / name
         docs.append(cnn.save(res, target, name=name))
         if progress:
-            print(f"{item}: {res.layer} {res.search} top-{len(res.shortlist)} in {res.timings['total']:.2f}s "
-                  f"(search {res.timings['search']:.2f}s) -> {target}")
+            left_out = f", leaving out {list(res.exclude)}" if len(res.exclude) else ""
+            print(f"{item}: {res.layer} {res.search} top-{len(res.shortlist)}{left_out} in "
+                  f"{res.timings['total']:.2f}s (search {res.timings['search']:.2f}s) -> {target}")
     return docs
