@@ -165,7 +165,7 @@ def click_pixel(cdp: DevTools, box: dict, py: int, px: int) -> None:
 
 def wait_highlight(cdp: DevTools, py: int, px: int, search: str | None = None, layer: str | None = None) -> dict:
     """The highlight after a click at (py, px), once every canvas shows the same match."""
-    extra = (f" && h.search === '{search}'" if search else "") + (f" && h.layer === '{layer}'" if layer else "")
+    extra = (f" || h.search !== '{search}'" if search else "") + (f" || h.layer !== '{layer}'" if layer else "")
     return cdp.wait_for(f"""(() => {{ const h = document.getElementById('source-highlight').dataset;
         const same = (id) => {{ const c = document.getElementById(id).dataset;
             return c.image === h.image && c.y === h.y && c.x === h.x; }};
