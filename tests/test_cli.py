@@ -110,7 +110,8 @@ def test_query_segment_files_and_patchmatch(capsys, segment_index, segment_cnn, 
 @pytest.mark.parametrize("args,match", [
     (["--layer", "nope"], f"Unknown layer 'nope': this index has layers {', '.join(TINY_LAYERS)}"),
     (["--top-k", "0"], "but top_k = 0"),
-    (["--top-k", str(N + 1)], f"Expected 1 <= top_k <= number of database images ({N}), but top_k = {N + 1}"),
+    # the query image (id 1) is left out of its own explanation: N - 1 images remain
+    (["--top-k", str(N + 1)], f"Expected 1 <= top_k <= number of database images ({N - 1}), but top_k = {N + 1}"),
     (["--restrict", "material=gold"], "matches no database image"),
     (["--restrict", "@missing.txt"], "--restrict: no such file 'missing.txt'"),
     (["--sources", "labels"], "Unknown source 'labels'"),

@@ -140,7 +140,7 @@ def test_exclude_on_the_cli(capsys, translate_index, tmp_path, monkeypatch):
     stdout = run("--out", tmp_path / "a")
     doc = json.loads((tmp_path / "a" / "result.json").read_text())
     assert 3 not in doc["shortlist"] and 3 not in np.unique(doc["nn_field"]["image"])
-    assert "leaving out [3]" in stdout
+    assert "(left out: 3)" in stdout
     run("--keep-self", "--out", tmp_path / "b")
     assert json.loads((tmp_path / "b" / "result.json").read_text())["shortlist"][0] == 3
     run("--exclude", "4,5", "--out", tmp_path / "c")

@@ -107,7 +107,7 @@ def query(
         target = out if len(images) == 1 else out / name
         docs.append(cnn.save(res, target, name=name))
         if progress:
-            left_out = f", leaving out {list(res.exclude)}" if len(res.exclude) else ""
-            print(f"{item}: {res.layer} {res.search} top-{len(res.shortlist)}{left_out} in "
-                  f"{res.timings['total']:.2f}s (search {res.timings['search']:.2f}s) -> {target}")
+            left_out = f" (left out: {', '.join(map(str, res.exclude))})" if len(res.exclude) else ""
+            print(f"{item}: {res.layer} {res.search} top-{len(res.shortlist)} in {res.timings['total']:.2f}s "
+                  f"(search {res.timings['search']:.2f}s) -> {target}{left_out}")
     return docs
