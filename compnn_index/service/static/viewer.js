@@ -156,8 +156,9 @@ function drawClassLegend() {
   if (info.task !== "segment" || !info.palette) return;
   info.palette.forEach((rgb, i) => {
     const name = (info.class_names && info.class_names[i]) || `class ${i}`;
-    box.appendChild(el("span", { class: "entry", "data-class": i },
-      el("i", { style: `background: rgb(${rgb.join(",")})` }), name));
+    const swatch = el("i");
+    swatch.style.backgroundColor = `rgb(${rgb.join(",")})`; // CSSOM: allowed by the page's CSP
+    box.appendChild(el("span", { class: "entry", "data-class": i }, swatch, name));
   });
 }
 
