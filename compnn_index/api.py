@@ -25,11 +25,12 @@ from .features import FeatureExtractor, LayerSpec
 from .index import IndexStore, LayerVectors
 from .index.integrity import check_finite
 from .options import DEFAULT_TOP_K, INITS, SEARCHES, SOURCES, QueryOptions
-from .results import Correspondence, GlobalNN, QueryFeatures, QueryResult
+from .results import Correspondence, GlobalNN, QueryFeatures, QueryResult, ResultContext
 from .search import NNField, exact_search, native_available, native_error, search_field
 
 __all__ = ["CompNN", "Correspondence", "DEFAULT_TOP_K", "GlobalNN", "INITS", "QueryFeatures",
-           "QueryOptions", "QueryResult", "SEARCHES", "SOURCES", "native_available", "native_error"]
+           "QueryOptions", "QueryResult", "ResultContext", "SEARCHES", "SOURCES", "native_available",
+           "native_error"]
 
 ImageArg = Union[ImageLike, int, np.integer, QueryFeatures]
 
@@ -54,6 +55,17 @@ class CompNN:
         self._arrays: dict[str, np.ndarray] = {}
         self._extractors: dict[tuple[str, ...], FeatureExtractor] = {}
         self._forward_lock = threading.Lock()
+        self._context: ResultContext | None = None
+
+    def __repr__(self) -> str:
+        store, man = self.store, self.store.manifest
+        h, w = (int(v) for v in store.image_size)
+        layers = ", ".join(f"{n} (stride {store.spec(n).stride})" for n in self.layers)
+        model = man.get("model", {}) or {}
+        classes = f", {self.num_classes} classes" if self.num_classes else ""
+        return (f"CompNN({str(store.path)!r}: {self.task}{classes}, {self.num_images} database images "
+                f"{h}×{w}, layers {layers}; model {model.get('arch', '?')} "
+                f"{str(model.get('hash', ''))[:12]}; threads {self.threads or 'all'})")
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -120,6 +132,34 @@ class CompNN:
         if name not in self._arrays:
             self._arrays[name] = self.store.array(name)
         return self._arrays[name]
+
+    def context(self) -> ResultContext:
+        """What results need of this store to draw themselves (palette, class names, pictures)."""
+        if self._context is None:
+            from .data.palette import FACADES_CLASSES, FACADES_PALETTE
+            from .pictures import class_legend, to_rgb
+
+            man = self.store.manifest
+            palette = None if man.get("palette") is None else np.asarray(man["palette"], dtype=np.uint8)
+            names = man.get("class_names")
+            facades = palette is not None and palette.shape == FACADES_PALETTE.shape and \
+                bool((palette == FACADES_PALETTE).all())
+            if names is None and facades:
+                names = FACADES_CLASSES
+            ds = man.get("dataset") or {}
+            labels_in = (self.task == "translate" and ds.get("direction") == "BtoA" and
+                         (ds.get("kind") == "synthetic" or "facades" in str(ds.get("path", "")).lower()))
+            kinds = {"input": "inputs", "target": "targets", "output": "outputs"}
+
+            def db_picture(i: int, kind: str) -> np.ndarray:
+                arr = np.asarray(self.array(kinds[kind])[int(i)])
+                return to_rgb(arr.astype(np.float32) if arr.ndim == 3 else arr, palette)
+
+            self._context = ResultContext(
+                palette=palette, class_names=tuple(names) if names else None,
+                image_names=list(self.store.image_names), db_picture=db_picture, task=self.task,
+                input_legend=class_legend(FACADES_PALETTE, FACADES_CLASSES) if labels_in else None)
+        return self._context
 
     def thread_limits(self, threads: int | None = None):
         """The thread limit of one call: ``threads``, else the instance's ``threads``."""
@@ -284,6 +324,7 @@ class CompNN:
             seed=seed, init=None if field_init is not None else init)
         layer = self.check_layer(layer)
         cands = self.candidates(restrict, exclude)
+        excluded = tuple(int(i) for i in np.unique(self.check_ids(list(exclude), what="exclude")))
         k = opts.resolve_top_k(len(cands))
         coarse = opts.search == "patchmatch" and field_init is None and opts.init == "coarse"
         need = self.pyramid(layer) if coarse else [layer]
@@ -319,7 +360,8 @@ class CompNN:
             params.update(opts.patchmatch_params(), init=opts.init if field_init is None else "field")
         return QueryResult(layer=layer, spec=spec, field=nnf, shortlist=ids, shortlist_similarity=sims,
                            query_input=feats.image, output=feats.output, reconstructions=recon,
-                           timings=timings, search=opts.search, params=params)
+                           timings=timings, search=opts.search, params=params, exclude=excluded,
+                           context=self.context())
 
     def _check_finite(self, sims: np.ndarray, nnf: NNField, layer: str) -> None:
         """A NaN or infinite similarity means corrupt vectors: refuse, naming the file."""
@@ -350,13 +392,13 @@ class CompNN:
                      ignore_index=self.ignore_index if labels else None)
 
     def save(self, result: QueryResult, out_dir: Union[str, Path], *, name: str = "query") -> dict:
-        """Write a result's PNGs and ``result.json`` (what ``compnn query`` writes)."""
-        from .pictures import to_rgb
-        from .results import save_result
+        """Write a result's PNGs and ``result.json`` (what ``compnn query`` writes); the same as
+        ``result.save(out_dir)`` for a result of this store."""
+        from dataclasses import replace
 
-        inputs = self.array("inputs")
-        return save_result(result, out_dir, name=name, palette=self.store.manifest.get("palette"),
-                           db_images=lambda i: to_rgb(np.asarray(inputs[i], dtype=np.float32), None))
+        if result.context is None:
+            result = replace(result, context=self.context())
+        return result.save(out_dir, name=name)
 
     # ------------------------------------------------------------------ correspond
     def correspond(self, image_a: ImageArg, image_b: ImageArg, *, layer: str | None = None,
@@ -376,7 +418,8 @@ class CompNN:
                 norms=None if nb is None else np.ascontiguousarray(nb.reshape(-1), dtype=np.float32))
             nnf = exact_search(fa.hyperpatches[layer], b_layer, [0],
                                query_norms=fa.hyperpatch_norms.get(layer))
-        return Correspondence(layer, spec, nnf, fa.image, fb.image, {"total": time.perf_counter() - t})
+        return Correspondence(layer, spec, nnf, fa.image, fb.image, {"total": time.perf_counter() - t},
+                              context=self.context())
 
     # ------------------------------------------------------------------ global NN
     def output_similarity(self, output: np.ndarray, candidates: np.ndarray) -> np.ndarray:
@@ -420,7 +463,8 @@ class CompNN:
             else:
                 sims = self._aligned_similarity(feats.hyperpatches[by], self.store.layer(by), cands)
         order = np.argsort(-sims, kind="stable")
-        return GlobalNN(int(cands[order[0]]), float(sims[order[0]]), by, cands[order], sims[order])
+        return GlobalNN(int(cands[order[0]]), float(sims[order[0]]), by, cands[order], sims[order],
+                        context=self.context())
 
     @staticmethod
     def _aligned_similarity(q: np.ndarray, layer: LayerVectors, cands: np.ndarray) -> np.ndarray:

@@ -310,3 +310,14 @@ def resolve_callable(spec: Any, name: str, *, error: type[CompNNError] = QueryEr
     if not callable(obj):
         raise error(f"{name}: {spec} is a {type(obj).__name__}, expected a function or class")
     return obj
+
+
+def parse_exclude(value: Any, name: str = "exclude") -> list:
+    """Database images never matched: ids and names as :func:`parse_restrict` reads them
+    (a list, or a comma-separated string), without the KEY=VALUE form. None or empty: ``[]``."""
+    if value is None or (isinstance(value, (str, list, tuple)) and not len(value)):
+        return []
+    out = parse_restrict(value, name)
+    if isinstance(out, dict):
+        raise QueryError(f"Expected {name} as image ids or names, got {_quote(value)}")
+    return out

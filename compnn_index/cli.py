@@ -12,19 +12,38 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Callable
 
-from . import checks
+from . import __version__, checks
 from .errors import CompNNError, QueryError
-from .options import DEFAULT_TOP_K, INITS, SEARCHES, QueryOptions
+from .options import DEFAULT_TOP_K, INITS, SEARCHES, SOURCES, QueryOptions
 
 #: The query defaults, read (never repeated) by every sub-command's options.
 DEFAULTS = QueryOptions()
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` shows every option's default: argparse's ``(default: X)``, lists as ``a,b``, and
+    nothing added where the help text already says its default or there is none (None, flags)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if ("default" in text or not action.option_strings or default is None or default is False
+                or default is argparse.SUPPRESS or isinstance(action, argparse._VersionAction)):
+            return text
+        shown = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
+        return f"{text} (default: {shown.replace('%', '%%')})"
+
+
 class _Parser(argparse.ArgumentParser):
     """An argument parser whose errors are one line: ``compnn CMD: error: ...``, exit status 2."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _Help)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):  # argparse's hook; its default prints the usage first
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
@@ -95,22 +114,25 @@ def _doubling(last: int) -> list[int]:
     return out
 
 
-def _data_args(p: argparse.ArgumentParser, *, split: str = "train", direction: str | None = None) -> None:
+def _data_args(p: argparse.ArgumentParser, *, split: str = "train", direction: str | None = None,
+               sized: str = "the model's training size") -> None:
     p.add_argument("--data", required=True,
-                   help="dataset folder, 'synthetic' (built-in facades), or package.module:function "
-                        "returning a map-style dataset of (input, target) pairs")
+                   help="a pix2pix AB folder (DIR/{train,val,test}/*.jpg, e.g. the pix2pix 'facades' "
+                        "archive), an image+annotation folder, 'synthetic' (built-in facades, no download), "
+                        "or package.module:function returning a map-style dataset of (input, target) pairs")
     p.add_argument("--data-args", type=_json_object("--data-args"), default=None,
                    help="JSON keyword arguments of a --data package.module:function")
-    p.add_argument("--split", default=split)
+    p.add_argument("--split", default=split, help="dataset split (a sub-folder name for folder datasets)")
     # None: the direction the model / index store was trained on (recorded in it).
     p.add_argument("--direction", choices=["AtoB", "BtoA"], default=direction,
-                   help=f"pix2pix direction (default: {direction or 'the one the model was trained with'})")
+                   help="pix2pix direction: AtoB photo → labels, BtoA labels → photo"
+                        + ("" if direction else " (default: the one the model was trained with)"))
     p.add_argument("--size", type=_size, default=None,
-                   help="resize folder images to SIZE×SIZE or HxW (e.g. 352x480), multiples of 32")
-    p.add_argument("--limit", type=_int("--limit"), default=None, help="use N images (see --sample)")
+                   help=f"resize folder images to SIZE×SIZE or HxW (e.g. 352x480), multiples of 32 (default: {sized})")
+    p.add_argument("--limit", type=_int("--limit"), default=None, help="use N images (default: all; see --sample)")
     p.add_argument("--sample", choices=["first", "every", "random"], default="first",
                    help="which --limit images: the first N, N evenly spaced, or N at random (--seed)")
-    p.add_argument("--seed", type=_int("--seed"), default=0)
+    p.add_argument("--seed", type=_int("--seed"), default=0, help="seed of data order, synthetic images and training")
 
 
 def _threads(p: argparse.ArgumentParser) -> None:
@@ -118,22 +140,34 @@ def _threads(p: argparse.ArgumentParser) -> None:
                    help=f"threads, 1 to {checks.MAX_THREADS} (default: all cores)")
 
 
+def default_query_out() -> Path:
+    """Where ``compnn query`` writes without ``--out``: ``runs/query-YYYYmmdd-HHMMSS``."""
+    return Path("runs") / time.strftime("query-%Y%m%d-%H%M%S")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from .jobs.demo import DEMO_DEFAULTS
+
     parser = _Parser(
         prog="compnn",
-        description="Compositional Nearest Neighbors: explain pixel-level CNNs by patch correspondences.",
+        description="Compositional Nearest Neighbors: explain pixel-level CNNs by patch correspondences. "
+                    "'compnn demo' runs everything on built-in synthetic facades (no download).",
     )
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser.add_argument("--version", action="version", version=f"compnn-index {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
 
-    p = sub.add_parser("train", help="train a U-Net or SegNet on a dataset")
-    _data_args(p, direction="AtoB")
-    p.add_argument("--task", choices=["translate", "segment"], required=True)
-    p.add_argument("--arch", choices=["unet", "segnet"], default="unet")
-    p.add_argument("--ngf", type=_int("--ngf"), default=64)
-    p.add_argument("--depth", type=_int("--depth"), default=None)
-    p.add_argument("--epochs", type=_int("--epochs"), default=10)
-    p.add_argument("--batch-size", type=_int("--batch-size"), default=4)
-    p.add_argument("--lr", type=float, default=2e-4)
+    p = sub.add_parser("train", help="train a U-Net or SegNet on a dataset",
+                       description="Train a pix2pix U-Net or a SegNet and write its checkpoint.")
+    _data_args(p, direction="AtoB", sized="the images' own size")
+    p.add_argument("--task", choices=["translate", "segment"], required=True,
+                   help="translate: image → image (tanh output); segment: image → class labels")
+    p.add_argument("--arch", choices=["unet", "segnet"], default="unet", help="network architecture")
+    p.add_argument("--ngf", type=_int("--ngf"), default=64, help="channels of the first layer")
+    p.add_argument("--depth", type=_int("--depth"), default=None,
+                   help="down-sampling levels (default: as many as the image size allows)")
+    p.add_argument("--epochs", type=_int("--epochs"), default=10, help="passes over the training images")
+    p.add_argument("--batch-size", type=_int("--batch-size"), default=4, help="images per step")
+    p.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate")
     p.add_argument("--gan", action="store_true", help="add a PatchGAN loss (translate)")
     _threads(p)
     p.add_argument("--out", required=True, help="checkpoint path (.pt)")
@@ -146,7 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", choices=["translate", "segment"], default="translate")
     p.add_argument("--out", required=True, help="checkpoint path (.pt)")
 
-    p = sub.add_parser("build", help="build an index store from a model and a dataset")
+    p = sub.add_parser("build", help="build an index store from a model and a dataset",
+                       description="Index the hyperpatches of a dataset split at the given layers.")
     p.add_argument("--model", default=None,
                    help="checkpoint written by 'compnn train' or 'compnn import-pix2pix'")
     p.add_argument("--model-factory", default=None, metavar="PACKAGE.MODULE:FUNCTION",
@@ -163,8 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--global-layer", default=None, metavar="TAP_OR_MODULE",
                    help="global descriptor: a tap or module path (default: the bottleneck, or the "
                         "indexed layer with the smallest map)")
-    p.add_argument("--batch-size", type=_int("--batch-size"), default=8)
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--batch-size", type=_int("--batch-size"), default=8, help="images per forward pass")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing store at --out")
     p.add_argument("--codec", choices=["fp32", "fp16", "sq8"], default="fp32",
                    help="how layer vectors are stored: float32, float16 (half the bytes) or 8-bit (a quarter)")
     _threads(p)
@@ -179,52 +214,71 @@ def build_parser() -> argparse.ArgumentParser:
                                        "or print the command that rebuilds it")
     p.add_argument("index")
 
-    p = sub.add_parser("query", help="explain images with an index store")
-    p.add_argument("index")
+    p = sub.add_parser("query", help="explain images with an index store",
+                       description="Explain images (files, or database image ids) by compositional "
+                                   "nearest neighbours; writes PNGs and result.json per image. A "
+                                   "database image is left out of its own explanation unless --keep-self.")
+    p.add_argument("index", help="index store folder ('compnn build' output)")
     p.add_argument("images", nargs="+", help="image files or database image ids")
     _query_args(p)
+    p.add_argument("--exclude", default=None,
+                   help="database ids or names never matched, comma-separated (default: none)")
+    p.add_argument("--keep-self", action="store_true",
+                   help="let a query by database id match its own image (left out by default)")
     fit = p.add_mutually_exclusive_group()
     fit.add_argument("--resize", dest="fit", action="store_const", const="resize",
                      help="resize image files of another size to the index's size")
     fit.add_argument("--crop", dest="fit", action="store_const", const="crop",
                      help="centre-crop image files of another size to the index's size")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", default=None,
+                   help="output folder (default: runs/query-YYYYmmdd-HHMMSS, the time of the run)")
 
-    p = sub.add_parser("evaluate", help="papers' tables on a dataset split")
-    p.add_argument("index")
-    _data_args(p, split="test")
-    p.add_argument("--layer", default=None)
-    p.add_argument("--search", choices=SEARCHES, default=DEFAULTS.search)
-    p.add_argument("--top-k", type=_int_list, default=[1, 16, 64])
-    p.add_argument("--iterations", type=_query_int("--iterations"), default=DEFAULTS.iterations)
-    p.add_argument("--init", choices=INITS, default=DEFAULTS.init, help="patchmatch init")
+    p = sub.add_parser("evaluate", help="papers' tables on a dataset split",
+                       description="Pixel accuracy / IoU (segment) or L1 / PSNR (translate) of CompNN, "
+                                   "the CNN and global NN; writes results.json, results.md, examples.png.")
+    p.add_argument("index", help="index store folder")
+    _data_args(p, split="test", sized="the store's image size")
+    p.add_argument("--layer", default=None, help="layer to match (default: the store's first layer)")
+    p.add_argument("--search", choices=SEARCHES, default=DEFAULTS.search, help="search method")
+    p.add_argument("--top-k", type=_int_list, default=[1, 16, 64], help="shortlist sizes, comma-separated")
+    p.add_argument("--iterations", type=_query_int("--iterations"), default=DEFAULTS.iterations,
+                   help="HyperPatch-Match iterations (--search patchmatch)")
+    p.add_argument("--init", choices=INITS, default=DEFAULTS.init, help="HyperPatch-Match start")
     _threads(p)
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="output folder")
 
-    p = sub.add_parser("compare", help="exact search vs HyperPatch-Match (and FAISS ANN baselines)")
-    p.add_argument("index")
-    _data_args(p, split="test")
-    p.add_argument("--layer", default=None)
+    p = sub.add_parser("compare", help="exact search vs HyperPatch-Match (and FAISS ANN baselines)",
+                       description="Quality against speed of HyperPatch-Match and FAISS ANN indexes, "
+                                   "measured against exact search; writes comparison.json/.md/.png.")
+    p.add_argument("index", help="index store folder")
+    _data_args(p, split="test", sized="the store's image size")
+    p.add_argument("--layer", default=None, help="layer to match (default: the store's first layer)")
     p.add_argument("--top-k", type=_int_list, default=None,
                    help=f"shortlist sizes (default: {DEFAULT_TOP_K}, or every database image when fewer)")
     p.add_argument("--iterations", type=_int_list, default=_doubling(DEFAULTS.iterations),
-                   help=f"comma-separated (default: {','.join(map(str, _doubling(DEFAULTS.iterations)))})")
-    p.add_argument("--init", type=_str_list, default=[DEFAULTS.init], help=", ".join(INITS))
-    p.add_argument("--samples", type=_query_int("--samples"), default=DEFAULTS.samples)
-    p.add_argument("--jumps", type=_query_int("--jumps"), default=DEFAULTS.jumps)
-    p.add_argument("--baselines", type=_str_list, default=["hnsw", "ivf"])
+                   help="HyperPatch-Match iterations to try, comma-separated")
+    p.add_argument("--init", type=_str_list, default=[DEFAULTS.init],
+                   help=f"HyperPatch-Match starts to try, comma-separated, any of {', '.join(INITS)}")
+    p.add_argument("--samples", type=_query_int("--samples"), default=DEFAULTS.samples,
+                   help="random-search samples per position and iteration")
+    p.add_argument("--jumps", type=_query_int("--jumps"), default=DEFAULTS.jumps,
+                   help="jumps to other images per position and iteration")
+    p.add_argument("--baselines", type=_str_list, default=["hnsw", "ivf"],
+                   help="FAISS ANN baselines, comma-separated, any of hnsw, ivf")
     p.add_argument("--stores", type=_str_list, default=[],
                    help="more stores of the same model (other codecs), compared with INDEX's fp32 exact field")
     p.add_argument("--exact-cache", default=None, help="folder caching the fp32 exact field per query")
     p.add_argument("--cold", action="store_true", help="also measure each store's cold first query")
     _threads(p)
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="output folder")
 
-    p = sub.add_parser("serve", help="HTTP query API and correspondence viewer")
-    p.add_argument("index")
+    p = sub.add_parser("serve", help="HTTP query API and correspondence viewer",
+                       description="Serve an index store: JSON API under /v1 and the viewer at /.")
+    p.add_argument("index", help="index store folder")
     p.add_argument("--host", default="127.0.0.1",
-                   help="address to bind (default loopback; see docs/security.md before changing it)")
-    p.add_argument("--port", type=_int("--port", low=0, high=65535), default=8000)
+                   help="address to bind (the service has no authentication: keep it on loopback; "
+                        "see docs/security.md before changing it)")
+    p.add_argument("--port", type=_int("--port", low=0, high=65535), default=8000, help="TCP port")
     p.add_argument("--workers", type=_int("--workers", low=1, high=checks.MAX_THREADS), default=2,
                    help="query worker threads")
     _threads(p)
@@ -234,12 +288,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help="check every file of an index store against its checksums")
     p.add_argument("index")
 
-    p = sub.add_parser("demo", help="the built-in end-to-end demo on synthetic facades")
-    p.add_argument("--out", default="indexes/demo")
-    p.add_argument("--size", type=_int("--size"), default=128)
-    p.add_argument("--train-images", type=_int("--train-images"), default=160)
-    p.add_argument("--test-images", type=_int("--test-images"), default=6)
-    p.add_argument("--epochs", type=_int("--epochs"), default=None)
+    d = DEMO_DEFAULTS
+    p = sub.add_parser("demo", help="the built-in end-to-end demo on synthetic facades",
+                       description="Train two tiny U-Nets on synthetic facades, build their stores, "
+                                   "explain held-out images and write <out>/report.html.")
+    p.add_argument("--out", default="indexes/demo", help="output folder (stores, report.html)")
+    p.add_argument("--size", type=_int("--size"), default=d["size"], help="image size (multiple of 32)")
+    p.add_argument("--train-images", type=_int("--train-images"), default=d["train_images"],
+                   help="synthetic training images (the database)")
+    p.add_argument("--test-images", type=_int("--test-images"), default=d["test_images"],
+                   help="held-out images for the evaluation tables")
+    p.add_argument("--epochs", type=_int("--epochs"), default=d["epochs"], help="training epochs per model")
     _threads(p)
     return parser
 
@@ -258,18 +317,24 @@ def _serve_guard_args(p: argparse.ArgumentParser) -> None:
 
 
 def _query_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--layer", default=None)
-    p.add_argument("--search", choices=SEARCHES, default=DEFAULTS.search)
+    p.add_argument("--layer", default=None, help="layer to match (default: the store's first layer)")
+    p.add_argument("--search", choices=SEARCHES, default=DEFAULTS.search,
+                   help="exact (exhaustive cosine) or patchmatch (HyperPatch-Match)")
     p.add_argument("--top-k", type=_int("--top-k"), default=DEFAULTS.top_k,
                    help=f"shortlist size (default: {DEFAULT_TOP_K}, or every candidate image when fewer)")
     p.add_argument("--restrict", default=None,
-                   help="ids or names (comma-separated), KEY=VALUE on image meta, or a file of ids")
-    p.add_argument("--sources", type=_str_list, default=["target", "input"])
-    p.add_argument("--iterations", type=_query_int("--iterations"), default=DEFAULTS.iterations)
-    p.add_argument("--samples", type=_query_int("--samples"), default=DEFAULTS.samples)
-    p.add_argument("--jumps", type=_query_int("--jumps"), default=DEFAULTS.jumps)
-    p.add_argument("--init", choices=INITS, default=DEFAULTS.init, help="patchmatch init")
-    p.add_argument("--seed", type=_query_int("--seed"), default=DEFAULTS.seed)
+                   help="limit the database: ids or names (comma-separated), KEY=VALUE on image meta, "
+                        "or @FILE of ids (default: every image)")
+    p.add_argument("--sources", type=_str_list, default=["target", "input"],
+                   help=f"what to paste, comma-separated, any of {', '.join(SOURCES)}")
+    p.add_argument("--iterations", type=_query_int("--iterations"), default=DEFAULTS.iterations,
+                   help="HyperPatch-Match iterations")
+    p.add_argument("--samples", type=_query_int("--samples"), default=DEFAULTS.samples,
+                   help="HyperPatch-Match random-search samples per position and iteration")
+    p.add_argument("--jumps", type=_query_int("--jumps"), default=DEFAULTS.jumps,
+                   help="HyperPatch-Match jumps to other images per position and iteration")
+    p.add_argument("--init", choices=INITS, default=DEFAULTS.init, help="HyperPatch-Match start")
+    p.add_argument("--seed", type=_query_int("--seed"), default=DEFAULTS.seed, help="HyperPatch-Match seed")
     _threads(p)
     _verify_arg(p)
 
@@ -351,8 +416,10 @@ def _cmd_query(a: argparse.Namespace) -> None:
 
     options = QueryOptions(search=a.search, top_k=a.top_k, iterations=a.iterations,
                            samples=a.samples, jumps=a.jumps, init=a.init, seed=a.seed)
+    exclude = checks.parse_exclude(a.exclude, "--exclude")
     query(index=a.index, images=a.images, layer=a.layer, options=options,
-          restrict=parse_restrict(a.restrict), sources=a.sources, threads=a.threads, out=a.out,
+          restrict=parse_restrict(a.restrict), sources=a.sources, threads=a.threads,
+          out=a.out or default_query_out(), exclude=exclude, keep_self=a.keep_self,
           verify=a.verify, fit=a.fit)
 
 

@@ -66,8 +66,9 @@ def test_query_by_id_writes_pictures_and_json(capsys, translate_index, translate
     assert set(doc["nn_field"]) == {"image", "y", "x", "similarity"}
     for key, arr in doc["nn_field"].items():
         assert np.asarray(arr).shape == grid, key
-    ref = translate_cnn.query(3, layer="decoder3", top_k=4)
-    assert doc["shortlist"] == ref.shortlist.tolist() and doc["shortlist"][0] == 3
+    ref = translate_cnn.query(3, layer="decoder3", top_k=4, exclude=[3])  # leave-one-out by default
+    assert doc["shortlist"] == ref.shortlist.tolist() and 3 not in doc["shortlist"]
+    assert doc["exclude"] == [3]
     np.testing.assert_array_equal(np.asarray(doc["nn_field"]["image"]), ref.field.image)
     np.testing.assert_allclose(np.asarray(doc["nn_field"]["similarity"]), ref.field.similarity, atol=1e-5)
     assert {"features", "shortlist", "search", "compose", "total"} <= set(doc["timings"])
@@ -109,7 +110,8 @@ def test_query_segment_files_and_patchmatch(capsys, segment_index, segment_cnn, 
 @pytest.mark.parametrize("args,match", [
     (["--layer", "nope"], f"Unknown layer 'nope': this index has layers {', '.join(TINY_LAYERS)}"),
     (["--top-k", "0"], "but top_k = 0"),
-    (["--top-k", str(N + 1)], f"Expected 1 <= top_k <= number of database images ({N}), but top_k = {N + 1}"),
+    # the query image (id 1) is left out of its own explanation: N - 1 images remain
+    (["--top-k", str(N + 1)], f"Expected 1 <= top_k <= number of database images ({N - 1}), but top_k = {N + 1}"),
     (["--restrict", "material=gold"], "matches no database image"),
     (["--restrict", "@missing.txt"], "--restrict: no such file 'missing.txt'"),
     (["--sources", "labels"], "Unknown source 'labels'"),
@@ -286,7 +288,7 @@ def test_query_restrict_forms_limit_the_database(capsys, translate_index, transl
         out = tmp_path / f"q{len(allowed)}_{sorted(allowed)[0]}"
         code, _, err = run_main(capsys, "query", translate_index.index, "0", "--restrict", text,
                                 "--top-k", str(len(allowed)), "--layer", "decoder4", "--threads", "1",
-                                "--out", out)
+                                "--keep-self", "--out", out)
         assert code == 0, err
         doc = json.loads((out / "result.json").read_text())
         assert set(doc["shortlist"]) == allowed, text
@@ -300,7 +302,7 @@ def test_console_script_query_in_a_subprocess(translate_index, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = tmp_path / "q"
     done = subprocess.run([str(script), "query", str(translate_index.index), "1", "--top-k", "3",
-                           "--layer", "decoder4", "--threads", "1", "--out", str(out)],
+                           "--layer", "decoder4", "--threads", "1", "--keep-self", "--out", str(out)],
                           capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 0, done.stderr
     assert {p.name for p in out.iterdir()} == QUERY_FILES

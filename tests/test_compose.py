@@ -197,13 +197,18 @@ def test_paste_rejects_positions_outside_source():
 
 from compnn_index.pictures import (  # noqa: E402
     correspondence_map,
+    OTHER_COLOUR,
+    class_legend,
     correspondence_pairs,
+    default_palette,
     grid,
     image_to_uint8,
+    label_picture,
     label_to_rgb,
     outline_region,
     source_colours,
 )
+from compnn_index.data.palette import FACADES_CLASSES, FACADES_PALETTE
 
 
 def test_image_to_uint8_and_label_to_rgb():
@@ -236,26 +241,67 @@ def two_source_field(grid_size: int = 15) -> NNField:
 def test_correspondence_map_colours_pixels_by_source_and_outlines_used_regions():
     field = two_source_field()
     db = {0: np.full((32, 32, 3), 90, np.uint8), 1: np.full((32, 32, 3), 60, np.uint8)}
-    pic = np.asarray(correspondence_map(field, stride=2, region=4, out_size=(32, 32), db_images=db,
-                                        thumb_height=32))
+    pic = correspondence_map(field, stride=2, region=4, out_size=(32, 32), db_images=db,
+                             thumb_height=32, min_size=32)
     colours = source_colours(2)
-    left = pic[6:38, 6:38]  # the map is the first grid cell (pad 6)
-    assert (left[:, :16] == colours[0]).all() and (left[:, 18:] == colours[1]).all()
-    right = pic[:, 38:]
+    assert [(e.kind, e.key, e.colour) for e in pic.legend] == [
+        ("source", 0, tuple(colours[0])), ("source", 1, tuple(colours[1]))]
+    assert sum(e.share for e in pic.legend) == pytest.approx(1.0)
+    arr = np.asarray(pic)
+    top = next(y for y in range(arr.shape[0]) if (arr[y, 6:38] == colours[0]).all(axis=-1).sum() > 8)
+    left = arr[top:top + 32, 6:38]  # the map is the first grid cell (pad 6), under its title
+    assert (left[:, :15] == colours[0]).all() and (left[:, 18:] == colours[1]).all()
+    assert (left[:, 15:18] == 40).all(axis=-1).any()  # the border between the two sources
+    right = arr[:, 38:]
     for c in colours:
-        assert (right == c).all(axis=-1).sum() > 4 * 32  # outline and colour key of each thumbnail
-    assert pic.shape[0] >= 32 + 12 and pic.shape[1] >= 38 + 2 * 32
+        assert (right == c).all(axis=-1).sum() > 4 * 32  # outline and colour frame of each thumbnail
 
 
-def test_correspondence_map_greys_sources_beyond_max_sources():
+def test_correspondence_map_enlarges_greys_the_stage_and_lists_other_sources():
     field = two_source_field()
     db = {0: np.zeros((32, 32, 3), np.uint8), 1: np.zeros((32, 32, 3), np.uint8)}
     query = np.zeros((32, 32, 3), np.uint8)
-    pic = np.asarray(correspondence_map(field, stride=2, region=4, out_size=(32, 32), db_images=db,
-                                        query_image=query, max_sources=1, alpha=1.0))
-    left = pic[6:38, 6:38]
-    assert (left[:, :16] == source_colours(1)[0]).all()
-    assert (left[:, 18:] == 150).all()  # "other" grey
+    pic = correspondence_map(field, stride=2, region=4, out_size=(32, 32), db_images=db,
+                             query_image=query, max_sources=1, alpha=1.0)
+    assert [e.kind for e in pic.legend] == ["source", "other"]
+    assert pic.legend[1].share == pytest.approx(1 - pic.legend[0].share)
+    arr = np.asarray(pic)
+    assert arr.shape[0] >= 256 and arr.shape[1] >= 256 + 32  # 32 px enlarged 8× to 256
+    c0 = source_colours(1)[0]
+    rows = np.nonzero((arr[:, 6:262] == c0).all(axis=-1).sum(axis=1) > 64)[0]
+    assert len(rows) >= 200
+    left = arr[rows[0]:rows[0] + 256, 6:262]
+    assert (left[:, :100] == c0).all()
+    assert (left[:, 160:] == 150).all()  # "other": the grey stage (black query → lightest grey 150)
+    classes = class_legend(np.array([[255, 0, 0], [0, 0, 255]], np.uint8), ["wall", "sky"])
+    pic = correspondence_map(field, stride=2, region=4, out_size=(32, 32), db_images=db,
+                             class_entries=classes)
+    assert [e.label for e in pic.legend if e.kind == "class"] == ["wall", "sky"]
+
+
+def test_label_picture_has_a_legend_of_present_classes():
+    labels = np.zeros((8, 8), np.int64)
+    labels[:, 6:] = 3
+    pic = label_picture(labels, FACADES_PALETTE, FACADES_CLASSES, scale=4)
+    assert [(e.key, e.label) for e in pic.legend] == [(0, FACADES_CLASSES[0]), (3, FACADES_CLASSES[3])]
+    assert [e.share for e in pic.legend] == [0.75, 0.25]
+    arr = np.asarray(pic)
+    assert arr.shape[0] >= 32 and arr.shape[1] > 32 + 40  # map 4× plus the legend beside it
+    assert (arr[:32, :24] == FACADES_PALETTE[0]).all() and (arr[:32, 24:32] == FACADES_PALETTE[3]).all()
+    every = label_picture(labels, None, None, num_classes=5, all_classes=True)
+    assert [e.label for e in every.legend] == [f"class {i}" for i in range(5)]
+    assert len({e.colour for e in every.legend}) == 5  # the default palette: distinct colours
+
+
+def test_default_palette_and_source_colours_are_distinct():
+    for n in (5, 12, 20, 40):
+        pal = default_palette(n).astype(int)
+        assert pal.shape == (n, 3) and len({tuple(c) for c in pal}) == n
+        d = np.abs(pal[:, None] - pal[None]).sum(-1) + np.eye(n, dtype=int) * 999
+        assert d.min() >= 30, n
+    cols = source_colours(12)
+    assert len({tuple(c) for c in cols}) == 12 and tuple(cols[0]) != (31, 119, 180)  # not tab10 blue first
+    assert tuple(OTHER_COLOUR) not in {tuple(c) for c in cols}
 
 
 def test_correspondence_pairs_size_and_lines():

@@ -273,28 +273,7 @@ def _markdown(doc: dict) -> str:
 
 
 def _plot(doc: dict, path: Path) -> None:
-    import matplotlib
+    """The quality-vs-throughput plot (ann-benchmarks style): :func:`pictures.plots.quality_vs_throughput`."""
+    from ..pictures.plots import quality_vs_throughput
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
-    groups = defaultdict(list)
-    for r in doc["settings"]:
-        label = r["method"] + (f" ({r['params'].get('init')})" if r["method"] == "patchmatch" else "")
-        label += f" {r['codec']}" if r.get("codec") and r.get("codec") != "fp32" else ""
-        groups[(label, r["top_k"])].append((r["seconds_per_query"], r["fidelity"]))
-    for (label, k), pts in groups.items():
-        pts.sort()
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{label}, top-{k}")
-    for k, e in doc["exact"]["by_top_k"].items():
-        ax.scatter([e["seconds_per_query"]], [e["fidelity"]], marker="*", s=150, zorder=5, label=f"exact, top-{k}")
-    ax.set_xscale("log")
-    ax.set_xlabel("seconds per query (log; ANN index build time excluded)")
-    ax.set_ylabel("fidelity (" + ("pixel acc. vs CNN" if doc["task"] == "segment" else "PSNR vs CNN") + ")")
-    ax.set_title(f"Quality vs time, layer {doc['layer']}")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    quality_vs_throughput(doc, path)

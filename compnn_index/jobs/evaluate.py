@@ -23,6 +23,7 @@ from ..options import DEFAULTS, QueryOptions
 
 from ..errors import QueryError
 from ..metrics import confusion_matrix, iou_per_class, l1, pixel_accuracy, psnr
+from .labels import header
 
 
 class _SegAccumulator:
@@ -57,19 +58,18 @@ class _SegAccumulator:
             present = ~np.isnan(iou)
             out.append({"method": method, "top_k": top_k, "source": source, "vs": vs,
                         "pixel_accuracy": float(pixel_accuracy(cm)),
-                        "mean_iou": float(iou[present].mean()) if present.any() else float("nan")})
+                        "mean_iou": float(iou[present].mean()) if present.any() else float("nan"),
+                        # per class (index order); None where the class is in neither map
+                        "class_iou": [None if np.isnan(v) else float(v) for v in iou]})
         return out
 
 
 def _render_table(rows: list[dict], columns: Sequence[str]) -> str:
-    head = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
-    lines = []
-    for r in rows:
-        cells = []
-        for c in columns:
-            v = r.get(c, "")
-            cells.append(f"{v:.4f}" if isinstance(v, float) else ("" if v is None else str(v)))
-        lines.append("| " + " | ".join(cells) + " |")
+    head = "| " + " | ".join(header(c) for c in columns) + " |\n|" + "---|" * len(columns) + "\n"
+    # cells keep the method ids of results.json (greppable); the report names them (labels.value)
+    lines = ["| " + " | ".join(f"{r[c]:.4f}" if isinstance(r.get(c), float) else
+                               ("" if r.get(c) is None else str(r[c])) for c in columns) + " |"
+             for r in rows]
     return head + "\n".join(lines) + "\n"
 
 
@@ -171,6 +171,9 @@ def evaluate(
     doc = {"index": str(index), "layer": layer, "search": search, "split": split,
            "images": len(ds), "task": cnn.task, "rows": rows,
            "exact_method": "+".join(sorted(exact_methods)) or None}
+    if seg:
+        doc["class_names"] = list(cnn.context().class_names or
+                                  [f"class {c}" for c in range(cnn.num_classes)])
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / "results.json.tmp"

@@ -156,8 +156,12 @@ def query(
     *, index: str | Path, images: Sequence[str], out: str | Path, layer: str | None = None,
     options: QueryOptions | None = None, restrict=None, sources: Sequence[str] = ("target", "input"),
     threads: int | None = None, progress: bool = True, verify: bool = False, fit: str | None = None,
+    exclude: Sequence = (), keep_self: bool = False,
 ) -> list[dict]:
     """Answer each query image (file or database id) and write its pictures and JSON.
+
+    A database id is left out of its own explanation (leave-one-out) unless ``keep_self``;
+    ``exclude`` (ids or names) is left out of every query.
 
     ``fit`` (``"resize"`` or ``"crop"``) brings image files of another size than the store's
     to its size: bilinear resize, or a centred crop (refused when the file is smaller).
@@ -175,12 +179,15 @@ def query(
         if fit is not None and not isinstance(image, int):
             image = fit_image(load_image(image, name=str(item)), tuple(cnn.store.image_size), fit,
                               name=str(item))
-        res = cnn.explain(image, layer=layer, options=options, restrict=restrict, sources=tuple(sources))
+        own = [image] if isinstance(image, int) and not keep_self else []
+        res = cnn.explain(image, layer=layer, options=options, restrict=restrict, sources=tuple(sources),
+                          exclude=[*exclude, *own])
         name = _unique_name(
             f"id{image}" if isinstance(image, int) else _SAFE.sub("_", Path(item).stem), used)
         target = out if len(images) == 1 else out / name
         docs.append(cnn.save(res, target, name=name))
         if progress:
+            left_out = f" (left out: {', '.join(map(str, res.exclude))})" if len(res.exclude) else ""
             print(f"{item}: {res.layer} {res.search} top-{len(res.shortlist)} in {res.timings['total']:.2f}s "
-                  f"(search {res.timings['search']:.2f}s) -> {target}")
+                  f"(search {res.timings['search']:.2f}s) -> {target}{left_out}")
     return docs

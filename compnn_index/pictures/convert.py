@@ -14,17 +14,21 @@ PictureLike = Union[np.ndarray, Image.Image]
 #: Grey for "other" sources (not among the top ``max_sources``).
 OTHER_COLOUR = (150, 150, 150)
 
-# matplotlib's tab10 without its grey, then tab20's light shades (again without grey).
-_QUALITATIVE = np.array(
-    [
-        (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
-        (140, 86, 75), (227, 119, 194), (188, 189, 34), (23, 190, 207),
-        (174, 199, 232), (255, 187, 120), (152, 223, 138), (255, 152, 150), (197, 176, 213),
-        (196, 156, 148), (247, 182, 210), (219, 219, 141), (158, 218, 229),
-    ],
-    dtype=np.uint8,
-)
 
+
+def _colormap(name: str) -> np.ndarray:
+    """A qualitative matplotlib colormap's colours as uint8 (n, 3) (``matplotlib.colormaps``)."""
+    from matplotlib import colormaps
+
+    return np.rint(np.asarray(colormaps[name].colors)[:, :3] * 255).astype(np.uint8)
+
+
+def _hues(n: int, *, offset: int = 0) -> np.ndarray:
+    """``n`` further colours: golden-ratio hues at alternating brightness."""
+    return np.array([
+        tuple(int(255 * c) for c in colorsys.hsv_to_rgb(((i + offset) * 0.618033988749895) % 1.0,
+                                                        0.8, 0.95 if i % 2 else 0.7))
+        for i in range(n)], dtype=np.uint8).reshape(-1, 3)
 
 
 # --------------------------------------------------------------------------- conversions
@@ -96,14 +100,49 @@ def as_rgb(image: PictureLike) -> np.ndarray:
 
 
 def source_colours(n: int) -> np.ndarray:
-    """``n`` distinct colours (uint8 ``(n, 3)``): tab10 then tab20's light shades, then hues."""
-    if n <= len(_QUALITATIVE):
-        return _QUALITATIVE[:n].copy()
-    extra = [
-        tuple(int(255 * c) for c in colorsys.hsv_to_rgb((i * 0.618033988749895) % 1.0, 0.75, 0.9))
-        for i in range(n - len(_QUALITATIVE))
-    ]
-    return np.vstack([_QUALITATIVE, np.array(extra, np.uint8)])
+    """``n`` distinct, saturated colours (uint8 ``(n, 3)``) for source images.
+
+    matplotlib's ``tab10`` without its grey (which means "other"), orange first so that the first
+    source never disappears on a blue label map, then golden-ratio hues.
+    """
+    tab10 = _colormap("tab10")[[1, 0, 2, 3, 4, 9, 6, 5, 8]]
+    if n <= len(tab10):
+        return tab10[:n].copy()
+    return np.vstack([tab10, _hues(n - len(tab10))])
+
+
+def default_palette(n: int) -> np.ndarray:
+    """A perceptually distinct label palette of ``n`` colours (uint8 ``(n, 3)``).
+
+    For datasets whose index records no palette: matplotlib's ``tab20`` with the saturated shade
+    of each pair first (so 10 classes get 10 clearly different colours), then golden-ratio hues.
+    """
+    tab20 = _colormap("tab20")
+    order = np.r_[0:20:2, 1:20:2]
+    base = tab20[order]
+    if n <= len(base):
+        return base[:n].copy()
+    return _farthest(base, n)
+
+
+def _farthest(base: np.ndarray, n: int) -> np.ndarray:
+    """Extend ``base`` to ``n`` colours, each new one the candidate farthest from all chosen
+    ("redmean" weighted RGB distance, a cheap approximation of perceived difference)."""
+    levels = np.linspace(20, 235, 12)
+    cand = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), -1).reshape(-1, 3)
+
+    def dist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        rm = (a[:, None, 0] + b[None, :, 0]) / 2.0
+        d = a[:, None] - b[None]
+        return np.sqrt((2 + rm / 256) * d[..., 0] ** 2 + 4 * d[..., 1] ** 2 + (2 + (255 - rm) / 256) * d[..., 2] ** 2)
+
+    chosen = [c for c in base.astype(np.float64)]
+    best = dist(cand, np.asarray(chosen)).min(axis=1)
+    while len(chosen) < n:
+        i = int(np.argmax(best))
+        chosen.append(cand[i])
+        best = np.minimum(best, dist(cand, cand[i:i + 1])[:, 0])
+    return np.rint(np.asarray(chosen)).astype(np.uint8)
 
 
 # --------------------------------------------------------------------------- masks and fonts
@@ -111,16 +150,11 @@ def source_colours(n: int) -> np.ndarray:
 
 def _erode(mask: np.ndarray, width: int) -> np.ndarray:
     """Binary erosion by a (2*width+1)^2 square; pixels outside the array count as outside."""
-    out = mask.copy()
-    h, w = mask.shape
-    for _ in range(width):
-        p = np.pad(out, 1, constant_values=False)
-        nxt = p[1:-1, 1:-1].copy()
-        for dy in (-1, 0, 1):
-            for dx in (-1, 0, 1):
-                nxt &= p[1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w]
-        out = nxt
-    return out
+    from scipy import ndimage
+
+    if width <= 0:
+        return mask.copy()
+    return ndimage.binary_erosion(mask, structure=np.ones((2 * width + 1,) * 2, bool), border_value=0)
 
 
 def outline(mask: np.ndarray, *, width: int = 2) -> np.ndarray:
@@ -157,10 +191,15 @@ def outline_region(
     out[outline(mask, width=width)] = np.asarray(colour, np.uint8)
     return out
 
+
 def to_rgb(arr: np.ndarray, palette: np.ndarray | None) -> np.ndarray:
-    """A float (3, H, W) image in [-1, 1] or an int (H, W) label map → uint8 (H, W, 3)."""
+    """A float (3, H, W) image in [-1, 1] or an int (H, W) label map → uint8 (H, W, 3).
+
+    A label map without a palette is drawn with :func:`default_palette`.
+    """
     if arr.ndim == 2:
         if palette is None:
-            raise QueryError("cannot draw a label map: the index has no palette")
+            top = int(np.max(arr)) + 1 if arr.size else 1
+            palette = default_palette(max(top, 1))
         return label_to_rgb(arr, np.asarray(palette, dtype=np.uint8))
     return image_to_uint8(arr)

@@ -12,6 +12,7 @@ from ..errors import QueryError
 from ..search.field import NNField
 from .convert import OTHER_COLOUR, PictureLike, as_rgb, outline_region, source_colours
 from .layout import grid
+from .legend import LegendEntry, legend_panel
 
 
 
@@ -27,6 +28,20 @@ def _lookup(source: Mapping | Sequence | Callable | None, key: int, what: str) -
         raise QueryError(f"{what}: no entry for database image id {key}") from exc
 
 
+def _grey(rgb: np.ndarray) -> np.ndarray:
+    """A light grey version of ``rgb`` (float (H, W, 3) in [150, 235]): the stage for colours."""
+    lum = rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    return np.repeat((150.0 + lum * (85.0 / 255.0))[..., None], 3, axis=-1)
+
+
+def _region_edges(ids: np.ndarray) -> np.ndarray:
+    """Pixels whose right or lower neighbour comes from another source (the borders between sources)."""
+    edge = np.zeros(ids.shape, bool)
+    edge[:, :-1] |= ids[:, :-1] != ids[:, 1:]
+    edge[:-1, :] |= ids[:-1, :] != ids[1:, :]
+    return edge
+
+
 def correspondence_map(
     field: NNField,
     spec: Any = None,
@@ -38,16 +53,21 @@ def correspondence_map(
     query_image: PictureLike | None = None,
     max_sources: int = 8,
     names: Mapping[int, str] | Sequence[str] | Callable[[int], str] | None = None,
-    alpha: float = 0.6,
+    alpha: float = 0.55,
     thumb_height: int | None = None,
+    min_size: int = 256,
+    class_entries: Sequence[LegendEntry] | None = None,
 ) -> Image.Image:
     """Picture of which training image each output pixel came from (CompNN papers, Fig. 7 / 11).
 
-    Left: the output pixels coloured by their source image (:func:`compnn_index.compose.source_map`),
-    one colour per top source, grey for the rest, blended over ``query_image`` if given. Right:
-    the ``max_sources`` most-used training images, in order of their share of output pixels, each
-    with the blocks the field matched in it outlined in its colour (2 px) and the rest faded,
-    captioned ``#id name: share``.
+    Left, enlarged to at least ``min_size`` pixels (nearest neighbour, so every query pixel is a
+    visible block): the query's output (``query_image``) in light grey, each pixel filled with the
+    colour of its source image (:func:`compnn_index.compose.source_map`) at opacity ``alpha``, the
+    borders between sources drawn dark; sources beyond the ``max_sources`` most used are left
+    grey ("other"). Right: the pasted pictures of those sources (``db_images``, normally their
+    *outputs*: what was pasted), in order of their share, each framed in its colour with the
+    blocks the field used outlined and the rest faded, captioned ``#id name · share``; under
+    them the class legend (``class_entries``) when the outputs are label maps.
 
     Parameters
     ----------
@@ -60,18 +80,26 @@ def correspondence_map(
     db_images : mapping or callable
         Database image id -> picture (uint8 ``(H, W, 3)``, float ``(3, H, W)``, or PIL).
     query_image : picture, optional
-        Drawn under the colours (``alpha`` = opacity of the colours); must be ``out_size``.
+        The grey stage under the colours (the query's output, or its input); must be ``out_size``.
+        Without it the colours are drawn at full strength.
     max_sources : int
         Number of sources shown with their own colour.
     names : mapping, sequence or callable, optional
         Database image id -> name for the captions.
     alpha : float
+        Opacity of the source colours over the grey stage.
     thumb_height : int, optional
-        Height of each training-image thumbnail (default: half the map height, two rows).
+        Height of each source thumbnail (default: about half the enlarged map, two rows).
+    min_size : int
+        The map is enlarged by an integer factor until its longer side is at least this.
+    class_entries : legend entries, optional
+        Drawn under the thumbnails (the class legend of label-map outputs).
 
     Returns
     -------
-    PIL.Image.Image (RGB)
+    PIL.Image.Image (RGB) whose ``legend`` lists a :class:`LegendEntry` per coloured source
+    (``kind="source"``, ``key`` = image id, ``share``), then "other" if any pixel is other, then
+    ``class_entries``.
     """
     stride, region = resolve_geometry(spec, stride, region)
     if isinstance(max_sources, bool) or not isinstance(max_sources, (int, np.integer)) or max_sources < 1:
@@ -83,41 +111,69 @@ def correspondence_map(
     top, top_counts = ids[order][:max_sources], counts[order][:max_sources]
     colours = source_colours(len(top))
 
-    by_rank = np.tile(np.array(OTHER_COLOUR, np.uint8), (len(ids), 1))  # colour per unique id
-    by_rank[order[:max_sources]] = colours
-    left = by_rank[np.searchsorted(ids, sm)]
+    rank = np.full(len(ids), -1, np.int64)
+    rank[order[:max_sources]] = np.arange(len(top))
+    pix_rank = rank[np.searchsorted(ids, sm)]  # -1 = other
+    table = np.vstack([colours, np.array(OTHER_COLOUR, np.uint8)[None]]).astype(np.float32)
+    fill = table[pix_rank]  # rank -1 picks the last row: other
     if query_image is not None:
         q = as_rgb(query_image)
         if q.shape[:2] != (h, w):
             raise QueryError(f"Expected query_image of out_size {(h, w)}, got shape {q.shape[:2]}")
-        left = np.rint(alpha * left + (1.0 - alpha) * q).astype(np.uint8)
+        stage = _grey(q)
+        left = np.where((pix_rank >= 0)[..., None], alpha * fill + (1.0 - alpha) * stage, stage)
+    else:
+        left = fill
+    scale = max(1, -(-int(min_size) // max(h, w)))
+    left = np.repeat(np.repeat(np.rint(left).astype(np.uint8), scale, 0), scale, 1)
+    big_ids = np.repeat(np.repeat(pix_rank, scale, 0), scale, 1)
+    edges = _region_edges(big_ids)
+    if scale >= 3:  # two-pixel borders once the map is enlarged
+        edges |= np.roll(edges, 1, 0) | np.roll(edges, 1, 1)
+    left[edges] = (40, 40, 40)
     other_share = 1.0 - top_counts.sum() / sm.size
 
-    th = thumb_height or max(32, h // 2)
-    thumbs, caps = [], []
+    th = thumb_height or max(64, left.shape[0] // 2 - 24)
+    thumbs, caps, entries = [], [], []
     for i, (n, cnt) in enumerate(zip(top.tolist(), top_counts.tolist())):
         img = as_rgb(_lookup(db_images, n, "db_images"))
         mask = used_mask(field, n, stride=stride, region=region, source_size=img.shape[:2])
         size = (max(1, round(img.shape[1] * th / img.shape[0])), th)  # outline at thumbnail scale
-        img = np.asarray(Image.fromarray(img).resize(size, Image.BILINEAR))
+        img = np.asarray(Image.fromarray(img).resize(size, Image.NEAREST))
         mask = np.asarray(Image.fromarray(mask).resize(size, Image.NEAREST))
-        thumb = outline_region(img, mask, colours[i])
-        thumb[:5] = colours[i]  # colour key along the top edge
-        thumbs.append(thumb)
+        thumb = outline_region(img, mask, colours[i], width=max(2, th // 40), dim=0.55)
+        framed = np.empty((th + 8, size[0] + 8, 3), np.uint8)
+        framed[:] = colours[i]  # a frame in the source's colour: the key to the map
+        framed[4:-4, 4:-4] = thumb
+        thumbs.append(framed)
         name = _lookup(names, n, "names")
-        caps.append(f"#{n}{' ' + str(name) if name is not None else ''}: {cnt / sm.size:.1%}")
+        label = f"#{n}{' ' + str(name) if name is not None else ''}"
+        entries.append(LegendEntry(label, tuple(int(v) for v in colours[i]), int(n), "source", cnt / sm.size))
+        caps.append(f"{label} · {cnt / sm.size:.1%}")
+    if other_share > 0:
+        entries.append(LegendEntry(f"{len(ids) - len(top)} other images", OTHER_COLOUR, None, "other",
+                                   float(other_share)))
 
     ncols = -(-len(thumbs) // 2) if len(thumbs) > 2 else len(thumbs)
     rows = [thumbs[i : i + ncols] for i in range(0, len(thumbs), ncols)]
     cap_rows = [caps[i : i + ncols] for i in range(0, len(caps), ncols)]
-    legend = "output pixels by source image"
+    title = f"output pixels by source image: {len(top)} shown"
     if other_share > 0:
-        legend += f"; grey = other ({other_share:.1%})"
-    left_panel = grid([[left]], [[legend]])
-    right_panel = grid(rows, cap_rows)
+        title += f", grey = {len(ids) - len(top)} others ({other_share:.1%})"
+    left_panel = grid([[left]], [title], font_size=13)
+    right_panel = grid(rows, cap_rows, font_size=12)
+    if class_entries:
+        legend = legend_panel(list(class_entries), max_height=max(120, left_panel.height - right_panel.height),
+                              title="classes")
+        stacked = Image.new("RGB", (max(right_panel.width, legend.shape[1] + 6),
+                                    right_panel.height + legend.shape[0]), "white")
+        stacked.paste(right_panel, (0, 0))
+        stacked.paste(Image.fromarray(legend), (6, right_panel.height))
+        right_panel = stacked
     canvas = Image.new("RGB", (left_panel.width + right_panel.width, max(left_panel.height, right_panel.height)), "white")
     canvas.paste(left_panel, (0, 0))
     canvas.paste(right_panel, (left_panel.width, 0))
+    canvas.legend = entries + list(class_entries or [])
     return canvas
 
 

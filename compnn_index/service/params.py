@@ -77,11 +77,15 @@ class QueryParams:
     options: QueryOptions = field(default_factory=QueryOptions)
     restrict: Any = None
     sources: tuple[str, ...] = DEFAULT_SOURCES
+    #: database ids/names never matched; ``keep_self=False`` adds a database query's own id
+    exclude: tuple = ()
+    keep_self: bool = True
 
     def api_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for :meth:`CompNN.explain` / ``query`` (without the image)."""
+        own = [self.image.image_id] if not self.keep_self and self.image.image_id is not None else []
         return dict(layer=self.layer, options=self.options, restrict=self.restrict,
-                    sources=self.sources)
+                    sources=self.sources, exclude=[*self.exclude, *own])
 
 
 @dataclass
@@ -190,7 +194,16 @@ def parse_image_ref(fields: Fields, name: str, *, id_field: str, num_images: int
 
 # ---------------------------------------------------------------------------- whole requests
 QUERY_FIELDS = frozenset({"image", "image_id", "layer", "search", "top_k", "restrict", "sources",
-                          *QUERY_INT_FIELDS, "init"})
+                          *QUERY_INT_FIELDS, "init", "exclude", "keep_self"})
+
+
+def parse_bool(value: Any, name: str) -> bool:
+    """A flag: JSON true/false, or a form's ``true``/``false``/``1``/``0``; else 422."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+        return value.strip().lower() in ("true", "1", "yes", "on")
+    raise HTTPProblem(422, f"Expected {name} to be true or false, got {value!r}")
 
 
 def _refuse_unknown(fields: Fields, known) -> None:
@@ -234,9 +247,15 @@ def parse_query(fields: Fields, *, layers: Sequence[str], num_images: int) -> Qu
     if layer is not None:
         layer = parse_choice(layer, "layer", layers)
     options = parse_options(fields, num_images=num_images)
+    with refused_as(422):
+        exclude = tuple(checks.parse_exclude(fields.get("exclude")))
+    keep = fields.get("keep_self")
+    # the HTTP API, like the Python API, keeps a database query's own image unless told
+    # keep_self=false (the viewer's "leave the query image out", on by default there)
     return QueryParams(image=image, layer=layer, options=options,
                        restrict=parse_restrict(fields.get("restrict")),
-                       sources=parse_sources(fields.get("sources")))
+                       sources=parse_sources(fields.get("sources")), exclude=exclude,
+                       keep_self=True if keep is None else parse_bool(keep, "keep_self"))
 
 
 def parse_correspond(fields: Fields, *, layers: Sequence[str], num_images: int) -> CorrespondParams:

@@ -10,11 +10,11 @@ import io
 import re
 import threading
 import uuid
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
+from cachetools import LRUCache
 from PIL import Image
 
 from ..api import CompNN, Correspondence, QueryResult
@@ -52,21 +52,19 @@ def database_rgb(cnn: CompNN, image_id: int, kind: str) -> np.ndarray:
 
 
 def _query_picture(cnn: CompNN, res: QueryResult, name: str) -> np.ndarray | Image.Image | None:
-    palette = palette_of(cnn)
+    """One of the result's pictures, drawn as :meth:`QueryResult.images` draws it."""
+    ctx = res.context or cnn.context()
     if name == "input":
         return to_rgb(res.query_input, None)
     if name == "output":
-        return to_rgb(res.output, palette)
+        return ctx.picture(res.output)
     if name.startswith("reconstruction_"):
-        arr = res.reconstructions.get(name[len("reconstruction_"):])
-        return None if arr is None else to_rgb(arr, palette)
-    from ..pictures import correspondence_map
-
-    return correspondence_map(
-        res.field, stride=res.spec.stride, region=res.spec.region,
-        out_size=res.query_input.shape[1:], db_images=lambda i: database_rgb(cnn, int(i), "input"),
-        query_image=to_rgb(res.query_input, None), names=list(cnn.store.image_names),
-    )
+        src = name[len("reconstruction_"):]
+        arr = res.reconstructions.get(src)
+        if arr is None:
+            return None
+        return to_rgb(arr, None) if src == "input" else ctx.picture(arr)
+    return res.correspondence_map()
 
 
 def _correspond_picture(cnn: CompNN, res: Correspondence, name: str) -> np.ndarray | Image.Image:
@@ -118,11 +116,14 @@ class StoredResult:
 
 
 class ResultCache:
-    """At most ``capacity`` results, least recently used evicted first (thread-safe)."""
+    """At most ``capacity`` results, least recently used evicted first (thread-safe).
+
+    A :class:`cachetools.LRUCache` under a lock (cachetools' caches are not thread-safe).
+    """
 
     def __init__(self, capacity: int) -> None:
         self.capacity = check_int(capacity, "cache_size", low=1)  # QueryError is a ValueError
-        self._items: "OrderedDict[str, StoredResult]" = OrderedDict()
+        self._items: LRUCache = LRUCache(maxsize=self.capacity)
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -132,9 +133,6 @@ class ResultCache:
     def put(self, item: StoredResult) -> StoredResult:
         with self._lock:
             self._items[item.id] = item
-            self._items.move_to_end(item.id)
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
         return item
 
     def get(self, result_id: str) -> StoredResult | None:
@@ -142,7 +140,4 @@ class ResultCache:
         if not RESULT_ID.match(result_id):
             return None
         with self._lock:
-            item = self._items.get(result_id)
-            if item is not None:
-                self._items.move_to_end(result_id)
-            return item
+            return self._items.get(result_id)

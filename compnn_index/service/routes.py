@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
 import anyio.to_thread
+from cachetools import LRUCache
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -57,6 +57,8 @@ _QUERY_BODY = {
                 "restrict": {"type": "string",
                              "description": "comma-separated ids/names, or KEY=VALUE (material=brick)"},
                 "sources": {"type": "string", "description": "comma-separated: target,input,self"},
+                "exclude": {"type": "string", "description": "comma-separated ids/names never matched"},
+                "keep_self": {"type": "boolean", "description": "false: leave the image_id out (leave-one-out)"},
                 **_QUERY_FIELDS_SCHEMA,
             }}},
             "application/json": {"schema": {"type": "object", "properties": {
@@ -64,6 +66,10 @@ _QUERY_BODY = {
                 "restrict": {"oneOf": [{"type": "string"}, {"type": "array", "items": {
                     "oneOf": [{"type": "integer"}, {"type": "string"}]}}]},
                 "sources": {"type": "array", "items": {"type": "string"}},
+                "exclude": {"type": "array", "items": {"oneOf": [{"type": "integer"}, {"type": "string"}]},
+                            "description": "database ids or names never matched"},
+                "keep_self": {"type": "boolean", "default": True,
+                              "description": "false: leave the query's own image_id out of its explanation"},
                 **_QUERY_FIELDS_SCHEMA,
             }, "required": ["image_id"]}},
         },
@@ -97,7 +103,8 @@ class ServiceState:
     pool: EnginePool
     cache: ResultCache
     summary: dict
-    db_pngs: "OrderedDict[tuple[int, str], bytes]" = field(default_factory=OrderedDict)
+    #: rendered database images, (id, kind) -> PNG; an LRU of 4 × the result cache's capacity
+    db_pngs: LRUCache = field(default_factory=lambda: LRUCache(maxsize=256))
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -336,8 +343,6 @@ def add_picture_routes(app: FastAPI, state: ServiceState) -> None:
         if data is None:
             data = await anyio.to_thread.run_sync(lambda: png_bytes(database_rgb(cnn, image_id, kind)))
             state.db_pngs[key] = data
-            while len(state.db_pngs) > 4 * cache.capacity:
-                state.db_pngs.popitem(last=False)
         return Response(data, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
 
     @app.get("/v1/results/{query_id}/{filename}", responses=_PNG, response_class=Response)

@@ -66,6 +66,7 @@ def index_summary(cnn: CompNN) -> dict:
         "searches": list(SEARCHES),  # HyperPatch-Match always runs: native kernel or NumPy
         "native_kernel": native_available(),
         "palette": man.get("palette"),
+        "class_names": list(cnn.context().class_names) if cnn.context().class_names else None,
         "model": {k: model.get(k) for k in ("arch", "config", "hash") if k in model},
         "dataset": man.get("dataset"),
         "format_version": man.get("format_version", man.get("version")),
@@ -126,7 +127,10 @@ def create_app(
         cnn = CompNN.load(index_dir, mmap=True, verify=verify)
     pool = EnginePool(cnn, workers=workers, threads=threads, max_queue=max_queue,
                       queue_timeout=queue_timeout)
-    state = ServiceState(cnn=cnn, pool=pool, cache=ResultCache(cache_size), summary=index_summary(cnn))
+    from cachetools import LRUCache
+
+    state = ServiceState(cnn=cnn, pool=pool, cache=ResultCache(cache_size), summary=index_summary(cnn),
+                         db_pngs=LRUCache(maxsize=4 * cache_size))
     tune_allocator()
 
     app = FastAPI(
