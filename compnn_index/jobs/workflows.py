@@ -45,9 +45,10 @@ def build(
     *, model: str | Path, data: str, split: str = "train", direction: str | None = None,
     size: int | None = None, limit: int | None = None, seed: int = 0,
     layers: Sequence[str] | None = None, batch_size: int = 8, threads: int | None = None,
-    out: str | Path, overwrite: bool = False, progress: bool = True,
+    out: str | Path, overwrite: bool = False, progress: bool = True, pairs: Sequence[str] | None = None,
 ) -> Path:
-    """Build an index store for ``model`` over a dataset split."""
+    """Build an index store for ``model`` over a dataset split (``pairs``: activation-prediction
+    tap pairs ``"source:target[:k]"``, see :mod:`compnn_index.index.pairs`)."""
     from ..data import open_dataset
     from ..index import build_index
     from ..models import load_checkpoint
@@ -63,7 +64,7 @@ def build(
         layers = ["decoder2"] if "decoder2" in net.layer_taps() else [next(iter(net.layer_taps()))]
     path = build_index(net, ds, layers=list(layers), out=out, batch_size=batch_size,
                        threads=threads, progress=progress, model_path=str(Path(model).resolve()),
-                       overwrite=overwrite)
+                       overwrite=overwrite, pairs=pairs)
     if progress:
         print(f"wrote index store {path}")
     return path

@@ -6,6 +6,7 @@
 """
 from compnn_index.models.base import TapModel
 from compnn_index.models.checkpoint import load_checkpoint, model_hash, save_checkpoint
+from compnn_index.models.inversion import InversionNet, load_inversion, save_inversion
 from compnn_index.models.patchgan import PatchDiscriminator
 from compnn_index.models.registry import ARCHITECTURES, build_model
 from compnn_index.models.segnet import SegNet
@@ -14,6 +15,9 @@ from compnn_index.models.unet import UNet, default_depth
 
 __all__ = [
     "ARCHITECTURES",
+    "InversionNet",
+    "load_inversion",
+    "save_inversion",
     "PatchDiscriminator",
     "SegNet",
     "TapModel",
