@@ -354,7 +354,7 @@ class CompNN:
             nnf = search_field({geom.key: q}, {geom.key: lv}, ids, layer=geom.key, options=opts)
             t_search = time.perf_counter() - t
             targets = self.array(entry["targets"])
-            pred, glob = paste_activations(nnf, targets, geom), np.asarray(targets[ids[0]], np.float32)
+            pred, glob = paste_activations(nnf, targets, geom), np.array(targets[ids[0]], np.float32)
             cnn_out = self.output_array(logits[0])
             outs = {"cnn": cnn_out}
             for name, act in (("compnn", pred), ("global", glob)):
