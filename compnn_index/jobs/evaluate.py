@@ -205,7 +205,7 @@ def evaluate(
         r.update(paper_figures(r))
     class_names = list(FACADES_CLASSES) if seg and cnn.num_classes == len(FACADES_CLASSES) else None
     doc = {"index": str(index), "layer": layer, "search": search, "split": split,
-           "images": len(ds), "image_names": [str(n) for n in ds.names][:len(ds)], "task": cnn.task,
+           "images": len(ds), "database_images": cnn.num_images, "image_names": [str(n) for n in ds.names][:len(ds)], "task": cnn.task,
            "top_k": top_ks, "hpm": bool(hpm and search == "exact"), "class_names": class_names,
            "penultimate_layer": penult.tap if penult else None, "rows": rows}
     if inv is not None:
