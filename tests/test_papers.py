@@ -238,3 +238,28 @@ def test_table1_rows_deltas_and_per_class(segment_index, segment_cnn, tmp_path):
     t1 = table1(rows)
     assert {"method", "top_k", "source", "vs", "pixel_accuracy", "mean_iou", "paper_pixel_accuracy",
             "paper_mean_iou"} <= set(t1[0])
+
+
+# ---------------------------------------------------------------------------- command line
+def test_cli_build_predict_and_invert(segment_index, tmp_path, capsys):
+    from compnn_index.cli import main
+
+    index = tmp_path / "index"
+    assert main(["build", "--model", str(segment_index.model), "--data", "synthetic", "--size", str(TINY_SIZE),
+                 "--limit", "4", "--layers", "decoder3", "--predict", "decoder4:decoder3:2",
+                 "--threads", "1", "--out", str(index)]) == 0
+    man = json.loads((index / "manifest.json").read_text())
+    assert list(man["predictions"]) == ["decoder4>decoder3@k2"]
+    assert man["format_version"] == 2 and "pair_decoder4_decoder3_k2" in man["arrays"]
+    assert main(["predict", str(index), "1", "--top-k", "3", "--exclude-self", "--threads", "1",
+                 "--out", str(tmp_path / "pred")]) == 0
+    doc = json.loads((tmp_path / "pred" / "id1" / "prediction.json").read_text())
+    assert 1 not in doc["shortlist"] and set(doc["scores"]) >= {"compnn", "global"}
+    assert (tmp_path / "pred" / "id1" / "figure3.png").is_file()
+    ckpt = tmp_path / "inv.pt"
+    assert main(["invert", "train", "--store", str(index), "--layer", "encoder3", "--epochs", "1",
+                 "--width", "8", "--threads", "1", "--out", str(ckpt)]) == 0
+    assert main(["invert", "apply", str(ckpt), "0", "--out", str(tmp_path / "inv")]) == 0
+    assert (tmp_path / "inv" / "id0_inversion_encoder3.png").is_file()
+    assert main(["predict", str(index), "1", "--k", "4", "--out", str(tmp_path / "p2")]) == 2
+    assert "no activation pair decoder4->decoder3 with k = 4" in capsys.readouterr().err

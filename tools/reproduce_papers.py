@@ -152,6 +152,11 @@ def step_inversion(a, res: Path) -> None:
 def step_table2(a, res: Path) -> None:
     from compnn_index.jobs.evaluate import evaluate
 
+    deadline = time.time() + 60 * a.wait_l2p
+    while not a.l2p_model.is_file() and time.time() < deadline:
+        log(f"waiting for {a.l2p_model}")
+        time.sleep(60)
+
     store = ensure_store(a.work / "l2p_table", a.l2p_model, layers=["decoder2"], limit=a.limit_train)
     t = time.perf_counter()
     evaluate(store, data=str(DATA), limit=a.images, top_k=a.top_k, search=a.table2_search,
@@ -177,6 +182,8 @@ def main(argv=None) -> int:
     p.add_argument("--work", type=Path, default=Path("/work/stores/papers"))
     p.add_argument("--steps", default="models,table1,prediction,inversion,table2")
     p.add_argument("--drop-stores", action="store_true")
+    p.add_argument("--train-missing", action="store_true", help="train a missing model here")
+    p.add_argument("--wait-l2p", type=float, default=45, help="minutes to wait for the l2p model")
     p.add_argument("--docs", type=Path, default=ROOT / "docs" / "results")
     p.add_argument("--data", default=str(DATA), help="dataset (the Facades folder; 'synthetic' for a smoke run)")
     p.add_argument("--size", type=int, default=SIZE)
@@ -189,12 +196,11 @@ def main(argv=None) -> int:
     res = a.work / "results"
     res.mkdir(parents=True, exist_ok=True)
     steps = a.steps.split(",")
-    if "models" in steps:
-        models = [ensure_model(a.seg_model, task="segment", direction="AtoB", epochs=epochs, log_path=a.seg_log)]
-        if a.l2p_model.is_file() or "table2" in steps:
-            models.append(ensure_model(a.l2p_model, task="translate", direction="BtoA", epochs=epochs,
-                                       log_path=a.l2p_log))
-        (res / "models.json").write_text(json.dumps(models, indent=1))
+    specs = ((a.seg_model, "segment", "AtoB", a.seg_log), (a.l2p_model, "translate", "BtoA", a.l2p_log))
+    if "models" in steps:  # train what is missing (otherwise reuse; the l2p model may still be training)
+        for path, task, direction, lg in specs:
+            if a.train_missing or path.is_file():
+                ensure_model(path, task=task, direction=direction, epochs=epochs, log_path=lg)
     for name, fn, marker in (("table1", step_table1, "table1/results.json"),
                              ("prediction", step_prediction, "prediction.json"),
                              ("inversion", step_inversion, "inversion/results.json"),
@@ -204,6 +210,9 @@ def main(argv=None) -> int:
             log(f"step {name}")
             fn(a, res)
             log(f"step {name} done in {(time.perf_counter() - t) / 60:.1f} min")
+    models = [ensure_model(path, task=task, direction=direction, epochs=epochs, log_path=lg)
+              for path, task, direction, lg in specs if path.is_file()]
+    (res / "models.json").write_text(json.dumps(models, indent=1))
     from papers_report import write_report
 
     write_report(res, a.docs, args=vars(a))
