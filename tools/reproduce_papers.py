@@ -94,12 +94,17 @@ def ensure_store(out: Path, model: Path, *, layers, limit=None, pairs=None) -> P
 def step_table1(a, res: Path) -> None:
     from compnn_index.jobs.evaluate import evaluate
 
-    store = ensure_store(a.work / "seg_table", a.seg_model, layers=["decoder2"], limit=a.limit_train)
+    store = seg_store(a)
     t = time.perf_counter()
     evaluate(store, data=str(DATA), limit=a.images, top_k=a.top_k, out=res / "table1", progress=True)
     (res / "table1" / "minutes.txt").write_text(f"{(time.perf_counter() - t) / 60:.1f}")
-    if a.drop_stores:
-        shutil.rmtree(store, ignore_errors=True)
+
+
+def seg_store(a) -> Path:
+    """The segmentation model's store: Table 1's decoder2, the inversion layers and the
+    decoder4 -> decoder3 pairs (k = 4 and 2), over ``--db-images`` training images."""
+    return ensure_store(a.work / "seg", a.seg_model, layers=("decoder2",) + tuple(n for n in INV_LAYERS if n != "decoder2"),
+                        limit=a.db_images, pairs=["decoder4:decoder3:4", "decoder4:decoder3:2"])
 
 
 def step_prediction(a, res: Path) -> None:
@@ -107,10 +112,8 @@ def step_prediction(a, res: Path) -> None:
     from compnn_index.data import open_dataset
     from compnn_index.jobs.predict import figure3
 
-    store = ensure_store(a.work / "seg_pairs", a.seg_model, layers=INV_LAYERS, limit=a.pair_images,
-                         pairs=["decoder4:decoder3:4", "decoder4:decoder3:2"])
-    cnn = CompNN.load(store)
-    ds = open_dataset(str(DATA), split="test", direction="AtoB", task="segment", size=SIZE, limit=a.images)
+    cnn = CompNN.load(seg_store(a))
+    ds = open_dataset(str(DATA), split="test", direction="AtoB", task="segment", size=SIZE, limit=a.ap_images)
     out = {"database_images": cnn.num_images, "test_images": [str(n) for n in ds.names][:len(ds)],
            "source": "decoder4", "target": "decoder3", "search": "exact", "per_k": {}}
     for k in (4, 2):
@@ -133,7 +136,7 @@ def step_inversion(a, res: Path) -> None:
     from compnn_index.jobs.evaluate import evaluate
     from compnn_index.jobs.inversion import train_inversion
 
-    store = a.work / "seg_pairs"
+    store = seg_store(a)
     ckpts = []
     for layer in INV_LAYERS:
         ckpt = a.work / f"inversion_{layer}.pt"
@@ -142,11 +145,9 @@ def step_inversion(a, res: Path) -> None:
             train_inversion(store, layer, out=ckpt, epochs=50, batch_size=4, lr=1e-3,
                             width=a.inv_width, minutes=a.inv_minutes, progress=False)
         ckpts.append(ckpt)
-    evaluate(store, data=str(DATA), limit=a.images, top_k=(min(16, a.pair_images),), search="patchmatch", hpm=False,
-             global_layers=False, inversion=ckpts, inversion_top_k=16, out=res / "inversion",
+    evaluate(store, data=str(DATA), limit=a.inv_images, top_k=(min(16, a.db_images),), search="patchmatch",
+             hpm=False, global_layers=False, inversion=ckpts, inversion_top_k=16, out=res / "inversion",
              progress=True, examples=0)
-    if a.drop_stores:
-        shutil.rmtree(store, ignore_errors=True)
 
 
 def step_table2(a, res: Path) -> None:
@@ -157,7 +158,7 @@ def step_table2(a, res: Path) -> None:
         log(f"waiting for {a.l2p_model}")
         time.sleep(60)
 
-    store = ensure_store(a.work / "l2p_table", a.l2p_model, layers=["decoder2"], limit=a.limit_train)
+    store = ensure_store(a.work / "l2p", a.l2p_model, layers=["decoder2"], limit=a.db_images)
     t = time.perf_counter()
     evaluate(store, data=str(DATA), limit=a.images, top_k=a.top_k, search=a.table2_search,
              hpm=a.table2_search == "exact", global_layers=False, out=res / "table2", progress=True)
@@ -170,8 +171,10 @@ def main(argv=None) -> int:
     global DATA, SIZE
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--budget", type=float, default=40, help="minutes of compute for everything")
-    p.add_argument("--images", type=int, default=5, help="test images per experiment")
-    p.add_argument("--pair-images", type=int, default=100, help="database of the activation pairs")
+    p.add_argument("--images", type=int, default=3, help="test images of Tables 1 and 2")
+    p.add_argument("--ap-images", type=int, default=8, help="test images of activation prediction")
+    p.add_argument("--inv-images", type=int, default=4, help="test images of the inversion comparison")
+    p.add_argument("--db-images", type=int, default=100, help="training images in each store (400: all)")
     p.add_argument("--inv-minutes", type=float, default=None, help="training minutes per inversion")
     p.add_argument("--inv-width", type=int, default=64)
     p.add_argument("--table2-search", choices=["exact", "patchmatch"], default="patchmatch")
@@ -180,7 +183,7 @@ def main(argv=None) -> int:
     p.add_argument("--seg-log", type=Path, default=Path("/work/logs/train_seg.log"))
     p.add_argument("--l2p-log", type=Path, default=Path("/work/logs/train_l2p.log"))
     p.add_argument("--work", type=Path, default=Path("/work/stores/papers"))
-    p.add_argument("--steps", default="models,table1,prediction,inversion,table2")
+    p.add_argument("--steps", default="models,prediction,inversion,table1,table2")
     p.add_argument("--drop-stores", action="store_true")
     p.add_argument("--train-missing", action="store_true", help="train a missing model here")
     p.add_argument("--wait-l2p", type=float, default=45, help="minutes to wait for the l2p model")
@@ -188,7 +191,6 @@ def main(argv=None) -> int:
     p.add_argument("--data", default=str(DATA), help="dataset (the Facades folder; 'synthetic' for a smoke run)")
     p.add_argument("--size", type=int, default=SIZE)
     p.add_argument("--top-k", type=lambda t: [int(v) for v in t.split(",")], default=list(TOP_K))
-    p.add_argument("--limit-train", type=int, default=None, help="training images of the table stores")
     a = p.parse_args(argv)
     DATA, SIZE = a.data, a.size
     a.inv_minutes = a.inv_minutes or max(1.0, round(a.budget * 0.06, 1))
@@ -201,9 +203,9 @@ def main(argv=None) -> int:
         for path, task, direction, lg in specs:
             if a.train_missing or path.is_file():
                 ensure_model(path, task=task, direction=direction, epochs=epochs, log_path=lg)
-    for name, fn, marker in (("table1", step_table1, "table1/results.json"),
-                             ("prediction", step_prediction, "prediction.json"),
+    for name, fn, marker in (("prediction", step_prediction, "prediction.json"),
                              ("inversion", step_inversion, "inversion/results.json"),
+                             ("table1", step_table1, "table1/results.json"),
                              ("table2", step_table2, "table2/results.json")):
         if name in steps and not (res / marker).is_file():
             t = time.perf_counter()
