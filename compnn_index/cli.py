@@ -202,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing store at --out")
     p.add_argument("--codec", choices=["fp32", "fp16", "sq8"], default="fp32",
                    help="how layer vectors are stored: float32, float16 (half the bytes) or 8-bit (a quarter)")
+    p.add_argument("--predict", type=_str_list, default=None, metavar="SRC:TGT[:K],...",
+                   help="also store activation-prediction pairs, e.g. decoder4:decoder3:4")
     _threads(p)
     p.add_argument("--out", required=True, help="index store folder")
 
@@ -244,8 +246,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iterations", type=_query_int("--iterations"), default=DEFAULTS.iterations,
                    help="HyperPatch-Match iterations (--search patchmatch)")
     p.add_argument("--init", choices=INITS, default=DEFAULTS.init, help="HyperPatch-Match start")
+    p.add_argument("--no-hpm", action="store_true", help="skip the HyperPatch-Match rows")
+    p.add_argument("--no-global-layers", action="store_true",
+                   help="skip global NN from the penultimate layer and the searched layer")
+    p.add_argument("--inversion", type=_str_list, default=[],
+                   help="inversion checkpoints (compnn invert train): CompNN IR vs learned inversion")
+    p.add_argument("--inversion-top-k", type=_int("--inversion-top-k"), default=16,
+                   help="shortlist of the CompNN input reconstruction beside each inversion")
     _threads(p)
     p.add_argument("--out", required=True, help="output folder")
+    _papers_parsers(sub)
 
     p = sub.add_parser("compare", help="exact search vs HyperPatch-Match (and FAISS ANN baselines)",
                        description="Quality against speed of HyperPatch-Match and FAISS ANN indexes, "
@@ -314,6 +324,39 @@ def _serve_guard_args(p: argparse.ArgumentParser) -> None:
                         "loopback names are always accepted; '*' accepts any)")
     p.add_argument("--max-queue", type=_int("--max-queue", low=0, high=10_000), default=None,
                    help="queries waiting for a worker before new ones are refused with 503")
+
+
+def _papers_parsers(sub) -> None:
+    """``compnn predict`` and ``compnn invert train | apply`` (issue 12)."""
+    p = sub.add_parser("predict", help="predict a layer's activations by CompNN (activation pair)")
+    p.add_argument("index")
+    p.add_argument("images", nargs="+", help="image files or database image ids")
+    p.add_argument("--source", default="decoder4")
+    p.add_argument("--target", default="decoder3")
+    p.add_argument("--k", type=int, default=None, help="window of the stored pair (default: smallest)")
+    p.add_argument("--exclude-self", action="store_true", help="never match a database id to itself")
+    _query_args(p)
+    p.add_argument("--out", required=True)
+    p = sub.add_parser("invert", help="learned-inversion baseline (Dosovitskiy & Brox)")
+    inv = p.add_subparsers(dest="invert_command", required=True)
+    t = inv.add_parser("train", help="train an inversion network on a store's training images")
+    t.add_argument("--store", required=True)
+    t.add_argument("--layer", required=True)
+    t.add_argument("--epochs", type=int, default=1)
+    t.add_argument("--limit", type=int, default=None, help="train on the first N store images")
+    t.add_argument("--batch-size", type=int, default=4)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--width", type=int, default=None)
+    t.add_argument("--minutes", type=float, default=None, help="stop (and save) after this long")
+    t.add_argument("--kind", choices=["photo", "labels"], default=None)
+    _threads(t)
+    t.add_argument("--out", required=True, help="checkpoint path (.pt)")
+    a = inv.add_parser("apply", help="reconstruct images from their activations")
+    a.add_argument("checkpoint")
+    a.add_argument("images", nargs="+", help="image files or database image ids")
+    a.add_argument("--store", default=None, help="default: the store it was trained on")
+    _threads(a)
+    a.add_argument("--out", required=True)
 
 
 def _query_args(p: argparse.ArgumentParser) -> None:
@@ -390,7 +433,7 @@ def _cmd_build(a: argparse.Namespace) -> None:
           limit=a.limit, seed=a.seed, sample=a.sample, data_args=a.data_args, layers=a.layers,
           global_layer=a.global_layer, batch_size=a.batch_size, threads=a.threads, out=a.out,
           overwrite=a.overwrite, model_factory=a.model_factory, factory_args=a.factory_args,
-          weights=a.weights, task=a.task, codec=a.codec)
+          weights=a.weights, task=a.task, codec=a.codec, pairs=a.predict)
 
 
 def _cmd_compress(a: argparse.Namespace) -> None:
@@ -427,8 +470,31 @@ def _cmd_evaluate(a: argparse.Namespace) -> None:
     from .jobs.evaluate import evaluate
 
     evaluate(a.index, data=a.data, split=a.split, direction=a.direction, size=a.size,
-             limit=a.limit, seed=a.seed, sample=a.sample, data_args=a.data_args, layer=a.layer, search=a.search, top_k=a.top_k,
-             iterations=a.iterations, init=a.init, threads=a.threads, out=a.out)
+             limit=a.limit, seed=a.seed, sample=a.sample, data_args=a.data_args, layer=a.layer,
+             search=a.search, top_k=a.top_k, iterations=a.iterations, init=a.init, threads=a.threads,
+             out=a.out, hpm=not a.no_hpm, global_layers=not a.no_global_layers, inversion=a.inversion,
+             inversion_top_k=a.inversion_top_k)
+
+
+def _cmd_predict(a: argparse.Namespace) -> None:
+    from .jobs.predict import predict
+    from .options import QueryOptions
+
+    options = QueryOptions(search=a.search, top_k=a.top_k, iterations=a.iterations,
+                           samples=a.samples, jumps=a.jumps, init=a.init, seed=a.seed)
+    predict(index=a.index, images=a.images, out=a.out, source=a.source, target=a.target, k=a.k,
+            options=options, exclude_self=a.exclude_self, threads=a.threads)
+
+
+def _cmd_invert(a: argparse.Namespace) -> None:
+    from .jobs.inversion import apply_inversion, train_inversion
+
+    if a.invert_command == "train":
+        train_inversion(a.store, a.layer, out=a.out, epochs=a.epochs, limit=a.limit,
+                        batch_size=a.batch_size, lr=a.lr, width=a.width, minutes=a.minutes,
+                        kind=a.kind, threads=a.threads)
+    else:
+        apply_inversion(a.checkpoint, a.images, out=a.out, store=a.store, threads=a.threads)
 
 
 def _cmd_compare(a: argparse.Namespace) -> None:
@@ -467,6 +533,7 @@ COMMANDS = {
     "compress": _cmd_compress, "upgrade": _cmd_upgrade, "verify": _cmd_verify, "query": _cmd_query,
     "evaluate": _cmd_evaluate,
     "compare": _cmd_compare, "serve": _cmd_serve, "demo": _cmd_demo,
+    "predict": _cmd_predict, "invert": _cmd_invert,
 }
 
 

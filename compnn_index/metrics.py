@@ -22,6 +22,7 @@ __all__ = [
     "mean_iou",
     "l1",
     "psnr",
+    "ssim",
     "recall_at_1",
     "similarity_ratio",
 ]
@@ -140,6 +141,29 @@ def psnr(a: np.ndarray, b: np.ndarray, *, data_range: float = 2.0) -> float:
     if mse == 0.0:
         return float("inf")
     return 10.0 * math.log10(data_range**2 / mse)
+
+
+def ssim(a: np.ndarray, b: np.ndarray, *, data_range: float = 2.0, sigma: float = 1.5) -> float:
+    """Structural similarity (Wang et al. 2004) of two ``(C, H, W)`` or ``(H, W)`` images.
+
+    Gaussian window (``sigma`` 1.5, truncated at 3.5 sigma: the 11×11 window of the paper),
+    ``K1 = 0.01``, ``K2 = 0.03``, computed per channel and averaged; 1.0 for identical inputs.
+    """
+    from scipy.ndimage import gaussian_filter
+
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    _same_shape(a, b, ("a", "b"))
+    if a.ndim == 2:
+        a, b = a[None], b[None]
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    vals = []
+    for x, y in zip(a, b):
+        f = lambda z: gaussian_filter(z, sigma, truncate=3.5, mode="reflect")  # noqa: E731
+        mx, my = f(x), f(y)
+        vx, vy, cxy = f(x * x) - mx * mx, f(y * y) - my * my, f(x * y) - mx * my
+        m = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+        vals.append(m.mean())
+    return float(np.mean(vals))
 
 
 def recall_at_1(approx: NNField, exact: NNField, *, tol: float = 1e-5) -> float:

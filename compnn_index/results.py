@@ -332,6 +332,45 @@ class GlobalNN(_Shows):
                 "similarities": [round(float(s), 6) for s in self.similarities]}
 
 
+@dataclass
+class ActivationPrediction:
+    """What :meth:`CompNN.predict_activations` returns.
+
+    Attributes
+    ----------
+    geometry : the pair's :class:`~compnn_index.features.PairGeometry`.
+    field : NN field over the window grid (database windows of the pair).
+    shortlist : database images searched; ``global_image`` the global NN (best global descriptor).
+    true, compnn, global_nn : target activations (C, H, W): the CNN's, CompNN's prediction and the
+        global NN's whole map.
+    scores : ``{"compnn": {...}, "global": {...}}`` from
+        :func:`compnn_index.activations.activation_scores` (``..._decoder`` for the decoder's own
+        channels of a U-Net tap, when the target is a concatenation).
+    outputs : ``{"cnn", "compnn", "global"}``: the network's output, and its output when the
+        predicted (global NN) activations replace the true ones from the target tap onwards.
+    output_agreement : ``{"compnn": {...}, "global": {...}}`` agreement with the CNN's output
+        (pixel accuracy and mean IoU for labels, PSNR and L1 for images).
+    """
+
+    geometry: Any
+    field: NNField
+    shortlist: np.ndarray
+    global_image: int
+    true: np.ndarray
+    compnn: np.ndarray
+    global_nn: np.ndarray
+    scores: dict
+    outputs: dict
+    output_agreement: dict
+    timings: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"pair": self.geometry.to_dict(), "shortlist": [int(i) for i in self.shortlist],
+                "global_image": int(self.global_image), "scores": self.scores,
+                "output_agreement": self.output_agreement,
+                "timings": {k: round(float(v), 4) for k, v in self.timings.items()}}
+
+
 def _save_pictures(pictures: dict, doc: dict, out_dir: str | os.PathLike, *,
                    stale_glob: str | None = None) -> dict:
     """Write ``pictures`` (name -> RGB) as PNGs and ``doc`` (with a ``files`` entry) as ``result.json``.

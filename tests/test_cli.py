@@ -321,7 +321,9 @@ def test_evaluate_segment(capsys, segment_index, segment_cnn, tmp_path):
     doc = json.loads((out / "results.json").read_text())
     assert doc["task"] == "segment" and doc["images"] == 2 and doc["split"] == "test"
     rows = doc["rows"]
-    assert {r["method"] for r in rows} == {"cnn", "compnn", "global_bottleneck", "global_last"}
+    # today's method ids, plus the papers' extra rows (issue 12)
+    assert {r["method"] for r in rows} == {"cnn", "compnn", "global_bottleneck", "global_last",
+                                           "compnn_hpm", "global_penultimate", "global_layer"}
     assert {r["vs"] for r in rows} == {"ground_truth", "cnn"}
     assert {r["top_k"] for r in rows if r["method"] == "compnn"} == {1, 4}
     for r in rows:
@@ -337,8 +339,9 @@ def test_evaluate_segment(capsys, segment_index, segment_cnn, tmp_path):
     assert cnn_row["pixel_accuracy"] == pytest.approx((pred == truth).mean(), abs=1e-6)
     md = (out / "results.md").read_text()
     assert md.startswith("# CompNN evaluation: segment, layer decoder2, exact search, 2 test images")
-    assert doc["exact_method"] == "fused" and "exact search method: fused" in md
-    assert md.count("| compnn |") == 8  # 2 top-k × 2 sources × 2 references
+    assert doc["exact_method"] == "faiss" and "exact search method: faiss" in md
+    main_table = md.split("\n## ")[0]  # then the per-class IoU table
+    assert main_table.count("| compnn |") == 8  # 2 top-k × 2 sources × 2 references
     assert Image.open(out / "examples.png").size[0] > 5 * TINY_SIZE
 
 
@@ -351,9 +354,10 @@ def test_evaluate_translate(capsys, translate_index, translate_cnn, tmp_path):
     doc = json.loads((out / "results.json").read_text())
     assert doc["task"] == "translate" and doc["layer"] == "decoder3"
     rows = doc["rows"]
-    assert {r["method"] for r in rows} == {"cnn", "compnn", "global_bottleneck", "global_last"}
+    assert {r["method"] for r in rows} == {"cnn", "compnn", "global_bottleneck", "global_last",
+                                           "compnn_hpm", "global_penultimate", "global_layer"}
     assert {r["vs"] for r in rows} == {"ground_truth", "cnn", "input_labels"}
-    (inp,) = [r for r in rows if r["vs"] == "input_labels"]
+    (inp,) = [r for r in rows if r["vs"] == "input_labels" and r["method"] == "compnn"]
     assert inp["method"] == "compnn" and inp["top_k"] == 2
     # recomputed on the store's own direction (label map -> photo), which the CLI must inherit
     (s,) = open_dataset("synthetic", split="test", size=TINY_SIZE, limit=1, direction="BtoA",

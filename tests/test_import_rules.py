@@ -36,7 +36,7 @@ LAYERS = [
     {"jobs"},
     {"api"},
     {"results", "pictures"},
-    {"index", "search", "compose", "metrics"},
+    {"index", "search", "compose", "metrics", "activations"},
     {"features"},
     {"models", "data"},
     {"options", "checks", "errors", "__init__"},

@@ -41,6 +41,7 @@ from .flatfile import HEADER_BYTES, FlatIPWriter
 from .manifest import ARRAY_DIR, FORMAT_VERSION, GLOBAL_FILE, LAYER_DIR, library_versions, write_manifest
 from .memory import StoreSize, check_disk, check_memory
 from .npyfile import NpyWriter
+from .pairs import manifest_entries, parse_pairs, plan_pairs
 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
 
@@ -170,6 +171,7 @@ def build_index(
     model_path: str | os.PathLike | None = None,
     overwrite: bool = False,
     codec: str = "fp32",
+    pairs: Sequence[Any] | None = None,
 ) -> Path:
     """Build an index store of ``model``'s hyperpatches over every image of ``dataset``.
 
@@ -209,6 +211,9 @@ def build_index(
         How layer vectors are stored (:mod:`compnn_index.index.codecs`); ``sq8`` trains its
         ranges on a sample of the layer's vectors first (a forward pass over a few images spread
         across the dataset). The global descriptors stay fp32.
+    pairs : list of (source, target, k) or "source:target[:k]", optional
+        Activation-prediction pairs: also store each pair's padded source windows and the
+        target tap's activations (see :mod:`compnn_index.index.pairs`).
 
     Returns
     -------
@@ -253,6 +258,12 @@ def build_index(
         first = dataset[0]
         shapes, gdim, output_shape = _probe(extractor, first)
         arrays = _array_layouts(dataset, first, output_shape)
+        geoms, extra = {}, None
+        if pairs:
+            all_specs = dict(specs) if specs is not None else default_layer_specs(model, image_size)
+            geoms, pair_arrays, extra = plan_pairs(model, parse_pairs(pairs), all_specs,
+                                                   np.asarray(first.input, dtype=np.float32), n)
+            arrays.update(pair_arrays)
         size = _store_size(shapes, gdim, n, arrays, codec)
         out.parent.mkdir(parents=True, exist_ok=True)
         check_disk(size, out.parent)
@@ -268,7 +279,7 @@ def build_index(
             integrity.claim_build_dir(tmp)  # a lock naming this process, for clean_stale_builds
             manifest = _write_store(
                 tmp, dataset, extractor, shapes, gdim, arrays,
-                batch_size=int(batch_size), progress=progress, codec=codec, trained=trained,
+                batch_size=int(batch_size), progress=progress, codec=codec, trained=trained, extra=extra,
             )
             manifest.update(
                 format_version=FORMAT_VERSION,
@@ -295,6 +306,9 @@ def build_index(
             order = ["format_version", "created", "build_seconds", "model", "dataset", "task",
                      "num_classes", "ignore_index", "palette", "image_size", "images", "layers",
                      "global", "arrays", "shards", "checksums", "versions"]
+            if geoms:  # optional field: stores without it load as before
+                manifest["predictions"] = manifest_entries(geoms)
+                order.append("predictions")
             write_manifest(tmp, {k: manifest[k] for k in order})
             integrity.release_build_dir(tmp)
             _move_into_place(tmp, out)
@@ -340,6 +354,7 @@ def _write_store(
     progress: bool,
     codec: str = "fp32",
     trained: Mapping[str, np.ndarray] | None = None,
+    extra: Any = None,
 ) -> dict[str, Any]:
     """Stream every batch into the layer files, global file and sidecar arrays in ``tmp``.
 
@@ -387,6 +402,8 @@ def _write_store(
                 arrays_out["outputs"].add(
                     outputs.argmax(axis=1) if dataset.task == "segment" else outputs
                 )
+                for name, rows in (extra(x) if extra is not None else {}).items():
+                    arrays_out[name].add(rows)
                 bar.update(len(samples))
         ntotals = {name: w.close() for name, w in writers.items()}
         gtotal = gwriter.close()

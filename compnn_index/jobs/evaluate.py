@@ -1,12 +1,18 @@
-"""``compnn evaluate``: the shape of the papers' tables on a dataset split.
+"""``compnn evaluate``: the papers' tables on a dataset split, in one run.
 
-Segmentation models (Table 1 of "Do CNNs act as Compositional Nearest Neighbors?"): pixel
-accuracy and mean IoU of the CNN, of CompNN (per top-k; original labels and the network's own
-"self-supervised" labels as source) and of global NN (bottleneck descriptor; last layer = the network output), each against the
-ground truth and against the CNN output.
+Segmentation models (Table 1 of both papers): pixel accuracy, mean IoU and per-class IoU of the
+CNN, of CompNN output reconstruction (per top-k; the original labels and the network's own
+"self-supervised" labels as source; exact search and HyperPatch-Match) and of global NN (from
+the bottleneck, the network's output, the penultimate layer's whole activation and the searched
+layer's aligned hyperpatches), each against the ground truth and against the CNN output.
 
-Translation models (Table 2): input-reconstruction pixel accuracy against the input label map,
-and output-reconstruction L1 / PSNR against the CNN output.
+Translation models (Table 2 of "Patch Correspondences"): input-reconstruction accuracy against
+the input label map (``pixel_accuracy`` and ``mpa``, per top-k), and output reconstruction L1 /
+PSNR against the CNN output.
+
+Exact search runs once per query over the largest top-k's shortlist, keeping every position's
+best match in every shortlisted image (:func:`~compnn_index.search.exact_search_per_image`); the
+smaller top-k fields are derived from it. Row keys and method ids: :mod:`.tables`.
 """
 from __future__ import annotations
 
@@ -17,60 +23,81 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
-from ..options import DEFAULTS, QueryOptions
-
 from ..errors import QueryError
-from ..metrics import confusion_matrix, iou_per_class, l1, pixel_accuracy, psnr
-from .labels import header
+from ..metrics import l1, psnr
+from ..options import DEFAULTS, QueryOptions
+from .tables import SegAccumulator, add_deltas, paper_figures, render_per_class, render_table
+
+SOURCE_TAGS = (("target", "original"), ("self", "self_supervised"))
 
 
-class _SegAccumulator:
-    """Confusion matrices summed over images, one per table row.
+def search_fields(cnn, feats, layer: str, top_ks: Sequence[int], options: QueryOptions, *,
+                  hpm: bool = True) -> dict[tuple[str, int], object]:
+    """NN fields per (method, top-k): ``compnn`` with ``options.search`` (exact: one search over
+    the largest shortlist, smaller ones derived), plus ``compnn_hpm`` when searching exactly."""
+    from ..search import best_of, exact_search_per_image
 
-    The ignore label (e.g. CamVid's void, 11): reference pixels that carry it are left out of
-    every row; a *predicted* pixel that carries it — a training label pasted by label transfer,
-    or a global-NN image's void — counts as wrong, in every row alike (the CNN never predicts
-    it). It is counted in an extra "void" prediction column: it lowers pixel accuracy and the
-    IoU of the true class, and is no class of its own in the mean IoU.
-    """
-
-    def __init__(self, num_classes: int, ignore_index: int | None):
-        self.k = num_classes
-        self.ignore = ignore_index
-        self.cms: dict[tuple, np.ndarray] = {}
-
-    def add(self, key: tuple, pred: np.ndarray, ref: np.ndarray, *, ignore: bool = True) -> None:
-        pred, ref = np.asarray(pred), np.asarray(ref)
-        if self.ignore is not None:
-            if pred.shape == ref.shape:
-                keep = ref != self.ignore if ignore else np.ones(ref.shape, dtype=bool)
-                pred, ref = pred[keep], ref[keep]
-            pred = np.where(pred == self.ignore, self.k, pred)  # the "void" column: wrong
-        cm = confusion_matrix(pred, ref, self.k + 1)
-        self.cms[key] = self.cms.get(key, 0) + cm
-
-    def rows(self) -> list[dict]:
-        out = []
-        for (method, top_k, source, vs), cm in self.cms.items():
-            iou = iou_per_class(cm)[: self.k]
-            present = ~np.isnan(iou)
-            out.append({"method": method, "top_k": top_k, "source": source, "vs": vs,
-                        "pixel_accuracy": float(pixel_accuracy(cm)),
-                        "mean_iou": float(iou[present].mean()) if present.any() else float("nan"),
-                        # per class (index order); None where the class is in neither map
-                        "class_iou": [None if np.isnan(v) else float(v) for v in iou]})
-        return out
+    out = {}
+    all_ids = np.arange(cnn.num_images, dtype=np.int64)
+    if options.search == "exact":
+        ids, _ = cnn.shortlist(feats.global_descriptor, all_ids, max(top_ks))
+        lv = cnn.layer(layer)
+        sims, idx = exact_search_per_image(feats.hyperpatches[layer], lv, ids)
+        for k in top_ks:
+            out[("compnn", k)] = best_of(lv, sims, idx, k)
+    methods = [("compnn", options)] if options.search != "exact" else []
+    if hpm and options.search == "exact":
+        methods.append(("compnn_hpm", options.with_(search="patchmatch")))
+    for method, opts in methods:
+        for k in top_ks:
+            out[(method, k)] = cnn.explain(feats, layer=layer, options=opts, top_k=k, sources=()).field
+    return out
 
 
-def _render_table(rows: list[dict], columns: Sequence[str]) -> str:
-    head = "| " + " | ".join(header(c) for c in columns) + " |\n|" + "---|" * len(columns) + "\n"
-    # cells keep the method ids of results.json (greppable); the report names them (labels.value)
-    lines = ["| " + " | ".join(f"{r[c]:.4f}" if isinstance(r.get(c), float) else
-                               ("" if r.get(c) is None else str(r[c])) for c in columns) + " |"
-             for r in rows]
-    return head + "\n".join(lines) + "\n"
+def penultimate_tap(model) -> str:
+    """The tap feeding the network's last module (U-Net: decoder2; SegNet: decoder1)."""
+    names = list(model.layer_taps())
+    return names[-2] if names[-1] == "classifier" else names[-1]
+
+
+class PenultimateNN:
+    """Global NN from the penultimate layer's whole activation ("GR (FC7)"): every database
+    image's flattened, L2-normalised activation (float16, computed once by a forward pass over
+    the store's inputs), ranked by cosine similarity with the query's."""
+
+    def __init__(self, cnn, *, batch_size: int = 4):
+        from ..features import LayerSpec, capture, global_descriptor
+
+        self.cnn, self.tap = cnn, penultimate_tap(cnn.model)
+        self.spec = LayerSpec(self.tap, *cnn.model.layer_taps()[self.tap])
+        self._capture, self._describe = capture, global_descriptor
+        inputs = cnn.array("inputs")
+        rows = [self.describe(np.asarray(inputs[a:a + batch_size], np.float32))
+                for a in range(0, len(inputs), batch_size)]
+        self.db = torch.from_numpy(np.concatenate(rows))
+
+    def describe(self, images: np.ndarray) -> np.ndarray:
+        _, acts = self._capture(self.cnn.model, images, [self.spec])
+        return self._describe(acts[self.tap]).astype(np.float16)
+
+    def best(self, image: np.ndarray) -> int:
+        q = torch.from_numpy(self.describe(image[None])[0].astype(np.float32))
+        return int(torch.argmax(torch.cat([b.float() @ q for b in self.db.split(64)])))
+
+
+def global_images(cnn, feats, layer: str, penultimate: PenultimateNN | None, *, layer_nn: bool = True) -> dict[str, int]:
+    """The global NN baselines' database images for one query."""
+    all_ids = np.arange(cnn.num_images, dtype=np.int64)
+    out = {"global_bottleneck": int(cnn.shortlist(feats.global_descriptor, all_ids, 1)[0][0]),
+           "global_last": int(all_ids[np.argmax(cnn.output_similarity(feats.output, all_ids))])}
+    if penultimate is not None:
+        out["global_penultimate"] = penultimate.best(feats.image)
+    if layer_nn:
+        out["global_layer"] = int(cnn.global_nn(feats, by=layer).image)
+    return out
 
 
 def evaluate(
@@ -78,14 +105,17 @@ def evaluate(
     size: int | None = None, limit: int | None = None, seed: int = 0, sample: str = "first",
     data_args: dict | None = None, layer: str | None = None,
     search: str = "exact", top_k: Sequence[int] = (1, 16, 64), iterations: int = DEFAULTS.iterations,
-    init: str = DEFAULTS.init,
-    threads: int | None = None, out: str | Path, progress: bool = True, cnn=None,
-    examples: int = 4,
+    init: str = DEFAULTS.init, threads: int | None = None, out: str | Path, progress: bool = True,
+    cnn=None, examples: int = 4, hpm: bool = True, global_layers: bool = True,
+    inversion: Sequence[str | Path] = (), inversion_top_k: int = 16,
 ) -> dict:
-    """Evaluate CompNN against the CNN and global NN on a dataset split; write the tables."""
+    """Evaluate CompNN against the CNN and global NN on a dataset split; write the tables
+    (``results.json``, ``results.md``, ``examples.png``; with ``inversion`` checkpoints also the
+    learned-inversion comparison and ``inversion.png``)."""
     from ..api import CompNN
-    from ..data import FACADES_PALETTE, labels_from_colors, open_dataset
+    from ..data import FACADES_CLASSES, FACADES_PALETTE, labels_from_colors, open_dataset
     from ..pictures import to_rgb
+    from .inversion_eval import InversionEval
 
     cnn = cnn or CompNN.load(index, threads=threads)
     man = cnn.store.manifest
@@ -104,35 +134,38 @@ def evaluate(
                       sample=sample, data_args=data_args)
     palette = man.get("palette")
     seg = cnn.task == "segment"
-    acc = _SegAccumulator(cnn.num_classes, cnn.ignore_index) if seg else None
+    acc = SegAccumulator(cnn.num_classes, cnn.ignore_index) if seg else None
     img_metrics: dict[tuple, list[dict]] = defaultdict(list)
-    input_acc = _SegAccumulator(len(FACADES_PALETTE), None)
+    input_acc = SegAccumulator(len(FACADES_PALETTE), None)
     example_rows = []
     options = QueryOptions(search=search, iterations=iterations, init=init)
-    all_ids = np.arange(cnn.num_images, dtype=np.int64)
+    inv = (InversionEval(cnn, inversion, options=options.with_(top_k=min(inversion_top_k, cnn.num_images)))
+           if inversion else None)
     levels = cnn.pyramid(layer) if (search == "patchmatch" and init == "coarse") else [layer]
-    exact_methods: set[str] = set()  # which exact search ran ("fused" or "faiss")
+    levels = list(dict.fromkeys(levels + (inv.layers if inv else [])))
+    with cnn.thread_limits(threads):
+        penult = PenultimateNN(cnn) if global_layers else None
+    targets = cnn.array("targets")
     for i in tqdm(range(len(ds)), desc="evaluate", unit="img", disable=not progress):
         s = ds[i]
-        # One forward pass per image serves every top-k and both global baselines.
+        # One forward pass per image serves every top-k, both searches and every global baseline.
         with cnn.thread_limits(threads):
             feats = cnn.extract(s.input, levels)
             cnn_out = feats.output
-            results = {k: cnn.explain(feats, layer=layer, options=options, top_k=k,
-                                      sources=("target", "self", "input")) for k in top_ks}
-            res = {k: r.reconstructions for k, r in results.items()}
-            exact_methods.update(r.params["exact_method"] for r in results.values() if "exact_method" in r.params)
-        best_b = int(cnn.shortlist(feats.global_descriptor, all_ids, 1)[0][0])
-        best_l = int(all_ids[np.argmax(cnn.output_similarity(cnn_out, all_ids))])
-        targets = cnn.array("targets")
-        globals_ = {"global_bottleneck": np.asarray(targets[best_b]),
-                    "global_last": np.asarray(targets[best_l])}
+            fields = search_fields(cnn, feats, layer, top_ks, options, hpm=hpm)
+            spec = cnn.store.spec(layer)
+            res = {key: {src: cnn.compose(f, spec, src, s.input.shape[1:]) for src in ("target", "self", "input")}
+                   for key, f in fields.items()}
+            globals_ = {n: np.asarray(targets[j]) for n, j in
+                        global_images(cnn, feats, layer, penult, layer_nn=global_layers).items()}
+            if inv is not None:
+                inv.add(feats, s.input)
         if seg:
             acc.add(("cnn", None, None, "ground_truth"), cnn_out, s.target)
-            for k, r in res.items():
-                for src, tag in (("target", "original"), ("self", "self_supervised")):
-                    acc.add(("compnn", k, tag, "ground_truth"), r[src], s.target)
-                    acc.add(("compnn", k, tag, "cnn"), r[src], cnn_out, ignore=False)
+            for (method, k), r in res.items():
+                for src, tag in SOURCE_TAGS:
+                    acc.add((method, k, tag, "ground_truth"), r[src], s.target)
+                    acc.add((method, k, tag, "cnn"), r[src], cnn_out, ignore=False)
             for name, pred in globals_.items():
                 acc.add((name, None, "original", "ground_truth"), pred, s.target)
                 acc.add((name, None, "original", "cnn"), pred, cnn_out, ignore=False)
@@ -140,49 +173,67 @@ def evaluate(
             in_labels = labels_from_colors(to_rgb(s.input, None), FACADES_PALETTE)
             img_metrics[("cnn", None, None, "ground_truth")].append(
                 {"l1": l1(cnn_out, s.target), "psnr": psnr(cnn_out, s.target)})
-            for k, r in res.items():
+            for (method, k), r in res.items():
                 rec_in = labels_from_colors(to_rgb(r["input"], None), FACADES_PALETTE)
-                input_acc.add(("compnn", k, "input", "input_labels"), rec_in, in_labels)
-                for src, tag in (("target", "original"), ("self", "self_supervised")):
-                    img_metrics[("compnn", k, tag, "cnn")].append(
+                input_acc.add((method, k, "input", "input_labels"), rec_in, in_labels)
+                for src, tag in SOURCE_TAGS:
+                    img_metrics[(method, k, tag, "cnn")].append(
                         {"l1": l1(r[src], cnn_out), "psnr": psnr(r[src], cnn_out)})
             for name, pred in globals_.items():
                 img_metrics[(name, None, "original", "cnn")].append({"l1": l1(pred, cnn_out), "psnr": psnr(pred, cnn_out)})
         if len(example_rows) < examples:
-            best = res[top_ks[-1]]
+            best = res[("compnn", top_ks[-1])]
             row = [to_rgb(s.input, None), to_rgb(s.target, palette), to_rgb(cnn_out, palette),
                    to_rgb(best["target"], palette), to_rgb(globals_["global_bottleneck"], palette)]
             example_rows.append(row)
 
-    rows: list[dict] = []
     if seg:
         rows = acc.rows()
-        columns = ["method", "top_k", "source", "vs", "pixel_accuracy", "mean_iou"]
+        add_deltas(rows)
+        columns = ["method", "top_k", "source", "vs", "pixel_accuracy", "mean_iou",
+                   "delta_pixel_accuracy", "delta_mean_iou", "paper_pixel_accuracy"]
     else:
+        rows = []
         for (method, k, src, vs), items in img_metrics.items():
             finite = [m["psnr"] for m in items if np.isfinite(m["psnr"])]
             rows.append({"method": method, "top_k": k, "source": src, "vs": vs,
                          "l1": float(np.mean([m["l1"] for m in items])),
                          "psnr": float(np.mean(finite)) if finite else float("inf")})
-        for r in input_acc.rows():
+        for r in input_acc.rows(per_class=False, mpa=True):
             r.pop("mean_iou", None)
             rows.append(r)
-        columns = ["method", "top_k", "source", "vs", "pixel_accuracy", "l1", "psnr"]
+        columns = ["method", "top_k", "source", "vs", "pixel_accuracy", "mpa", "paper_mpa", "l1", "psnr"]
+    for r in rows:
+        r.update(paper_figures(r))
+    class_names = list(FACADES_CLASSES) if seg and cnn.num_classes == len(FACADES_CLASSES) else None
     doc = {"index": str(index), "layer": layer, "search": search, "split": split,
-           "images": len(ds), "task": cnn.task, "rows": rows,
-           "exact_method": "+".join(sorted(exact_methods)) or None}
-    if seg:
-        doc["class_names"] = list(cnn.context().class_names or
-                                  [f"class {c}" for c in range(cnn.num_classes)])
+           "images": len(ds), "database_images": cnn.num_images, "image_names": [str(n) for n in ds.names][:len(ds)], "task": cnn.task,
+           "top_k": top_ks, "hpm": bool(hpm and search == "exact"),
+           "class_names": (list(cnn.context().class_names or class_names or []) or None) if seg else None,
+           "penultimate_layer": penult.tap if penult else None, "rows": rows,
+           # exact fields come from one per-image FAISS search over the largest shortlist
+           "exact_method": "faiss" if search == "exact" else None}
+    if inv is not None:
+        doc["inversion"] = inv.rows()
+    return _write(doc, out, cnn, layer, search, split, columns, example_rows, top_ks, inv, progress)
+
+
+def _write(doc, out, cnn, layer, search, split, columns, example_rows, top_ks, inv, progress) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / "results.json.tmp"
     tmp.write_text(json.dumps(doc, indent=1))
     os.replace(tmp, out / "results.json")
-    table = _render_table(rows, columns)
-    (out / "results.md").write_text(
-        f"# CompNN evaluation: {cnn.task}, layer {layer}, {search} search, {len(ds)} {split} images\n\n"
-        + (f"exact search method: {doc['exact_method']}\n\n" if doc["exact_method"] else "") + table)
+    table = render_table(doc["rows"], columns)
+    md = (f"# CompNN evaluation: {cnn.task}, layer {layer}, {search} search, {doc['images']} {split} images\n\n"
+          + (f"exact search method: {doc['exact_method']}\n\n" if doc.get("exact_method") else "") + table)
+    per_class = render_per_class(doc["rows"], doc["class_names"])
+    if per_class:
+        md += "\n## Per-class IoU (vs ground truth)\n\n" + per_class
+    if inv is not None:
+        md += "\n## CompNN input reconstruction vs learned inversion\n\n" + inv.markdown()
+        inv.picture().save(out / "inversion.png")
+    (out / "results.md").write_text(md)
     if example_rows:
         from ..pictures import grid
 

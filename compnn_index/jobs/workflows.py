@@ -51,8 +51,10 @@ def build(
     threads: int | None = None, out: str | Path, overwrite: bool = False, progress: bool = True,
     model_factory: str | None = None, factory_args: dict | str | None = None,
     weights: str | Path | None = None, task: str | None = None, codec: str = "fp32",
+    pairs: Sequence[str] | None = None,
 ) -> Path:
-    """Build an index store for ``model`` over a dataset split (layers stored with ``codec``).
+    """Build an index store for ``model`` over a dataset split (layers stored with ``codec``; ``pairs``:
+    activation-prediction tap pairs ``"source:target[:k]"``, see :mod:`compnn_index.index.pairs`).
 
     ``model`` is a compnn checkpoint (``compnn train`` / ``compnn import-pix2pix``, or a
     ``model.pt`` an earlier factory build wrote). Or the user's own network:
@@ -104,7 +106,7 @@ def build(
     specs = [LayerSpec.parse(x) if isinstance(x, str) and "=" in x else x for x in layers]
     path = build_index(net, ds, layers=specs, global_layer=global_layer, out=out,
                        batch_size=batch_size, threads=threads, progress=progress,
-                       model_path=str(model_path), overwrite=overwrite, codec=codec)
+                       model_path=str(model_path), overwrite=overwrite, codec=codec, pairs=pairs)
     if model_factory is not None:
         save_checkpoint(path / "model.pt", net, dataset=ds.identity,
                         weights=None if weights is None else str(Path(weights).resolve()))

@@ -9,6 +9,7 @@ own function (``package.module:function``).
 from compnn_index.models.base import TapModel
 from compnn_index.models.checkpoint import load_checkpoint, model_hash, read_state_dict, save_checkpoint
 from compnn_index.models.factory import FactoryModel, factory_model
+from compnn_index.models.inversion import InversionNet, load_inversion, save_inversion
 from compnn_index.models.patchgan import PatchDiscriminator
 from compnn_index.models.pix2pix_import import import_pix2pix
 from compnn_index.models.registry import ARCHITECTURES, build_model
@@ -19,6 +20,9 @@ from compnn_index.models.unet import UNet, default_depth
 __all__ = [
     "ARCHITECTURES",
     "FactoryModel",
+    "InversionNet",
+    "load_inversion",
+    "save_inversion",
     "PatchDiscriminator",
     "SegNet",
     "TapModel",

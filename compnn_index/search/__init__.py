@@ -13,10 +13,10 @@ shortlisted image ids:
 """
 from __future__ import annotations
 
-from .exact import exact_search
+from .exact import best_of, exact_search, exact_search_per_image
 from .field import NNField
 from .hyperpatchmatch import native_available, native_error, patchmatch, patchmatch_reference, upsample_field
 from .strategy import search_field
 
-__all__ = ["NNField", "exact_search", "native_available", "native_error", "patchmatch",
+__all__ = ["NNField", "best_of", "exact_search", "exact_search_per_image", "native_available", "native_error", "patchmatch",
            "patchmatch_reference", "search_field", "upsample_field"]

@@ -230,3 +230,45 @@ def exact_search(
                     best_sim[q0:q1][better] = sim[better, 0]
                     best_id[q0:q1][better] = idx[better, 0] + first
     return field_from_ids(layer, best_id, best_sim, (hq, wq))
+
+
+def exact_search_per_image(
+    queries: np.ndarray, layer: LayerVectors, images: Sequence[int] | np.ndarray, *,
+    block_size: int | None = None, threads: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every query position's best match in *each* of ``images`` (one exact pass, kept apart).
+
+    Returns ``(similarity, ids)``, float32 and int64 ``(len(images), Hq, Wq)`` in the order of
+    ``images`` (e.g. a shortlist, best-ranked first). :func:`best_of` turns the first ``k`` rows
+    into the NN field of a top-``k`` search — identical to :func:`exact_search` over those
+    images — so top-1/16/32/64 fields cost one top-64 search.
+    """
+    q, _ = check_search_inputs(queries, layer, images)
+    order = np.asarray(images, dtype=np.int64).ravel()
+    block_size = DEFAULT_BLOCK_SIZE if block_size is None else check_int(block_size, "block_size", low=1)
+    hq, wq, dim = q.shape
+    nq = hq * wq
+    flat = q.reshape(nq, dim)
+    sims = np.full((order.size, nq), -np.inf, dtype=np.float32)
+    ids = np.zeros((order.size, nq), dtype=np.int64)
+    with thread_limit(threads):
+        for j, n in enumerate(order):
+            start, stop = layer.image_range(int(n))
+            for first, run in layer.blocks(start, stop):
+                for q0 in range(0, nq, block_size):
+                    q1 = min(q0 + block_size, nq)
+                    sim, idx = faiss.knn(flat[q0:q1], run, 1, metric=faiss.METRIC_INNER_PRODUCT)
+                    better = sim[:, 0] > sims[j, q0:q1]
+                    sims[j, q0:q1][better] = sim[better, 0]
+                    ids[j, q0:q1][better] = idx[better, 0] + first
+    return sims.reshape(-1, hq, wq), ids.reshape(-1, hq, wq)
+
+
+def best_of(layer: LayerVectors, similarity: np.ndarray, ids: np.ndarray, k: int) -> NNField:
+    """The NN field of the first ``k`` images of :func:`exact_search_per_image`'s result
+    (highest similarity; among equal similarities the lowest database id, like exact_search)."""
+    k = check_int(k, "k", low=1, high=similarity.shape[0])
+    s, i = similarity[:k], ids[:k]
+    best = s.max(axis=0)
+    pick = np.where(s == best, i, np.iinfo(np.int64).max).min(axis=0)
+    return field_from_ids(layer, pick.ravel(), best.ravel(), best.shape)

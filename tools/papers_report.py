@@ -1,0 +1,169 @@
+"""Assemble docs/results/papers.{json,md} from the step results of tools/reproduce_papers.py."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+T1_KEYS = ("method", "top_k", "source", "vs", "pixel_accuracy", "mean_iou", "paper_pixel_accuracy",
+           "paper_mean_iou", "delta_pixel_accuracy", "delta_mean_iou", "iou_per_class")
+NAMES = {"cnn": "CNN", "compnn": "CompNN OR (exact)", "compnn_hpm": "CompNN OR (HPM)",
+         "global_bottleneck": "global NN, bottleneck", "global_last": "global NN, output",
+         "global_penultimate": "GR (FC7): penultimate layer's whole activation",
+         "global_layer": "global NN, decoder2 aligned hyperpatches"}
+
+
+def _load(path: Path):
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _f(v, nd=4):
+    return "" if v is None else (f"{v:.{nd}f}" if isinstance(v, float) else str(v))
+
+
+def _mean(xs):
+    return float(np.mean(xs)) if xs else None
+
+
+def activation_summary(pred: dict | None) -> dict | None:
+    if not pred:
+        return None
+    out = {"source": pred["source"], "target": pred["target"], "database_images": pred["database_images"],
+           "test_images": pred["test_images"], "search": pred["search"], "per_k": {}}
+    for k, entry in pred["per_k"].items():
+        ims = entry["images"]
+        agree = lambda who, key: _mean([i["output_agreement"][who][key] for i in ims])  # noqa: E731
+        out["per_k"][k] = {
+            "compnn_cosine": _mean([i["scores"]["compnn"]["cosine"] for i in ims]),
+            "global_cosine": _mean([i["scores"]["global"]["cosine"] for i in ims]),
+            "compnn_relative_l2": _mean([i["scores"]["compnn"]["relative_l2"] for i in ims]),
+            "global_relative_l2": _mean([i["scores"]["global"]["relative_l2"] for i in ims]),
+            "compnn_cosine_decoder_channels": _mean([i["scores"]["compnn_decoder"]["cosine"] for i in ims]),
+            "global_cosine_decoder_channels": _mean([i["scores"]["global_decoder"]["cosine"] for i in ims]),
+            "compnn_output_agreement": agree("compnn", "pixel_accuracy"),
+            "global_output_agreement": agree("global", "pixel_accuracy"),
+            "compnn_output_miou": agree("compnn", "mean_iou"),
+            "global_output_miou": agree("global", "mean_iou"),
+            "compnn_wins_cosine": sum(i["scores"]["compnn"]["cosine"] > i["scores"]["global"]["cosine"] for i in ims),
+            "images": len(ims), "minutes": entry["minutes"], "dims": entry["dims"],
+            "windows_per_image": entry["windows_per_image"]}
+    main = out["per_k"].get("4") or next(iter(out["per_k"].values()))
+    out.update({k: main[k] for k in ("compnn_cosine", "global_cosine", "compnn_output_agreement",
+                                     "global_output_agreement")})
+    return out
+
+
+def write_report(res: Path, docs: Path, *, args: dict | None = None) -> dict:
+    docs.mkdir(parents=True, exist_ok=True)
+    models = _load(res / "models.json") or []
+    t1 = _load(res / "table1" / "results.json")
+    t2 = _load(res / "table2" / "results.json")
+    inv = _load(res / "inversion" / "results.json")
+    pred = _load(res / "prediction.json")
+    table1 = [{k: r.get(k) for k in T1_KEYS} for r in (t1 or {}).get("rows", []) if "mean_iou" in r]
+    table2 = [{"method": r["method"], "top_k": r["top_k"], "mpa": r.get("mpa"),
+               "pixel_accuracy": r.get("pixel_accuracy"), "paper_mpa": r.get("paper_mpa")}
+              for r in (t2 or {}).get("rows", []) if r.get("vs") == "input_labels"]
+    for m in models:
+        m["cnn_pixel_accuracy"] = None
+        src = t1 if m["task"] == "segment" else t2
+        for r in (src or {}).get("rows", []):
+            if r["method"] == "cnn" and r["vs"] == "ground_truth":
+                m["cnn_pixel_accuracy"] = r.get("pixel_accuracy")
+                m["cnn_psnr"] = r.get("psnr")
+    minutes = {n: (res / n / "minutes.txt").read_text() if (res / n / "minutes.txt").is_file() else None
+               for n in ("table1", "table2")}
+    doc = {"table1": table1, "table2": table2, "activation_prediction": activation_summary(pred),
+           "inversion": (inv or {}).get("inversion", []), "models": models,
+           "run": {"args": {k: str(v) for k, v in (args or {}).items()},
+                   "table1": None if not t1 else {k: t1.get(k) for k in ("images", "database_images", "image_names", "top_k", "hpm", "search", "penultimate_layer", "class_names")} | {"minutes": minutes["table1"]},
+                   "table2": None if not t2 else {k: t2.get(k) for k in ("images", "database_images", "image_names", "top_k", "hpm", "search")} | {"minutes": minutes["table2"]}}}
+    (docs / "papers.json").write_text(json.dumps(doc, indent=1))
+    for src, dst in ((res / "figure3_k4.png", "papers_figure3_k4.png"), (res / "figure3_k2.png", "papers_figure3_k2.png"),
+                     (res / "inversion" / "inversion.png", "papers_inversion.png"),
+                     (res / "table1" / "examples.png", "papers_table1_examples.png"),
+                     (res / "table2" / "examples.png", "papers_table2_examples.png")):
+        if src.is_file():
+            shutil.copyfile(src, docs / dst)
+    (docs / "papers.md").write_text(markdown(doc, t1))
+    return doc
+
+
+def markdown(doc: dict, t1: dict | None) -> str:
+    lines = ["# The papers' Facades experiments, reproduced (issue 12)", "",
+             "Written by `tools/reproduce_papers.py`; numbers in `papers.json`. Paper columns hold the "
+             "figures the papers print where we can cite them (Table 2's MPA row and the CNN's pixel "
+             "accuracy, 0.5105 in one paper and 0.545 in the other); every other paper cell is empty "
+             "(null in the JSON) rather than guessed.", "", "## Models", "",
+             "| task | direction | epochs | train minutes | final loss | CNN pixel accuracy (test) |", "|---|---|---|---|---|---|"]
+    for m in doc["models"]:
+        lines.append(f"| {m['task']} | {m['direction']} | {m['epochs']} | {_f(m['train_minutes'], 1)} | "
+                     f"{_f(m['final_loss'])} | {_f(m.get('cnn_pixel_accuracy'))} |")
+    run = doc["run"]
+    if doc["table1"]:
+        r1 = run["table1"]
+        lines += ["", "## Table 1: segmentation (photo → labels), decoder2", "",
+                  f"{r1['images']} test images ({', '.join(r1['image_names'])}); {r1['database_images']}-image database; exact search "
+                  f"once per query over the top-{max(r1['top_k'])} shortlist (top-{', '.join(map(str, r1['top_k'][:-1]))} "
+                  f"derived), HyperPatch-Match separately per top-k; {r1['minutes']} min.", "",
+                  "| method | top-k | source | vs | pixel acc. | mIoU | Δ pixel acc. vs CNN | Δ mIoU vs CNN | paper pixel acc. |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in doc["table1"]:
+            lines.append(f"| {NAMES.get(r['method'], r['method'])} | {_f(r['top_k'])} | {r['source'] or ''} | {r['vs']} | "
+                         f"{_f(r['pixel_accuracy'])} | {_f(r['mean_iou'])} | {_f(r.get('delta_pixel_accuracy'))} | "
+                         f"{_f(r.get('delta_mean_iou'))} | {_f(r['paper_pixel_accuracy'])} |")
+        names = (t1 or {}).get("class_names") or []
+        gt = [r for r in doc["table1"] if r["vs"] == "ground_truth" and r["iou_per_class"]]
+        if gt and names:
+            lines += ["", "Per-class IoU vs ground truth:", "",
+                      "| method | top-k | source | " + " | ".join(names) + " |", "|" + "---|" * (3 + len(names))]
+            for r in gt:
+                lines.append(f"| {r['method']} | {_f(r['top_k'])} | {r['source'] or ''} | " +
+                             " | ".join(_f(v, 3) for v in r["iou_per_class"]) + " |")
+        lines += ["", "![examples](papers_table1_examples.png)"]
+    if doc["table2"]:
+        r2 = run["table2"]
+        lines += ["", "## Table 2: input reconstruction of labels → photo, decoder2", "",
+                  f"{r2['images']} test images ({', '.join(r2['image_names'])}), {r2['database_images']}-image database, {r2['search']} search; `mpa` = mean per-class pixel "
+                  f"accuracy of the reconstructed label map against the input label map; {r2['minutes']} min.", "",
+                  "| method | top-k | MPA | pixel acc. | paper MPA |", "|---|---|---|---|---|"]
+        for r in doc["table2"]:
+            lines.append(f"| {r['method']} | {r['top_k']} | {_f(r['mpa'])} | {_f(r['pixel_accuracy'])} | {_f(r['paper_mpa'], 3)} |")
+    ap = doc["activation_prediction"]
+    if ap:
+        lines += ["", f"## Activation prediction: {ap['source']} → {ap['target']}", "",
+                  f"Database: {ap['database_images']} training images (a scaled-down database: 4×4 windows are "
+                  f"8,192-dim); {len(ap['test_images'])} test images; {ap['search']} search over every database image. "
+                  "Cosine and relative L2 are means over the target positions (all 256 channels of the decoder3 tap; "
+                  "`decoder channels` = the 128 the decoder computes, without the skip-connected encoder2 half). "
+                  "Output agreement: pixel accuracy (and mIoU) of the network's labels when the predicted "
+                  "activations replace the true ones from decoder3 onwards, against the CNN's own labels.", "",
+                  "| window | dims | CompNN cosine | global NN cosine | CompNN rel. L2 | global rel. L2 | "
+                  "CompNN cosine (decoder ch.) | global cosine (decoder ch.) | CompNN output agreement | "
+                  "global output agreement | CompNN output mIoU | global output mIoU | images CompNN wins | minutes |",
+                  "|" + "---|" * 14]
+        for k, v in ap["per_k"].items():
+            lines.append(f"| {k}×{k} | {v['dims']} | {_f(v['compnn_cosine'])} | {_f(v['global_cosine'])} | "
+                         f"{_f(v['compnn_relative_l2'])} | {_f(v['global_relative_l2'])} | "
+                         f"{_f(v['compnn_cosine_decoder_channels'])} | {_f(v['global_cosine_decoder_channels'])} | "
+                         f"{_f(v['compnn_output_agreement'])} | {_f(v['global_output_agreement'])} | "
+                         f"{_f(v['compnn_output_miou'])} | {_f(v['global_output_miou'])} | "
+                         f"{v['compnn_wins_cosine']}/{v['images']} | {v['minutes']} |")
+        lines += ["", "![Figure 3 layout](papers_figure3_k4.png)"]
+    if doc["inversion"]:
+        lines += ["", "## CompNN input reconstruction vs learned inversion (Dosovitskiy & Brox)", "",
+                  "Segmentation model (photo inputs): PSNR (dB) and SSIM against the input photo. CompNN IR: "
+                  "HyperPatch-Match over the top-16 shortlist of the 100-image store. Learned inversion: "
+                  "trained briefly on the same 100 training images (see the training columns).", "",
+                  "| layer | CompNN IR PSNR | learned PSNR | CompNN IR SSIM | learned SSIM | inversion epochs | images seen | train minutes | final loss |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in doc["inversion"]:
+            c, l, t = r["compnn_ir"], r["learned"], r["training"]
+            key = ("psnr", "ssim") if "psnr" in c else ("pixel_accuracy", "mpa")
+            lines.append(f"| {r['layer']} | {_f(c[key[0]], 2)} | {_f(l[key[0]], 2)} | {_f(c[key[1]])} | {_f(l[key[1]])} | "
+                         f"{_f(t.get('epochs'))} | {_f(t.get('images_seen'))} | {_f(t.get('train_minutes'))} | "
+                         f"{_f((t.get('losses') or [None])[-1])} |")
+        lines += ["", "![inversion](papers_inversion.png)"]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,225 @@
+"""Reproduce the CompNN papers' Facades experiments (issue 12) and write docs/results/papers.{md,json}.
+
+    python tools/reproduce_papers.py --budget 40 --images 5
+
+Steps (each writes its result under ``--work``/results and is skipped on a rerun when present):
+
+1. models — reuse ``--seg-model`` (photo → labels U-Net) and ``--l2p-model`` (labels → photo),
+   or train them with epochs scaled to ``--budget`` (one epoch over 400 images ≈ 10 min here);
+2. table1 — store of the segmentation model over the 400 training images at decoder2, then
+   ``compnn evaluate`` on the first ``--images`` test images: exact search (one top-64 search per
+   query, top-1/16/32 derived) and HyperPatch-Match, global NN from the bottleneck, the output,
+   the penultimate layer's whole activation and decoder2's aligned hyperpatches;
+3. prediction — a ``--pair-images``-image store with decoder4 → decoder3 pairs (k = 4 and 2) and
+   the four inversion layers; activation prediction for the test images (exact, every stored
+   image searched);
+4. inversion — one inversion network per layer (encoder1, encoder3, decoder4, decoder2), each
+   trained ``--inv-minutes`` on the pair store's training images, then CompNN IR vs learned
+   inversion on the test images;
+5. table2 — store of the labels → photo model at decoder2 (400 images) and its input-reconstruction
+   MPA at top-1/16/32/64.
+
+Stores go under ``--work`` (default /work/stores/papers), never into the repository; with
+``--drop-stores`` each large store is removed once its step is done.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+DATA = ROOT / ".." / "shared" / "data" / "facades"
+SIZE = 256
+INV_LAYERS = ("encoder1", "encoder3", "decoder4", "decoder2")
+TOP_K = (1, 16, 32, 64)
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def train_minutes_from_log(path: Path | None) -> float | None:
+    """Elapsed time of the last tqdm update in a ``compnn train`` log, in minutes."""
+    if path is None or not path.is_file():
+        return None
+    text = path.read_bytes()[-4000:].decode("utf-8", "replace")
+    found = re.findall(r"\[(?:(\d+):)?(\d+):(\d+)<", text)
+    if not found:
+        return None
+    h, m, s = found[-1]
+    return round((int(h or 0) * 3600 + int(m) * 60 + int(s)) / 60, 1)
+
+
+def ensure_model(path: Path, *, task: str, direction: str, epochs: int, log_path: Path | None) -> dict:
+    from compnn_index.jobs import workflows
+    from compnn_index.models import load_checkpoint
+
+    minutes = train_minutes_from_log(log_path)
+    if not path.is_file():
+        log(f"training {path} ({task}, {direction}, {epochs} epochs)")
+        t = time.perf_counter()
+        workflows.train(data=str(DATA), direction=direction, size=SIZE, task=task, epochs=epochs,
+                        out=path, progress=True)
+        minutes = round((time.perf_counter() - t) / 60, 1)
+    net = load_checkpoint(path)
+    losses = net.checkpoint_extra.get("losses") or []
+    return {"task": task, "direction": direction, "checkpoint": str(path), "epochs": len(losses),
+            "final_loss": losses[-1] if losses else None, "train_minutes": minutes,
+            "dataset": net.checkpoint_extra.get("dataset"), "size": net.config.get("size"),
+            "ngf": net.config.get("ngf")}
+
+
+def ensure_store(out: Path, model: Path, *, layers, limit=None, pairs=None) -> Path:
+    from compnn_index.jobs import workflows
+
+    if (out / "manifest.json").is_file():
+        return out
+    log(f"building {out} (layers {layers}, pairs {pairs}, images {limit or 400})")
+    t = time.perf_counter()
+    workflows.build(model=model, data=str(DATA), size=SIZE, layers=list(layers), limit=limit, out=out,
+                    pairs=pairs, batch_size=4, overwrite=True, progress=False)
+    log(f"built {out} in {time.perf_counter() - t:.0f}s")
+    return out
+
+
+def step_table1(a, res: Path) -> None:
+    from compnn_index.jobs.evaluate import evaluate
+
+    store = seg_store(a)
+    t = time.perf_counter()
+    evaluate(store, data=str(DATA), limit=a.images, top_k=a.top_k, out=res / "table1", progress=True)
+    (res / "table1" / "minutes.txt").write_text(f"{(time.perf_counter() - t) / 60:.1f}")
+
+
+def seg_store(a) -> Path:
+    """The segmentation model's store: Table 1's decoder2, the inversion layers and the
+    decoder4 -> decoder3 pairs (k = 4 and 2), over ``--db-images`` training images."""
+    return ensure_store(a.work / "seg", a.seg_model, layers=("decoder2",) + tuple(n for n in INV_LAYERS if n != "decoder2"),
+                        limit=a.db_images, pairs=["decoder4:decoder3:4", "decoder4:decoder3:2"])
+
+
+def step_prediction(a, res: Path) -> None:
+    from compnn_index.api import CompNN
+    from compnn_index.data import open_dataset
+    from compnn_index.jobs.predict import figure3
+
+    cnn = CompNN.load(seg_store(a))
+    ds = open_dataset(str(DATA), split="test", direction="AtoB", task="segment", size=SIZE, limit=a.ap_images)
+    out = {"database_images": cnn.num_images, "test_images": [str(n) for n in ds.names][:len(ds)],
+           "source": "decoder4", "target": "decoder3", "search": "exact", "per_k": {}}
+    for k in (4, 2):
+        per = []
+        t = time.perf_counter()
+        for i in range(len(ds)):
+            r = cnn.predict_activations(ds[i].input, k=k, top_k=cnn.num_images)
+            per.append({"image": str(ds.names[i]), "scores": r.scores, "output_agreement": r.output_agreement,
+                        "seconds": r.timings["total"]})
+            if i == 0:
+                figure3(cnn, r).save(res / f"figure3_k{k}.png")
+            log(f"prediction k={k} image {ds.names[i]}: cosine {r.scores['compnn']['cosine']:.4f} vs "
+                f"global {r.scores['global']['cosine']:.4f}")
+        out["per_k"][str(k)] = {"images": per, "minutes": round((time.perf_counter() - t) / 60, 2),
+                                "dims": r.geometry.dim, "windows_per_image": r.geometry.grid[0] * r.geometry.grid[1]}
+    (res / "prediction.json").write_text(json.dumps(out, indent=1))
+
+
+def step_inversion(a, res: Path) -> None:
+    from compnn_index.jobs.evaluate import evaluate
+    from compnn_index.jobs.inversion import train_inversion
+
+    store = seg_store(a)
+    ckpts = []
+    for layer in INV_LAYERS:
+        ckpt = a.work / f"inversion_{layer}.pt"
+        if not ckpt.is_file():
+            log(f"training inversion {layer} for {a.inv_minutes} min")
+            train_inversion(store, layer, out=ckpt, epochs=50, batch_size=4, lr=1e-3,
+                            width=a.inv_width, minutes=a.inv_minutes, progress=False)
+        ckpts.append(ckpt)
+    evaluate(store, data=str(DATA), limit=a.inv_images, top_k=(min(16, a.db_images),), search="patchmatch",
+             hpm=False, global_layers=False, inversion=ckpts, inversion_top_k=16, out=res / "inversion",
+             progress=True, examples=0)
+
+
+def step_table2(a, res: Path) -> None:
+    from compnn_index.jobs.evaluate import evaluate
+
+    deadline = time.time() + 60 * a.wait_l2p
+    while not a.l2p_model.is_file() and time.time() < deadline:
+        log(f"waiting for {a.l2p_model}")
+        time.sleep(60)
+
+    store = ensure_store(a.work / "l2p", a.l2p_model, layers=["decoder2"], limit=a.db_images)
+    t = time.perf_counter()
+    evaluate(store, data=str(DATA), limit=a.images, top_k=a.top_k, search=a.table2_search,
+             hpm=a.table2_search == "exact", global_layers=False, out=res / "table2", progress=True)
+    (res / "table2" / "minutes.txt").write_text(f"{(time.perf_counter() - t) / 60:.1f}")
+    if a.drop_stores:
+        shutil.rmtree(store, ignore_errors=True)
+
+
+def main(argv=None) -> int:
+    global DATA, SIZE
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--budget", type=float, default=40, help="minutes of compute for everything")
+    p.add_argument("--images", type=int, default=3, help="test images of Tables 1 and 2")
+    p.add_argument("--ap-images", type=int, default=8, help="test images of activation prediction")
+    p.add_argument("--inv-images", type=int, default=4, help="test images of the inversion comparison")
+    p.add_argument("--db-images", type=int, default=100, help="training images in each store (400: all)")
+    p.add_argument("--inv-minutes", type=float, default=None, help="training minutes per inversion")
+    p.add_argument("--inv-width", type=int, default=64)
+    p.add_argument("--table2-search", choices=["exact", "patchmatch"], default="patchmatch")
+    p.add_argument("--seg-model", type=Path, default=Path("/work/models/facades_seg_e3.pt"))
+    p.add_argument("--l2p-model", type=Path, default=Path("/work/models/facades_l2p_e2.pt"))
+    p.add_argument("--seg-log", type=Path, default=Path("/work/logs/train_seg.log"))
+    p.add_argument("--l2p-log", type=Path, default=Path("/work/logs/train_l2p.log"))
+    p.add_argument("--work", type=Path, default=Path("/work/stores/papers"))
+    p.add_argument("--steps", default="models,prediction,inversion,table1,table2")
+    p.add_argument("--drop-stores", action="store_true")
+    p.add_argument("--train-missing", action="store_true", help="train a missing model here")
+    p.add_argument("--wait-l2p", type=float, default=45, help="minutes to wait for the l2p model")
+    p.add_argument("--docs", type=Path, default=ROOT / "docs" / "results")
+    p.add_argument("--data", default=str(DATA), help="dataset (the Facades folder; 'synthetic' for a smoke run)")
+    p.add_argument("--size", type=int, default=SIZE)
+    p.add_argument("--top-k", type=lambda t: [int(v) for v in t.split(",")], default=list(TOP_K))
+    a = p.parse_args(argv)
+    DATA, SIZE = a.data, a.size
+    a.inv_minutes = a.inv_minutes or max(1.0, round(a.budget * 0.06, 1))
+    epochs = max(1, int(a.budget // 20))  # when a model has to be trained here
+    res = a.work / "results"
+    res.mkdir(parents=True, exist_ok=True)
+    steps = a.steps.split(",")
+    specs = ((a.seg_model, "segment", "AtoB", a.seg_log), (a.l2p_model, "translate", "BtoA", a.l2p_log))
+    if "models" in steps:  # train what is missing (otherwise reuse; the l2p model may still be training)
+        for path, task, direction, lg in specs:
+            if a.train_missing or path.is_file():
+                ensure_model(path, task=task, direction=direction, epochs=epochs, log_path=lg)
+    for name, fn, marker in (("prediction", step_prediction, "prediction.json"),
+                             ("inversion", step_inversion, "inversion/results.json"),
+                             ("table1", step_table1, "table1/results.json"),
+                             ("table2", step_table2, "table2/results.json")):
+        if name in steps and not (res / marker).is_file():
+            t = time.perf_counter()
+            log(f"step {name}")
+            fn(a, res)
+            log(f"step {name} done in {(time.perf_counter() - t) / 60:.1f} min")
+    models = [ensure_model(path, task=task, direction=direction, epochs=epochs, log_path=lg)
+              for path, task, direction, lg in specs if path.is_file()]
+    (res / "models.json").write_text(json.dumps(models, indent=1))
+    from papers_report import write_report
+
+    write_report(res, a.docs, args=vars(a))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
