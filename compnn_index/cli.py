@@ -39,6 +39,12 @@ def _threads(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="threads (default: all cores)")
 
 
+def _ray(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--ray", default=None, metavar="ADDRESS",
+                   help=f"{what} on a Ray cluster: 'local' (start one here), 'auto' (the running "
+                        "cluster), ray://HOST:10001 or HOST:6379; needs pip install 'compnn-index[ray]'")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="compnn",
@@ -66,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated layer taps (default: decoder2)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--shards", type=int, default=None,
+                   help="split the store into N shard sub-stores by contiguous image ranges")
+    _ray(p, "build the shards as parallel tasks")
     _threads(p)
     p.add_argument("--out", required=True, help="index store folder")
 
@@ -83,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=_int_list, default=[1, 16, 64])
     p.add_argument("--iterations", type=int, default=32)
     p.add_argument("--init", default="staged", help="patchmatch init: random | staged | coarse")
+    _ray(p, "search a sharded store's shards")
     _threads(p)
     p.add_argument("--out", required=True)
 
@@ -97,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=8)
     p.add_argument("--jumps", type=int, default=4)
     p.add_argument("--baselines", type=_str_list, default=["hnsw", "ivf"])
+    _ray(p, "search a sharded store's shards")
     _threads(p)
     p.add_argument("--out", required=True)
 
@@ -105,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--workers", type=int, default=2, help="query worker threads")
+    _ray(p, "serve a sharded store's shards from actors")
     _threads(p)
 
     p = sub.add_parser("demo", help="the built-in end-to-end demo on synthetic facades")
@@ -130,6 +142,7 @@ def _query_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jumps", type=int, default=4)
     p.add_argument("--init", default="staged", help="random | staged | coarse")
     p.add_argument("--seed", type=int, default=0)
+    _ray(p, "search a sharded store's shards")
     _threads(p)
 
 
@@ -179,7 +192,7 @@ def _cmd_build(a: argparse.Namespace) -> None:
 
     build(model=a.model, data=a.data, split=a.split, direction=a.direction, size=a.size,
           limit=a.limit, seed=a.seed, layers=a.layers, batch_size=a.batch_size,
-          threads=a.threads, out=a.out, overwrite=a.overwrite)
+          threads=a.threads, out=a.out, overwrite=a.overwrite, shards=a.shards, cluster=a.ray)
 
 
 def _cmd_query(a: argparse.Namespace) -> None:
@@ -190,7 +203,8 @@ def _cmd_query(a: argparse.Namespace) -> None:
     options = QueryOptions(search=a.search, top_k=a.top_k, iterations=a.iterations,
                            samples=a.samples, jumps=a.jumps, init=a.init, seed=a.seed)
     query(index=a.index, images=a.images, layer=a.layer, options=options,
-          restrict=parse_restrict(a.restrict), sources=a.sources, threads=a.threads, out=a.out)
+          restrict=parse_restrict(a.restrict), sources=a.sources, threads=a.threads, out=a.out,
+          cluster=a.ray)
 
 
 def _cmd_evaluate(a: argparse.Namespace) -> None:
@@ -198,7 +212,7 @@ def _cmd_evaluate(a: argparse.Namespace) -> None:
 
     evaluate(a.index, data=a.data, split=a.split, direction=a.direction, size=a.size,
              limit=a.limit, seed=a.seed, layer=a.layer, search=a.search, top_k=a.top_k,
-             iterations=a.iterations, init=a.init, threads=a.threads, out=a.out)
+             iterations=a.iterations, init=a.init, threads=a.threads, out=a.out, cluster=a.ray)
 
 
 def _cmd_compare(a: argparse.Namespace) -> None:
@@ -207,13 +221,13 @@ def _cmd_compare(a: argparse.Namespace) -> None:
     compare(a.index, data=a.data, split=a.split, direction=a.direction, size=a.size,
             limit=a.limit, seed=a.seed, layer=a.layer, top_k=a.top_k, iterations=a.iterations,
             samples=a.samples, jumps=a.jumps,
-            init=a.init, baselines=a.baselines, threads=a.threads, out=a.out)
+            init=a.init, baselines=a.baselines, threads=a.threads, out=a.out, cluster=a.ray)
 
 
 def _cmd_serve(a: argparse.Namespace) -> None:
     from .service.server import serve
 
-    serve(a.index, host=a.host, port=a.port, workers=a.workers, threads=a.threads)
+    serve(a.index, host=a.host, port=a.port, workers=a.workers, threads=a.threads, cluster=a.ray)
 
 
 def _cmd_demo(a: argparse.Namespace) -> None:

@@ -178,6 +178,9 @@ class IndexStore:
         mmap : bool, default True
             Memory-map the FAISS files (read-only) instead of reading them into RAM.
 
+        A store whose manifest lists ``"shards"`` opens as a
+        :class:`~compnn_index.index.sharded.ShardedStore` (every shard verified).
+
         Raises
         ------
         IndexStoreError
@@ -186,6 +189,10 @@ class IndexStore:
         """
         path = Path(path)
         manifest = read_manifest(path)
+        if manifest.get("shards") and cls is IndexStore:  # a sharded store (index/sharded.py)
+            from .sharded import open_sharded
+
+            return open_sharded(path, manifest, mmap=bool(mmap))
         store = cls(path, manifest, mmap=bool(mmap))
         store._check_files()
         return store

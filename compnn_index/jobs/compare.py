@@ -45,14 +45,14 @@ def compare(
     init: Sequence[str] = ("random",), baselines: Sequence[str] = ("hnsw", "ivf"),
     samples: int = DEFAULTS.samples, jumps: int = DEFAULTS.jumps, threads: int | None = None, out: str | Path,
     progress: bool = True,
-    cnn=None, max_baseline_vectors: int = 2_000_000,
+    cnn=None, max_baseline_vectors: int = 2_000_000, cluster: str | None = None,
 ) -> dict:
     """Run the comparison and write ``comparison.json``, ``comparison.md`` and ``comparison.png``."""
 
     from ..api import CompNN
     from ..data import open_dataset
 
-    cnn = cnn or CompNN.load(index, threads=threads)
+    cnn = cnn or CompNN.load(index, threads=threads, cluster=cluster)
     layer = cnn.check_layer(layer)
     trained = cnn.store.manifest.get("dataset", {})
     seg = cnn.task == "segment"

@@ -63,14 +63,14 @@ def evaluate(
     search: str = "exact", top_k: Sequence[int] = (1, 16, 64), iterations: int = DEFAULTS.iterations,
     init: str = DEFAULTS.init,
     threads: int | None = None, out: str | Path, progress: bool = True, cnn=None,
-    examples: int = 4,
+    examples: int = 4, cluster: str | None = None,
 ) -> dict:
     """Evaluate CompNN against the CNN and global NN on a dataset split; write the tables."""
     from ..api import CompNN
     from ..data import FACADES_PALETTE, labels_from_colors, open_dataset
     from ..pictures import to_rgb
 
-    cnn = cnn or CompNN.load(index, threads=threads)
+    cnn = cnn or CompNN.load(index, threads=threads, cluster=cluster)
     man = cnn.store.manifest
     trained = man.get("dataset", {})
     layer = cnn.check_layer(layer)

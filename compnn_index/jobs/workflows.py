@@ -46,10 +46,12 @@ def build(
     size: int | None = None, limit: int | None = None, seed: int = 0,
     layers: Sequence[str] | None = None, batch_size: int = 8, threads: int | None = None,
     out: str | Path, overwrite: bool = False, progress: bool = True,
+    shards: int | None = None, cluster: str | None = None,
 ) -> Path:
-    """Build an index store for ``model`` over a dataset split."""
+    """Build an index store for ``model`` over a dataset split (``shards`` sub-stores, built on
+    the Ray ``cluster`` when given)."""
+    from ..api import build_store
     from ..data import open_dataset
-    from ..index import build_index
     from ..models import load_checkpoint
 
     net = load_checkpoint(model)
@@ -61,9 +63,9 @@ def build(
     )
     if layers is None:
         layers = ["decoder2"] if "decoder2" in net.layer_taps() else [next(iter(net.layer_taps()))]
-    path = build_index(net, ds, layers=list(layers), out=out, batch_size=batch_size,
+    path = build_store(net, ds, layers=list(layers), out=out, batch_size=batch_size,
                        threads=threads, progress=progress, model_path=str(Path(model).resolve()),
-                       overwrite=overwrite)
+                       overwrite=overwrite, shards=shards, cluster=cluster)
     if progress:
         print(f"wrote index store {path}")
     return path
@@ -83,12 +85,17 @@ def _unique_name(name: str, used: set[str]) -> str:
 def query(
     *, index: str | Path, images: Sequence[str], out: str | Path, layer: str | None = None,
     options: QueryOptions | None = None, restrict=None, sources: Sequence[str] = ("target", "input"),
-    threads: int | None = None, progress: bool = True,
+    threads: int | None = None, progress: bool = True, cluster: str | None = None,
 ) -> list[dict]:
     """Answer each query image (file or database id) and write its pictures and JSON."""
     from ..api import CompNN
 
-    cnn = CompNN.load(index, threads=threads)
+    with CompNN.load(index, threads=threads, cluster=cluster) as cnn:
+        return _query(cnn, images=images, out=out, layer=layer, options=options, restrict=restrict,
+                      sources=sources, progress=progress)
+
+
+def _query(cnn, *, images, out, layer, options, restrict, sources, progress) -> list[dict]:
     options = options or QueryOptions()
     out = Path(out)
     docs = []

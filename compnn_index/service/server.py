@@ -293,6 +293,7 @@ def create_app(
     cache_size: int = 64,
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD,
     cnn: CompNN | None = None,
+    cluster: str | None = None,
 ) -> FastAPI:
     """Build the ASGI app over one index store.
 
@@ -304,6 +305,7 @@ def create_app(
     cache_size : query results kept for their pictures (least recently used evicted).
     max_upload_bytes : request bodies over this are refused with 413.
     cnn : an already loaded :class:`CompNN` to serve instead of loading ``index_dir``.
+    cluster : Ray cluster whose actors search a sharded store's shards (``CompNN.load``'s).
 
     Raises
     ------
@@ -315,7 +317,7 @@ def create_app(
     if isinstance(max_upload_bytes, bool) or not isinstance(max_upload_bytes, int) or max_upload_bytes < 1024:
         raise ValueError(f"Expected max_upload_bytes >= 1024, but max_upload_bytes = {max_upload_bytes!r}")
     if cnn is None:
-        cnn = CompNN.load(index_dir, mmap=True)
+        cnn = CompNN.load(index_dir, mmap=True, cluster=cluster)
     pool = EnginePool(cnn, workers=workers, threads=threads)
     cache = ResultCache(cache_size)
     pm_error = _patchmatch_error()
@@ -473,6 +475,7 @@ def serve(
     threads: int | None = None,
     cache_size: int = 64,
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD,
+    cluster: str | None = None,
 ) -> None:
     """Load ``index_dir`` and serve it with uvicorn until interrupted.
 
@@ -487,6 +490,6 @@ def serve(
         log.warning("serving on %s: the service has no authentication; anyone who can reach "
                     "this address can query the index", host)
     app = create_app(index_dir, workers=workers, threads=threads, cache_size=cache_size,
-                     max_upload_bytes=max_upload_bytes)
+                     max_upload_bytes=max_upload_bytes, cluster=cluster)
     print(f"compnn serve: {index_dir} on http://{host}:{port}/ ({workers} query workers)")
     uvicorn.run(app, host=host, port=port, log_level="info", workers=None)
