@@ -99,7 +99,7 @@ def ray_local():
     ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'compnn-index[ray]')")
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray
     if started:
         ray.shutdown()

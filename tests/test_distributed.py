@@ -198,21 +198,23 @@ def test_merge_prefers_the_lowest_id_on_ties():
 
 
 # ---------------------------------------------------------------------------- on Ray
+@pytest.fixture(scope="class")
+def store_dir(sharded_dir, tmp_path_factory):
+    copy = tmp_path_factory.mktemp("ray") / "index3"  # the last test of TestRayShards breaks a shard
+    shutil.copytree(sharded_dir, copy)
+    return copy
+
+
+@pytest.fixture(scope="class")
+def ray_cnn(ray_local, store_dir):
+    cnn = CompNN.load(store_dir, threads=1, cluster="local")
+    yield cnn
+    cnn.close()
+
+
 @pytest.mark.distributed
 class TestRayShards:
     """One set of shard actors for the class (actor starts cost seconds on 2 cores)."""
-
-    @pytest.fixture(scope="class")
-    def store_dir(self, sharded_dir, tmp_path_factory):
-        copy = tmp_path_factory.mktemp("ray") / "index3"  # the last test breaks a shard
-        shutil.copytree(sharded_dir, copy)
-        return copy
-
-    @pytest.fixture(scope="class")
-    def ray_cnn(self, ray_local, store_dir):
-        cnn = CompNN.load(store_dir, threads=1, cluster="local")
-        yield cnn
-        cnn.close()
 
     def test_actors_declare_cpus_and_set_threads(self, ray_local, ray_cnn):
         backend = ray_cnn.backend
@@ -265,39 +267,41 @@ class TestRayShards:
 
 
 @pytest.mark.distributed
-def test_cli_builds_four_shards_on_ray_and_queries_them(ray_local, translate_index, flat, tmp_path, capsys):
-    tiny = translate_index
-    out = tmp_path / "index4"
-    assert cli.main(["build", "--model", str(tiny.model), "--data", "synthetic", "--size", "64",
-                     "--limit", str(TINY_IMAGES), "--direction", tiny.direction, "--layers", "decoder2",
-                     "--threads", "1", "--shards", "4", "--ray", "local", "--out", str(out)]) == 0
-    assert "building 4 shards on Ray (0.5 CPUs and 1 threads each)" in capsys.readouterr().out
-    assert IndexStore.open(out).num_shards == 4
-    assert cli.main(["query", str(out), "3", "--top-k", "12", "--ray", "local", "--threads", "1",
-                     "--out", str(tmp_path / "q")]) == 0
-    doc = json.loads((tmp_path / "q" / "result.json").read_text())
-    ref = flat.explain(3, top_k=12, layer="decoder2")
-    np.testing.assert_array_equal(np.asarray(doc["nn_field"]["image"]), ref.field.image)
+def test_cli_builds_four_shards_on_ray_and_serves_them(ray_local, translate_index, flat, tmp_path, capsys):
+    """`compnn build --shards 4 --ray local` on 2 cores (0.5 CPU per task), then the service
+    (what `compnn serve --ray local` runs) answers queries from its 4 shard actors."""
+    pytest.importorskip("httpx")
+    import httpx
 
-
-@pytest.mark.distributed
-def test_service_answers_queries_from_shard_actors(ray_local, sharded_dir, flat):
-    httpx = pytest.importorskip("httpx")
     from compnn_index.service.background import BackgroundServer
     from compnn_index.service.server import create_app
 
-    app = create_app(sharded_dir, workers=2, threads=1, cluster="local")
+    tiny = translate_index
+    out = tmp_path / "index4"
+    assert cli.main(["build", "--model", str(tiny.model), "--data", "synthetic", "--size", "64",
+                     "--limit", str(TINY_IMAGES), "--direction", tiny.direction, "--layers", "decoder2,decoder3",
+                     "--threads", "1", "--shards", "4", "--ray", "local", "--out", str(out)]) == 0
+    assert "building 4 shards on Ray (0.5 CPUs and 1 threads each)" in capsys.readouterr().out
+    assert IndexStore.open(out).num_shards == 4
+    # --ray reaches CompNN.load: an unsharded store is refused before any actor starts
+    assert cli.main(["query", str(tiny.index), "3", "--ray", "local", "--out", str(tmp_path / "q")]) == 2
+    assert "is not sharded" in capsys.readouterr().err
+
+    app = create_app(out, workers=2, threads=1, cluster="local")
     try:
+        assert app.state.cnn.backend.kind == "ray" and len(app.state.cnn.backend.actors) == 4
         with BackgroundServer(app) as srv, httpx.Client(base_url=srv.url, timeout=120) as client:
             assert client.get("/v1/index").json()["num_images"] == TINY_IMAGES
-            r = client.post("/v1/query", json={"image_id": 3, "layer": "decoder3", "top_k": 5})
+            r = client.post("/v1/query", json={"image_id": 3, "layer": "decoder3", "top_k": 5,
+                                               "sources": ["target", "input", "self"]})
             assert r.status_code == 200, r.text
             ref = flat.explain(3, layer="decoder3", top_k=5)
             np.testing.assert_array_equal(np.asarray(r.json()["nn_field"]["image"]), ref.field.image)
-            r = client.post("/v1/query", json={"image_id": 2, "search": "patchmatch", "iterations": 3})
-            assert r.status_code == 200, r.text
+            np.testing.assert_array_equal(np.asarray(r.json()["nn_field"]["x"]), ref.field.x)
             for url in r.json()["links"].values():
                 assert client.get(url).status_code == 200
+            r = client.post("/v1/query", json={"image_id": 2, "search": "patchmatch", "iterations": 3})
+            assert r.status_code == 200, r.text
     finally:
         app.state.cnn.close()  # the shard actors go; the store stays usable in process
 
@@ -311,19 +315,24 @@ def test_two_node_cluster_spreads_the_shards(sharded_dir, flat):
         from compnn_index.api import CompNN
         cluster = Cluster(initialize_head=True, head_node_args={{"num_cpus": 1}})
         cluster.add_node(num_cpus=1)
-        ray.init(address=cluster.address, log_to_driver=False)
-        cnn = CompNN.load({str(sharded_dir)!r}, threads=1, cluster=cluster.address)
-        nodes = [i["node"] for i in ray.get([a.describe.remote() for a in cnn.backend.actors])]
-        res = cnn.explain(5, top_k=None)
-        print(json.dumps({{"nodes": nodes, "image": res.field.image.tolist(),
-                          "similarity": res.field.similarity.tolist()}}))
-        cnn.close(); ray.shutdown(); cluster.shutdown()
+        try:
+            ray.init(address=cluster.address, log_to_driver=False)
+            cnn = CompNN.load({str(sharded_dir)!r}, threads=1, cluster=cluster.address)
+            nodes = [i["node"] for i in ray.get([a.describe.remote() for a in cnn.backend.actors])]
+            res = cnn.explain(5, top_k=None)
+            print(json.dumps({{"nodes": nodes, "cpus": cnn.backend.shard_cpus,
+                              "image": res.field.image.tolist(),
+                              "similarity": res.field.similarity.tolist()}}))
+            cnn.close()
+        finally:
+            ray.shutdown()
+            cluster.shutdown()
     """)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]))
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     doc = json.loads(run.stdout.strip().splitlines()[-1])
-    assert len(set(doc["nodes"])) == 2  # SPREAD: the three shards sit on both nodes
+    assert len(set(doc["nodes"])) == 2 and doc["cpus"] == 0.5  # SPREAD over both 1-CPU nodes
     ref = flat.explain(5, top_k=None).field
     np.testing.assert_array_equal(np.asarray(doc["image"]), ref.image)
     np.testing.assert_array_equal(np.asarray(doc["similarity"], dtype=np.float32), ref.similarity)

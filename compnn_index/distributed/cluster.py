@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any
+from typing import Any, Sequence
 
 from ..errors import CompNNError
 
@@ -45,7 +45,8 @@ def connect(cluster: str) -> Any:
                                f"'HOST:PORT'), but got {cluster!r}")
     try:
         if cluster == "local":
-            ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+            ray.init(address="local", include_dashboard=False, log_to_driver=False,
+                     configure_logging=False)
         else:
             ray.init(address=cluster, log_to_driver=False, configure_logging=False)
     except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -57,16 +58,27 @@ def cluster_cpus(ray: Any) -> float:
     return float(ray.cluster_resources().get("CPU", 1.0))
 
 
-def cpus_per_worker(total: float, workers: int) -> float:
-    """``num_cpus`` each of ``workers`` tasks/actors declares so that all fit on ``total`` CPUs.
+def node_cpus(ray: Any) -> list[float]:
+    """CPUs of every alive node of the cluster."""
+    cpus = [float(n.get("Resources", {}).get("CPU", 0.0)) for n in ray.nodes() if n.get("Alive")]
+    return [c for c in cpus if c > 0] or [cluster_cpus(ray)]
 
-    Whole CPUs when there are enough (``floor(total / workers)``), else an equal fraction
-    (rounded down to 1/100), so 4 shards on 2 cores ask 0.5 each and never wait forever.
+
+def cpus_per_worker(total: float | Sequence[float], workers: int) -> float:
+    """``num_cpus`` each of ``workers`` tasks/actors declares so that all fit at once.
+
+    ``total`` is the cluster's CPUs, or a list of every node's CPUs (a worker cannot straddle
+    nodes: 3 workers on two 1-CPU nodes get 0.5 each, not 0.66). The share is the largest one
+    at which every worker fits, as whole CPUs when it is at least one (``floor``), else rounded
+    down to 1/100 — so 4 shards on 2 cores ask 0.5 each and never wait forever.
     """
-    per = float(total) / max(1, int(workers))
-    if per >= 1:
-        return float(math.floor(per))
-    return max(0.01, math.floor(per * 100) / 100)
+    nodes = [float(c) for c in (total if isinstance(total, (list, tuple)) else [total])]
+    n = max(1, int(workers))
+    fits = lambda x: sum(math.floor(c / x + 1e-9) for c in nodes) >= n
+    share = max((c / k for c in nodes for k in range(1, n + 1) if fits(c / k)), default=min(nodes) / n)
+    if share >= 1:
+        return float(math.floor(share))
+    return max(0.01, math.floor(share * 100 + 1e-6) / 100)
 
 
 def threads_for(cpus: float, threads: int | None = None) -> int:

@@ -15,7 +15,7 @@ import time
 from typing import Any, Callable, Sequence
 
 from ..index.sharded import ShardTask, build_shard
-from .cluster import DistributedError, cluster_cpus, connect, cpus_per_worker, set_worker_threads, threads_for
+from .cluster import DistributedError, connect, cpus_per_worker, node_cpus, set_worker_threads, threads_for
 
 
 def _build_task(task: ShardTask, model: Any, dataset: Any, threads: int) -> tuple[int, float]:
@@ -31,7 +31,7 @@ def ray_runner(cluster: str, *, shard_cpus: float | None = None, threads: int | 
 
     def run(tasks: Sequence[ShardTask], model: Any, dataset: Any) -> None:
         ray = connect(cluster)
-        cpus = float(shard_cpus) if shard_cpus else cpus_per_worker(cluster_cpus(ray), len(tasks))
+        cpus = float(shard_cpus) if shard_cpus else cpus_per_worker(node_cpus(ray), len(tasks))
         nthreads = threads_for(cpus, threads)
         remote = ray.remote(_build_task).options(num_cpus=cpus, max_retries=1,
                                                  scheduling_strategy="SPREAD")

@@ -38,8 +38,8 @@ from ..index.sharded import ShardedStore, shard_infos, verify_shard
 from ..options import QueryOptions
 from ..search import NNField, search_field
 from .backends import SearchBackend, detach, localize_init, merge_fields, to_global
-from .cluster import (DistributedError, cluster_cpus, connect, cpus_per_worker, set_worker_threads,
-                      threads_for)
+from .cluster import (DistributedError, cluster_cpus, connect, cpus_per_worker, node_cpus,
+                      set_worker_threads, threads_for)
 
 
 class ShardServer:
@@ -127,7 +127,7 @@ class RayShards(SearchBackend):
         ray = self._ray = connect(cluster)
         self.cluster = cluster
         n = store.num_shards
-        self.shard_cpus = float(shard_cpus) if shard_cpus else cpus_per_worker(cluster_cpus(ray), n)
+        self.shard_cpus = float(shard_cpus) if shard_cpus else cpus_per_worker(node_cpus(ray), n)
         self.threads = threads_for(self.shard_cpus, threads)
         self.max_restarts = int(max_restarts)
         self.call_timeout, self.restart_timeout = float(call_timeout), float(restart_timeout)
