@@ -14,7 +14,7 @@ $(PY):
 $(STAMP): $(PY) pyproject.toml setup.py compnn_index/search/csrc/hyperpatchmatch.cpp compnn_index/search/csrc/fused_exact.cpp
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q pybind11 setuptools wheel
-	$(PY) -m pip install -q --no-build-isolation -e '.[test]'
+	$(PY) -m pip install -q --no-build-isolation -e '.[test,ray]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -21,6 +21,7 @@ from .activations import activation_scores, find_pair, output_agreement, own_cha
 from .checks import check_choice, check_threads, is_int, is_int_text, thread_limit
 from .compose import paste
 from .data.query_image import ImageLike, load_image
+from .distributed import SearchBackend, backend_for, open_backend
 from .errors import IndexStoreError, QueryError
 from .features import FeatureExtractor, LayerSpec, PairGeometry, capture, forward_with, global_descriptor, window_vectors
 from .index import IndexStore, LayerVectors
@@ -29,7 +30,7 @@ from .options import DEFAULT_TOP_K, INITS, SEARCHES, SOURCES, QueryOptions
 from .results import ActivationPrediction, Correspondence, GlobalNN, QueryFeatures, QueryResult, ResultContext
 from .search import NNField, exact_search, native_available, native_error, search_field
 
-__all__ = ["ActivationPrediction", "CompNN", "Correspondence", "DEFAULT_TOP_K", "GlobalNN", "INITS",
+__all__ = ["ActivationPrediction", "CompNN", "build_store", "Correspondence", "DEFAULT_TOP_K", "GlobalNN", "INITS",
            "QueryFeatures", "QueryOptions", "QueryResult", "ResultContext", "SEARCHES", "SOURCES",
            "native_available", "native_error"]
 
@@ -43,9 +44,13 @@ class CompNN:
     allows and never modified.
     """
 
-    def __init__(self, store: IndexStore, model: torch.nn.Module, *, threads: int | None = None):
+    def __init__(self, store: IndexStore, model: torch.nn.Module, *, threads: int | None = None,
+                 backend: SearchBackend | None = None):
         self.threads = check_threads(threads, "CompNN threads")
         self.store = store
+        # Where searches run and sidecar rows are read: in process, or the store's Ray actors
+        # (replicas made from the same store share them).
+        self.backend = backend if backend is not None else backend_for(store)
         self.model = model.eval()
         man = store.manifest
         self.task = man.get("task", "translate")
@@ -71,7 +76,8 @@ class CompNN:
     # ------------------------------------------------------------------ loading
     @classmethod
     def load(cls, index_dir: Union[str, Path], model: torch.nn.Module | None = None, *,
-             mmap: bool = True, threads: int | None = None, verify: bool = False) -> "CompNN":
+             mmap: bool = True, threads: int | None = None, verify: bool = False,
+             cluster: str | None = None, shard_cpus: float | None = None) -> "CompNN":
         """Open an index store and its model.
 
         Parameters
@@ -83,6 +89,12 @@ class CompNN:
         threads : threads for torch, FAISS and the native kernel (default: all cores).
         verify : check every file of the store against its manifest checksums (reads it all);
             small files are always checked.
+        cluster : None (search in this process; a sharded store shard after shard), or a Ray
+            cluster for a sharded store, one actor per shard: ``"local"`` (start one in this
+            process), ``"auto"`` (the running cluster), ``"ray://host:10001"`` or ``"host:6379"``.
+            Needs the ``compnn-index[ray]`` extra. See ``docs/distributed.md``.
+        shard_cpus : ``num_cpus`` each shard actor declares (default: the cluster's CPUs shared
+            evenly, fractional when shards outnumber them).
         """
         store = IndexStore.open(index_dir, mmap=mmap, verify=verify)
         if model is None:
@@ -98,7 +110,18 @@ class CompNN:
                 )
             model = load_checkpoint(found)
         store.check_model(model)
-        return cls(store, model, threads=threads)
+        backend = open_backend(store, cluster, shard_cpus=shard_cpus) if cluster is not None else None
+        return cls(store, model, threads=threads, backend=backend)
+
+    def close(self) -> None:
+        """Release the search backend (a cluster's shard actors); in-process stores need nothing."""
+        self.backend.close()
+
+    def __enter__(self) -> "CompNN":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     @classmethod
     def build(cls, model: torch.nn.Module, dataset, *, layers, out: Union[str, Path],
@@ -131,7 +154,7 @@ class CompNN:
     def array(self, name: str) -> np.ndarray:
         """A sidecar array of the store (``inputs``, ``targets``, ``outputs``), memory-mapped."""
         if name not in self._arrays:
-            self._arrays[name] = self.store.array(name)
+            self._arrays[name] = self.backend.array(name)
         return self._arrays[name]
 
     def context(self) -> ResultContext:
@@ -342,8 +365,9 @@ class CompNN:
             t = time.perf_counter()
             info: dict = {}
             try:
-                nnf = search_field(feats.hyperpatches, self.store.layer, ids, layer=layer, options=opts,
-                                   init=field_init, pyramid=need, norms=feats.hyperpatch_norms, info=info)
+                nnf = self.backend.search(feats.hyperpatches, ids, layer=layer, options=opts,
+                                          init=field_init, pyramid=need, norms=feats.hyperpatch_norms,
+                                          info=info)
             except QueryError:  # non-finite stored vectors make searches fail oddly: say so
                 self._check_vectors_finite(need, ids)
                 raise
@@ -533,3 +557,28 @@ class CompNN:
             sims[j] = sum(float(np.einsum("ij,ij->", qf[a - start: a - start + len(b)], b))
                           for a, b in layer.blocks(start, stop)) / qf.shape[0]
         return sims
+
+
+def build_store(model: torch.nn.Module, dataset, *, out: Union[str, Path], layers: Sequence[str],
+                shards: int | None = None, cluster: str | None = None, progress: bool = True,
+                **options) -> Path:
+    """Build an index store: one store (``shards=None``), or ``shards`` shard sub-stores over
+    contiguous image ranges, built one after another here or, with ``cluster``, as Ray tasks.
+
+    ``options`` go to :func:`~compnn_index.index.build_index` (``batch_size``, ``threads``,
+    ``model_path``, ``overwrite``, ...). See ``docs/distributed.md``.
+    """
+    from .index import build_index
+    from .index.sharded import build_sharded
+
+    if shards is None and cluster is None:
+        return build_index(model, dataset, layers=layers, out=out, progress=progress, **options)
+    if shards is None:
+        raise QueryError("a build on a Ray cluster is sharded: give the number of shards (--shards N)")
+    runner = None
+    if cluster is not None:
+        from .distributed.ray_build import ray_runner
+
+        runner = ray_runner(cluster, threads=options.get("threads"), progress=progress)
+    return build_sharded(model, dataset, shards=shards, layers=layers, out=out, runner=runner,
+                         progress=progress, **options)

@@ -145,6 +145,12 @@ def default_query_out() -> Path:
     return Path("runs") / time.strftime("query-%Y%m%d-%H%M%S")
 
 
+def _ray(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--ray", default=None, metavar="ADDRESS",
+                   help=f"{what} on a Ray cluster: 'local' (start one here), 'auto' (the running "
+                        "cluster), ray://HOST:10001 or HOST:6379; needs pip install 'compnn-index[ray]'")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .jobs.demo import DEMO_DEFAULTS
 
@@ -204,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how layer vectors are stored: float32, float16 (half the bytes) or 8-bit (a quarter)")
     p.add_argument("--predict", type=_str_list, default=None, metavar="SRC:TGT[:K],...",
                    help="also store activation-prediction pairs, e.g. decoder4:decoder3:4")
+    p.add_argument("--shards", type=_int("--shards", low=1, high=4096), default=None,
+                   help="split the store into N shard sub-stores by contiguous image ranges")
+    _ray(p, "build the shards as parallel tasks")
     _threads(p)
     p.add_argument("--out", required=True, help="index store folder")
 
@@ -253,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="inversion checkpoints (compnn invert train): CompNN IR vs learned inversion")
     p.add_argument("--inversion-top-k", type=_int("--inversion-top-k"), default=16,
                    help="shortlist of the CompNN input reconstruction beside each inversion")
+    _ray(p, "search a sharded store's shards")
     _threads(p)
     p.add_argument("--out", required=True, help="output folder")
     _papers_parsers(sub)
@@ -279,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="more stores of the same model (other codecs), compared with INDEX's fp32 exact field")
     p.add_argument("--exact-cache", default=None, help="folder caching the fp32 exact field per query")
     p.add_argument("--cold", action="store_true", help="also measure each store's cold first query")
+    _ray(p, "search a sharded store's shards")
     _threads(p)
     p.add_argument("--out", required=True, help="output folder")
 
@@ -297,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("verify", help="check every file of an index store against its checksums")
     p.add_argument("index")
+    _ray(p, "serve a sharded store's shards from actors")
 
     d = DEMO_DEFAULTS
     p = sub.add_parser("demo", help="the built-in end-to-end demo on synthetic facades",
@@ -378,6 +390,7 @@ def _query_args(p: argparse.ArgumentParser) -> None:
                    help="HyperPatch-Match jumps to other images per position and iteration")
     p.add_argument("--init", choices=INITS, default=DEFAULTS.init, help="HyperPatch-Match start")
     p.add_argument("--seed", type=_query_int("--seed"), default=DEFAULTS.seed, help="HyperPatch-Match seed")
+    _ray(p, "search a sharded store's shards")
     _threads(p)
     _verify_arg(p)
 
@@ -433,7 +446,8 @@ def _cmd_build(a: argparse.Namespace) -> None:
           limit=a.limit, seed=a.seed, sample=a.sample, data_args=a.data_args, layers=a.layers,
           global_layer=a.global_layer, batch_size=a.batch_size, threads=a.threads, out=a.out,
           overwrite=a.overwrite, model_factory=a.model_factory, factory_args=a.factory_args,
-          weights=a.weights, task=a.task, codec=a.codec, pairs=a.predict)
+          weights=a.weights, task=a.task, codec=a.codec, pairs=a.predict,
+          shards=a.shards, cluster=a.ray)
 
 
 def _cmd_compress(a: argparse.Namespace) -> None:
@@ -463,7 +477,7 @@ def _cmd_query(a: argparse.Namespace) -> None:
     query(index=a.index, images=a.images, layer=a.layer, options=options,
           restrict=parse_restrict(a.restrict), sources=a.sources, threads=a.threads,
           out=a.out or default_query_out(), exclude=exclude, keep_self=a.keep_self,
-          verify=a.verify, fit=a.fit)
+          verify=a.verify, fit=a.fit, cluster=a.ray)
 
 
 def _cmd_evaluate(a: argparse.Namespace) -> None:
@@ -473,7 +487,7 @@ def _cmd_evaluate(a: argparse.Namespace) -> None:
              limit=a.limit, seed=a.seed, sample=a.sample, data_args=a.data_args, layer=a.layer,
              search=a.search, top_k=a.top_k, iterations=a.iterations, init=a.init, threads=a.threads,
              out=a.out, hpm=not a.no_hpm, global_layers=not a.no_global_layers, inversion=a.inversion,
-             inversion_top_k=a.inversion_top_k)
+             inversion_top_k=a.inversion_top_k, cluster=a.ray)
 
 
 def _cmd_predict(a: argparse.Namespace) -> None:
@@ -504,14 +518,14 @@ def _cmd_compare(a: argparse.Namespace) -> None:
             limit=a.limit, seed=a.seed, sample=a.sample, data_args=a.data_args, layer=a.layer, top_k=a.top_k, iterations=a.iterations,
             samples=a.samples, jumps=a.jumps,
             init=a.init, baselines=a.baselines, threads=a.threads, out=a.out,
-            stores=a.stores, exact_cache=a.exact_cache, cold=a.cold)
+            stores=a.stores, exact_cache=a.exact_cache, cold=a.cold, cluster=a.ray)
 
 
 def _cmd_serve(a: argparse.Namespace) -> None:
     from .service.server import serve
 
     serve(a.index, host=a.host, port=a.port, workers=a.workers, threads=a.threads,
-          allow_hosts=a.allow_host, max_queue=a.max_queue, verify=a.verify)
+          allow_hosts=a.allow_host, max_queue=a.max_queue, verify=a.verify, cluster=a.ray)
 
 
 def _cmd_verify(a: argparse.Namespace) -> None:

@@ -90,3 +90,16 @@ def segment_cnn(segment_index):
     from compnn_index.api import CompNN
 
     return CompNN.load(segment_index.index, threads=1)
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A local Ray cluster of 2 CPUs shared by the distributed tests (a start costs seconds);
+    skips when Ray is not installed (``pip install 'compnn-index[ray]'``)."""
+    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'compnn-index[ray]')")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    if started:
+        ray.shutdown()

@@ -21,7 +21,6 @@ from compnn_index.index.compress import clean_stale
 from compnn_index.index.layer import LayerVectors
 from compnn_index.models import build_model
 from compnn_index.search import exact_search
-from compnn_index.search.field import NNField
 from compnn_index.search.hyperpatchmatch import patchmatch, patchmatch_reference
 
 _hpm = pytest.importorskip("compnn_index.search._hpm", reason="native kernel not built")

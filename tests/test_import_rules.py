@@ -28,6 +28,11 @@ FORBIDDEN = {
     ("service", "index"),
     ("service", "compose"),
     ("service", "features"),
+    ("index", "distributed"),  # the store knows nothing of where it is searched
+    ("search", "distributed"),
+    ("service", "distributed"),  # clusters are reached through the API only
+    ("jobs", "distributed"),
+    ("cli", "distributed"),
 }
 #: Layers from the top; a part may import only parts of its own layer or below.
 LAYERS = [
@@ -36,7 +41,7 @@ LAYERS = [
     {"jobs"},
     {"api"},
     {"results", "pictures"},
-    {"index", "search", "compose", "metrics", "activations"},
+    {"index", "search", "distributed", "compose", "metrics", "activations"},
     {"features"},
     {"models", "data"},
     {"options", "checks", "errors", "__init__"},

@@ -183,6 +183,9 @@ class IndexStore:
             Verify every file against the manifest's checksums (reads the whole store). Files
             of at most ``integrity.VERIFY_ON_OPEN_BYTES`` are verified on every open.
 
+        A store whose manifest lists ``"shards"`` opens as a
+        :class:`~compnn_index.index.sharded.ShardedStore` (every shard verified).
+
         Raises
         ------
         IndexStoreError
@@ -191,6 +194,10 @@ class IndexStore:
         """
         path = Path(path)
         manifest = read_manifest(path)
+        if manifest.get("shards") and cls is IndexStore:  # a sharded store (index/sharded.py)
+            from .sharded import open_sharded
+
+            return open_sharded(path, manifest, mmap=bool(mmap))
         store = cls(path, manifest, mmap=bool(mmap))
         store._check_files()
         integrity.verify_checksums(path, manifest.get("checksums"),

@@ -57,7 +57,7 @@ def compare(
     progress: bool = True,
     cnn=None, max_baseline_vectors: int = 2_000_000,
     stores: Sequence[str | Path] = (), exact_cache: str | Path | None = None, cold: bool = False,
-    codec_exact: bool = True,
+    codec_exact: bool = True, cluster: str | None = None,
 ) -> dict:
     """Run the comparison and write ``comparison.json``, ``comparison.md`` and ``comparison.png``.
 
@@ -72,7 +72,7 @@ def compare(
     cold_rows = [_cold(p, data=data, split=split, layer=layer, top_k=(top_k or [None])[0],
                        iterations=max(iterations), init=init[0], threads=threads)
                  for p in ([index, *stores] if cold else [])]
-    cnn = cnn or CompNN.load(index, threads=threads)
+    cnn = cnn or CompNN.load(index, threads=threads, cluster=cluster)
     others = [CompNN.load(p, model=cnn.model, threads=threads) for p in stores]
     layer = cnn.check_layer(layer)
     trained = cnn.store.manifest.get("dataset", {})

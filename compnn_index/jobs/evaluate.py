@@ -107,7 +107,7 @@ def evaluate(
     search: str = "exact", top_k: Sequence[int] = (1, 16, 64), iterations: int = DEFAULTS.iterations,
     init: str = DEFAULTS.init, threads: int | None = None, out: str | Path, progress: bool = True,
     cnn=None, examples: int = 4, hpm: bool = True, global_layers: bool = True,
-    inversion: Sequence[str | Path] = (), inversion_top_k: int = 16,
+    inversion: Sequence[str | Path] = (), inversion_top_k: int = 16, cluster: str | None = None,
 ) -> dict:
     """Evaluate CompNN against the CNN and global NN on a dataset split; write the tables
     (``results.json``, ``results.md``, ``examples.png``; with ``inversion`` checkpoints also the
@@ -117,7 +117,7 @@ def evaluate(
     from ..pictures import to_rgb
     from .inversion_eval import InversionEval
 
-    cnn = cnn or CompNN.load(index, threads=threads)
+    cnn = cnn or CompNN.load(index, threads=threads, cluster=cluster)
     man = cnn.store.manifest
     trained = man.get("dataset", {})
     layer = cnn.check_layer(layer)

@@ -51,10 +51,11 @@ def build(
     threads: int | None = None, out: str | Path, overwrite: bool = False, progress: bool = True,
     model_factory: str | None = None, factory_args: dict | str | None = None,
     weights: str | Path | None = None, task: str | None = None, codec: str = "fp32",
-    pairs: Sequence[str] | None = None,
+    pairs: Sequence[str] | None = None, shards: int | None = None, cluster: str | None = None,
 ) -> Path:
     """Build an index store for ``model`` over a dataset split (layers stored with ``codec``; ``pairs``:
-    activation-prediction tap pairs ``"source:target[:k]"``, see :mod:`compnn_index.index.pairs`).
+    activation-prediction tap pairs ``"source:target[:k]"``, see :mod:`compnn_index.index.pairs`;
+    ``shards``/``cluster``: a sharded store, its shards built as Ray tasks on ``cluster``).
 
     ``model`` is a compnn checkpoint (``compnn train`` / ``compnn import-pix2pix``, or a
     ``model.pt`` an earlier factory build wrote). Or the user's own network:
@@ -66,7 +67,7 @@ def build(
     """
     from ..data import open_dataset
     from ..features import LayerSpec
-    from ..index import build_index
+    from ..api import build_store
     from ..models import factory_model, load_checkpoint, save_checkpoint
 
     if (model is None) == (model_factory is None):
@@ -104,9 +105,10 @@ def build(
             raise ModelError("--layers is required for this network: NAME=MODULE.PATH[:input|output],...")
         layers = ["decoder2"] if "decoder2" in taps else [next(iter(taps))]
     specs = [LayerSpec.parse(x) if isinstance(x, str) and "=" in x else x for x in layers]
-    path = build_index(net, ds, layers=specs, global_layer=global_layer, out=out,
+    path = build_store(net, ds, layers=specs, global_layer=global_layer, out=out,
                        batch_size=batch_size, threads=threads, progress=progress,
-                       model_path=str(model_path), overwrite=overwrite, codec=codec, pairs=pairs)
+                       model_path=str(model_path), overwrite=overwrite, codec=codec, pairs=pairs,
+                       shards=shards, cluster=cluster)
     if model_factory is not None:
         save_checkpoint(path / "model.pt", net, dataset=ds.identity,
                         weights=None if weights is None else str(Path(weights).resolve()))
@@ -158,7 +160,7 @@ def query(
     *, index: str | Path, images: Sequence[str], out: str | Path, layer: str | None = None,
     options: QueryOptions | None = None, restrict=None, sources: Sequence[str] = ("target", "input"),
     threads: int | None = None, progress: bool = True, verify: bool = False, fit: str | None = None,
-    exclude: Sequence = (), keep_self: bool = False,
+    exclude: Sequence = (), keep_self: bool = False, cluster: str | None = None,
 ) -> list[dict]:
     """Answer each query image (file or database id) and write its pictures and JSON.
 
@@ -171,7 +173,14 @@ def query(
     from ..api import CompNN
     from ..data.query_image import fit_image, load_image
 
-    cnn = CompNN.load(index, threads=threads, verify=verify)
+    with CompNN.load(index, threads=threads, verify=verify, cluster=cluster) as cnn:
+        return _query(cnn, images=images, out=out, layer=layer, options=options, restrict=restrict,
+                      sources=sources, progress=progress, fit=fit, exclude=exclude, keep_self=keep_self,
+                      fit_image=fit_image, load_image=load_image)
+
+
+def _query(cnn, *, images, out, layer, options, restrict, sources, progress, fit, exclude, keep_self,
+           fit_image, load_image) -> list[dict]:
     options = options or QueryOptions()
     out = Path(out)
     docs = []

@@ -93,6 +93,7 @@ def create_app(
     body_timeout: float = 30.0,
     max_buffered_bytes: int | None = None,
     verify: bool = False,
+    cluster: str | None = None,
 ) -> FastAPI:
     """Build the ASGI app over one index store.
 
@@ -112,6 +113,7 @@ def create_app(
     max_buffered_bytes : request bodies held at once, all requests together (default
         ``max(4 * max_upload_bytes, 32 MiB)``); beyond, 503.
     verify : check every store file against its checksum on open (reads the whole store).
+    cluster : Ray cluster whose actors search a sharded store's shards (``CompNN.load``'s).
 
     Raises
     ------
@@ -124,7 +126,7 @@ def create_app(
     check_number(queue_timeout, "queue_timeout", low=0)
     check_number(body_timeout, "body_timeout", low=0)
     if cnn is None:
-        cnn = CompNN.load(index_dir, mmap=True, verify=verify)
+        cnn = CompNN.load(index_dir, mmap=True, verify=verify, cluster=cluster)
     pool = EnginePool(cnn, workers=workers, threads=threads, max_queue=max_queue,
                       queue_timeout=queue_timeout)
     from cachetools import LRUCache
@@ -185,6 +187,7 @@ def serve(
     allow_hosts: Sequence[str] = (),
     max_queue: int | None = None,
     verify: bool = False,
+    cluster: str | None = None,
 ) -> None:
     """Load ``index_dir`` and serve it with uvicorn until interrupted.
 
@@ -203,7 +206,7 @@ def serve(
             allowed.append(host)
     app = create_app(index_dir, workers=workers, threads=threads, cache_size=cache_size,
                      max_upload_bytes=max_upload_bytes, allow_hosts=allowed, max_queue=max_queue,
-                     verify=verify)
+                     verify=verify, cluster=cluster)
     print(f"compnn serve: {index_dir} on http://{host}:{port}/ ({workers} query workers)")
     # Worker threads running Python code hand the GIL back to the event loop every 1 ms instead
     # of 5: /health and refusals stay quick while queries compute.

@@ -1,0 +1,509 @@
+"""Sharded index stores: the layers split by contiguous image ranges into shard sub-stores.
+
+Layout::
+
+    store/
+      manifest.json            the top manifest (format version 2): images, layers, global,
+                               arrays as in an unsharded store, "shards" listing every shard
+      global.faiss             the global-descriptor index, whole (one vector per image)
+      shards/000/ ...          shard 0: an ordinary store (its own manifest, layers/*.faiss,
+      shards/001/ ...          arrays/*.npy and global.faiss) over images [start, stop)
+
+The top manifest's ``"shards"`` is a list of ``{"index", "path", "images": [start, stop],
+"manifest_sha256", "layers": {name: ntotal}, "bytes"}``; its layer and array entries keep
+``spec``/``grid``/``dim``/``ntotal`` and ``dtype``/``shape`` of the whole store but ``"file":
+null`` (their data lives in the shards). :class:`ShardedStore` opens it: every shard's manifest
+hash, image count, layers and model are checked against the top manifest at open, and a shard
+that differs is refused with the exact mismatch.
+
+Building (:func:`build_sharded`): everything is written into ``.<name>.sharded-building`` beside
+``out``; each shard is an ordinary :func:`~compnn_index.index.build.build_index` run (atomic:
+temporary folder, renamed when complete), the global index and the top manifest are written
+last, then the folder is renamed to ``out``. An interrupted build leaves ``out`` as it was and a
+hidden folder without a top manifest (nothing that loads); running the same build again resumes
+it, keeping every complete shard. How the shard builds run is the caller's ``runner``: one
+after another here, as Ray tasks in :mod:`compnn_index.distributed`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from ..errors import IndexStoreError
+from .build import _move_into_place, build_index
+from .flatfile import FlatIPWriter
+from .layer import LayerVectors
+from .manifest import FORMAT_VERSION, GLOBAL_FILE, MANIFEST_NAME, read_manifest, write_manifest
+from .store import IndexStore
+
+SHARD_DIR = "shards"
+PLAN_NAME = "sharded-build.json"
+
+
+# ---------------------------------------------------------------------------- planning
+def plan_shards(num_images: int, shards: int) -> list[tuple[int, int]]:
+    """Contiguous, balanced image ranges ``[start, stop)``: ``shards`` of them, none empty."""
+    if isinstance(shards, bool) or not isinstance(shards, (int, np.integer)) or shards < 1:
+        raise IndexStoreError(f"Expected shards to be a positive integer, but shards = {shards!r}")
+    if shards > num_images:
+        raise IndexStoreError(
+            f"Expected at most one shard per image, but shards = {shards} > {num_images} images")
+    bounds = [round(i * num_images / shards) for i in range(int(shards) + 1)]
+    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class ShardView:
+    """Images ``[start, stop)`` of a dataset, as a dataset (what one shard's build indexes)."""
+
+    def __init__(self, dataset: Any, start: int, stop: int) -> None:
+        self.dataset, self.start, self.stop = dataset, int(start), int(stop)
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __getitem__(self, i: int) -> Any:
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        return self.dataset[self.start + i]
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        return {**dict(getattr(self.dataset, "identity", {}) or {}), "shard_images": [self.start, self.stop]}
+
+    def __getattr__(self, name: str) -> Any:  # task, num_classes, palette, image_size, ...
+        if name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """One shard to build: images ``[start, stop)`` of the dataset into ``out`` (picklable)."""
+
+    index: int
+    start: int
+    stop: int
+    out: str
+    layers: tuple[str, ...]
+    options: dict = field(default_factory=dict)  # build_index keywords (batch_size, specs, ...)
+
+
+def build_shard(task: ShardTask, model: Any, dataset: Any, *, threads: int | None = None) -> str:
+    """Build one shard (an ordinary store, written atomically); returns its folder."""
+    opts = dict(task.options, threads=threads if threads is not None else task.options.get("threads"))
+    build_index(model, ShardView(dataset, task.start, task.stop), layers=list(task.layers),
+                out=task.out, overwrite=True, **opts)
+    return task.out
+
+
+def run_sequentially(tasks: Sequence[ShardTask], model: Any, dataset: Any) -> None:
+    """The default runner: build the shards one after another in this process."""
+    for task in tasks:
+        build_shard(task, model, dataset)
+
+
+Runner = Callable[[Sequence[ShardTask], Any, Any], None]
+
+
+def _shard_complete(folder: Path, start: int, stop: int, model_digest: str, layers: Sequence[str]) -> bool:
+    """Whether ``folder`` holds a finished shard of this plan (so a resumed build keeps it)."""
+    try:
+        man = IndexStore.open(folder).manifest
+    except IndexStoreError:
+        return False
+    return (len(man["images"]) == stop - start and man["model"].get("hash") == model_digest
+            and list(man["layers"]) == list(layers)
+            and man["dataset"].get("shard_images") == [start, stop])
+
+
+def build_sharded(
+    model: Any,
+    dataset: Any,
+    *,
+    shards: int,
+    layers: Sequence[str],
+    out: str | os.PathLike,
+    overwrite: bool = False,
+    runner: Runner | None = None,
+    progress: bool = True,
+    **build_options: Any,
+) -> Path:
+    """Build a sharded index store: ``shards`` sub-stores over contiguous image ranges.
+
+    Parameters
+    ----------
+    model, dataset, layers, out, overwrite
+        As for :func:`~compnn_index.index.build.build_index`.
+    shards : int
+        Number of shards (``1 <= shards <= len(dataset)``).
+    runner : callable, optional
+        ``runner(tasks, model, dataset)`` builds the given :class:`ShardTask` s (each with
+        :func:`build_shard`); default: one after another in this process.
+    build_options
+        Passed to every shard's ``build_index`` (``batch_size``, ``specs``, ``global_layer``,
+        ``threads``, ``model_path``, ...).
+
+    Returns
+    -------
+    Path
+        ``out``.
+    """
+    from ..models import model_hash
+
+    out = Path(out)
+    if (out.exists() or out.is_symlink()) and not overwrite:
+        raise IndexStoreError(
+            f"index store {os.fspath(out)!r} already exists; pass overwrite=True (--overwrite on the "
+            "command line) to replace it")
+    if isinstance(layers, str) or not layers:
+        raise IndexStoreError(f"Expected layers to be a non-empty list of layer names, but layers = {layers!r}")
+    n = len(dataset)
+    if n == 0:
+        raise IndexStoreError("the dataset is empty: expected at least one image to index")
+    ranges = plan_shards(n, shards)
+    started = time.perf_counter()
+    digest = model_hash(model)
+    plan = {"ranges": [list(r) for r in ranges], "model_hash": digest, "layers": list(layers),
+            "dataset": json.loads(json.dumps(dict(getattr(dataset, "identity", {}) or {}), default=str)),
+            "options": json.loads(json.dumps({k: v for k, v in build_options.items()
+                                              if k not in ("threads", "progress")}, default=str))}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = out.parent / f".{out.name}.sharded-building"
+    plan_file = work / PLAN_NAME
+    if work.exists():
+        try:
+            same = json.loads(plan_file.read_text(encoding="utf-8")) == plan
+        except (OSError, ValueError):
+            same = False
+        if not same:  # another build's leftovers: start over
+            shutil.rmtree(work)
+    (work / SHARD_DIR).mkdir(parents=True, exist_ok=True)
+    (work / MANIFEST_NAME).unlink(missing_ok=True)  # never a top manifest before the shards
+    plan_file.write_text(json.dumps(plan, indent=1), encoding="utf-8")
+    options = dict(build_options, progress=progress and runner is None)
+    tasks = [ShardTask(i, a, b, os.fspath(work / SHARD_DIR / f"{i:03d}"), tuple(layers), options)
+             for i, (a, b) in enumerate(ranges)
+             if not _shard_complete(work / SHARD_DIR / f"{i:03d}", a, b, digest, layers)]
+    if tasks:
+        (runner or run_sequentially)(tasks, model, dataset)
+    assemble(work, ranges, started=started)
+    _move_into_place(work, out)
+    return out
+
+
+def assemble(root: Path, ranges: Sequence[tuple[int, int]], *, started: float | None = None) -> dict[str, Any]:
+    """Write the whole global index and, last, the top manifest of the shards under ``root``."""
+    parts = []
+    for i, (a, b) in enumerate(ranges):
+        folder = root / SHARD_DIR / f"{i:03d}"
+        store = IndexStore.open(folder)
+        if store.num_images != b - a:
+            raise IndexStoreError(f"shard {i} at {os.fspath(folder)!r} holds {store.num_images} images, "
+                                  f"expected {b - a} (images {a}..{b - 1})")
+        parts.append((i, a, b, folder, store))
+    first = parts[0][4].manifest
+    for i, a, b, folder, store in parts[1:]:
+        man = store.manifest
+        for key in ("model", "task", "image_size"):
+            if man[key] != first[key]:
+                raise IndexStoreError(f"shard {i} differs from shard 0 in {key!r}; rebuild the store")
+        if list(man["layers"]) != list(first["layers"]) or any(
+                man["layers"][k][f] != first["layers"][k][f] for k in first["layers"]
+                for f in ("spec", "grid", "dim", "codec")):
+            raise IndexStoreError(f"shard {i} has other layers than shard 0; rebuild the store")
+    gdim = int(first["global"]["dim"])
+    writer = FlatIPWriter(root / GLOBAL_FILE, gdim)
+    try:
+        for *_, store in parts:
+            writer.add(np.ascontiguousarray(store.global_vectors()))
+        gtotal = writer.close()
+    finally:
+        writer.abort()
+    n = ranges[-1][1]
+    images = []
+    for i, a, b, folder, store in parts:
+        for j, im in enumerate(store.manifest["images"]):
+            images.append({**im, "id": a + j})
+    layers = {}
+    for name, entry in first["layers"].items():
+        total = sum(int(s.manifest["layers"][name]["ntotal"]) for *_, s in parts)
+        layers[name] = {**entry, "ntotal": total, "file": None,
+                        "norms": None}
+    arrays = {name: {"file": None, "dtype": entry["dtype"], "shape": [n] + list(entry["shape"][1:])}
+              for name, entry in first["arrays"].items()}
+    shards = []
+    for i, a, b, folder, store in parts:
+        shards.append({
+            "index": i, "path": f"{SHARD_DIR}/{i:03d}", "images": [a, b],
+            "manifest_sha256": file_sha256(folder / MANIFEST_NAME),
+            "layers": {k: int(v["ntotal"]) for k, v in store.manifest["layers"].items()},
+            "bytes": sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()),
+        })
+    dataset = dict(first["dataset"])
+    dataset.pop("shard_images", None)
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "build_seconds": round(time.perf_counter() - started, 3) if started is not None
+        else round(sum(float(s.manifest.get("build_seconds") or 0) for *_, s in parts), 3),
+        "model": first["model"], "dataset": dataset, "task": first["task"],
+        "num_classes": first.get("num_classes"), "ignore_index": first.get("ignore_index"),
+        "palette": first.get("palette"), "image_size": first["image_size"], "images": images,
+        "layers": layers,
+        "global": {**first["global"], "ntotal": gtotal, "file": GLOBAL_FILE},
+        "arrays": arrays, "shards": shards, "checksums": None, "versions": first.get("versions"),
+    }
+    write_manifest(root, manifest)
+    return manifest
+
+
+# ---------------------------------------------------------------------------- reading
+@dataclass(frozen=True)
+class ShardInfo:
+    """One shard of a sharded store: images ``[start, stop)`` in folder ``path``."""
+
+    index: int
+    path: Path
+    start: int
+    stop: int
+    manifest_sha256: str
+
+    @property
+    def label(self) -> str:
+        return f"shard {self.index} (images {self.start}..{self.stop - 1}, {os.fspath(self.path)})"
+
+
+def shard_infos(root: Path, manifest: Mapping[str, Any]) -> list[ShardInfo]:
+    """The shard list of a top manifest, checked to cover images ``0..n-1`` in order."""
+    out, expect = [], 0
+    for i, s in enumerate(manifest["shards"]):
+        try:
+            a, b = (int(v) for v in s["images"])
+            info = ShardInfo(i, root / s["path"], a, b, str(s["manifest_sha256"]))
+        except (KeyError, TypeError, ValueError):
+            raise IndexStoreError(f"{os.fspath(root / MANIFEST_NAME)}: shard entry {i} is malformed: {s!r}") from None
+        if a != expect or b <= a:
+            raise IndexStoreError(
+                f"{os.fspath(root / MANIFEST_NAME)}: shard {i} covers images [{a}, {b}), expected it to "
+                f"start at image {expect} and hold at least one image")
+        out.append(info)
+        expect = b
+    if expect != len(manifest["images"]):
+        raise IndexStoreError(f"{os.fspath(root / MANIFEST_NAME)}: the shards cover {expect} images, "
+                              f"the store has {len(manifest['images'])}")
+    return out
+
+
+def verify_shard(info: ShardInfo, top: Mapping[str, Any], *, mmap: bool = True) -> IndexStore:
+    """Open one shard and check it against the top manifest; IndexStoreError names the mismatch."""
+    file = info.path / MANIFEST_NAME
+    if not file.is_file():
+        raise IndexStoreError(f"{info.label}: {os.fspath(file)!r} is missing")
+    digest = file_sha256(file)
+    man = read_manifest(info.path)
+    problems = []
+    if len(man["images"]) != info.stop - info.start:
+        problems.append(f"it holds {len(man['images'])} images, the top manifest says {info.stop - info.start}")
+    if man["model"].get("hash") != top["model"].get("hash"):
+        problems.append(f"model hash {str(man['model'].get('hash'))[:12]}… vs the top manifest's "
+                        f"{str(top['model'].get('hash'))[:12]}…")
+    if list(man["layers"]) != list(top["layers"]):
+        problems.append(f"layers {list(man['layers'])} vs the top manifest's {list(top['layers'])}")
+    else:
+        for name, entry in top["layers"].items():
+            for key in ("grid", "dim", "spec"):
+                if man["layers"][name].get(key) != entry.get(key):
+                    problems.append(f"layer {name!r} {key} {man['layers'][name].get(key)!r} vs the top "
+                                    f"manifest's {entry.get(key)!r}")
+    names = [im["name"] for im in top["images"][info.start:info.stop]]
+    if not problems and [im["name"] for im in man["images"]] != names:
+        problems.append("its image names differ from the top manifest's")
+    if digest != info.manifest_sha256:
+        problems.append(f"manifest sha256 {digest[:16]}… vs the top manifest's {info.manifest_sha256[:16]}… "
+                        "(the shard was rebuilt or modified after the store was assembled)")
+    if problems:
+        raise IndexStoreError(f"{info.label} does not match the top manifest: " + "; ".join(problems))
+    return IndexStore.open(info.path, mmap=mmap)
+
+
+class ShardedArray:
+    """A sidecar array (``inputs``, ``targets``, ``outputs``) spread over the shards.
+
+    Looks like a read-only ndarray to its readers (``shape``, ``dtype``, ``ndim``, indexing by an
+    int, a slice or an array of image ids): only the rows asked for are read, each from the
+    shard that owns it, through ``read(shard, local_ids) -> rows``.
+    """
+
+    def __init__(self, name: str, shape: Sequence[int], dtype: Any, bounds: np.ndarray,
+                 read: Callable[[int, np.ndarray], np.ndarray]) -> None:
+        self.name, self.shape, self.dtype = name, tuple(int(s) for s in shape), np.dtype(dtype)
+        self._bounds = np.asarray(bounds, dtype=np.int64)  # shard starts, then n
+        self._read = read
+
+    ndim = property(lambda self: len(self.shape))
+    size = property(lambda self: int(np.prod(self.shape)))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def take(self, ids: Any) -> np.ndarray:
+        """Rows ``ids`` (any order, repeats allowed) as one array."""
+        ids = np.asarray(ids, dtype=np.int64).ravel()
+        n = self.shape[0]
+        if ids.size and (ids.min() < -n or ids.max() >= n):
+            raise IndexError(f"{self.name}: index out of range for {n} images")
+        ids = np.where(ids < 0, ids + n, ids)
+        out = np.empty((ids.size,) + self.shape[1:], dtype=self.dtype)
+        shard = np.searchsorted(self._bounds, ids, side="right") - 1
+        for s in np.unique(shard):
+            sel = np.flatnonzero(shard == s)
+            uniq, inv = np.unique(ids[sel], return_inverse=True)
+            rows = np.asarray(self._read(int(s), uniq - self._bounds[s]))
+            out[sel] = rows[inv]
+        return out
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        rest: tuple = ()
+        if isinstance(key, tuple):
+            key, rest = key[0], key[1:]
+        if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+            out = self.take([key])[0]
+        elif isinstance(key, slice):
+            out = self.take(np.arange(self.shape[0])[key])
+        else:
+            arr = np.asarray(key)
+            if arr.dtype == bool:
+                arr = np.flatnonzero(arr)
+            out = self.take(arr).reshape(arr.shape + self.shape[1:])
+        return out[rest] if rest else out
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self.take(np.arange(self.shape[0]))
+        return out if dtype is None else out.astype(dtype)
+
+    def __repr__(self) -> str:
+        return f"ShardedArray({self.name!r}, shape={self.shape}, dtype={self.dtype}, shards={len(self._bounds) - 1})"
+
+
+class ShardedStore(IndexStore):
+    """An opened sharded index store; works like :class:`IndexStore` (same fields, same arrays).
+
+    Every shard is verified at open (:func:`verify_shard`) and opened as an ordinary
+    :class:`IndexStore` (memory-mapped), reachable as :meth:`shard`. :meth:`layer` returns a
+    :class:`LayerVectors` over the whole store whose vectors are decoded, block by block, from
+    the owning shards (``codec="sharded"``: there is no one zero-copy array across shards); the
+    query path instead searches every shard's own layer and merges the fields
+    (:mod:`compnn_index.distributed`).
+    """
+
+    CODEC = "sharded"
+
+    def __init__(self, path: Path, manifest: dict[str, Any], *, mmap: bool) -> None:
+        super().__init__(path, manifest, mmap=mmap)
+        self.shards = shard_infos(path, manifest)
+        self.bounds = np.asarray([s.start for s in self.shards] + [self.shards[-1].stop], dtype=np.int64)
+        self._shard_stores: dict[int, IndexStore] = {}
+
+    def _checked(self) -> "ShardedStore":
+        self._check_files()
+        return self
+
+    def _check_files(self) -> None:
+        n = self.num_images
+        if n < 1:
+            raise IndexStoreError(f"{self._manifest_path}: expected at least one image")
+        g = self.manifest["global"]
+        self._check_flat_file(g["file"], g["ntotal"], g["dim"])
+        for info in self.shards:
+            self._shard_stores[info.index] = verify_shard(info, self.manifest, mmap=self.mmap)
+
+    # ------------------------------------------------------------------ shards
+    @property
+    def num_shards(self) -> int:
+        return len(self.shards)
+
+    def shard(self, i: int) -> IndexStore:
+        """Shard ``i`` as an ordinary (verified, memory-mapped) store over its own image ids."""
+        return self._shard_stores[int(i)]
+
+    def locate(self, ids: Any) -> list[tuple[int, np.ndarray]]:
+        """Split image ids (keeping their order) by shard: ``[(shard, local ids), ...]``."""
+        ids = np.asarray(ids, dtype=np.int64).ravel()
+        shard = np.searchsorted(self.bounds, ids, side="right") - 1
+        return [(int(s), ids[shard == s] - self.bounds[s]) for s in range(self.num_shards)
+                if np.any(shard == s)]
+
+    # ------------------------------------------------------------------ layers
+    def layer(self, layer: str) -> LayerVectors:
+        lv = self._layer_vectors.get(layer)
+        if lv is None:
+            entry = self._layer(layer)
+            hp, wp = entry["grid"]
+            grids = np.tile(np.asarray((hp, wp), dtype=np.int64), (self.num_images, 1))
+            parts = [self.shard(s.index).layer(layer) for s in self.shards]
+            starts = np.cumsum([0] + [p.ntotal for p in parts])
+
+            def decode(start: int, stop: int, out: np.ndarray) -> np.ndarray:
+                for k, part in enumerate(parts):
+                    a, b = max(start, starts[k]), min(stop, starts[k + 1])
+                    for first, block in part.blocks(int(a - starts[k]), int(b - starts[k])):
+                        at = first + starts[k] - start
+                        out[at: at + len(block)] = block
+                return out
+
+            lv = LayerVectors(layer, self.spec(layer), grids, raw=np.empty((int(starts[-1]), 0), np.uint8),
+                              dim=int(entry["dim"]), codec=self.CODEC, decoder=decode, owner=parts)
+            self._layer_vectors[layer] = lv
+        return lv
+
+    def layer_index(self, layer: str):
+        raise IndexStoreError(
+            f"index store {os.fspath(self.path)!r} is sharded ({self.num_shards} shards): its layer "
+            f"{layer!r} is not one FAISS index; use shard(i).layer_index({layer!r}) or layer({layer!r})")
+
+    def vectors(self, layer: str) -> np.ndarray:
+        raise IndexStoreError(
+            f"index store {os.fspath(self.path)!r} is sharded ({self.num_shards} shards): its layer "
+            f"{layer!r} is not one array; read it with layer({layer!r}).blocks() or per shard")
+
+    # ------------------------------------------------------------------ arrays
+    def array(self, name: str, read: Callable[[int, np.ndarray], np.ndarray] | None = None) -> ShardedArray:
+        """A sidecar array over the shards (rows read from the owning shard on demand)."""
+        entries = self.manifest["arrays"]
+        if name not in entries:
+            raise IndexStoreError(f"unknown array {name!r}: the index store has arrays {', '.join(entries)}")
+        if read is None:
+            if name not in self._arrays:
+                self._arrays[name] = ShardedArray(name, entries[name]["shape"], entries[name]["dtype"],
+                                                  self.bounds, lambda s, ids: self.shard(s).array(name)[ids])
+            return self._arrays[name]
+        return ShardedArray(name, entries[name]["shape"], entries[name]["dtype"], self.bounds, read)
+
+    def __repr__(self) -> str:
+        return (f"ShardedStore({os.fspath(self.path)!r}, images={self.num_images}, shards={self.num_shards}, "
+                f"layers={self.layers}, mmap={self.mmap})")
+
+
+def open_sharded(path: Path, manifest: dict[str, Any], *, mmap: bool) -> ShardedStore:
+    return ShardedStore(path, manifest, mmap=mmap)._checked()
+
+
+__all__ = ["ShardInfo", "ShardTask", "ShardView", "ShardedArray", "ShardedStore", "assemble",
+           "build_shard", "build_sharded", "plan_shards", "run_sequentially", "verify_shard"]
