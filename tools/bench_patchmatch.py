@@ -21,6 +21,7 @@ import time
 
 import numpy as np
 
+from compnn_index.index.layer import LayerVectors
 from compnn_index.search.exact import exact_search
 from compnn_index.search.hyperpatchmatch import native_available, patchmatch
 
@@ -50,7 +51,8 @@ def exact_best(queries: np.ndarray, vectors: np.ndarray, images: np.ndarray, off
                grids: np.ndarray, threads: int) -> tuple[np.ndarray, float]:
     """Exact top-1 similarity for (P, D) queries with the project's exact search; also the wall time."""
     t0 = time.perf_counter()
-    field = exact_search(queries[None], vectors, images, offsets=offsets, grids=grids, threads=threads)
+    layer = LayerVectors.from_array(vectors, grids=grids, offsets=offsets)
+    field = exact_search(queries[None], layer, images, threads=threads, method="faiss")
     return field.similarity[0], time.perf_counter() - t0
 
 
@@ -113,7 +115,8 @@ def main() -> None:
             times = []
             for _ in range(args.repeat):
                 t0 = time.perf_counter()
-                field, stats = patchmatch(query, vectors, images, offsets=offsets, grids=grids,
+                layer = LayerVectors.from_array(vectors, grids=grids, offsets=offsets)
+                field, stats = patchmatch(query, layer, images,
                                              iterations=args.iterations, samples=args.samples, jumps=args.jumps,
                                              seed=args.seed, threads=threads, return_stats=True)
                 times.append(time.perf_counter() - t0)

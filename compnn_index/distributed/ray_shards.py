@@ -72,12 +72,13 @@ class ShardServer:
         return sum(self.store.layer(n).ntotal for n in layers)
 
     def search(self, feats: Mapping[str, np.ndarray], ids: np.ndarray, layer: str,
-               options: QueryOptions, init: Any, pyramid: Sequence[str]) -> tuple[NNField, float]:
+               options: QueryOptions, init: Any, pyramid: Sequence[str],
+               norms: Mapping[str, np.ndarray] | None = None) -> tuple[NNField, float]:
         self._maybe_crash()
         t = time.perf_counter()
         with thread_limit(self.threads):
             field = search_field(feats, self.store.layer, ids, layer=layer, options=options, init=init,
-                                 pyramid=pyramid, threads=self.threads)
+                                 pyramid=pyramid, threads=self.threads, norms=norms)
         return field, time.perf_counter() - t
 
     def rows(self, name: str, ids: np.ndarray) -> np.ndarray:
@@ -192,15 +193,18 @@ class RayShards(SearchBackend):
 
 
     def search(self, feats, ids, *, layer, options, init=None, pyramid=(), norms=None, info=None) -> NNField:
-        # Shard actors search with FAISS exact (no query norms shipped) and HyperPatch-Match.
+        # The query's window norms travel with its hyperpatches, so a shard's exact search takes
+        # the same (fused) path as one process: each image's similarities do not depend on how
+        # images are grouped, and the merged field equals the unsharded one bit for bit.
         ray = self._ray
         wanted = {layer, *pyramid}
         ref = ray.put({n: np.asarray(v) for n, v in feats.items() if n in wanted})  # once per query
+        norms_ref = ray.put({n: np.asarray(v) for n, v in (norms or {}).items() if n in wanted})
         calls = []
         for s, local in self.store.locate(ids):
-            info = self.store.shards[s]
-            args = (ref, local, layer, options, localize_init(init, info.start, info.stop, local),
-                    tuple(pyramid))
+            shard = self.store.shards[s]
+            args = (ref, local, layer, options, localize_init(init, shard.start, shard.stop, local),
+                    tuple(pyramid), norms_ref)
             submit = (lambda s=s, args=args: self.actors[s].search.remote(*args))
             calls.append((s, submit(), submit))
         parts, seconds = [], []

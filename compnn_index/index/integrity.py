@@ -88,10 +88,14 @@ def check_manifest_shape(manifest: dict[str, Any], path: str) -> None:
         raise bad("layers", "a non-empty object of layer entries", layers)
     entries = [(f"layers[{name!r}]", entry) for name, entry in layers.items()]
     entries.append(("global", manifest.get("global")))
+    # A sharded store's top manifest names no layer or array files: its shards hold them.
+    sharded = bool(manifest.get("shards"))
     for key, entry in entries:
         if not isinstance(entry, dict):
             raise bad(key, "an object", entry)
-        if not _safe_rel(entry.get("file")):
+        if sharded and key != "global" and entry.get("file") is None:
+            pass
+        elif not _safe_rel(entry.get("file")):
             raise bad(f"{key}.file", "a relative path inside the store", entry.get("file"))
         if not _is_int(entry.get("dim"), 1):
             raise bad(f"{key}.dim", "a positive integer", entry.get("dim"))
@@ -115,7 +119,7 @@ def check_manifest_shape(manifest: dict[str, Any], path: str) -> None:
         key = f"arrays[{name!r}]"
         if not isinstance(entry, dict):
             raise bad(key, "an object", entry)
-        if not _safe_rel(entry.get("file")):
+        if not (sharded and entry.get("file") is None) and not _safe_rel(entry.get("file")):
             raise bad(f"{key}.file", "a relative path inside the store", entry.get("file"))
         if not isinstance(entry.get("dtype"), str):
             raise bad(f"{key}.dtype", "a NumPy dtype name", entry.get("dtype"))
