@@ -207,7 +207,8 @@ def test_the_command_line_builds_a_factory_store_with_a_global_module(tmp_path, 
     assert cli.main(["query", str(tmp_path / "s"), str(tmp_path / "big.png"), "--top-k", "2",
                      "--threads", "1", "--out", str(tmp_path / "q2")]) == 2
     err = capsys.readouterr().err
-    assert "expected a 32×32 image (the index's image size), got 64×48 (H×W)" in err and "--resize" in err
+    assert "expected a 32×32 image (height×width, the index's image size), got 64×48" in err
+    assert "--resize or --crop" in err
     assert cli.main(["build", "--model-factory", "own_network_fixtures:make_net", "--task", "translate",
                      "--data", "synthetic", "--size", "32", "--limit", "2", "--layers", "odd=enc.1:input",
                      "--weights", str(tmp_path / "nope.pth"), "--out", str(tmp_path / "t")]) == 2

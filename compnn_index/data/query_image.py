@@ -58,7 +58,8 @@ def load_image(image: ImageLike, *, name: str = "image", size: tuple[int, int] |
             with Image.open(path) as img:
                 if size is not None and (img.height, img.width) != tuple(size):
                     raise QueryError(f"{path}: expected a {size[0]}×{size[1]} image (height×width, "
-                                     f"the index's image size), got {img.height}×{img.width}")
+                                     f"the index's image size), got {img.height}×{img.width}; "
+                                     "resize or crop it (compnn query --resize or --crop)")
                 img.load()
                 return _from_pil(img, str(path))
         except Image.DecompressionBombError as exc:
