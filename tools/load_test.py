@@ -352,6 +352,11 @@ def run(url: str, *, clients: int, queries: int, deadline_s: float, timeout: flo
         health = probe_proc.stop()  # the separate process's figures (the thread's include the clients)
     if slow is not None:
         extra["slow"] = slow.stop()
+    if hostile:
+        with httpx.Client(base_url=url, timeout=timeout) as c:
+            h = c.get("/health").json()
+        extra["server_counters"] = {k: h.get(k) for k in ("queries_completed", "queries_abandoned",
+                                                           "queries_refused")}
     if hostile and pid is not None:
         time.sleep(1.0)  # the server trims its heap when it falls idle
         extra["rss_anon_after"] = rss_anon(pid)
@@ -452,6 +457,8 @@ def _print_hostile(rep: dict) -> None:
     if "abandoned" in rep:
         print(f"abandoned queries: {rep['abandoned']}; fresh query right after: "
               f"{ms(rep['fresh_after_abandon_s'])} ms")
+    if "server_counters" in rep:
+        print(f"server counters: {rep['server_counters']}")
     if "fresh_after_load_s" in rep:
         print(f"fresh query after the load: {ms(rep['fresh_after_load_s'])} ms")
     if "slow" in rep:
