@@ -121,7 +121,7 @@ def _data_args(p: argparse.ArgumentParser, *, split: str = "train", direction: s
                         "archive), an image+annotation folder, 'synthetic' (built-in facades, no download), "
                         "or package.module:function returning a map-style dataset of (input, target) pairs")
     p.add_argument("--data-args", type=_json_object("--data-args"), default=None,
-                   help="JSON keyword arguments of a --data package.module:function")
+                   help="JSON keyword arguments of a --data package.module:function (default: none)")
     p.add_argument("--split", default=split, help="dataset split (a sub-folder name for folder datasets)")
     # None: the direction the model / index store was trained on (recorded in it).
     p.add_argument("--direction", choices=["AtoB", "BtoA"], default=direction,
@@ -148,7 +148,8 @@ def default_query_out() -> Path:
 def _ray(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--ray", default=None, metavar="ADDRESS",
                    help=f"{what} on a Ray cluster: 'local' (start one here), 'auto' (the running "
-                        "cluster), ray://HOST:10001 or HOST:6379; needs pip install 'compnn-index[ray]'")
+                        "cluster), ray://HOST:10001 or HOST:6379; needs pip install 'compnn-index[ray]' "
+                        "(default: none, in this process)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -180,23 +181,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("import-pix2pix", help="a pix2pix reference generator (latest_net_G.pth) as a checkpoint")
     p.add_argument("weights", help="state dict of a unet_256 / unet_128 generator (pytorch-CycleGAN-and-pix2pix)")
-    p.add_argument("--size", type=_int("--size", low=1), default=256, help="image side (default 256)")
+    p.add_argument("--size", type=_int("--size", low=1), default=256, help="image side")
     p.add_argument("--norm", choices=["batch", "instance"], default=None,
                    help="the reference's --norm (default: read from the weights)")
-    p.add_argument("--task", choices=["translate", "segment"], default="translate")
+    p.add_argument("--task", choices=["translate", "segment"], default="translate",
+                   help="what the generator outputs: an image, or class scores")
     p.add_argument("--out", required=True, help="checkpoint path (.pt)")
 
     p = sub.add_parser("build", help="build an index store from a model and a dataset",
                        description="Index the hyperpatches of a dataset split at the given layers.")
     p.add_argument("--model", default=None,
-                   help="checkpoint written by 'compnn train' or 'compnn import-pix2pix'")
+                   help="checkpoint written by 'compnn train' or 'compnn import-pix2pix' "
+                        "(default: none; give it or --model-factory)")
     p.add_argument("--model-factory", default=None, metavar="PACKAGE.MODULE:FUNCTION",
-                   help="your own network: a function returning the nn.Module (instead of --model)")
+                   help="your own network: a function returning the nn.Module (instead of --model; default: none)")
     p.add_argument("--factory-args", type=_json_object("--factory-args"), default=None,
-                   help="JSON keyword arguments of --model-factory")
-    p.add_argument("--weights", default=None, help="state dict for --model-factory (torch.load weights_only)")
+                   help="JSON keyword arguments of --model-factory (default: none)")
+    p.add_argument("--weights", default=None, help="state dict for --model-factory (torch.load weights_only; default: the factory's own weights)")
     p.add_argument("--task", choices=["translate", "segment"], default=None,
-                   help="what the --model-factory network outputs: an image or class scores")
+                   help="what the --model-factory network outputs: an image or class scores "
+                        "(default: read from a --model checkpoint)")
     _data_args(p)
     p.add_argument("--layers", type=_str_list, default=None,
                    help="comma-separated layer taps (default: decoder2), or NAME=MODULE.PATH[:input|output] "
@@ -209,17 +213,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--codec", choices=["fp32", "fp16", "sq8"], default="fp32",
                    help="how layer vectors are stored: float32, float16 (half the bytes) or 8-bit (a quarter)")
     p.add_argument("--predict", type=_str_list, default=None, metavar="SRC:TGT[:K],...",
-                   help="also store activation-prediction pairs, e.g. decoder4:decoder3:4")
+                   help="also store activation-prediction pairs, e.g. decoder4:decoder3:4 (default: none)")
     p.add_argument("--shards", type=_int("--shards", low=1, high=4096), default=None,
-                   help="split the store into N shard sub-stores by contiguous image ranges")
+                   help="split the store into N shard sub-stores by contiguous image ranges (default: one store)")
     _ray(p, "build the shards as parallel tasks")
     _threads(p)
     p.add_argument("--out", required=True, help="index store folder")
 
     p = sub.add_parser("compress", help="re-encode an index store's layers (fp16, sq8) into a new store")
     p.add_argument("index")
-    p.add_argument("--codec", choices=["fp32", "fp16", "sq8"], required=True)
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--codec", choices=["fp32", "fp16", "sq8"], required=True,
+                   help="fp16 (half the bytes) or sq8 (8-bit codes, a quarter)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing store at --out")
     p.add_argument("--out", required=True, help="new index store folder")
     p = sub.add_parser("upgrade", help="check that a store has what this version writes (norms), "
                                        "or print the command that rebuilds it")
@@ -238,9 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="let a query by database id match its own image (left out by default)")
     fit = p.add_mutually_exclusive_group()
     fit.add_argument("--resize", dest="fit", action="store_const", const="resize",
-                     help="resize image files of another size to the index's size")
+                     help="resize image files of another size to the index's size (default: refuse them)")
     fit.add_argument("--crop", dest="fit", action="store_const", const="crop",
-                     help="centre-crop image files of another size to the index's size")
+                     help="centre-crop image files of another size to the index's size (default: refuse them)")
     p.add_argument("--out", default=None,
                    help="output folder (default: runs/query-YYYYmmdd-HHMMSS, the time of the run)")
 
@@ -287,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="FAISS ANN baselines, comma-separated, any of hnsw, ivf")
     p.add_argument("--stores", type=_str_list, default=[],
                    help="more stores of the same model (other codecs), compared with INDEX's fp32 exact field")
-    p.add_argument("--exact-cache", default=None, help="folder caching the fp32 exact field per query")
+    p.add_argument("--exact-cache", default=None, help="folder caching the fp32 exact field per query (default: no cache)")
     p.add_argument("--cold", action="store_true", help="also measure each store's cold first query")
     _ray(p, "search a sharded store's shards")
     _threads(p)
@@ -335,7 +340,8 @@ def _serve_guard_args(p: argparse.ArgumentParser) -> None:
                    help="also accept requests whose Host header names NAME (repeatable; "
                         "loopback names are always accepted; '*' accepts any)")
     p.add_argument("--max-queue", type=_int("--max-queue", low=0, high=10_000), default=None,
-                   help="queries waiting for a worker before new ones are refused with 503")
+                   help="queries waiting for a worker before new ones are refused with 503 "
+                        "(default: 16 per worker)")
 
 
 def _papers_parsers(sub) -> None:
@@ -343,12 +349,12 @@ def _papers_parsers(sub) -> None:
     p = sub.add_parser("predict", help="predict a layer's activations by CompNN (activation pair)")
     p.add_argument("index")
     p.add_argument("images", nargs="+", help="image files or database image ids")
-    p.add_argument("--source", default="decoder4")
-    p.add_argument("--target", default="decoder3")
+    p.add_argument("--source", default="decoder4", help="tap whose windows are matched")
+    p.add_argument("--target", default="decoder3", help="tap whose activations are predicted")
     p.add_argument("--k", type=int, default=None, help="window of the stored pair (default: smallest)")
     p.add_argument("--exclude-self", action="store_true", help="never match a database id to itself")
     _query_args(p)
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="output folder (predicted activations, figure, JSON)")
     p = sub.add_parser("invert", help="learned-inversion baseline (Dosovitskiy & Brox)")
     inv = p.add_subparsers(dest="invert_command", required=True)
     t = inv.add_parser("train", help="train an inversion network on a store's training images")
