@@ -377,3 +377,22 @@ def test_interleaved_scans_and_prefetch_do_not_change_the_field(tmp_path, codec)
         for name in ("image", "y", "x", "similarity"):
             np.testing.assert_array_equal(getattr(f, name), getattr(runs[0][0], name), err_msg=name)
         assert st.candidates == runs[0][1].candidates
+
+
+def test_prefetch_populates_only_uncached_ranges(tmp_path):
+    from compnn_index.index.readahead import LayerSource
+
+    x = _unit(np.random.default_rng(0).standard_normal((20000, 64)))
+    path = tmp_path / "pf.faiss"
+    with SQWriter(path, 64, "fp16") as w:
+        w.add(x)
+    fd = os.open(path, os.O_RDONLY)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    os.close(fd)
+    raw = codecs.codes_view(faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC))
+    src = LayerSource(path, codecs.codes_offset("fp16", 64), 128)
+    first = src.prefetch(raw, [(0, 10000)])
+    assert first["read_bytes"] == 10000 * 128
+    res, tot = src.resident(raw, [(0, 10000)])
+    assert res == tot
+    assert src.prefetch(raw, [(0, 10000)])["read_bytes"] == 0  # cached: a mincore check only

@@ -36,11 +36,12 @@ def main() -> None:
     p.add_argument("--samples", type=_int_list, default=[8])
     p.add_argument("--jumps", type=int, default=4)
     p.add_argument("--init", default="staged")
-    p.add_argument("--interleave", type=_int_list, default=[1])
-    p.add_argument("--prefetch", type=_int_list, default=[0])
+    p.add_argument("--kernel", type=_str_list, default=["1:0"],
+                   help="ROWS:BYTES pairs: rows scanned in lockstep, bytes prefetched per candidate")
     p.add_argument("--tol", type=float, default=0.0)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--exact-cache", default="/work/stores/codecs/exact-cache")
+    p.add_argument("--exact-codecs", action="store_true", help="also run exact search on the other stores")
     p.add_argument("--repeat", type=int, default=1, help="runs per setting (best time kept)")
     a = p.parse_args()
 
@@ -58,12 +59,27 @@ def main() -> None:
         ex, ex_s = _exact(ref, feats, a.layer, a.top_k, Path(a.exact_cache), f"{i}-{s.name}", s.input.shape[1:])
         exact_fid.append(_fidelity(ex.reconstructions["target"], feats.output, seg))
         exact_s.append(ex_s)
+        lv = ref.layer(a.layer)
+        flop = 2.0 * feats.hyperpatches[a.layer].shape[0] * feats.hyperpatches[a.layer].shape[1] * \
+            lv.positions(ex.shortlist) * lv.dim
+        rows.setdefault(("fp32", "exact", "", "", ""), {"s": [], "ratio": [], "fid": [], "ex_s": [], "gflops": []})
+        m = rows[("fp32", "exact", "", "", "")]
+        m["s"].append(ex_s), m["ex_s"].append(ex_s), m["ratio"].append(1.0), m["fid"].append(exact_fid[-1])
+        m["gflops"].append(flop / ex_s / 1e9)
+        for c in cnns[1:] if a.exact_codecs else []:
+            r = c.explain(feats, layer=a.layer, top_k=a.top_k, sources=("target",))
+            m = rows.setdefault((c.layer(a.layer).codec, "exact", "", "", ""),
+                                {"s": [], "ratio": [], "fid": [], "ex_s": [], "gflops": []})
+            m["s"].append(r.timings["search"]), m["ex_s"].append(ex_s)
+            m["ratio"].append(float(np.mean(r.field.similarity / np.maximum(ex.field.similarity, 1e-6))))
+            m["fid"].append(_fidelity(r.reconstructions["target"], feats.output, seg))
+            m["gflops"].append(flop / r.timings["search"] / 1e9)
         for c in cnns:
             codec = c.layer(a.layer).codec
             for it in a.iterations:
                 for sm in a.samples:
-                    for il in a.interleave:
-                        for pf in a.prefetch:
+                    for il, pf in (tuple(int(v) for v in kp.split(":")) for kp in a.kernel):
+                        if True:
                             _hpm.set_interleave(il)
                             _hpm.set_prefetch(pf)
                             opts = QueryOptions(search="patchmatch", top_k=a.top_k, iterations=it, samples=sm,
@@ -86,8 +102,9 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|")
     for (codec, it, sm, il, pf), m in rows.items():
         spq = float(np.mean(m["s"]))
-        print(f"| {codec} | {it} | {sm} | {il} | {pf} | {spq:.3f} | {np.mean(m['ex_s']) / spq:.1f} | "
-              f"{np.mean(m['ratio']):.4f} | {np.mean(m['fid']):.4f} | {np.mean(m['fid']) - ef:+.4f} |")
+        extra = f" ({np.mean(m['gflops']):.0f} GFLOP/s)" if "gflops" in m else ""
+        print(f"| {codec}{extra} | {it} | {sm} | {il} | {pf} | {spq:.3f} | {np.mean(m['ex_s']) / spq:.1f} | "
+              f"{np.mean(m['ratio']):.5f} | {np.mean(m['fid']):.4f} | {np.mean(m['fid']) - ef:+.4f} |", flush=True)
 
 
 if __name__ == "__main__":

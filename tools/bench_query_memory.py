@@ -47,7 +47,7 @@ def main() -> None:
             times.append(time.perf_counter() - t)
             print(f"query {i}: {times[-1]:.2f} s (search {res.timings['search']:.2f} s)")
     size = dir_bytes(Path(a.index))
-    layer_bytes = cnn.store.vectors(a.layer).nbytes
+    layer_bytes = cnn.layer(a.layer).raw.nbytes  # the codes, whatever the codec
     print(f"index store     {size / 2**30:.2f} GiB ({a.layer}: {layer_bytes / 2**30:.2f} GiB of vectors)")
     print(f"RSS before      {before.rss / 2**30:.2f} GiB (anon {(before.rss - before.shared) / 2**30:.2f} GiB)")
     print(f"peak RSS        {sampler.peak / 2**30:.2f} GiB; index size + 1 GiB = {(size + 2**30) / 2**30:.2f} GiB")
