@@ -15,6 +15,22 @@ NAMES = {"cnn": "CNN", "compnn": "CompNN OR (exact)", "compnn_hpm": "CompNN OR (
          "global_layer": "global NN, decoder2 aligned hyperpatches"}
 
 
+SCALE_NOTE = (
+    "Everything ran on the 2-core CPU host while four other sessions and two model trainings shared it "
+    "(load average 15–20, so this job got roughly a quarter to a half of one core): an exact 4×4 activation "
+    "prediction query took ~5.5 min instead of the ~30 s an idle machine needs, and the 11 GB store took 12 min "
+    "to build. Hence: every store holds the first {db_images} of the 400 training images (the papers use all "
+    "400); Tables 1 and 2 use {images} test images with {table1_search} / {table2_search} search (an exact "
+    "top-64 search costs ~17 TFLOP per 256² query); activation prediction uses {ap_images} test images with "
+    "exact search over all {db_images} stored images; the inversion comparison uses {inv_images} test images "
+    "and inversion networks (width {inv_width}) trained only {inv_minutes} min each, i.e. on 16–24 images — "
+    "far too little for Dosovitskiy & Brox's method, so the learned-inversion column is a lower bound of "
+    "that baseline, not a fair measurement of it. The models are the ones trained in the background: "
+    "photo → labels 3 epochs on 400 images, labels → photo 1 epoch on 200 images (the papers train 200 "
+    "epochs). Rerun `tools/reproduce_papers.py` with larger `--db-images`, `--images`, `--inv-minutes` on an "
+    "idle machine for the full-scale figures.")
+
+
 def _load(path: Path):
     return json.loads(path.read_text()) if path.is_file() else None
 
@@ -96,22 +112,31 @@ def markdown(doc: dict, t1: dict | None) -> str:
              "Written by `tools/reproduce_papers.py`; numbers in `papers.json`. Paper columns hold the "
              "figures the papers print where we can cite them (Table 2's MPA row and the CNN's pixel "
              "accuracy, 0.5105 in one paper and 0.545 in the other); every other paper cell is empty "
-             "(null in the JSON) rather than guessed.", "", "## Models", "",
-             "| task | direction | epochs | train minutes | final loss | CNN pixel accuracy (test) |", "|---|---|---|---|---|---|"]
+             "(null in the JSON) rather than guessed.", "", "## What was run, and what was scaled down", "",
+             SCALE_NOTE.format(**{k: doc["run"]["args"].get(k, "?") for k in
+                                  ("db_images", "images", "ap_images", "inv_images", "inv_minutes", "inv_width",
+                                   "table1_search", "table2_search")}), "", "## Models", "",
+             "| task | direction | epochs | train images | train minutes | final loss | CNN pixel accuracy (test) | CNN PSNR vs ground truth (test) |",
+             "|---|---|---|---|---|---|---|---|"]
     for m in doc["models"]:
-        lines.append(f"| {m['task']} | {m['direction']} | {m['epochs']} | {_f(m['train_minutes'], 1)} | "
-                     f"{_f(m['final_loss'])} | {_f(m.get('cnn_pixel_accuracy'))} |")
+        lim = (m.get("dataset") or {}).get("limit") or 400
+        lines.append(f"| {m['task']} | {m['direction']} | {m['epochs']} | {lim} | {_f(m['train_minutes'], 1)} | "
+                     f"{_f(m['final_loss'])} | {_f(m.get('cnn_pixel_accuracy'))} | {_f(m.get('cnn_psnr'), 2)} |")
     run = doc["run"]
     if doc["table1"]:
         r1 = run["table1"]
         lines += ["", "## Table 1: segmentation (photo → labels), decoder2", "",
-                  f"{r1['images']} test images ({', '.join(r1['image_names'])}); {r1['database_images']}-image database; exact search "
-                  f"once per query over the top-{max(r1['top_k'])} shortlist (top-{', '.join(map(str, r1['top_k'][:-1]))} "
-                  f"derived), HyperPatch-Match separately per top-k; {r1['minutes']} min.", "",
+                  f"{r1['images']} test images ({', '.join(r1['image_names'])}); {r1['database_images']}-image database; "
+                  + ("exact search once per query over the top-" + str(max(r1['top_k'])) + " shortlist (smaller top-k "
+                     "derived) plus HyperPatch-Match rows" if r1['search'] == "exact" else
+                     "HyperPatch-Match (32 iterations, staged start) per top-k; exact search was unaffordable here")
+                  + f"; {r1['minutes']} min. `self_supervised` = CompNN (SS), pasting the network's own labels; "
+                  "`original` = CompNN (O), pasting the ground-truth labels.", "",
                   "| method | top-k | source | vs | pixel acc. | mIoU | Δ pixel acc. vs CNN | Δ mIoU vs CNN | paper pixel acc. |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for r in doc["table1"]:
-            lines.append(f"| {NAMES.get(r['method'], r['method'])} | {_f(r['top_k'])} | {r['source'] or ''} | {r['vs']} | "
+            name = f"CompNN OR ({r1['search']})" if r["method"] == "compnn" else NAMES.get(r["method"], r["method"])
+            lines.append(f"| {name} | {_f(r['top_k'])} | {r['source'] or ''} | {r['vs']} | "
                          f"{_f(r['pixel_accuracy'])} | {_f(r['mean_iou'])} | {_f(r.get('delta_pixel_accuracy'))} | "
                          f"{_f(r.get('delta_mean_iou'))} | {_f(r['paper_pixel_accuracy'])} |")
         names = (t1 or {}).get("class_names") or []
@@ -127,7 +152,9 @@ def markdown(doc: dict, t1: dict | None) -> str:
         r2 = run["table2"]
         lines += ["", "## Table 2: input reconstruction of labels → photo, decoder2", "",
                   f"{r2['images']} test images ({', '.join(r2['image_names'])}), {r2['database_images']}-image database, {r2['search']} search; `mpa` = mean per-class pixel "
-                  f"accuracy of the reconstructed label map against the input label map; {r2['minutes']} min.", "",
+                  f"accuracy of the reconstructed label map against the input label map, `pixel acc.` the overall pixel "
+                  f"accuracy (the papers call their figure MPA without defining it in the text we have; our overall "
+                  f"pixel accuracy is the closer of the two to their numbers); {r2['minutes']} min.", "",
                   "| method | top-k | MPA | pixel acc. | paper MPA |", "|---|---|---|---|---|"]
         for r in doc["table2"]:
             lines.append(f"| {r['method']} | {r['top_k']} | {_f(r['mpa'])} | {_f(r['pixel_accuracy'])} | {_f(r['paper_mpa'], 3)} |")

@@ -1,26 +1,29 @@
 """Reproduce the CompNN papers' Facades experiments (issue 12) and write docs/results/papers.{md,json}.
 
-    python tools/reproduce_papers.py --budget 40 --images 5
+    python tools/reproduce_papers.py --images 3 --ap-images 8 --inv-images 4 --db-images 100
 
 Steps (each writes its result under ``--work``/results and is skipped on a rerun when present):
 
-1. models — reuse ``--seg-model`` (photo → labels U-Net) and ``--l2p-model`` (labels → photo),
-   or train them with epochs scaled to ``--budget`` (one epoch over 400 images ≈ 10 min here);
-2. table1 — store of the segmentation model over the 400 training images at decoder2, then
-   ``compnn evaluate`` on the first ``--images`` test images: exact search (one top-64 search per
-   query, top-1/16/32 derived) and HyperPatch-Match, global NN from the bottleneck, the output,
-   the penultimate layer's whole activation and decoder2's aligned hyperpatches;
-3. prediction — a ``--pair-images``-image store with decoder4 → decoder3 pairs (k = 4 and 2) and
-   the four inversion layers; activation prediction for the test images (exact, every stored
-   image searched);
-4. inversion — one inversion network per layer (encoder1, encoder3, decoder4, decoder2), each
-   trained ``--inv-minutes`` on the pair store's training images, then CompNN IR vs learned
-   inversion on the test images;
-5. table2 — store of the labels → photo model at decoder2 (400 images) and its input-reconstruction
-   MPA at top-1/16/32/64.
+1. models — reuse ``--seg-model`` (photo → labels U-Net) and ``--l2p-model`` (labels → photo);
+   ``--train-missing`` trains a missing one with epochs scaled to ``--budget`` (one epoch over
+   400 images ≈ 10 min on an idle 2-core machine); training minutes come from ``--*-log``;
+2. prediction — the segmentation model's store over ``--db-images`` training images (decoder2,
+   encoder1, encoder3, decoder4, and the decoder4 → decoder3 pairs at k = 4 and 2); activation
+   prediction for ``--ap-images`` test images, exact search over every stored image;
+3. inversion — one inversion network per layer (encoder1, encoder3, decoder4, decoder2), each
+   trained ``--inv-minutes`` on the store's training images, then CompNN IR (HyperPatch-Match,
+   top-16) vs learned inversion on ``--inv-images`` test images;
+4. table1 — ``compnn evaluate`` of the same store on ``--images`` test images: exact search once
+   per query over the top-64 shortlist (top-1/16/32 derived) and HyperPatch-Match per top-k,
+   global NN from the bottleneck, the output, the penultimate layer's whole activation and
+   decoder2's aligned hyperpatches;
+5. table2 — store of the labels → photo model at decoder2 (``--db-images``) and its
+   input-reconstruction MPA at top-1/16/32/64 (``--table2-search``, HyperPatch-Match by default);
+   waits up to ``--wait-l2p`` minutes for the model's checkpoint.
 
-Stores go under ``--work`` (default /work/stores/papers), never into the repository; with
-``--drop-stores`` each large store is removed once its step is done.
+Stores go under ``--work`` (default /work/stores/papers), never into the repository;
+``--drop-stores`` removes the l2p store once Table 2 is done. The last step assembles
+docs/results/papers.{md,json} (``tools/papers_report.py``) from whatever steps have results.
 """
 from __future__ import annotations
 
@@ -96,7 +99,8 @@ def step_table1(a, res: Path) -> None:
 
     store = seg_store(a)
     t = time.perf_counter()
-    evaluate(store, data=str(DATA), limit=a.images, top_k=a.top_k, out=res / "table1", progress=True)
+    evaluate(store, data=str(DATA), limit=a.images, top_k=a.top_k, search=a.table1_search,
+             hpm=a.table1_search == "exact", out=res / "table1", progress=True)
     (res / "table1" / "minutes.txt").write_text(f"{(time.perf_counter() - t) / 60:.1f}")
 
 
@@ -178,6 +182,8 @@ def main(argv=None) -> int:
     p.add_argument("--inv-minutes", type=float, default=None, help="training minutes per inversion")
     p.add_argument("--inv-width", type=int, default=64)
     p.add_argument("--table2-search", choices=["exact", "patchmatch"], default="patchmatch")
+    p.add_argument("--table1-search", choices=["exact", "patchmatch"], default="exact",
+                   help="exact: one top-64 exact search per query plus HyperPatch-Match rows")
     p.add_argument("--seg-model", type=Path, default=Path("/work/models/facades_seg_e3.pt"))
     p.add_argument("--l2p-model", type=Path, default=Path("/work/models/facades_l2p_e2.pt"))
     p.add_argument("--seg-log", type=Path, default=Path("/work/logs/train_seg.log"))
