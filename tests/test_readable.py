@@ -256,3 +256,29 @@ def test_quality_vs_throughput_plot(tmp_path):
     assert all(ax.get_yscale() == "log" for ax in fig.axes)
     labels = fig.legends[0].get_texts()
     assert "Pareto front" in {t.get_text() for t in labels}
+
+
+# ---------------------------------------------------------------------------- the report
+def test_report_template_renders_human_tables(segment_cnn, segment_index, tmp_path):
+    from compnn_index.jobs import demo
+    from compnn_index.jobs.evaluate import evaluate
+
+    ev = evaluate(segment_index.index, data="synthetic", split="test", size=TINY_SIZE, limit=1,
+                  top_k=[2], out=tmp_path / "eval", cnn=segment_cnn, progress=False)
+    assert all(len(r["class_iou"]) == segment_cnn.num_classes for r in ev["rows"])
+    assert {"method", "top_k", "source", "vs", "pixel_accuracy", "mean_iou"} <= set(ev["rows"][0])
+    pics = demo._Pictures(tmp_path / "img")
+    table = demo._evaluation(ev, "Photo → labels", pics, "p2l", tmp_path / "eval" / "examples.png", segment_cnn)
+    html = demo._env().get_template("report.html.j2").render(
+        train_images=12, size=TINY_SIZE, layers=["decoder2"], elapsed=1.0, stages=[("train", 1.0)],
+        stores=[{"name": "index", "mb": 1.0, "layers": ["decoder2"]}], sections=[], tables=[table],
+        comparison=None, top_k=2, epochs=1)
+    for text in ("<th>pixel accuracy</th>", "<th>mean IoU</th>", "<th>compared with</th>", "CompNN",
+                 "global NN (last layer = network output)", "network&#39;s own outputs", "CNN output"):
+        assert text in html, text
+    assert "self_supervised" not in html and "global_last" not in html
+    from compnn_index.data.palette import FACADES_CLASSES
+
+    assert any(f"<th>{c}</th>" in html for c in FACADES_CLASSES)  # the per-class IoU table
+    assert "max-height" not in html
+    assert (tmp_path / "img" / "p2l_examples.png").is_file() and (tmp_path / "img" / "p2l_classes.png").is_file()

@@ -381,7 +381,7 @@ async function highlight(py, px) {
       || hl.dataset.search !== res.search || hl.dataset.layer !== res.layer) return;
   const top = m.y * m.stride, left = m.x * m.stride;
   for (const [canvas, img] of [[$("source-image"), src], [$("source-output"), srcOut]]) {
-    const scale = scaleFor(img.naturalWidth, DISPLAY * 0.8);
+    const scale = scaleFor(img.naturalWidth);
     outlineBlock(drawScaled(canvas, img, scale), left, top, m.region, scale);
     Object.assign(canvas.dataset, { image: m.image, y: m.y, x: m.x });
   }
