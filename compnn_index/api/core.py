@@ -1,12 +1,4 @@
-"""The query API: load an index store and its model, explain images by correspondence.
-
->>> cnn = CompNN.load("indexes/facades")                            # doctest: +SKIP
->>> result = cnn.explain("photo.jpg", layer="decoder2", top_k=16)    # doctest: +SKIP
->>> result.reconstructions["target"]                                 # doctest: +SKIP
-
-Every public method limits threads once, for its whole duration
-(:func:`compnn_index.checks.thread_limit`); the search methods below it use the limit in force.
-"""
+"""``CompNN``: load a store and its model, extract, explain."""
 from __future__ import annotations
 
 import threading
@@ -17,27 +9,29 @@ from typing import Iterable, Sequence, Union
 import numpy as np
 import torch
 
-from .activations import activation_scores, find_pair, output_agreement, own_channels, paste_activations
-from .checks import check_choice, check_threads, is_int, is_int_text, thread_limit
-from .compose import paste
-from .data.query_image import ImageLike, load_image
-from .distributed import SearchBackend, backend_for, open_backend
-from .errors import IndexStoreError, QueryError
-from .features import FeatureExtractor, LayerSpec, PairGeometry, capture, forward_with, global_descriptor, window_vectors
-from .index import IndexStore, LayerVectors
-from .index.integrity import check_finite
-from .options import DEFAULT_TOP_K, INITS, SEARCHES, SOURCES, QueryOptions
-from .results import ActivationPrediction, Correspondence, GlobalNN, QueryFeatures, QueryResult, ResultContext
-from .search import NNField, exact_search, native_available, native_error, search_field
+from ..checks import check_choice, check_threads, is_int, is_int_text, thread_limit
+from ..compose import paste
+from ..data.query_image import ImageLike, load_image
+from ..distributed import SearchBackend, backend_for, open_backend
+from ..errors import IndexStoreError, QueryError
+from ..features import FeatureExtractor, LayerSpec
+from ..index import IndexStore, LayerVectors
+from ..index.integrity import check_finite
+from ..options import DEFAULT_TOP_K, INITS, SEARCHES, SOURCES, QueryOptions
+from ..results import ActivationPrediction, Correspondence, GlobalNN, QueryFeatures, QueryResult, ResultContext
+from ..search import NNField, native_available, native_error
 
-__all__ = ["ActivationPrediction", "CompNN", "build_store", "Correspondence", "DEFAULT_TOP_K", "GlobalNN", "INITS",
+from .activations import ActivationsMixin
+from .baselines import BaselinesMixin
+
+__all__ = ["ActivationPrediction", "CompNN", "Correspondence", "DEFAULT_TOP_K", "GlobalNN", "INITS",
            "QueryFeatures", "QueryOptions", "QueryResult", "ResultContext", "SEARCHES", "SOURCES",
            "native_available", "native_error"]
 
 ImageArg = Union[ImageLike, int, np.integer, QueryFeatures]
 
 
-class CompNN:
+class CompNN(ActivationsMixin, BaselinesMixin):
     """An index store and the model it was built from, ready to answer queries.
 
     Use :meth:`load`. All queries are read-only: the store is opened memory-mapped where FAISS
@@ -424,161 +418,3 @@ class CompNN:
         if result.context is None:
             result = replace(result, context=self.context())
         return result.save(out_dir, name=name)
-
-    # ------------------------------------------------------------------ activation prediction
-    def pair(self, source: str, target: str, k: int | None = None) -> tuple[PairGeometry, dict]:
-        """The stored activation pair (geometry, manifest entry); see :func:`find_pair`."""
-        return find_pair(self.store.manifest, source, target, k)
-
-    def predict_activations(self, image: ImageArg, *, source_layer: str = "decoder4",
-                            target_layer: str = "decoder3", k: int | None = None,
-                            options: QueryOptions | None = None, top_k: int | None = None,
-                            restrict=None, exclude: Sequence = (), threads: int | None = None) -> ActivationPrediction:
-        """Predict ``target_layer``'s activations by matching ``source_layer``'s k×k windows.
-
-        Each query window is matched (``options``: exact or HyperPatch-Match, over the top-k
-        shortlist by global descriptor) to the stored windows of the pair; the matched windows'
-        target blocks are pasted (:func:`compnn_index.activations.paste_activations`). The global
-        NN baseline is the best-ranked shortlisted image's whole target map. Both are scored
-        against the true activations and fed into the rest of the network in place of them.
-        """
-        t0 = time.perf_counter()
-        geom, entry = self.pair(source_layer, target_layer, k)
-        taps = self.model.layer_taps()
-        src, tgt = (LayerSpec(n, *taps[n]) for n in (source_layer, target_layer))
-        opts = (options or QueryOptions()).with_(top_k=top_k)
-        cands = self.candidates(restrict, exclude)
-        img = image.image if isinstance(image, QueryFeatures) else self.resolve_image(image)
-        with self.thread_limits(threads):
-            with self._forward_lock:
-                logits, acts = capture(self.model, img[None], [src, tgt, self._global_spec])
-            true = acts[target_layer][0].numpy()
-            ids, _ = self.shortlist(global_descriptor(acts[self.global_tap])[0], cands,
-                                    opts.resolve_top_k(len(cands)))
-            vectors = self.array(entry["vectors"])
-            lv = LayerVectors.from_array(vectors, grids=np.tile(geom.grid, (self.num_images, 1)),
-                                         name=geom.key)
-            q = window_vectors(acts[source_layer], geom)[0]
-            t = time.perf_counter()
-            nnf = search_field({geom.key: q}, {geom.key: lv}, ids, layer=geom.key, options=opts)
-            t_search = time.perf_counter() - t
-            targets = self.array(entry["targets"])
-            pred, glob = paste_activations(nnf, targets, geom), np.array(targets[ids[0]], np.float32)
-            cnn_out = self.output_array(logits[0])
-            outs = {"cnn": cnn_out}
-            for name, act in (("compnn", pred), ("global", glob)):
-                with self._forward_lock:
-                    outs[name] = self.output_array(forward_with(self.model, img[None], tgt, act[None])[0])
-        scores = {"compnn": activation_scores(pred, true), "global": activation_scores(glob, true)}
-        own = own_channels(self.model, target_layer, true.shape[0])
-        if own is not None:
-            scores["compnn_decoder"] = activation_scores(pred, true, channels=own)
-            scores["global_decoder"] = activation_scores(glob, true, channels=own)
-        agree = {n: output_agreement(outs[n], cnn_out, num_classes=self.num_classes) for n in ("compnn", "global")}
-        return ActivationPrediction(geom, nnf, ids, int(ids[0]), true, pred, glob, scores, outs, agree,
-                                    {"search": t_search, "total": time.perf_counter() - t0})
-
-    # ------------------------------------------------------------------ correspond
-    def correspond(self, image_a: ImageArg, image_b: ImageArg, *, layer: str | None = None,
-                   threads: int | None = None) -> Correspondence:
-        """Semantic correspondences: every hyperpatch of A matched to its most similar in B."""
-        layer = self.check_layer(layer)
-        spec = self.store.spec(layer)
-        t = time.perf_counter()
-        with self.thread_limits(threads):
-            fa = self.extract(image_a, [layer], name="image_a")
-            fb = self.extract(image_b, [layer], name="image_b")
-            vb = fb.hyperpatches[layer]
-            hb, wb, d = vb.shape
-            nb = fb.hyperpatch_norms.get(layer)
-            b_layer = LayerVectors.from_array(
-                np.ascontiguousarray(vb.reshape(hb * wb, d)), grids=(hb, wb), name=layer, spec=spec,
-                norms=None if nb is None else np.ascontiguousarray(nb.reshape(-1), dtype=np.float32))
-            nnf = exact_search(fa.hyperpatches[layer], b_layer, [0],
-                               query_norms=fa.hyperpatch_norms.get(layer))
-        return Correspondence(layer, spec, nnf, fa.image, fb.image, {"total": time.perf_counter() - t},
-                              context=self.context())
-
-    # ------------------------------------------------------------------ global NN
-    def output_similarity(self, output: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-        """How alike the network's output on a query is to its stored outputs on ``candidates``:
-        pixel agreement for label maps, cosine for images (the "last layer" global NN)."""
-        outputs = self.array("outputs")
-        sims = np.empty(len(candidates), dtype=np.float32)
-        for j, n in enumerate(candidates):
-            o = np.asarray(outputs[n])
-            if o.shape != output.shape:
-                raise QueryError(f"global_nn: stored output of image {n} has shape {o.shape}, the "
-                                 f"query's has {output.shape}")
-            if output.dtype.kind in "iu":
-                sims[j] = float(np.mean(o == output))
-            else:
-                denom = max(float(np.linalg.norm(o) * np.linalg.norm(output)), 1e-12)
-                sims[j] = float(np.dot(o.ravel(), output.ravel()) / denom)
-        return sims
-
-    def global_nn(self, image: ImageArg, *, by: str = "bottleneck", restrict=None,
-                  exclude: Sequence[int] = (), threads: int | None = None) -> GlobalNN:
-        """The global nearest-neighbour baseline.
-
-        ``by="bottleneck"`` ranks database images by the global descriptor. ``by="output"``
-        compares the network's last layer globally: its output on the query against its stored
-        outputs on the database images (pixel agreement of labels, or cosine of images); it reads
-        only the ``outputs`` sidecar array. ``by=<layer>`` ranks them by the mean cosine
-        similarity of spatially aligned hyperpatches at that layer; it reads every candidate's
-        vectors of that layer, which is slow on a store larger than the page cache.
-        """
-        if by not in ("bottleneck", "output") and by not in self.layers:
-            raise QueryError(f"Unknown global_nn by={by!r}; expected 'bottleneck', 'output' or a "
-                             f"layer of this index ({', '.join(self.layers)})")
-        cands = self.candidates(restrict, exclude, purpose="global_nn")
-        with self.thread_limits(threads):
-            feats = self.extract(image, [by] if by in self.layers else ())
-            if by == "bottleneck":
-                sims = self.store.global_vectors()[cands] @ feats.global_descriptor
-            elif by == "output":
-                sims = self.output_similarity(feats.output, cands)
-            else:
-                sims = self._aligned_similarity(feats.hyperpatches[by], self.store.layer(by), cands)
-        order = np.argsort(-sims, kind="stable")
-        return GlobalNN(int(cands[order[0]]), float(sims[order[0]]), by, cands[order], sims[order],
-                        context=self.context())
-
-    @staticmethod
-    def _aligned_similarity(q: np.ndarray, layer: LayerVectors, cands: np.ndarray) -> np.ndarray:
-        hq, wq, d = q.shape
-        qf = q.reshape(-1, d)
-        sims = np.empty(len(cands), dtype=np.float32)
-        for j, n in enumerate(cands):
-            if tuple(layer.grids[n]) != (hq, wq):
-                sims[j] = -np.inf
-                continue
-            start, stop = layer.image_range(int(n))
-            sims[j] = sum(float(np.einsum("ij,ij->", qf[a - start: a - start + len(b)], b))
-                          for a, b in layer.blocks(start, stop)) / qf.shape[0]
-        return sims
-
-
-def build_store(model: torch.nn.Module, dataset, *, out: Union[str, Path], layers: Sequence[str],
-                shards: int | None = None, cluster: str | None = None, progress: bool = True,
-                **options) -> Path:
-    """Build an index store: one store (``shards=None``), or ``shards`` shard sub-stores over
-    contiguous image ranges, built one after another here or, with ``cluster``, as Ray tasks.
-
-    ``options`` go to :func:`~compnn_index.index.build_index` (``batch_size``, ``threads``,
-    ``model_path``, ``overwrite``, ...). See ``docs/distributed.md``.
-    """
-    from .index import build_index
-    from .index.sharded import build_sharded
-
-    if shards is None and cluster is None:
-        return build_index(model, dataset, layers=layers, out=out, progress=progress, **options)
-    if shards is None:
-        raise QueryError("a build on a Ray cluster is sharded: give the number of shards (--shards N)")
-    runner = None
-    if cluster is not None:
-        from .distributed.ray_build import ray_runner
-
-        runner = ray_runner(cluster, threads=options.get("threads"), progress=progress)
-    return build_sharded(model, dataset, shards=shards, layers=layers, out=out, runner=runner,
-                         progress=progress, **options)

@@ -1,0 +1,253 @@
+"""Building a sharded store: one ordinary store per contiguous image range, the global index
+and the top manifest last (resumable; an interrupted build leaves nothing that loads)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..errors import IndexStoreError
+from .build import _move_into_place, build_index
+from .flatfile import FlatIPWriter
+from .manifest import FORMAT_VERSION, GLOBAL_FILE, MANIFEST_NAME, write_manifest
+from .store import IndexStore
+
+SHARD_DIR = "shards"
+PLAN_NAME = "sharded-build.json"
+
+
+# ---------------------------------------------------------------------------- planning
+
+def plan_shards(num_images: int, shards: int) -> list[tuple[int, int]]:
+    """Contiguous, balanced image ranges ``[start, stop)``: ``shards`` of them, none empty."""
+    if isinstance(shards, bool) or not isinstance(shards, (int, np.integer)) or shards < 1:
+        raise IndexStoreError(f"Expected shards to be a positive integer, but shards = {shards!r}")
+    if shards > num_images:
+        raise IndexStoreError(
+            f"Expected at most one shard per image, but shards = {shards} > {num_images} images")
+    bounds = [round(i * num_images / shards) for i in range(int(shards) + 1)]
+    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class ShardView:
+    """Images ``[start, stop)`` of a dataset, as a dataset (what one shard's build indexes)."""
+
+    def __init__(self, dataset: Any, start: int, stop: int) -> None:
+        self.dataset, self.start, self.stop = dataset, int(start), int(stop)
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __getitem__(self, i: int) -> Any:
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        return self.dataset[self.start + i]
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        return {**dict(getattr(self.dataset, "identity", {}) or {}), "shard_images": [self.start, self.stop]}
+
+    def __getattr__(self, name: str) -> Any:  # task, num_classes, palette, image_size, ...
+        if name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """One shard to build: images ``[start, stop)`` of the dataset into ``out`` (picklable)."""
+
+    index: int
+    start: int
+    stop: int
+    out: str
+    layers: tuple[str, ...]
+    options: dict = field(default_factory=dict)  # build_index keywords (batch_size, specs, ...)
+
+
+def build_shard(task: ShardTask, model: Any, dataset: Any, *, threads: int | None = None) -> str:
+    """Build one shard (an ordinary store, written atomically); returns its folder."""
+    opts = dict(task.options, threads=threads if threads is not None else task.options.get("threads"))
+    build_index(model, ShardView(dataset, task.start, task.stop), layers=list(task.layers),
+                out=task.out, overwrite=True, **opts)
+    return task.out
+
+
+def run_sequentially(tasks: Sequence[ShardTask], model: Any, dataset: Any) -> None:
+    """The default runner: build the shards one after another in this process."""
+    for task in tasks:
+        build_shard(task, model, dataset)
+
+
+Runner = Callable[[Sequence[ShardTask], Any, Any], None]
+
+
+def _shard_complete(folder: Path, start: int, stop: int, model_digest: str, layers: Sequence[str]) -> bool:
+    """Whether ``folder`` holds a finished shard of this plan (so a resumed build keeps it)."""
+    try:
+        man = IndexStore.open(folder).manifest
+    except IndexStoreError:
+        return False
+    return (len(man["images"]) == stop - start and man["model"].get("hash") == model_digest
+            and list(man["layers"]) == list(layers)
+            and man["dataset"].get("shard_images") == [start, stop])
+
+
+def build_sharded(
+    model: Any,
+    dataset: Any,
+    *,
+    shards: int,
+    layers: Sequence[str],
+    out: str | os.PathLike,
+    overwrite: bool = False,
+    runner: Runner | None = None,
+    progress: bool = True,
+    **build_options: Any,
+) -> Path:
+    """Build a sharded index store: ``shards`` sub-stores over contiguous image ranges.
+
+    Parameters
+    ----------
+    model, dataset, layers, out, overwrite
+        As for :func:`~compnn_index.index.build.build_index`.
+    shards : int
+        Number of shards (``1 <= shards <= len(dataset)``).
+    runner : callable, optional
+        ``runner(tasks, model, dataset)`` builds the given :class:`ShardTask` s (each with
+        :func:`build_shard`); default: one after another in this process.
+    build_options
+        Passed to every shard's ``build_index`` (``batch_size``, ``specs``, ``global_layer``,
+        ``threads``, ``model_path``, ...).
+
+    Returns
+    -------
+    Path
+        ``out``.
+    """
+    from ..models import model_hash
+
+    out = Path(out)
+    if (out.exists() or out.is_symlink()) and not overwrite:
+        raise IndexStoreError(
+            f"index store {os.fspath(out)!r} already exists; pass overwrite=True (--overwrite on the "
+            "command line) to replace it")
+    if isinstance(layers, str) or not layers:
+        raise IndexStoreError(f"Expected layers to be a non-empty list of layer names, but layers = {layers!r}")
+    n = len(dataset)
+    if n == 0:
+        raise IndexStoreError("the dataset is empty: expected at least one image to index")
+    ranges = plan_shards(n, shards)
+    started = time.perf_counter()
+    digest = model_hash(model)
+    plan = {"ranges": [list(r) for r in ranges], "model_hash": digest, "layers": list(layers),
+            "dataset": json.loads(json.dumps(dict(getattr(dataset, "identity", {}) or {}), default=str)),
+            "options": json.loads(json.dumps({k: v for k, v in build_options.items()
+                                              if k not in ("threads", "progress")}, default=str))}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = out.parent / f".{out.name}.sharded-building"
+    plan_file = work / PLAN_NAME
+    if work.exists():
+        try:
+            same = json.loads(plan_file.read_text(encoding="utf-8")) == plan
+        except (OSError, ValueError):
+            same = False
+        if not same:  # another build's leftovers: start over
+            shutil.rmtree(work)
+    (work / SHARD_DIR).mkdir(parents=True, exist_ok=True)
+    (work / MANIFEST_NAME).unlink(missing_ok=True)  # never a top manifest before the shards
+    plan_file.write_text(json.dumps(plan, indent=1), encoding="utf-8")
+    options = dict(build_options, progress=progress and runner is None)
+    tasks = [ShardTask(i, a, b, os.fspath(work / SHARD_DIR / f"{i:03d}"), tuple(layers), options)
+             for i, (a, b) in enumerate(ranges)
+             if not _shard_complete(work / SHARD_DIR / f"{i:03d}", a, b, digest, layers)]
+    if tasks:
+        (runner or run_sequentially)(tasks, model, dataset)
+    assemble(work, ranges, started=started)
+    _move_into_place(work, out)
+    return out
+
+
+def assemble(root: Path, ranges: Sequence[tuple[int, int]], *, started: float | None = None) -> dict[str, Any]:
+    """Write the whole global index and, last, the top manifest of the shards under ``root``."""
+    parts = []
+    for i, (a, b) in enumerate(ranges):
+        folder = root / SHARD_DIR / f"{i:03d}"
+        store = IndexStore.open(folder)
+        if store.num_images != b - a:
+            raise IndexStoreError(f"shard {i} at {os.fspath(folder)!r} holds {store.num_images} images, "
+                                  f"expected {b - a} (images {a}..{b - 1})")
+        parts.append((i, a, b, folder, store))
+    first = parts[0][4].manifest
+    for i, a, b, folder, store in parts[1:]:
+        man = store.manifest
+        for key in ("model", "task", "image_size"):
+            if man[key] != first[key]:
+                raise IndexStoreError(f"shard {i} differs from shard 0 in {key!r}; rebuild the store")
+        if list(man["layers"]) != list(first["layers"]) or any(
+                man["layers"][k][f] != first["layers"][k][f] for k in first["layers"]
+                for f in ("spec", "grid", "dim", "codec")):
+            raise IndexStoreError(f"shard {i} has other layers than shard 0; rebuild the store")
+    gdim = int(first["global"]["dim"])
+    writer = FlatIPWriter(root / GLOBAL_FILE, gdim)
+    try:
+        for *_, store in parts:
+            writer.add(np.ascontiguousarray(store.global_vectors()))
+        gtotal = writer.close()
+    finally:
+        writer.abort()
+    n = ranges[-1][1]
+    images = []
+    for i, a, b, folder, store in parts:
+        for j, im in enumerate(store.manifest["images"]):
+            images.append({**im, "id": a + j})
+    layers = {}
+    for name, entry in first["layers"].items():
+        total = sum(int(s.manifest["layers"][name]["ntotal"]) for *_, s in parts)
+        layers[name] = {**entry, "ntotal": total, "file": None,
+                        "norms": None}
+    arrays = {name: {"file": None, "dtype": entry["dtype"], "shape": [n] + list(entry["shape"][1:])}
+              for name, entry in first["arrays"].items()}
+    shards = []
+    for i, a, b, folder, store in parts:
+        shards.append({
+            "index": i, "path": f"{SHARD_DIR}/{i:03d}", "images": [a, b],
+            "manifest_sha256": file_sha256(folder / MANIFEST_NAME),
+            "layers": {k: int(v["ntotal"]) for k, v in store.manifest["layers"].items()},
+            "bytes": sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()),
+        })
+    dataset = dict(first["dataset"])
+    dataset.pop("shard_images", None)
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "build_seconds": round(time.perf_counter() - started, 3) if started is not None
+        else round(sum(float(s.manifest.get("build_seconds") or 0) for *_, s in parts), 3),
+        "model": first["model"], "dataset": dataset, "task": first["task"],
+        "num_classes": first.get("num_classes"), "ignore_index": first.get("ignore_index"),
+        "palette": first.get("palette"), "image_size": first["image_size"], "images": images,
+        "layers": layers,
+        "global": {**first["global"], "ntotal": gtotal, "file": GLOBAL_FILE},
+        "arrays": arrays, "shards": shards, "checksums": None, "versions": first.get("versions"),
+    }
+    write_manifest(root, manifest)
+    return manifest
+
+
+# ---------------------------------------------------------------------------- reading
