@@ -18,8 +18,8 @@ def build_store(model: torch.nn.Module, dataset, *, out: Union[str, Path], layer
     ``options`` go to :func:`~compnn_index.index.build_index` (``batch_size``, ``threads``,
     ``model_path``, ``overwrite``, ...). See ``docs/distributed.md``.
     """
-    from .index import build_index
-    from .index.sharded import build_sharded
+    from ..index import build_index
+    from ..index.sharded import build_sharded
 
     if shards is None and cluster is None:
         return build_index(model, dataset, layers=layers, out=out, progress=progress, **options)
@@ -27,7 +27,7 @@ def build_store(model: torch.nn.Module, dataset, *, out: Union[str, Path], layer
         raise QueryError("a build on a Ray cluster is sharded: give the number of shards (--shards N)")
     runner = None
     if cluster is not None:
-        from .distributed.ray_build import ray_runner
+        from ..distributed.ray_build import ray_runner
 
         runner = ray_runner(cluster, threads=options.get("threads"), progress=progress)
     return build_sharded(model, dataset, shards=shards, layers=layers, out=out, runner=runner,

@@ -92,7 +92,7 @@ class CompNN(ActivationsMixin, BaselinesMixin):
         """
         store = IndexStore.open(index_dir, mmap=mmap, verify=verify)
         if model is None:
-            from .models import load_checkpoint
+            from ..models import load_checkpoint
 
             ckpt = store.manifest["model"].get("checkpoint")
             candidates = [Path(p) for p in (ckpt, store.path / "model.pt") if p]
@@ -127,7 +127,7 @@ class CompNN(ActivationsMixin, BaselinesMixin):
         inferred by probing. ``options`` go to :func:`compnn_index.index.build_index`
         (``global_layer``, ``specs``, ``batch_size``, ``overwrite``, ``progress``, ...).
         """
-        from .index import build_index
+        from ..index import build_index
 
         path = build_index(model, dataset, layers=layers, out=out, threads=threads, **options)
         return cls.load(path, model, threads=threads)
@@ -154,8 +154,8 @@ class CompNN(ActivationsMixin, BaselinesMixin):
     def context(self) -> ResultContext:
         """What results need of this store to draw themselves (palette, class names, pictures)."""
         if self._context is None:
-            from .data.palette import FACADES_CLASSES, FACADES_PALETTE
-            from .pictures import class_legend, to_rgb
+            from ..data.palette import FACADES_CLASSES, FACADES_PALETTE
+            from ..pictures import class_legend, to_rgb
 
             man = self.store.manifest
             palette = None if man.get("palette") is None else np.asarray(man["palette"], dtype=np.uint8)
