@@ -17,7 +17,7 @@ from ..search import search_field
 
 
 if TYPE_CHECKING:  # the image types of the API, defined beside CompNN
-    from ..core import ImageArg
+    from .core import ImageArg
 
 class ActivationsMixin:
     """Predict a layer's activations by pasting matched training activations."""

@@ -15,7 +15,7 @@ from ..search import exact_search
 
 
 if TYPE_CHECKING:  # the image types of the API, defined beside CompNN
-    from ..core import ImageArg
+    from .core import ImageArg
 
 class BaselinesMixin:
     """Two-image correspondences and global NN (bottleneck, output, aligned layer)."""
