@@ -149,6 +149,13 @@ class IndexStore:
     def _manifest_path(self) -> str:
         return os.fspath(self.path / "manifest.json")
 
+    def _read_faiss(self, file: str) -> faiss.Index:
+        """``faiss.read_index``, memory-mapped when the store is; FAISS's errors name the file."""
+        try:
+            return faiss.read_index(file, faiss.IO_FLAG_MMAP_IFC if self.mmap else 0)
+        except RuntimeError as exc:
+            raise IndexStoreError(f"index file {file!r} cannot be read by FAISS: {str(exc).splitlines()[0]}") from None
+
     def _load(self, key: str, rel: str, ntotal: int, dim: int, codec: str = "fp32") -> faiss.Index:
         if codec != "fp32":
             return self._load_codec(key, rel, ntotal, dim, codec)
@@ -157,10 +164,7 @@ class IndexStore:
             if index is not None:
                 return index
             file = os.fspath(self.path / rel)
-            try:
-                index = faiss.read_index(file, faiss.IO_FLAG_MMAP_IFC if self.mmap else 0)
-            except RuntimeError as exc:
-                raise IndexStoreError(f"index file {file!r} cannot be read by FAISS: {str(exc).splitlines()[0]}") from None
+            index = self._read_faiss(file)
             if (not isinstance(index, faiss.IndexFlat) or index.metric_type != faiss.METRIC_INNER_PRODUCT
                     or index.ntotal != ntotal or index.d != dim):
                 raise IndexStoreError(
@@ -181,10 +185,7 @@ class IndexStore:
             if index is not None:
                 return index
             file = os.fspath(self.path / rel)
-            try:
-                index = faiss.read_index(file, faiss.IO_FLAG_MMAP_IFC if self.mmap else 0)
-            except RuntimeError as exc:
-                raise IndexStoreError(f"index file {file!r} cannot be read by FAISS: {str(exc).splitlines()[0]}") from None
+            index = self._read_faiss(file)
             if (not isinstance(index, faiss.IndexScalarQuantizer)
                     or index.metric_type != faiss.METRIC_INNER_PRODUCT or index.ntotal != ntotal
                     or index.d != dim or index.code_size != code_size(codec, dim)):
