@@ -24,7 +24,7 @@ from PIL import Image
 from compnn_index.service.background import BackgroundServer
 from compnn_index.service.server import create_app
 
-from conftest import TINY_IMAGES, TINY_LAYERS, TINY_SIZE
+from conftest import TINY_LAYERS, TINY_SIZE
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 websocket = pytest.importorskip(
