@@ -37,14 +37,13 @@ from __future__ import annotations
 import functools
 import os
 import struct
-from pathlib import Path
 from typing import Any
 
 import faiss
 import numpy as np
 
 from ..errors import IndexStoreError
-from .flatfile import HEADER_BYTES as FLAT_HEADER_BYTES
+from .flatfile import StreamingIndexWriter, HEADER_BYTES as FLAT_HEADER_BYTES
 
 #: Codecs a layer can be stored with (the manifest's per-layer ``"codec"``).
 CODECS = ("fp32", "fp16", "sq8")
@@ -166,54 +165,25 @@ def encode(index: faiss.Index, x: np.ndarray) -> np.ndarray:
     return index.sa_encode(x)
 
 
-class SQWriter:
+class SQWriter(StreamingIndexWriter):
     """Append vectors to an ``IndexScalarQuantizer`` file without holding them in memory.
 
     Encodes with FAISS's own encoder (so the codes are FAISS's, byte for byte) and writes the
-    format of :func:`sq_header`; ``ntotal`` and the code byte count are finalised on close, so an
-    unclosed file does not load as an index of the right size. Same interface as
-    :class:`~compnn_index.index.flatfile.FlatIPWriter`.
+    format of :func:`sq_header`; the rest is :class:`~compnn_index.index.flatfile.StreamingIndexWriter`.
     """
 
     def __init__(self, path: str | os.PathLike, d: int, codec: str, trained: np.ndarray | None = None) -> None:
         check_sq_format(codec)
-        self.path = Path(path)
-        self.d = int(d)
         self.codec = codec
         self.trained = np.zeros(0, np.float32) if trained is None else np.asarray(trained, np.float32).ravel()
-        self._index = empty_sq_index(codec, self.d, self.trained)
-        self.ntotal = 0
-        self._file = open(self.path, "wb")
-        self._file.write(sq_header(codec, self.d, 0, self.trained))
+        self._index = empty_sq_index(codec, int(d), self.trained)
+        super().__init__(path, d)
 
-    def add(self, vectors: np.ndarray) -> None:
-        x = np.ascontiguousarray(vectors, dtype=np.float32)
-        if x.ndim != 2 or x.shape[1] != self.d:
-            raise IndexStoreError(f"{self.path.name}: expected vectors of shape (n, {self.d}), but got {x.shape}")
-        self._file.write(memoryview(encode(self._index, x)).cast("B"))
-        self.ntotal += x.shape[0]
+    def _header(self, ntotal: int) -> bytes:
+        return sq_header(self.codec, self.d, ntotal, self.trained)
 
-    def close(self) -> int:
-        if not self._file.closed:
-            self._file.seek(0)
-            self._file.write(sq_header(self.codec, self.d, self.ntotal, self.trained))
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._file.close()
-        return self.ntotal
-
-    def abort(self) -> None:
-        if not self._file.closed:
-            self._file.close()
-
-    def __enter__(self) -> "SQWriter":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
+    def _encode(self, x: np.ndarray) -> np.ndarray:
+        return encode(self._index, x)
 
 
 def layer_writer(path: str | os.PathLike, d: int, codec: str, trained: np.ndarray | None = None):

@@ -59,47 +59,45 @@ def check_format() -> None:
         )
 
 
-class FlatIPWriter:
-    """Append float32 vectors to an ``IndexFlatIP`` file without holding them in memory.
+class StreamingIndexWriter:
+    """Append vectors to a FAISS index file without holding them in memory.
 
-    Parameters
-    ----------
-    path : path-like
-        File to create (truncated if present).
-    d : int
-        Vector dimension.
-
-    Notes
-    -----
-    Use as a context manager or call :meth:`close`; the header's ``ntotal`` is written on close,
-    so an unclosed file does not load as a valid index of the right size.
+    Subclasses say how the header looks for ``ntotal`` vectors (:meth:`_header`) and how a block
+    of float32 vectors is stored (:meth:`_encode`). The header is written with ``ntotal = 0``
+    first and rewritten on close, so an unclosed file does not load as an index of the right
+    size. Use as a context manager or call :meth:`close`.
     """
 
     def __init__(self, path: str | os.PathLike, d: int) -> None:
-        check_format()
         if int(d) < 1:
             raise IndexStoreError(f"Expected vector dimension d >= 1, but d = {d}")
         self.path = Path(path)
         self.d = int(d)
         self.ntotal = 0
         self._file = open(self.path, "wb")
-        self._file.write(flat_ip_header(self.d, 0))
+        self._file.write(self._header(0))
+
+    def _header(self, ntotal: int) -> bytes:
+        raise NotImplementedError
+
+    def _encode(self, x: np.ndarray) -> np.ndarray:
+        return x
 
     def add(self, vectors: np.ndarray) -> None:
-        """Append ``vectors`` (n, d); converted to C-contiguous float32."""
+        """Append ``vectors`` (n, d); converted to C-contiguous float32, then encoded."""
         x = np.ascontiguousarray(vectors, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != self.d:
             raise IndexStoreError(
                 f"{self.path.name}: expected vectors of shape (n, {self.d}), but got {x.shape}"
             )
-        self._file.write(memoryview(x).cast("B"))
+        self._file.write(memoryview(np.ascontiguousarray(self._encode(x))).cast("B"))
         self.ntotal += x.shape[0]
 
     def close(self) -> int:
         """Write the final header, flush to disk, close; return the number of vectors."""
         if not self._file.closed:
             self._file.seek(0)
-            self._file.write(flat_ip_header(self.d, self.ntotal))
+            self._file.write(self._header(self.ntotal))
             self._file.flush()
             os.fsync(self._file.fileno())
             self._file.close()
@@ -110,7 +108,7 @@ class FlatIPWriter:
         if not self._file.closed:
             self._file.close()
 
-    def __enter__(self) -> "FlatIPWriter":
+    def __enter__(self) -> "StreamingIndexWriter":
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -118,3 +116,14 @@ class FlatIPWriter:
             self.close()
         else:
             self.abort()
+
+
+class FlatIPWriter(StreamingIndexWriter):
+    """Append float32 vectors to an ``IndexFlatIP`` file (see :class:`StreamingIndexWriter`)."""
+
+    def __init__(self, path: str | os.PathLike, d: int) -> None:
+        check_format()
+        super().__init__(path, d)
+
+    def _header(self, ntotal: int) -> bytes:
+        return flat_ip_header(self.d, ntotal)

@@ -157,43 +157,30 @@ class IndexStore:
             raise IndexStoreError(f"index file {file!r} cannot be read by FAISS: {str(exc).splitlines()[0]}") from None
 
     def _load(self, key: str, rel: str, ntotal: int, dim: int, codec: str = "fp32") -> faiss.Index:
-        if codec != "fp32":
-            return self._load_codec(key, rel, ntotal, dim, codec)
+        """Load (memory-map) a layer or global file once; its storage view goes to ``_views``."""
         with self._lock:
             index = self._indexes.get(key)
             if index is not None:
                 return index
             file = os.fspath(self.path / rel)
             index = self._read_faiss(file)
-            if (not isinstance(index, faiss.IndexFlat) or index.metric_type != faiss.METRIC_INNER_PRODUCT
+            if codec == "fp32":
+                expected = isinstance(index, faiss.IndexFlat)
+                kind = "an IndexFlatIP"
+            else:
+                expected = (isinstance(index, faiss.IndexScalarQuantizer)
+                            and index.code_size == code_size(codec, dim))
+                kind = f"a {codec} IndexScalarQuantizer"
+            if (not expected or index.metric_type != faiss.METRIC_INNER_PRODUCT
                     or index.ntotal != ntotal or index.d != dim):
                 raise IndexStoreError(
-                    f"index file {file!r}: expected an IndexFlatIP of {ntotal} × {dim}, but found "
-                    f"{type(index).__name__} of {index.ntotal} × {index.d}"
-                )
-            view = _readonly_view(index)
+                    f"index file {file!r}: expected {kind} of {ntotal} × {dim}, but found "
+                    f"{type(index).__name__} of {index.ntotal} × {index.d}")
+            view = _readonly_view(index) if codec == "fp32" else codes_view(index)
             if key == "\0global":  # small (one vector per image): a NaN-poisoned file is refused
                 integrity.check_finite(view, f"global descriptors in {file!r}")
             self._indexes[key] = index
             self._views[key] = view
-            return index
-
-    def _load_codec(self, key: str, rel: str, ntotal: int, dim: int, codec: str) -> faiss.Index:
-        """Load (memory-map) an ``IndexScalarQuantizer`` layer file; its codes view goes to ``_views``."""
-        with self._lock:
-            index = self._indexes.get(key)
-            if index is not None:
-                return index
-            file = os.fspath(self.path / rel)
-            index = self._read_faiss(file)
-            if (not isinstance(index, faiss.IndexScalarQuantizer)
-                    or index.metric_type != faiss.METRIC_INNER_PRODUCT or index.ntotal != ntotal
-                    or index.d != dim or index.code_size != code_size(codec, dim)):
-                raise IndexStoreError(
-                    f"index file {file!r}: expected a {codec} IndexScalarQuantizer of {ntotal} × {dim}, "
-                    f"but found {type(index).__name__} of {index.ntotal} × {index.d}")
-            self._indexes[key] = index
-            self._views[key] = codes_view(index)
             return index
 
     def layer_file(self, layer: str) -> Path:
