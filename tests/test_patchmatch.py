@@ -435,6 +435,6 @@ def test_missing_native_kernel_falls_back_to_reference_with_a_warning(exact_prob
 
 
 def test_stats_to_dict():
-    stats = PatchMatchStats(2, [0.5, 0.75, 0.8], 120, True)
+    stats = PatchMatchStats(2, [0.5, 0.75, 0.8], 120, True, 300)
     assert stats.to_dict() == {"iterations": 2, "mean_similarity": [0.5, 0.75, 0.8], "candidates": 120,
-                               "native": True}
+                               "native": True, "screened": 300}

@@ -35,19 +35,19 @@ def _cmd_build(a: argparse.Namespace) -> None:
           global_layer=a.global_layer, batch_size=a.batch_size, threads=a.threads, out=a.out,
           overwrite=a.overwrite, model_factory=a.model_factory, factory_args=a.factory_args,
           weights=a.weights, task=a.task, codec=a.codec, pairs=a.predict,
-          shards=a.shards, cluster=a.ray)
+          shards=a.shards, cluster=a.ray, screen=a.screen)
 
 
 def _cmd_compress(a: argparse.Namespace) -> None:
     from ..jobs.workflows import compress
 
-    compress(index=a.index, codec=a.codec, out=a.out, overwrite=a.overwrite)
+    compress(index=a.index, codec=a.codec, out=a.out, overwrite=a.overwrite, screen=a.screen)
 
 
 def _cmd_upgrade(a: argparse.Namespace) -> None:
-    from ..index.manifest import upgrade_store
+    from ..jobs.workflows import upgrade
 
-    print(upgrade_store(a.index))
+    print(upgrade(index=a.index, screen=a.screen))
 
 
 def _cmd_import_pix2pix(a: argparse.Namespace) -> None:

@@ -141,6 +141,14 @@ def default_query_out() -> Path:
     return Path("runs") / time.strftime("query-%Y%m%d-%H%M%S")
 
 
+def _screen(p: argparse.ArgumentParser) -> None:
+    from ..index.screen import WIDTH
+
+    p.add_argument("--screen", type=_int("--screen", low=0, high=256), default=WIDTH, metavar="W",
+                   help=f"half floats per vector of each layer's screening sidecar (W x 2 bytes that let "
+                        f"HyperPatch-Match skip reads without changing its result; 0: none) (default: {WIDTH})")
+
+
 def _ray(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--ray", default=None, metavar="ADDRESS",
                    help=f"{what} on a Ray cluster: 'local' (start one here), 'auto' (the running "
@@ -210,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how layer vectors are stored: float32, float16 (half the bytes) or 8-bit (a quarter)")
     p.add_argument("--predict", type=_str_list, default=None, metavar="SRC:TGT[:K],...",
                    help="also store activation-prediction pairs, e.g. decoder4:decoder3:4 (default: none)")
+    _screen(p)
     p.add_argument("--shards", type=_int("--shards", low=1, high=4096), default=None,
                    help="split the store into N shard sub-stores by contiguous image ranges (default: one store)")
     _ray(p, "build the shards as parallel tasks")
@@ -220,11 +229,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("index")
     p.add_argument("--codec", choices=["fp32", "fp16", "sq8"], required=True,
                    help="fp16 (half the bytes) or sq8 (8-bit codes, a quarter)")
+    _screen(p)
     p.add_argument("--overwrite", action="store_true", help="replace an existing store at --out")
     p.add_argument("--out", required=True, help="new index store folder")
-    p = sub.add_parser("upgrade", help="check that a store has what this version writes (norms), "
-                                       "or print the command that rebuilds it")
+    p = sub.add_parser("upgrade", help="add what a store lacks and can gain in place (screens), and check "
+                                       "what it cannot (norms: prints the command that rebuilds it)")
     p.add_argument("index")
+    _screen(p)
 
     p = sub.add_parser("query", help="explain images with an index store",
                        description="Explain images (files, or database image ids) by compositional "

@@ -38,10 +38,12 @@ from ..models import model_hash
 from .codecs import SQ_TRAIN_ROWS, check_codec, file_bytes, layer_writer, n_trained, train_codec
 from . import integrity
 from .flatfile import HEADER_BYTES, FlatIPWriter
-from .manifest import ARRAY_DIR, FORMAT_VERSION, GLOBAL_FILE, LAYER_DIR, library_versions, write_manifest
+from .manifest import ARRAY_DIR, FORMAT_VERSION, GLOBAL_FILE, LAYER_DIR, library_versions, read_manifest, write_manifest
 from .memory import StoreSize, check_disk, check_memory
 from .npyfile import NpyWriter
 from .pairs import manifest_entries, parse_pairs, plan_pairs
+from .screen import WIDTH as SCREEN_WIDTH, check_screen_width
+from .screen_store import add_screens, screen_bytes
 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
 
@@ -114,11 +116,12 @@ def _probe(
 
 def _store_size(
     shapes: Mapping[str, tuple[int, int, int]], gdim: int, n: int,
-    arrays: Mapping[str, tuple[tuple, np.dtype]], codec: str = "fp32",
+    arrays: Mapping[str, tuple[tuple, np.dtype]], codec: str = "fp32", screen: int = 0,
 ) -> StoreSize:
     """Bytes the store will take on disk."""
     return StoreSize(
         layers={name: file_bytes(codec, d, n * hp * wp) + 128 + n * hp * wp * 4  # + norms sidecar
+                + (screen_bytes(n * hp * wp, screen) if screen else 0)
                 for name, (hp, wp, d) in shapes.items()},
         global_bytes=HEADER_BYTES + n * gdim * 4,
         arrays={k: int(np.prod(shape)) * dtype.itemsize for k, (shape, dtype) in arrays.items()},
@@ -172,6 +175,7 @@ def build_index(
     overwrite: bool = False,
     codec: str = "fp32",
     pairs: Sequence[Any] | None = None,
+    screen: int = SCREEN_WIDTH,
 ) -> Path:
     """Build an index store of ``model``'s hyperpatches over every image of ``dataset``.
 
@@ -214,6 +218,10 @@ def build_index(
     pairs : list of (source, target, k) or "source:target[:k]", optional
         Activation-prediction pairs: also store each pair's padded source windows and the
         target tap's activations (see :mod:`compnn_index.index.pairs`).
+    screen : int, default 16
+        Half floats per vector of each layer's screening sidecar (:mod:`compnn_index.index.screen`:
+        32 bytes that let HyperPatch-Match skip candidates without changing its result); 0 writes
+        none.
 
     Returns
     -------
@@ -241,6 +249,7 @@ def build_index(
         raise IndexStoreError(f"Expected batch_size to be a positive integer, but batch_size = {batch_size!r}")
     threads = check_threads(threads, error=IndexStoreError)
     codec = check_codec(codec)
+    screen = check_screen_width(screen)
     if (out.exists() or out.is_symlink()) and not overwrite:
         raise IndexStoreError(
             f"index store {os.fspath(out)!r} already exists; pass overwrite=True (--overwrite on the command line) to replace it"
@@ -264,7 +273,7 @@ def build_index(
             geoms, pair_arrays, extra = plan_pairs(model, parse_pairs(pairs), all_specs,
                                                    np.asarray(first.input, dtype=np.float32), n)
             arrays.update(pair_arrays)
-        size = _store_size(shapes, gdim, n, arrays, codec)
+        size = _store_size(shapes, gdim, n, arrays, codec, screen)
         out.parent.mkdir(parents=True, exist_ok=True)
         check_disk(size, out.parent)
         per_image_arrays = sum(int(np.prod(s[1:])) * d.itemsize for s, d in arrays.values())
@@ -301,15 +310,21 @@ def build_index(
                 versions=library_versions(),
             )
             manifest.setdefault("shards", None)
-            # one sequential pass over the finished files, before the atomic rename
-            manifest["checksums"] = integrity.compute_checksums(tmp)
+            manifest["checksums"] = None
             order = ["format_version", "created", "build_seconds", "model", "dataset", "task",
                      "num_classes", "ignore_index", "palette", "image_size", "images", "layers",
                      "global", "arrays", "shards", "checksums", "versions"]
             if geoms:  # optional field: stores without it load as before
                 manifest["predictions"] = manifest_entries(geoms)
                 order.append("predictions")
-            write_manifest(tmp, {k: manifest[k] for k in order})
+            manifest = {k: manifest[k] for k in order}
+            if screen:  # from the finished layer files, through the store reader
+                write_manifest(tmp, manifest)
+                add_screens(tmp, width=screen, progress=progress, checksums=False)
+                manifest = read_manifest(tmp)
+            # one sequential pass over the finished files, before the atomic rename
+            manifest["checksums"] = integrity.compute_checksums(tmp)
+            write_manifest(tmp, manifest)
             integrity.release_build_dir(tmp)
             _move_into_place(tmp, out)
         except BaseException:

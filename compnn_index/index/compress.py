@@ -32,7 +32,9 @@ from tqdm.auto import tqdm
 from ..errors import IndexStoreError
 from . import integrity
 from .codecs import SQ_TRAIN_ROWS, check_codec, file_bytes, layer_writer, n_trained, train_codec
-from .manifest import FORMAT_VERSION, MANIFEST_NAME, write_manifest
+from .manifest import FORMAT_VERSION, MANIFEST_NAME, read_manifest, write_manifest
+from .screen import WIDTH as SCREEN_WIDTH, check_screen_width
+from .screen_store import add_screens
 from .memory import StoreSize, check_disk
 from .store import IndexStore
 
@@ -74,14 +76,15 @@ def clean_stale(out: Path, tag: str = _TMP_TAG) -> list[Path]:
     """Remove temporary folders of earlier runs to ``out`` that were killed; return them."""
     removed = []
     for folder in out.parent.glob(f".{out.name}{tag}*"):
-        if folder.is_dir() and not (folder / MANIFEST_NAME).exists() and not _owner_alive(folder):
+        owned = (folder / _OWNER).exists()  # a manifest beside OWNER: killed while screening
+        if folder.is_dir() and (owned or not (folder / MANIFEST_NAME).exists()) and not _owner_alive(folder):
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder)
     return removed
 
 
 def compress_store(src: str | os.PathLike, out: str | os.PathLike, *, codec: str,
-                   overwrite: bool = False, progress: bool = True,
+                   overwrite: bool = False, progress: bool = True, screen: int = SCREEN_WIDTH,
                    rows: int = COMPRESS_ROWS, _interrupt_after: int | None = None) -> Path:
     """Write a copy of the store ``src`` whose layers use ``codec``; return ``out``.
 
@@ -94,12 +97,16 @@ def compress_store(src: str | os.PathLike, out: str | os.PathLike, *, codec: str
     codec : {"fp32", "fp16", "sq8"}
     overwrite : bool, default False
         Replace an existing ``out`` (only once the new store is complete).
+    screen : int, default 16
+        Width of each layer's screening sidecar, computed anew from the re-encoded vectors
+        (:mod:`.screen`; the source's is not copied); 0 writes none.
     rows : int
         Vectors per streamed block.
     """
     from .build import _current_umask, _move_into_place
 
     codec = check_codec(codec)
+    screen = check_screen_width(screen)
     src, out = Path(src), Path(out)
     store = IndexStore.open(src)
     if out.resolve() == src.resolve():
@@ -139,7 +146,10 @@ def compress_store(src: str | os.PathLike, out: str | os.PathLike, *, codec: str
                     if _interrupt_after is not None and written >= _interrupt_after:
                         raise KeyboardInterrupt("compress interrupted (test)")
             entry["codec"] = codec
+            entry["screen"] = None
         layer_files = {os.path.normpath(e["file"]) for e in man["layers"].values()}
+        layer_files |= {os.path.normpath(rel) for e in store.manifest["layers"].values()
+                        for key, rel in (e.get("screen") or {}).items() if key in ("rows", "basis")}
         for f in sorted(src.rglob("*")):
             rel = f.relative_to(src)
             if f.is_file() and os.path.normpath(rel) not in layer_files and rel.name != MANIFEST_NAME:
@@ -151,6 +161,11 @@ def compress_store(src: str | os.PathLike, out: str | os.PathLike, *, codec: str
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "seconds": round(time.perf_counter() - started, 3),
         }
+        man["checksums"] = None
+        if screen:  # from the new layer files, through the store reader (OWNER still names us)
+            write_manifest(tmp, man)
+            add_screens(tmp, width=screen, progress=progress, checksums=False)
+            man = read_manifest(tmp)
         (tmp / _OWNER).unlink()
         man["checksums"] = integrity.compute_checksums(tmp)  # of the new files, not the source's
         write_manifest(tmp, man)

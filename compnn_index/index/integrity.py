@@ -110,6 +110,12 @@ def check_manifest_shape(manifest: dict[str, Any], path: str) -> None:
             norms = entry.get("norms")
             if norms is not None and not _safe_rel(norms):
                 raise bad(f"{key}.norms", "null or a relative path inside the store", norms)
+            screen = entry.get("screen")
+            if screen is not None and not (isinstance(screen, dict) and _safe_rel(screen.get("rows"))
+                                           and _safe_rel(screen.get("basis"))
+                                           and _is_int(screen.get("width"), 2)):
+                raise bad(f"{key}.screen", "null or {rows, basis: relative paths inside the store, "
+                          "width: an integer >= 2}", screen)
     if not isinstance(manifest["global"].get("layer"), str):
         raise bad("global.layer", "a layer name", manifest["global"].get("layer"))
     arrays = manifest.get("arrays")

@@ -61,12 +61,15 @@ class LayerVectors:
     norms : ndarray of float32, shape (ntotal,), optional
         Every stored hyperpatch's norm before normalisation (the store's norms sidecar, read in
         place); None when the store has none. Fused exact search needs it.
+    screen : Screen, optional
+        The layer's screening sidecar (:mod:`compnn_index.index.screen`): lets HyperPatch-Match
+        skip candidates that cannot be accepted, without changing its result. None: no screening.
     """
 
     def __init__(self, name: str, spec: LayerSpec | None, grids: Any, *, raw: np.ndarray, dim: int,
                  codec: str = "fp32", decoder: Decoder | None = None,
                  codec_params: dict[str, Any] | None = None, owner: Any = None,
-                 norms: np.ndarray | None = None) -> None:
+                 norms: np.ndarray | None = None, screen: Any = None) -> None:
         self.name = name
         self.spec = spec
         self.grids = _readonly(np.asarray(grids).reshape(-1, 2))
@@ -95,6 +98,11 @@ class LayerVectors:
         elif decoder is None:
             raise IndexStoreError(f"layer {name!r}: codec {codec!r} needs a decoder")
         self.norms = self._check_norms(norms)
+        if screen is not None and (screen.rows.shape[0] != self.ntotal or screen.basis.shape[0] != self.dim):
+            raise IndexStoreError(
+                f"layer {name!r}: expected a screen of {self.ntotal} rows and basis dimension {self.dim}, "
+                f"but got rows {screen.rows.shape} and basis {screen.basis.shape}")
+        self.screen = screen
 
     def _check_norms(self, norms: np.ndarray | None) -> np.ndarray | None:
         """The norms sidecar as a read-only float32 (ntotal,) view, or None."""
@@ -115,13 +123,14 @@ class LayerVectors:
     @classmethod
     def from_array(cls, vectors: np.ndarray, *, grids: Any = None, offsets: Any = None,
                    name: str = "layer", spec: LayerSpec | None = None,
-                   norms: np.ndarray | None = None) -> "LayerVectors":
+                   norms: np.ndarray | None = None, screen: Any = None) -> "LayerVectors":
         """A float32 layer over an array in memory (used for correspondences and in tests).
 
         Give ``grids`` (``(n, 2)`` or one ``(Hp, Wp)`` for a single image); ``offsets``, if also
         given, must agree with them. The array is read in place, never copied: it must already
         be C-contiguous float32. ``norms`` (float32 ``(N,)``, the hyperpatch norms before
-        normalisation) and a ``spec`` (its ``k``) let fused exact search run on it.
+        normalisation) and a ``spec`` (its ``k``) let fused exact search run on it; a ``screen``
+        (:func:`compnn_index.index.screen.compute_screen`) lets HyperPatch-Match skip reads.
         """
         if not isinstance(vectors, np.ndarray) or vectors.ndim != 2:
             raise QueryError(
@@ -154,7 +163,7 @@ class LayerVectors:
             raise QueryError(
                 f"Expected the grids to hold len(vectors) = {vectors.shape[0]} positions, but they "
                 f"hold {int(sizes.sum())}")
-        return cls(name, spec, g, raw=vectors, dim=vectors.shape[1], owner=vectors, norms=norms)
+        return cls(name, spec, g, raw=vectors, dim=vectors.shape[1], owner=vectors, norms=norms, screen=screen)
 
     # ------------------------------------------------------------------ description
     @property

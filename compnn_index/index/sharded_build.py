@@ -221,7 +221,7 @@ def assemble(root: Path, ranges: Sequence[tuple[int, int]], *, started: float | 
     for name, entry in first["layers"].items():
         total = sum(int(s.manifest["layers"][name]["ntotal"]) for *_, s in parts)
         layers[name] = {**entry, "ntotal": total, "file": None,
-                        "norms": None}
+                        "norms": None, "screen": None}
     arrays = {name: {"file": None, "dtype": entry["dtype"], "shape": [n] + list(entry["shape"][1:])}
               for name, entry in first["arrays"].items()}
     shards = []

@@ -32,6 +32,7 @@ from ..features import LayerSpec
 from .codecs import CODECS, CodecDecoder, code_size, codes_offset, codes_view, file_bytes, sniff_codec, trained_of
 from . import integrity
 from .layer import LayerVectors
+from .screen import load_screen
 from .readahead import LayerSource
 from .manifest import read_manifest
 from .flatindex import ReadOnlyFlatIndex, _readonly_view  # noqa: F401  (re-exported)
@@ -119,6 +120,11 @@ class IndexStore:
             self._check_flat_file(entry["file"], entry["ntotal"], entry["dim"], codec)
             if entry.get("norms") and not (self.path / entry["norms"]).is_file():
                 raise IndexStoreError(f"layer {name!r}: norms file {os.fspath(self.path / entry['norms'])!r} is missing")
+            for rel in (entry.get("screen") or {}).values():
+                if isinstance(rel, str) and not (self.path / rel).is_file():
+                    raise IndexStoreError(
+                        f"layer {name!r}: screen file {os.fspath(self.path / rel)!r} is missing (compnn upgrade "
+                        f"{os.fspath(self.path)} writes it again)")
         g = self.manifest["global"]
         self._check_flat_file(g["file"], g["ntotal"], g["dim"])
         for name, entry in self.manifest["arrays"].items():
@@ -256,11 +262,19 @@ class IndexStore:
             lv = LayerVectors(layer, self.spec(layer), grids, raw=self._views[layer],
                               dim=int(entry["dim"]), codec=codec, owner=index, decoder=decoder,
                               codec_params=None if decoder is None else decoder.params(),
-                              norms=self._norms(layer, entry))
+                              norms=self._norms(layer, entry), screen=self._screen(layer, entry))
             lv.source = LayerSource(self.layer_file(layer), codes_offset(codec, entry["dim"]),
                                     code_size(codec, entry["dim"]))
             self._layer_vectors[layer] = lv
         return lv
+
+    def _screen(self, layer: str, entry: dict[str, Any]):
+        """The layer's screen (:mod:`.screen`), rows memory-mapped read-only; None if it has none."""
+        sc = entry.get("screen")
+        if not sc:
+            return None
+        return load_screen(self.path / sc["rows"], self.path / sc["basis"], ntotal=int(entry["ntotal"]),
+                           dim=int(entry["dim"]))
 
     def _norms(self, layer: str, entry: dict[str, Any]) -> np.ndarray | None:
         """The layer's norms sidecar, memory-mapped read-only (None if the store has none)."""

@@ -10,6 +10,7 @@ from typing import Sequence
 
 from ..checks import is_int_text, thread_limit
 from ..errors import ModelError
+from ..index.screen import WIDTH as SCREEN_WIDTH
 from ..options import QueryOptions
 
 
@@ -52,6 +53,7 @@ def build(
     model_factory: str | None = None, factory_args: dict | str | None = None,
     weights: str | Path | None = None, task: str | None = None, codec: str = "fp32",
     pairs: Sequence[str] | None = None, shards: int | None = None, cluster: str | None = None,
+    screen: int = SCREEN_WIDTH,
 ) -> Path:
     """Build an index store for ``model`` over a dataset split (layers stored with ``codec``; ``pairs``:
     activation-prediction tap pairs ``"source:target[:k]"``, see :mod:`compnn_index.index.pairs`;
@@ -108,7 +110,7 @@ def build(
     path = build_store(net, ds, layers=specs, global_layer=global_layer, out=out,
                        batch_size=batch_size, threads=threads, progress=progress,
                        model_path=str(model_path), overwrite=overwrite, codec=codec, pairs=pairs,
-                       shards=shards, cluster=cluster)
+                       shards=shards, cluster=cluster, screen=screen)
     if model_factory is not None:
         save_checkpoint(path / "model.pt", net, dataset=ds.identity,
                         weights=None if weights is None else str(Path(weights).resolve()))
@@ -118,14 +120,28 @@ def build(
 
 
 def compress(*, index: str | Path, codec: str, out: str | Path, overwrite: bool = False,
-             progress: bool = True) -> Path:
+             progress: bool = True, screen: int = SCREEN_WIDTH) -> Path:
     """Re-encode an index store's layers with ``codec`` into a new store (streaming, atomic)."""
     from ..index import compress_store
 
-    path = compress_store(index, out, codec=codec, overwrite=overwrite, progress=progress)
+    path = compress_store(index, out, codec=codec, overwrite=overwrite, progress=progress, screen=screen)
     if progress:
         print(f"wrote index store {path} ({codec})")
     return path
+
+
+def upgrade(*, index: str | Path, screen: int = SCREEN_WIDTH, progress: bool = True) -> str:
+    """Bring a store up to what this version writes: add missing screening sidecars in place
+    (they follow from the stored vectors), then check the norms sidecar, which cannot be
+    recovered (:func:`~compnn_index.index.manifest.upgrade_store` names the rebuild command)."""
+    from ..index.manifest import upgrade_store
+    from ..index.screen import check_screen_width
+    from ..index.screen_store import upgrade_screens
+
+    lines = upgrade_screens(index, width=check_screen_width(screen), progress=progress) if screen else []
+    for line in lines:
+        print(line)
+    return upgrade_store(index)
 
 
 def import_pix2pix(*, weights: str | Path, size: int = 256, norm: str | None = None,

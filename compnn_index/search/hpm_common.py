@@ -28,12 +28,16 @@ class PatchMatchStats:
         Similarities computed (dot products), the initial field's included.
     native : bool
         True for the C++ kernel, False for the NumPy reference.
+    screened : int
+        Screen bounds computed (:mod:`compnn_index.index.screen`; 0 without a screen).
+        ``candidates`` counts only the similarities computed after screening.
     """
 
     iterations: int
     mean_similarity: list[float] = dataclass_field(default_factory=list)
     candidates: int = 0
     native: bool = True
+    screened: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict of the fields."""
@@ -42,6 +46,7 @@ class PatchMatchStats:
             "mean_similarity": [float(v) for v in self.mean_similarity],
             "candidates": int(self.candidates),
             "native": self.native,
+            "screened": int(self.screened),
         }
 
 

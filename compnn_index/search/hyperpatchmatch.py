@@ -105,6 +105,7 @@ def patchmatch(
     tol: float = 0.0,
     return_stats: bool = False,
     prefetch: bool = True,
+    screen: bool = True,
 ) -> NNField | tuple[NNField, PatchMatchStats]:
     """HyperPatch-Match with the native kernel: an approximate NN field over ``images``.
 
@@ -140,6 +141,10 @@ def patchmatch(
     prefetch : bool, default True
         First read the shortlisted images' ranges sequentially where they are not in the page
         cache (:meth:`LayerVectors.prefetch`; a ``mincore`` check only, when they are).
+    screen : bool, default True
+        Use the layer's screen (:mod:`compnn_index.index.screen`), if it has one: candidates whose
+        32-byte bound is not above the position's current similarity are not read. The field is
+        the same either way; only the work differs (``PatchMatchStats.screened``).
 
     Returns
     -------
@@ -157,16 +162,21 @@ def patchmatch(
     if _hpm is None:
         warnings.warn(_FALLBACK_MESSAGE.format(error=_NATIVE_ERROR), RuntimeWarning, stacklevel=2)
         return run_reference(p, return_stats)
-    return _run_native(p, return_stats)
+    return _run_native(p, return_stats, screen)
 
 
-def _run_native(p: Problem, return_stats: bool) -> NNField | tuple[NNField, PatchMatchStats]:
+def _run_native(p: Problem, return_stats: bool, screen: bool = True) -> NNField | tuple[NNField, PatchMatchStats]:
     init_arrays = (None, None, None) if p.init is None else (p.init.image, p.init.y, p.init.x)
     layer = p.layer
     codec = {}
     if layer.codec != "fp32":  # codes read in place, decoded by the kernel
         codec = dict(codec=layer.codec, scale=layer.codec_params.get("scale"),
                      bias=layer.codec_params.get("bias"))
+    if screen and layer.screen is not None:
+        sc = layer.screen
+        codec.update(screen=sc.rows.view(np.uint16),
+                     screen_q=sc.project(p.queries).reshape(*p.queries.shape[:2], sc.width),
+                     margin=sc.margin)
     image, y, x, sim, raw = _hpm.patchmatch(
         p.queries, layer.raw, p.images, layer.offsets, layer.grids, *init_arrays,
         p.iterations, p.samples, p.jumps, p.seed, p.threads, p.tol, **codec,
@@ -174,7 +184,8 @@ def _run_native(p: Problem, return_stats: bool) -> NNField | tuple[NNField, Patc
     result = NNField(image, y, x, sim)
     if not return_stats:
         return result
-    return result, PatchMatchStats(raw["iterations"], list(raw["mean_similarity"]), raw["candidates"], True)
+    return result, PatchMatchStats(raw["iterations"], list(raw["mean_similarity"]), raw["candidates"], True,
+                                   raw["screened"])
 
 
 def patchmatch_reference(

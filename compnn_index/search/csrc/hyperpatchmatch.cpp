@@ -410,12 +410,19 @@ struct Problem {
     double tol;
     int threads;              // threads to run: capped by the tasks of the widest pass
     std::vector<Match> given; // the initial field passed in (row-major), empty for a random one
+    // Screen (compnn_index/index/screen.py): per stored vector `screen_w` half floats
+    // s(v) = [P^T v, |v_perp|], per query t(q) = [P^T q, |q_perp|]; q.v <= t(q).s(v) + margin.
+    const uint8_t* screen = nullptr;  // null: no screening
+    int64_t screen_w = 0;
+    const float* screen_q = nullptr;  // (hq * wq, screen_w)
+    float margin = 0.0f;
 };
 
 struct State {
     std::vector<Match> match;  // per query position, row-major
     std::vector<float> sim;
-    std::atomic<int64_t> candidates{0};  // dot products computed
+    std::atomic<int64_t> candidates{0};  // full similarities computed
+    std::atomic<int64_t> screened{0};    // bounds computed (screen), whether or not rejected
     std::vector<double> mean_similarity; // after the initial field and after each iteration
     int64_t iterations = 0;              // iterations run
 
@@ -432,6 +439,55 @@ inline const void* vector_of(const Problem& p, const Match& m) {
 }
 
 inline const float* query_of(const Problem& p, int64_t q) { return p.queries + q * p.d; }
+
+inline const void* screen_row(const Problem& p, const Match& m) {
+    const Slot& s = p.slots[m.slot];
+    return p.screen + (s.base + static_cast<int64_t>(m.y) * s.w + m.x) * p.screen_w * 2;
+}
+
+// Upper bound of the similarity of query q with the vector whose screen row is `row`.
+float bound_generic(const float* t, const void* row, int64_t w) {
+    const uint16_t* r = static_cast<const uint16_t*>(row);
+    float a = 0.0f;
+    for (int64_t i = 0; i < w; ++i) a += load(t, i) * half_to_float(load(r, i));
+    return a;
+}
+
+#ifdef HPM_X86
+__attribute__((target("avx2,fma,f16c"))) float bound_avx2(const float* t, const void* row, int64_t w) {
+    const uint8_t* r = static_cast<const uint8_t*>(row);
+    __m256 a = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= w; i += 8)
+        a = _mm256_fmadd_ps(_mm256_loadu_ps(t + i),
+                            _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r + 2 * i))), a);
+    float s = hsum256(a);
+    for (; i < w; ++i) s += load(t, i) * half_to_float(load(reinterpret_cast<const uint16_t*>(r), i));
+    return s;
+}
+#endif
+
+using BoundFn = float (*)(const float*, const void*, int64_t);
+
+BoundFn select_bound() {
+#ifdef HPM_X86
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
+        return bound_avx2;
+#endif
+    return bound_generic;
+}
+
+const BoundFn kBound = select_bound();
+
+// Whether the candidate cannot beat `best`: its bound is not above it (acceptance is strict).
+inline bool rejected(const Problem& p, int64_t q, const void* row, float best) {
+    return kBound(p.screen_q + q * p.screen_w, row, p.screen_w) + p.margin <= best;
+}
+
+// Whether propagation candidates are screened too (they are usually good, so a bound seldom
+// rejects them; set_screen_propagation() measures it). Never changes results.
+bool g_screen_propagation = false;
 
 // Software prefetch of the first g_prefetch_bytes of every candidate of a random-search step
 // before any is scored, so all their cache misses are in flight at once (the scoring loop alone
@@ -514,8 +570,35 @@ void draw_random(const Problem& p, const State& st, int64_t q, int64_t t, Scratc
     const int n = static_cast<int>(sc.cand.size());
     sc.ptr.resize(n);
     sc.sim.resize(n);
+    if (p.screen != nullptr) {  // the screen rows first (one cache line each); see screen_random
+        for (int k = 0; k < n; ++k) sc.ptr[k] = screen_row(p, sc.cand[k]);
+#ifdef HPM_X86
+        for (int k = 0; k < n; ++k) _mm_prefetch(static_cast<const char*>(sc.ptr[k]), _MM_HINT_T0);
+#endif
+        return;
+    }
     for (int k = 0; k < n; ++k) sc.ptr[k] = vector_of(p, sc.cand[k]);
     prefetch(p, sc.ptr.data(), n);
+}
+
+// With a screen: drops the candidates drawn by draw_random whose bound is not above the current
+// similarity (they could not be accepted), keeping the others in draw order, and prefetches the
+// vectors of those kept. Returns the number of bounds computed.
+int64_t screen_random(const Problem& p, const State& st, int64_t q, Scratch& sc) {
+    if (p.screen == nullptr) return 0;
+    const int n = static_cast<int>(sc.cand.size());
+    const float best = st.sim[q];
+    int kept = 0;
+    for (int k = 0; k < n; ++k) {
+        if (rejected(p, q, sc.ptr[k], best)) continue;
+        sc.cand[kept] = sc.cand[k];
+        sc.ptr[kept] = vector_of(p, sc.cand[k]);
+        ++kept;
+    }
+    sc.cand.resize(kept);
+    sc.ptr.resize(kept);
+    prefetch(p, sc.ptr.data(), kept);
+    return n;
 }
 
 // Scores the candidates drawn by draw_random and accepts them in draw order if strictly better.
@@ -534,6 +617,7 @@ int64_t score_random(const Problem& p, State& st, int64_t q, Scratch& sc) {
 
 int64_t random_search(const Problem& p, State& st, int64_t q, int64_t t, Scratch& sc) {
     draw_random(p, st, q, t, sc);
+    st.screened += screen_random(p, st, q, sc);
     return score_random(p, st, q, sc);
 }
 
@@ -551,7 +635,18 @@ struct Pending {
 };
 
 // One propagation step of several scans: candidates first (prefetched), then scored in order.
+// With g_screen_propagation, the candidates' screen rows are read first and those that cannot
+// be accepted dropped.
 int64_t propagate(const Problem& p, State& st, std::vector<Pending>& pend) {
+    if (p.screen != nullptr && g_screen_propagation && !pend.empty()) {
+        size_t kept = 0;
+        for (const Pending& e : pend) {
+            if (rejected(p, e.q, screen_row(p, e.cand), st.sim[e.q])) continue;
+            pend[kept++] = e;
+        }
+        st.screened += static_cast<int64_t>(pend.size());
+        pend.resize(kept);
+    }
     for (const Pending& e : pend) prefetch(p, &e.ptr, 1);
     for (const Pending& e : pend) {
         float s;
@@ -587,6 +682,11 @@ int64_t row_block_pass(const Problem& p, State& st, int64_t t, int64_t row0, int
             evaluated += propagate(p, st, pend);
         }
         for (int64_t j = 0; j < rows; ++j) draw_random(p, st, (row0 + j) * p.wq + x, t, sc[j]);
+        if (p.screen != nullptr) {
+            int64_t bounds = 0;
+            for (int64_t j = 0; j < rows; ++j) bounds += screen_random(p, st, (row0 + j) * p.wq + x, sc[j]);
+            st.screened += bounds;
+        }
         for (int64_t j = 0; j < rows; ++j) evaluated += score_random(p, st, (row0 + j) * p.wq + x, sc[j]);
     }
     return evaluated;
@@ -793,7 +893,8 @@ Problem parse(const py::array& queries_in, const py::array& vectors_in, const py
               const py::array& offsets_in, const py::array& grids_in, const py::object& init_image,
               const py::object& init_y, const py::object& init_x, int64_t iterations, int64_t samples,
               int64_t jumps, uint64_t seed, int64_t threads, double tol, const std::string& codec,
-              const py::object& scale_in, const py::object& bias_in) {
+              const py::object& scale_in, const py::object& bias_in, const py::object& screen_in,
+              const py::object& screen_q_in, double margin) {
     auto queries = require<float>(queries_in, "queries", 3);
     auto images = require<int64_t>(images_in, "images", 1);
     auto offsets = require<int64_t>(offsets_in, "offsets", 1);
@@ -898,6 +999,22 @@ Problem parse(const py::array& queries_in, const py::array& vectors_in, const py
                                bit_length(radius)});
     }
     p.queries = queries.data();
+
+    if (!screen_in.is_none()) {
+        auto rows = require<uint16_t>(screen_in.cast<py::array>(), "screen", 2);
+        if (screen_q_in.is_none()) fail("Expected screen_q (float32, (Hq, Wq, W)) with screen, but it is missing");
+        auto sq = require<float>(screen_q_in.cast<py::array>(), "screen_q", 3);
+        if (rows.shape(0) < load(off, n_images) || rows.shape(1) < 1)
+            fail("Expected screen rows for every stored vector, (N, W), but screen.shape = " + shape_str(rows));
+        if (sq.shape(0) != p.hq || sq.shape(1) != p.wq || sq.shape(2) != rows.shape(1))
+            fail("Expected screen_q of shape (Hq, Wq, W) = (" + std::to_string(p.hq) + ", " + std::to_string(p.wq) +
+                 ", " + std::to_string(rows.shape(1)) + "), but screen_q.shape = " + shape_str(sq));
+        if (!(margin >= 0.0)) fail("Expected margin >= 0, but margin = " + std::to_string(margin));
+        p.screen = reinterpret_cast<const uint8_t*>(rows.data());
+        p.screen_w = rows.shape(1);
+        p.screen_q = sq.data();
+        p.margin = static_cast<float>(margin);
+    }
 
     if (!init_image.is_none()) {
         auto fi = require<int64_t>(init_image.cast<py::array>(), "init_image", 2);
@@ -1007,9 +1124,11 @@ py::tuple patchmatch(const py::array& queries_in, const py::array& vectors_in, c
                      const py::array& offsets_in, const py::array& grids_in, const py::object& init_image,
                      const py::object& init_y, const py::object& init_x, int64_t iterations, int64_t samples,
                      int64_t jumps, uint64_t seed, int64_t threads, double tol, const std::string& codec,
-                     const py::object& scale, const py::object& bias) {
+                     const py::object& scale, const py::object& bias, const py::object& screen,
+                     const py::object& screen_q, double margin) {
     const Problem p = parse(queries_in, vectors_in, images_in, offsets_in, grids_in, init_image, init_y, init_x,
-                            iterations, samples, jumps, seed, threads, tol, codec, scale, bias);
+                            iterations, samples, jumps, seed, threads, tol, codec, scale, bias, screen, screen_q,
+                            margin);
     State st;
     {
         py::gil_scoped_release release;
@@ -1037,6 +1156,7 @@ py::tuple patchmatch(const py::array& queries_in, const py::array& vectors_in, c
     stats["iterations"] = st.iterations;
     stats["mean_similarity"] = py::cast(st.mean_similarity);
     stats["candidates"] = st.candidates.load();
+    stats["screened"] = st.screened.load();
     return py::make_tuple(out_image, out_y, out_x, out_sim, stats);
 }
 
@@ -1074,9 +1194,12 @@ PYBIND11_MODULE(_hpm, m) {
           py::arg("grids"), py::arg("init_image"), py::arg("init_y"), py::arg("init_x"), py::arg("iterations"),
           py::arg("samples"), py::arg("jumps"), py::arg("seed"), py::arg("threads"), py::arg("tol"),
           py::arg("codec") = "fp32", py::arg("scale") = py::none(), py::arg("bias") = py::none(),
+          py::arg("screen") = py::none(), py::arg("screen_q") = py::none(), py::arg("margin") = 0.0,
           "Run HyperPatch-Match; returns (image, y, x, similarity, stats). Arrays are read in place, never copied.\n"
           "codec 'fp32': vectors float32 (N, D); 'fp16': uint8 (N, 2 D) half-float codes; 'sq8': uint8 (N, D)\n"
-          "codes with float32 scale, bias (D,). On fp16/sq8 the similarity is the cosine with the decoded vector.");
+          "codes with float32 scale, bias (D,). On fp16/sq8 the similarity is the cosine with the decoded vector.\n"
+          "screen: uint16 (N, W) half-float rows s(v), screen_q: float32 (Hq, Wq, W) t(q), with q.v <= t.s + margin:\n"
+          "candidates whose bound is not above the current similarity are not read (same field, less work).");
     m.def("dot_many", &dot_many, py::arg("query"), py::arg("vectors"),
           "Inner products of one query with every row of vectors, with the kernel's dot product (benchmarks).");
     m.def("set_prefetch", [](int64_t bytes) { g_prefetch_bytes = std::max<int64_t>(0, bytes); }, py::arg("bytes"),
@@ -1085,5 +1208,8 @@ PYBIND11_MODULE(_hpm, m) {
     m.def("set_interleave", [](int64_t rows) { g_interleave = std::max<int64_t>(1, rows); }, py::arg("rows"),
           "Rows (and columns) of a pass scanned in lockstep per task (1: one at a time). Never changes results.");
     m.def("get_interleave", [] { return g_interleave; });
+    m.def("set_screen_propagation", [](bool on) { g_screen_propagation = on; }, py::arg("on"),
+          "Also screen propagation candidates (when a screen is given). Never changes results.");
+    m.def("get_screen_propagation", [] { return g_screen_propagation; });
     m.attr("dot_kernel") = kDot.name;
 }

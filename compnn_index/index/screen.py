@@ -1,0 +1,203 @@
+"""Screening sidecar: a 32-byte bound per stored vector that lets HyperPatch-Match skip most reads.
+
+HyperPatch-Match spends its time reading candidate vectors (2 KB each at decoder2 in fp32) that
+it then rejects: a random-search or jump candidate is nearly always far worse than the match the
+position already holds. The screen lets the kernel reject those from 32 bytes, *without changing
+the result*.
+
+For an orthonormal basis ``P`` (``d × m``, the top principal directions of the layer's
+uncentred second moment) every inner product splits as ``q·v = (Pᵀq)·(Pᵀv) + q⊥·v⊥``, and by
+Cauchy–Schwarz ``|q⊥·v⊥| <= |q⊥| |v⊥|``. So, with the row ``s(v) = [Pᵀv, |v⊥|]`` stored per
+vector and ``t(q) = [Pᵀq, |q⊥|]`` computed per query,
+
+    q·v <= t(q)·s(v) + margin,
+
+and a candidate whose bound is not above the position's current similarity cannot be accepted
+(acceptance is "strictly better"): the kernel skips reading it. Fields are identical with and
+without the screen; only the work differs. ``v`` here is the vector whose similarity the kernel
+reports — the stored fp32 vector, or the decoded, re-normalised vector of an fp16 / sq8 layer —
+so the screen of a compressed store is computed from its decoded vectors.
+
+Row layout: :data:`WIDTH` IEEE half floats (32 bytes), components ``0..WIDTH-2`` the projection
+(rounded to nearest) and the last ``|v⊥|`` rounded *up*, so the stored residual never
+understates the true one. :data:`MARGIN` covers the projection's half-float rounding
+(``|Σ t_i δ_i| <= |t| |δ| <= 2**-11``) and float32 accumulation, with a wide safety factor.
+
+Measured on Facades decoder2 (photo→labels, D = 512, 15 components hold 90% of the energy):
+random candidates have mean similarity 0.05 against a current best of 0.94, and the bound rejects
+97–99% of them (``docs/results/codecs_facades.md``).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ..errors import IndexStoreError
+from .npyfile import NpyWriter
+
+#: Half floats per screen row: WIDTH - 1 projected components and the residual norm (32 bytes).
+WIDTH = 16
+#: Added to every bound (see the module docstring): far above the rounding it covers (~5e-4).
+MARGIN = 2e-3
+#: Vectors sampled to fit the basis (as contiguous chunks spread over the layer).
+FIT_ROWS = 200_000
+#: Vectors per block while encoding a layer.
+ENCODE_ROWS = 16384
+#: Queries projected per float64 block.
+_PROJECT_ROWS = 512
+
+
+@dataclass(frozen=True)
+class Screen:
+    """A layer's screen: the basis and the per-vector rows (memory-mapped).
+
+    Attributes
+    ----------
+    basis : ndarray of float32, shape (d, WIDTH - 1)
+        Orthonormal columns.
+    rows : ndarray of float16, shape (ntotal, WIDTH)
+        ``[Pᵀv, |v⊥| rounded up]`` per stored vector, read-only.
+    margin : float
+        Added to every bound.
+    """
+
+    basis: np.ndarray
+    rows: np.ndarray
+    margin: float = MARGIN
+
+    @property
+    def width(self) -> int:
+        return int(self.rows.shape[1])
+
+    def project(self, queries: np.ndarray) -> np.ndarray:
+        """``t(q) = [Pᵀq, |q⊥|]`` per query, float32 ``(Q, WIDTH)`` (computed in float64)."""
+        q32 = np.asarray(queries, dtype=np.float32).reshape(-1, self.basis.shape[0])
+        b = self.basis.astype(np.float64)
+        out = np.empty((q32.shape[0], self.width), dtype=np.float32)
+        for a in range(0, q32.shape[0], _PROJECT_ROWS):  # float64 in blocks: no query-sized copy
+            q = q32[a: a + _PROJECT_ROWS].astype(np.float64)
+            p = q @ b
+            out[a: a + len(q), :-1] = p
+            resid = np.maximum(np.einsum("ij,ij->i", q, q) - np.einsum("ij,ij->i", p, p), 0.0)
+            # float32 rounding of |q⊥| could understate it by one ulp: step up once
+            out[a: a + len(q), -1] = np.nextafter(np.sqrt(resid).astype(np.float32), np.float32(np.inf))
+        return out
+
+
+def check_screen_width(width: Any) -> int:
+    """``width`` as an int: 0 (no screen) or 2..256 half floats per row."""
+    if isinstance(width, bool) or not isinstance(width, (int, np.integer)) or not (
+            int(width) == 0 or 2 <= int(width) <= 256):
+        raise IndexStoreError(f"Expected screen width 0 (none) or 2..256 half floats per vector "
+                              f"(default {WIDTH}), but screen = {width!r}")
+    return int(width)
+
+
+def fit_basis(sample: np.ndarray, width: int = WIDTH) -> np.ndarray:
+    """Top ``width - 1`` eigenvectors of the uncentred second moment of ``sample`` (rows are
+    normalised first, as the kernel scores normalised vectors), float32 ``(d, width - 1)``.
+
+    Uncentred because the bound is on raw inner products: these directions maximise the mean
+    captured energy ``|Pᵀv|²``, which is what shrinks the residual term.
+    """
+    x = np.asarray(sample, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] < 1:
+        raise IndexStoreError(f"screen: expected a (n, d) sample with n >= 1, got shape {x.shape}")
+    m = width - 1
+    if not 1 <= m <= x.shape[1]:
+        raise IndexStoreError(f"screen: expected 2 <= width <= d + 1 = {x.shape[1] + 1}, got {width}")
+    x = _normalise(x)
+    _, vecs = np.linalg.eigh(x.T @ x)
+    basis = vecs[:, ::-1][:, :m]
+    q, _ = np.linalg.qr(basis)  # re-orthonormalise in float64 before rounding to float32
+    return np.ascontiguousarray((q * np.sign(np.sum(q * basis, axis=0))).astype(np.float32))
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    n = np.sqrt(np.einsum("ij,ij->i", x, x))
+    n[n == 0] = 1.0
+    return x / n[:, None]
+
+
+def encode(block: np.ndarray, basis: np.ndarray) -> np.ndarray:
+    """Screen rows of ``block`` (float32 ``(n, d)`` vectors, normalised here), float16 ``(n, WIDTH)``."""
+    x = _normalise(np.asarray(block, dtype=np.float64))
+    b = basis.astype(np.float64)
+    p = x @ b
+    out = np.empty((x.shape[0], b.shape[1] + 1), dtype=np.float16)
+    out[:, :-1] = p
+    resid = np.sqrt(np.maximum(1.0 - np.einsum("ij,ij->i", p, p), 0.0))
+    r = resid.astype(np.float16)
+    low = r.astype(np.float64) < resid
+    r[low] = np.nextafter(r[low], np.float16(np.inf))
+    out[:, -1] = r
+    return out
+
+
+def sample_rows(blocks: Callable[[int, int], Any], ntotal: int, rows: int = FIT_ROWS,
+                chunks: int = 32) -> np.ndarray:
+    """Up to ``rows`` vectors as ``chunks`` contiguous runs spread over ``[0, ntotal)``
+    (sequential reads); ``blocks(start, stop)`` yields ``(first id, float32 block)`` pairs."""
+    per = max(1, min(ntotal, rows) // chunks)
+    starts = np.unique(np.linspace(0, max(ntotal - per, 0), chunks).astype(np.int64))
+    parts = [np.array(b, dtype=np.float32) for a in starts for _, b in blocks(int(a), int(min(a + per, ntotal)))]
+    return np.concatenate(parts)
+
+
+def write_screen(layer: Any, path: str | os.PathLike, basis_path: str | os.PathLike, *,
+                 width: int = WIDTH, progress: Callable[[int], None] | None = None) -> dict:
+    """Fit a basis on ``layer`` (a :class:`~compnn_index.index.layer.LayerVectors`) and stream its
+    screen rows to ``path`` (``.npy`` float16 ``(ntotal, width)``) and the basis to ``basis_path``.
+
+    Reads the layer block by block (one decoded tile in RAM). Returns what was measured: the
+    fraction of energy the basis holds on its sample.
+    """
+    sample = sample_rows(layer.blocks, layer.ntotal)
+    basis = fit_basis(sample, width)
+    xs = _normalise(sample.astype(np.float64))
+    energy = float(np.mean(np.sum((xs @ basis.astype(np.float64)) ** 2, axis=1)))
+    writer = NpyWriter(path, (layer.ntotal, width), np.dtype(np.float16))
+    try:
+        for a in range(0, layer.ntotal, ENCODE_ROWS):
+            b = min(a + ENCODE_ROWS, layer.ntotal)
+            for _, block in layer.blocks(a, b):
+                writer.add(encode(block, basis))
+            if progress is not None:
+                progress(b - a)
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    np.save(basis_path, basis, allow_pickle=False)
+    return {"width": width, "energy": energy}
+
+
+def compute_screen(layer: Any, *, width: int = WIDTH) -> Screen:
+    """The screen of ``layer`` in memory (for in-memory layers and tests; stores write theirs
+    with :func:`write_screen`)."""
+    basis = fit_basis(sample_rows(layer.blocks, layer.ntotal), width)
+    rows = np.concatenate([encode(b, basis) for a in range(0, layer.ntotal, ENCODE_ROWS)
+                           for _, b in layer.blocks(a, min(a + ENCODE_ROWS, layer.ntotal))])
+    rows.flags.writeable = False
+    return Screen(basis, rows)
+
+
+def load_screen(path: str | os.PathLike, basis_path: str | os.PathLike, *, ntotal: int, dim: int) -> Screen:
+    """Memory-map a layer's screen rows and read its basis, checking shapes and dtypes."""
+    path, basis_path = Path(path), Path(basis_path)
+    try:
+        rows = np.load(path, mmap_mode="r", allow_pickle=False)
+        basis = np.load(basis_path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise IndexStoreError(f"screen file {os.fspath(path)!r} or {os.fspath(basis_path)!r} cannot be read: {exc}") from None
+    if rows.dtype != np.float16 or rows.ndim != 2 or rows.shape[0] != ntotal or rows.shape[1] < 2:
+        raise IndexStoreError(f"screen file {os.fspath(path)!r}: expected float16 ({ntotal}, width >= 2), "
+                              f"but found {rows.dtype} {rows.shape}")
+    if basis.dtype != np.float32 or basis.shape != (dim, rows.shape[1] - 1):
+        raise IndexStoreError(f"screen basis {os.fspath(basis_path)!r}: expected float32 ({dim}, {rows.shape[1] - 1}), "
+                              f"but found {basis.dtype} {basis.shape}")
+    return Screen(np.ascontiguousarray(basis), rows)
