@@ -17,7 +17,7 @@ from .checks import QUERY_INT_BOUNDS, check_choice, check_int, check_number
 SEARCHES = ("exact", "patchmatch")
 #: How exact search runs: the fused pixel-level kernel where it can, or always FAISS / fused.
 EXACT_METHODS = ("auto", "fused", "faiss")
-INITS = ("random", "staged", "coarse")
+INITS = ("random", "staged", "coarse", "screen")
 SOURCES = ("target", "input", "self")
 #: Shortlist size when ``top_k`` is not given (or every candidate image, when fewer).
 DEFAULT_TOP_K = 16
@@ -42,6 +42,9 @@ class QueryOptions:
         HyperPatch-Match start (see :func:`compnn_index.search.strategy.search_field`).
     seed_images : int
         Images of the first stage of a staged whole-set search.
+    start_candidates : int
+        ``init="screen"``: about how many strided database positions the screen start compares
+        every query position with (:func:`compnn_index.search.start.screen_start`).
     coarse_exact_gflop : float
         ``init="coarse"``: the coarsest level is searched exactly under this many GFLOP.
     exact_method : {"auto", "fused", "faiss"}
@@ -57,6 +60,7 @@ class QueryOptions:
     seed: int = 0
     init: str = "staged"
     seed_images: int = 16
+    start_candidates: int = 16384
     coarse_exact_gflop: float = 40.0
     exact_method: str = "auto"
 

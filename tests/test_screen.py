@@ -231,3 +231,83 @@ def test_screened_search_allocates_only_query_sized_memory():
     finally:
         tracemalloc.stop()
     assert peak < 4 * q.nbytes + (1 << 20) < v.nbytes / 2
+
+
+# ------------------------------------------------------------------------------------------------
+# The screen start
+
+
+@pytest.mark.parametrize("nq,nc,w", [(37, 101, 16), (9, 5000, 16), (13, 8, 3)])
+def test_screen_argmax_is_the_exact_argmax(nq, nc, w):
+    rng = np.random.default_rng(nq)
+    t = rng.standard_normal((nq, w)).astype(np.float32)
+    c = rng.standard_normal((nc, w)).astype(np.float32)
+    c[nc // 2] = c[1]  # a tie: the lower index wins
+    arg, best = _hpm.screen_argmax(t, c, 2)
+    ref = t.astype(np.float64) @ c.astype(np.float64).T
+    np.testing.assert_array_equal(arg, ref.argmax(1))
+    np.testing.assert_allclose(best, ref.max(1), atol=1e-5)
+    with pytest.raises(ValueError, match=r"candidates of width W = 16"):
+        _hpm.screen_argmax(rng.standard_normal((4, 16)).astype(np.float32), c[:, :3].copy(), 1)
+
+
+def test_screen_start_picks_the_best_strided_position_in_projection():
+    from compnn_index.search.start import screen_start, start_stride, strided_ids
+
+    rng = np.random.default_rng(6)
+    v, grids = _low_rank_layer(rng, n_img=5, h=16, w=16)
+    lv = LayerVectors.from_array(v, grids=grids, screen=compute_screen(LayerVectors.from_array(v, grids=grids)))
+    images = np.array([1, 3, 4])
+    assert start_stride(lv, images, 3 * 64) == 2
+    ids = strided_ids(lv, images, 2)
+    assert len(ids) == 3 * 64
+    _, ys, xs = lv.ids_to_positions(ids)
+    assert set(ys.tolist()) == set(range(1, 16, 2)) and set(xs.tolist()) == set(range(1, 16, 2))
+    q = _unit(v[:256].reshape(16, 16, -1) + 0.2 * rng.standard_normal((16, 16, v.shape[1])))
+    info = {}
+    f = screen_start(q, lv, images, candidates=3 * 64, info=info)
+    assert info["start"] == "screen (stride 2, 192 candidates)"
+    t = lv.screen.project(q.reshape(256, -1)).astype(np.float64)
+    rows = np.asarray(lv.screen.rows[ids], np.float64)
+    rows[:, -1] = 0
+    expect = ids[(t @ rows.T).argmax(1)]
+    np.testing.assert_array_equal(lv.positions_to_ids(f.image, f.y, f.x).ravel(), expect)
+
+
+def test_search_field_screen_start_and_its_fallback_without_a_screen():
+    from compnn_index.options import QueryOptions
+    from compnn_index.search import search_field
+
+    rng = np.random.default_rng(7)
+    v, grids = _low_rank_layer(rng, n_img=6, h=12, w=12)
+    plain = LayerVectors.from_array(v, grids=grids)
+    lv = LayerVectors.from_array(v, grids=grids, screen=compute_screen(plain))
+    q = _unit(v[:144].reshape(12, 12, -1) + 0.3 * rng.standard_normal((12, 12, v.shape[1])))
+    opts = QueryOptions(search="patchmatch", init="screen", iterations=2, start_candidates=200)
+    info: dict = {}
+    screened = search_field({"l": q}, {"l": lv}, np.arange(1, 6), layer="l", options=opts, info=info)
+    assert info["start"].startswith("screen (stride 2")
+    random = search_field({"l": q}, {"l": lv}, np.arange(1, 6), layer="l",
+                          options=opts.with_(init="random"))
+    assert screened.similarity.mean() > random.similarity.mean()  # a global start helps at 2 iterations
+    info = {}
+    search_field({"l": q}, {"l": plain}, np.arange(1, 6), layer="l", options=opts, info=info)
+    assert info["start"].startswith("staged (the layer has no screen")
+    with pytest.raises(Exception, match="start_candidates"):
+        QueryOptions(start_candidates=0)
+
+
+def test_warm_reads_codes_and_screen_rows_into_the_page_cache(store, model):
+    from compnn_index.api import CompNN
+
+    cnn = CompNN.load(store, model=model)
+    lv = cnn.layer("decoder2")
+    for src in (lv.source, lv.screen_source):
+        src.evict()
+    (w,) = cnn.warm()
+    files = [lv.source.path, lv.screen_source.path]
+    assert w["layer"] == "decoder2" and w["bytes"] == sum(p.stat().st_size for p in files)
+    runs = lv.runs(np.arange(lv.num_images))
+    for src, arr in ((lv.source, lv.raw), (lv.screen_source, lv.screen.rows)):
+        resident, total = src.resident(arr, runs)
+        assert resident == total > 0

@@ -145,6 +145,15 @@ class CompNN(ActivationsMixin, BaselinesMixin):
         """The store's :class:`LayerVectors` of ``name`` (default: the first layer)."""
         return self.store.layer(self.check_layer(name))
 
+    def warm(self, layers: Sequence[str] | None = None) -> list[dict]:
+        """Read the layers (default: all) into the page cache now, so first queries take no page
+        faults (``compnn serve --warm``); see :func:`compnn_index.index.readahead.warm`."""
+        from ..index.readahead import warm
+
+        stores = [self.store.shard(i) for i in range(len(self.store.manifest["shards"]))] \
+            if self.store.manifest.get("shards") else [self.store]
+        return [warm(s.layer(self.check_layer(n))) for s in stores for n in (layers or self.layers)]
+
     def array(self, name: str) -> np.ndarray:
         """A sidecar array of the store (``inputs``, ``targets``, ``outputs``), memory-mapped."""
         if name not in self._arrays:
@@ -375,6 +384,8 @@ class CompNN(ActivationsMixin, BaselinesMixin):
         params: dict = {"top_k": k}
         if "exact_method" in info:  # which exact search ran ("fused" or "faiss"), and why FAISS
             params.update({key: info[key] for key in ("exact_method", "exact_fallback") if key in info})
+        if "start" in info:  # how HyperPatch-Match started (screen: stride and candidates)
+            params["start"] = info["start"]
         if opts.search == "patchmatch":
             params.update(opts.patchmatch_params(), init=opts.init if field_init is None else "field")
         return QueryResult(layer=layer, spec=spec, field=nnf, shortlist=ids, shortlist_similarity=sims,

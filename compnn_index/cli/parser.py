@@ -317,6 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
     _threads(p)
     _serve_guard_args(p)
     _verify_arg(p)
+    p.add_argument("--warm", action="store_true",
+                   help="read every layer (codes and screen rows) into the page cache before serving, "
+                        "so first queries take no page faults; skipped for a layer larger than 80%% of RAM")
 
     p = sub.add_parser("verify", help="check every file of an index store against its checksums")
     p.add_argument("index")

@@ -85,6 +85,8 @@ class LayerVectors:
         self._owner = owner
         #: Where the codes live on disk (a ``readahead.LayerSource``; None for arrays in memory).
         self.source = None
+        #: Where the screen rows live on disk (likewise; None without a screen or in memory).
+        self.screen_source = None
         if raw.ndim != 2 or raw.shape[0] != offsets[-1]:
             raise IndexStoreError(
                 f"layer {name!r}: expected {offsets[-1]} stored vectors (the images' grids), but "
@@ -230,8 +232,11 @@ class LayerVectors:
         """
         if self.source is None:
             return {}
-        return self.source.prefetch(self.raw, self.runs(self.check_images(images)),
-                                    min_resident=min_resident)
+        runs = self.runs(self.check_images(images))
+        out = self.source.prefetch(self.raw, runs, min_resident=min_resident)
+        if self.screen is not None and self.screen_source is not None:  # its reads are random too
+            out["screen"] = self.screen_source.prefetch(self.screen.rows, runs, min_resident=min_resident)
+        return out
 
     # ------------------------------------------------------------------ images and ids
     def check_images(self, images: Sequence[int] | np.ndarray) -> np.ndarray:

@@ -118,3 +118,30 @@ class LayerSource:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
             os.close(fd)
+
+
+def warm(layer, *, max_fraction: float = 0.8) -> dict:
+    """Read a whole layer (codes and screen rows) into the page cache, sequentially.
+
+    ``compnn serve --warm``: the first queries then take no page faults. Skipped, with the reason
+    in ``"skipped"``, when the layer's files exceed ``max_fraction`` of the machine's RAM (the
+    cache could not hold them, and reading would only evict other pages).
+    """
+    import time
+
+    import psutil
+
+    sources = [s for s in (layer.source, layer.screen_source) if s is not None]
+    need = sum(os.path.getsize(s.path) for s in sources)
+    total = psutil.virtual_memory().total
+    out = {"layer": layer.name, "bytes": need, "read_bytes": 0, "seconds": 0.0}
+    if not sources:
+        return {**out, "skipped": "in memory already (no file)"}
+    if need > max_fraction * total:
+        return {**out, "skipped": f"{need / 1e9:.1f} GB does not fit {max_fraction:.0%} of the "
+                                  f"{total / 1e9:.1f} GB of RAM"}
+    t = time.perf_counter()
+    got = layer.prefetch(range(layer.num_images))
+    out["read_bytes"] = int(got.get("read_bytes", 0)) + int(got.get("screen", {}).get("read_bytes", 0))
+    out["seconds"] = round(time.perf_counter() - t, 3)
+    return out

@@ -265,6 +265,10 @@ class IndexStore:
                               norms=self._norms(layer, entry), screen=self._screen(layer, entry))
             lv.source = LayerSource(self.layer_file(layer), codes_offset(codec, entry["dim"]),
                                     code_size(codec, entry["dim"]))
+            if lv.screen is not None and isinstance(lv.screen.rows, np.memmap):
+                rows = lv.screen.rows
+                lv.screen_source = LayerSource(self.path / entry["screen"]["rows"], int(rows.offset),
+                                               int(rows.strides[0]))
             self._layer_vectors[layer] = lv
         return lv
 

@@ -5,13 +5,14 @@ object), because a page mapped by any process cannot be evicted. Steps:
 
 1. open the store and the model, extract the query's features (not timed: model load and
    forward pass are not what a cold store costs);
-2. evict the layer file (``posix_fadvise(POSIX_FADV_DONTNEED)``) and check it is cold: the
-   ``mincore`` count of its resident pages (through a fresh read-only ``mmap`` of the file) is
-   reported before the query;
+2. evict the layer file and its screen rows (``posix_fadvise(POSIX_FADV_DONTNEED)``) and
+   check they are cold: the ``mincore`` count of their resident pages (through a fresh read-only
+   ``mmap`` of each file) is reported before the query;
 3. time the query's search (HyperPatch-Match or exact, as given);
 4. release the store, evict again, and time a sequential read (``pread``, 8 MiB chunks) of the
-   bytes the query touched — the shortlisted images' id ranges — on the now cold file: the
-   figure the first query is compared with (``ratio`` = query seconds / read seconds).
+   bytes the query touched — the shortlisted images' id ranges, of the codes and of the screen
+   rows — on the now cold files: the figure the first query is compared with (``ratio`` = query
+   seconds / read seconds).
 """
 from __future__ import annotations
 
@@ -64,6 +65,11 @@ def _sequential_read(path: Path, ranges: list[tuple[int, int]]) -> float:
     return time.perf_counter() - t
 
 
+def _files(lv) -> list:
+    """The layer's on-disk sources: its codes, and its screen rows when it has some."""
+    return [s for s in (lv.source, lv.screen_source) if s is not None]
+
+
 def cold_start(index: str | Path, *, data: str, split: str = "test", query: int = 0,
                layer: str | None = None, top_k: int | None = None, search: str = "patchmatch",
                iterations: int = 32, init: str = "staged", threads: int | None = None) -> dict:
@@ -78,27 +84,29 @@ def cold_start(index: str | Path, *, data: str, split: str = "test", query: int 
     ds = open_dataset(data, split=split, direction=trained.get("direction", "AtoB"), task=cnn.task,
                       size=trained.get("size"), limit=query + 1)
     feats = cnn.extract(ds[query].input, [layer])
-    path = cnn.store.layer_file(layer)
+    paths = [Path(s.path) for s in _files(cnn.layer(layer))]
     opts = QueryOptions(search=search, top_k=top_k, iterations=iterations, init=init)
-    _evict(path)
-    before = _resident(path)
+    for path in paths:
+        _evict(path)
+    before = [sum(v) for v in zip(*(_resident(p) for p in paths))]
     t = time.perf_counter()
     res = cnn.explain(feats, layer=layer, options=opts, sources=())
     seconds = time.perf_counter() - t
     lv = cnn.layer(layer)
-    src = lv.source
     runs = lv.runs(lv.check_images(res.shortlist))
-    ranges = [(src.offset + a * src.row_bytes, src.offset + b * src.row_bytes) for a, b in runs]
-    touched = sum(b - a for a, b in ranges)
-    after = _resident(path)
+    reads = [(Path(s.path), [(s.offset + a * s.row_bytes, s.offset + b * s.row_bytes) for a, b in runs])
+             for s in _files(lv)]
+    touched = sum(b - a for _, ranges in reads for a, b in ranges)
+    after = [sum(v) for v in zip(*(_resident(p) for p in paths))]
     codec = lv.codec
-    del lv, res, cnn, src
+    del lv, res, cnn
     gc.collect()
-    _evict(path)
-    cold_again = _resident(path)
-    read_s = _sequential_read(path, ranges)
+    for path in paths:
+        _evict(path)
+    cold_again = [sum(v) for v in zip(*(_resident(p) for p in paths))]
+    read_s = sum(_sequential_read(path, ranges) for path, ranges in reads)
     return {"index": os.fspath(index), "codec": codec, "layer": layer, "search": search,
-            "top_k": top_k, "iterations": iterations, "init": init,
+            "top_k": top_k, "iterations": iterations, "init": init, "files": [os.fspath(p) for p in paths],
             "resident_pages_before": before[0], "file_pages": before[1],
             "resident_pages_after_query": after[0], "resident_pages_before_read": cold_again[0],
             "query_seconds": seconds, "touched_bytes": touched, "sequential_read_seconds": read_s,

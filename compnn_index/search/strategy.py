@@ -11,11 +11,13 @@ from typing import Callable, Mapping, Sequence, Union
 
 import numpy as np
 
+from ..checks import current_threads
 from ..index.layer import LayerVectors
 from ..options import QueryOptions
 from .exact import exact_search
 from .field import NNField
 from .hyperpatchmatch import patchmatch, upsample_field
+from .start import screen_start
 
 #: layer name -> LayerVectors (the store's ``layer`` method, or a dict in tests).
 LayerLookup = Union[Callable[[str], LayerVectors], Mapping[str, LayerVectors]]
@@ -82,6 +84,15 @@ def search_field(
     pm = dict(options.patchmatch_params(), threads=threads)
     if isinstance(init, NNField):
         return patchmatch(q, get(layer), ids, **pm, init=init)
+    if init == "screen":
+        lv = get(layer)
+        if lv.screen is not None:
+            start = screen_start(q, lv, ids, candidates=options.start_candidates,
+                                 threads=threads or current_threads(), info=info)
+            return patchmatch(q, lv, ids, **pm, init=start)
+        init = "staged"  # a layer without a screen (an older store): the staged start
+        if info is not None:
+            info["start"] = "staged (the layer has no screen: compnn upgrade adds one)"
     if init in ("staged", "coarse") and len(ids) > options.seed_images:
         first = "random" if init == "staged" else "coarse"
         start = search_field(feats, layers, ids[: options.seed_images], layer=layer,

@@ -94,6 +94,7 @@ def create_app(
     max_buffered_bytes: int | None = None,
     verify: bool = False,
     cluster: str | None = None,
+    warm: bool = False,
 ) -> FastAPI:
     """Build the ASGI app over one index store.
 
@@ -114,6 +115,7 @@ def create_app(
         ``max(4 * max_upload_bytes, 32 MiB)``); beyond, 503.
     verify : check every store file against its checksum on open (reads the whole store).
     cluster : Ray cluster whose actors search a sharded store's shards (``CompNN.load``'s).
+    warm : read every layer into the page cache before serving (:meth:`CompNN.warm`).
 
     Raises
     ------
@@ -127,6 +129,10 @@ def create_app(
     check_number(body_timeout, "body_timeout", low=0)
     if cnn is None:
         cnn = CompNN.load(index_dir, mmap=True, verify=verify, cluster=cluster)
+    if warm:
+        for w in cnn.warm():
+            log.warning("warm %s: %s", w["layer"], w.get("skipped") or
+                        f"read {w['read_bytes'] / 1e9:.2f} of {w['bytes'] / 1e9:.2f} GB in {w['seconds']:.1f} s")
     pool = EnginePool(cnn, workers=workers, threads=threads, max_queue=max_queue,
                       queue_timeout=queue_timeout)
     from cachetools import LRUCache
@@ -188,6 +194,7 @@ def serve(
     max_queue: int | None = None,
     verify: bool = False,
     cluster: str | None = None,
+    warm: bool = False,
 ) -> None:
     """Load ``index_dir`` and serve it with uvicorn until interrupted.
 
@@ -206,7 +213,7 @@ def serve(
             allowed.append(host)
     app = create_app(index_dir, workers=workers, threads=threads, cache_size=cache_size,
                      max_upload_bytes=max_upload_bytes, allow_hosts=allowed, max_queue=max_queue,
-                     verify=verify, cluster=cluster)
+                     verify=verify, cluster=cluster, warm=warm)
     print(f"compnn serve: {index_dir} on http://{host}:{port}/ ({workers} query workers)")
     # Worker threads running Python code hand the GIL back to the event loop every 1 ms instead
     # of 5: /health and refusals stay quick while queries compute.

@@ -1160,6 +1160,119 @@ py::tuple patchmatch(const py::array& queries_in, const py::array& vectors_in, c
     return py::make_tuple(out_image, out_y, out_x, out_sim, stats);
 }
 
+// ---------------------------------------------------------------------------------------------
+// Screen-space argmax (the "screen" start of search/strategy.py): for every query row t (Q, W),
+// the candidate row c (C, W) of largest t.c, over all candidates, exactly (float32 sums, fixed
+// order, ties to the lowest index). Candidates sit in lanes: 8 candidates x 4 queries per step,
+// the candidate chunk (kScreenChunk rows, transposed to float32) reused by every query group.
+
+constexpr int64_t kScreenChunk = 4096;
+
+void argmax_generic(const float* t, int64_t q0, int64_t nq, const float* ct, int64_t c0, int64_t nc,
+                    int64_t stride, int64_t w, float* best, int64_t* arg) {
+    for (int64_t q = q0; q < q0 + nq; ++q)
+        for (int64_t c = 0; c < nc; ++c) {
+            float a = 0.0f;
+            for (int64_t i = 0; i < w; ++i) a += t[q * w + i] * ct[i * stride + c];
+            if (a > best[q]) { best[q] = a; arg[q] = c0 + c; }
+        }
+}
+
+#ifdef HPM_X86
+__attribute__((target("avx2,fma"))) void argmax_avx2(const float* t, int64_t q0, int64_t nq, const float* ct,
+                                                     int64_t c0, int64_t nc, int64_t stride, int64_t w,
+                                                     float* best, int64_t* arg) {
+    // ct has `stride` >= nc columns, a multiple of 8 (zero padding); lanes past nc never win.
+    const __m256 lane = _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256 ninf = _mm256_set1_ps(-INFINITY);
+    int64_t q = q0;
+    for (; q + 4 <= q0 + nq; q += 4) {
+        __m256 mv[4], mi[4];
+        for (int j = 0; j < 4; ++j) { mv[j] = _mm256_set1_ps(-INFINITY); mi[j] = _mm256_setzero_ps(); }
+        for (int64_t c = 0; c < stride; c += 8) {
+            __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+            for (int64_t i = 0; i < w; ++i) {
+                const __m256 v = _mm256_loadu_ps(ct + i * stride + c);
+                for (int j = 0; j < 4; ++j) acc[j] = _mm256_fmadd_ps(_mm256_set1_ps(t[(q + j) * w + i]), v, acc[j]);
+            }
+            const __m256 idx = _mm256_set1_ps(static_cast<float>(c));  // block start, exact below 2**24
+            if (c + 8 > nc) {  // the last, partial block: padding lanes score -inf
+                const __m256 valid = _mm256_cmp_ps(_mm256_add_ps(idx, lane), _mm256_set1_ps(static_cast<float>(nc)),
+                                                   _CMP_LT_OQ);
+                for (int j = 0; j < 4; ++j) acc[j] = _mm256_blendv_ps(ninf, acc[j], valid);
+            }
+            for (int j = 0; j < 4; ++j) {
+                const __m256 gt = _mm256_cmp_ps(acc[j], mv[j], _CMP_GT_OQ);
+                mv[j] = _mm256_blendv_ps(mv[j], acc[j], gt);
+                mi[j] = _mm256_blendv_ps(mi[j], idx, gt);
+            }
+        }
+        for (int j = 0; j < 4; ++j) {  // lanes to one (value, lowest index)
+            alignas(32) float v[8], b[8];
+            _mm256_store_ps(v, mv[j]);
+            _mm256_store_ps(b, mi[j]);
+            for (int l = 0; l < 8; ++l) {
+                const int64_t c = static_cast<int64_t>(b[l]) + l;
+                if (v[l] > best[q + j] || (v[l] == best[q + j] && c0 + c < arg[q + j])) {
+                    best[q + j] = v[l];
+                    arg[q + j] = c0 + c;
+                }
+            }
+        }
+    }
+    if (q < q0 + nq) argmax_generic(t, q, q0 + nq - q, ct, c0, nc, stride, w, best, arg);
+}
+#endif
+
+py::tuple screen_argmax(const py::array& t_in, const py::array& cand_in, int64_t threads) {
+    auto t = require<float>(t_in, "t", 2);
+    auto cand = require<float>(cand_in, "candidates", 2);
+    const int64_t nq = t.shape(0), w = t.shape(1), nc = cand.shape(0);
+    if (cand.shape(1) != w)
+        fail("Expected candidates of width W = " + std::to_string(w) + " (t's), but candidates.shape = " + shape_str(cand));
+    if (nc < 1) fail("Expected at least one candidate");
+    if (nc >= (int64_t{1} << 24)) fail("Expected fewer than 2**24 candidates, but there are " + std::to_string(nc));
+    if (threads < 1) fail("Expected threads >= 1, but threads = " + std::to_string(threads));
+    py::array_t<int64_t> out_arg(nq);
+    py::array_t<float> out_best(nq);
+    int64_t* arg = out_arg.mutable_data();
+    float* best = out_best.mutable_data();
+    const float* tq = t.data();
+    const float* cv = cand.data();
+    {
+        py::gil_scoped_release release;
+        for (int64_t q = 0; q < nq; ++q) { best[q] = -INFINITY; arg[q] = 0; }
+#ifdef HPM_X86
+        __builtin_cpu_init();
+        const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+        const bool avx2 = false;
+#endif
+        constexpr int64_t kQueryBlock = 256;
+        const int64_t n_qb = (nq + kQueryBlock - 1) / kQueryBlock;
+        Pool pool(static_cast<int>(std::min<int64_t>({threads, kMaxThreads, n_qb})));
+        std::vector<float> ct;
+        for (int64_t c0 = 0; c0 < nc; c0 += kScreenChunk) {
+            const int64_t n = std::min(kScreenChunk, nc - c0);
+            const int64_t padded = (n + 7) / 8 * 8;
+            ct.assign(static_cast<size_t>(w * padded), 0.0f);
+            for (int64_t c = 0; c < n; ++c)
+                for (int64_t i = 0; i < w; ++i) ct[i * padded + c] = load(cv, (c0 + c) * w + i);
+            pool.parallel_for(n_qb, [&](int64_t b, int) {
+                const int64_t q0 = b * kQueryBlock, m = std::min(kQueryBlock, nq - q0);
+#ifdef HPM_X86
+                if (avx2) {
+                    argmax_avx2(tq, q0, m, ct.data(), c0, n, padded, w, best, arg);
+                    return;
+                }
+#endif
+                argmax_generic(tq, q0, m, ct.data(), c0, n, padded, w, best, arg);
+            });
+        }
+    }
+    return py::make_tuple(out_arg, out_best);
+}
+
 py::array_t<float> dot_many(const py::array& query_in, const py::array& vectors_in) {
     // Benchmark helper: the dot product of `query` (D,) with every row of `vectors` (N, D).
     auto query = require<float>(query_in, "query", 1);
@@ -1200,6 +1313,9 @@ PYBIND11_MODULE(_hpm, m) {
           "codes with float32 scale, bias (D,). On fp16/sq8 the similarity is the cosine with the decoded vector.\n"
           "screen: uint16 (N, W) half-float rows s(v), screen_q: float32 (Hq, Wq, W) t(q), with q.v <= t.s + margin:\n"
           "candidates whose bound is not above the current similarity are not read (same field, less work).");
+    m.def("screen_argmax", &screen_argmax, py::arg("t"), py::arg("candidates"), py::arg("threads") = 1,
+          "For every row of t (Q, W) float32, the index and value of the largest t . c over the rows c of\n"
+          "candidates (C, W) float32, exactly (ties to the lowest index); the screen start of HyperPatch-Match.");
     m.def("dot_many", &dot_many, py::arg("query"), py::arg("vectors"),
           "Inner products of one query with every row of vectors, with the kernel's dot product (benchmarks).");
     m.def("set_prefetch", [](int64_t bytes) { g_prefetch_bytes = std::max<int64_t>(0, bytes); }, py::arg("bytes"),
