@@ -53,7 +53,6 @@ QUERY_INT_BOUNDS: dict[str, tuple[int, int | None]] = {
     "jumps": (0, MAX_JUMPS),
     "seed": (0, MAX_SEED),
     "seed_images": (1, None),
-    "start_candidates": (1, 1 << 23),
 }
 
 _INT_TEXT = re.compile(r"[+-]?[0-9]+")

@@ -71,6 +71,8 @@ class QueryOptions:
         for name, (low, high) in QUERY_INT_BOUNDS.items():
             check_int(getattr(self, name), name, low=low, high=high)
         check_choice(self.init, "init", INITS)
+        # library-only (not on the CLI or HTTP): the native argmax takes fewer than 2**24 rows
+        check_int(self.start_candidates, "start_candidates", low=1, high=1 << 23)
         check_number(self.coarse_exact_gflop, "coarse_exact_gflop", low=0)
         check_choice(self.exact_method, "exact_method", EXACT_METHODS)
 

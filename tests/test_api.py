@@ -287,7 +287,7 @@ LAYERS_TEXT = ", ".join(TINY_LAYERS)
     (dict(restrict={"colour": "red"}), "matches no database image"),
     (dict(search="fast"), "Unknown search 'fast'; expected one of exact, patchmatch$"),
     (dict(sources=("target", "labels")), "Unknown source 'labels'; expected any of target, input, self$"),
-    (dict(search="patchmatch", init="zeros"), "Unknown init 'zeros'; expected one of random, staged, coarse or an NNField"),
+    (dict(search="patchmatch", init="zeros"), "Unknown init 'zeros'; expected one of random, staged, coarse, screen or an NNField"),
 ])
 def test_query_refuses_bad_options(translate_cnn, kwargs, match):
     opts = dict(top_k=2)

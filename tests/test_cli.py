@@ -166,7 +166,7 @@ def test_init_is_a_choice(capsys, translate_index, tmp_path):
     assert_argument_error(capsys, ["evaluate", translate_index.index, "--data", "synthetic",
                                    "--init", "zeros", "--out", tmp_path], "evaluate", "invalid choice: 'zeros'")
     help_text = build_parser()._subparsers._group_actions[0].choices["query"].format_help()
-    assert "{random,staged,coarse}" in help_text
+    assert "{random,staged,coarse,screen}" in help_text
 
 
 @pytest.mark.parametrize("args,match", [

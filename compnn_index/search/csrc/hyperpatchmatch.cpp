@@ -1179,46 +1179,59 @@ void argmax_generic(const float* t, int64_t q0, int64_t nq, const float* ct, int
 }
 
 #ifdef HPM_X86
-__attribute__((target("avx2,fma"))) void argmax_avx2(const float* t, int64_t q0, int64_t nq, const float* ct,
-                                                     int64_t c0, int64_t nc, int64_t stride, int64_t w,
-                                                     float* best, int64_t* arg) {
-    // ct has `stride` >= nc columns, a multiple of 8 (zero padding); lanes past nc never win.
+// 8 queries x 8 candidates per step: 8 independent FMA chains (the FMA latency is hidden), the
+// running maxima of each query's lanes kept in an L1 buffer. W is the row width (16: unrolled).
+template <int W>
+__attribute__((target("avx2,fma"))) void argmax_block8(const float* t, int64_t q, const float* ct, int64_t c0,
+                                                       int64_t nc, int64_t stride, int64_t w_rt, float* best,
+                                                       int64_t* arg) {
+    const int64_t w = W > 0 ? W : w_rt;
     const __m256 lane = _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7);
     const __m256 ninf = _mm256_set1_ps(-INFINITY);
+    alignas(32) float mv[8][8], mi[8][8];
+    for (int j = 0; j < 8; ++j) {
+        _mm256_store_ps(mv[j], ninf);
+        _mm256_store_ps(mi[j], _mm256_setzero_ps());
+    }
+    for (int64_t c = 0; c < stride; c += 8) {
+        __m256 acc[8];
+        for (int j = 0; j < 8; ++j) acc[j] = _mm256_setzero_ps();
+        for (int64_t i = 0; i < w; ++i) {
+            const __m256 v = _mm256_loadu_ps(ct + i * stride + c);
+            for (int j = 0; j < 8; ++j) acc[j] = _mm256_fmadd_ps(_mm256_broadcast_ss(t + (q + j) * w + i), v, acc[j]);
+        }
+        const __m256 idx = _mm256_set1_ps(static_cast<float>(c));  // block start, exact below 2**24
+        if (c + 8 > nc) {  // the last, partial block: padding lanes score -inf
+            const __m256 valid = _mm256_cmp_ps(_mm256_add_ps(idx, lane), _mm256_set1_ps(static_cast<float>(nc)),
+                                               _CMP_LT_OQ);
+            for (int j = 0; j < 8; ++j) acc[j] = _mm256_blendv_ps(ninf, acc[j], valid);
+        }
+        for (int j = 0; j < 8; ++j) {
+            const __m256 m = _mm256_load_ps(mv[j]);
+            const __m256 gt = _mm256_cmp_ps(acc[j], m, _CMP_GT_OQ);
+            _mm256_store_ps(mv[j], _mm256_blendv_ps(m, acc[j], gt));
+            _mm256_store_ps(mi[j], _mm256_blendv_ps(_mm256_load_ps(mi[j]), idx, gt));
+        }
+    }
+    for (int j = 0; j < 8; ++j)  // lanes to one (value, lowest index)
+        for (int l = 0; l < 8; ++l) {
+            const int64_t cc = static_cast<int64_t>(mi[j][l]) + l;
+            if (mv[j][l] > best[q + j] || (mv[j][l] == best[q + j] && c0 + cc < arg[q + j])) {
+                best[q + j] = mv[j][l];
+                arg[q + j] = c0 + cc;
+            }
+        }
+}
+
+void argmax_avx2(const float* t, int64_t q0, int64_t nq, const float* ct, int64_t c0, int64_t nc, int64_t stride,
+                 int64_t w, float* best, int64_t* arg) {
+    // ct has `stride` >= nc columns, a multiple of 8 (zero padding); lanes past nc never win.
     int64_t q = q0;
-    for (; q + 4 <= q0 + nq; q += 4) {
-        __m256 mv[4], mi[4];
-        for (int j = 0; j < 4; ++j) { mv[j] = _mm256_set1_ps(-INFINITY); mi[j] = _mm256_setzero_ps(); }
-        for (int64_t c = 0; c < stride; c += 8) {
-            __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-            for (int64_t i = 0; i < w; ++i) {
-                const __m256 v = _mm256_loadu_ps(ct + i * stride + c);
-                for (int j = 0; j < 4; ++j) acc[j] = _mm256_fmadd_ps(_mm256_set1_ps(t[(q + j) * w + i]), v, acc[j]);
-            }
-            const __m256 idx = _mm256_set1_ps(static_cast<float>(c));  // block start, exact below 2**24
-            if (c + 8 > nc) {  // the last, partial block: padding lanes score -inf
-                const __m256 valid = _mm256_cmp_ps(_mm256_add_ps(idx, lane), _mm256_set1_ps(static_cast<float>(nc)),
-                                                   _CMP_LT_OQ);
-                for (int j = 0; j < 4; ++j) acc[j] = _mm256_blendv_ps(ninf, acc[j], valid);
-            }
-            for (int j = 0; j < 4; ++j) {
-                const __m256 gt = _mm256_cmp_ps(acc[j], mv[j], _CMP_GT_OQ);
-                mv[j] = _mm256_blendv_ps(mv[j], acc[j], gt);
-                mi[j] = _mm256_blendv_ps(mi[j], idx, gt);
-            }
-        }
-        for (int j = 0; j < 4; ++j) {  // lanes to one (value, lowest index)
-            alignas(32) float v[8], b[8];
-            _mm256_store_ps(v, mv[j]);
-            _mm256_store_ps(b, mi[j]);
-            for (int l = 0; l < 8; ++l) {
-                const int64_t c = static_cast<int64_t>(b[l]) + l;
-                if (v[l] > best[q + j] || (v[l] == best[q + j] && c0 + c < arg[q + j])) {
-                    best[q + j] = v[l];
-                    arg[q + j] = c0 + c;
-                }
-            }
-        }
+    for (; q + 8 <= q0 + nq; q += 8) {
+        if (w == 16)
+            argmax_block8<16>(t, q, ct, c0, nc, stride, w, best, arg);
+        else
+            argmax_block8<0>(t, q, ct, c0, nc, stride, w, best, arg);
     }
     if (q < q0 + nq) argmax_generic(t, q, q0 + nq - q, ct, c0, nc, stride, w, best, arg);
 }
