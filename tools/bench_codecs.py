@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from compnn_index.api import CompNN
+
 from compnn_index.cli import _int_list, _str_list
-from compnn_index.data import open_dataset
+from benchutil import open_stores
 from compnn_index.jobs.compare import _exact, _fidelity
 from compnn_index.options import QueryOptions
 from compnn_index.search import _hpm
@@ -45,11 +45,8 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=1, help="runs per setting (best time kept)")
     a = p.parse_args()
 
-    ref = CompNN.load(a.stores[0], threads=a.threads)
-    cnns = [ref] + [CompNN.load(s, model=ref.model, threads=a.threads) for s in a.stores[1:]]
-    man = ref.store.manifest["dataset"]
-    ds = open_dataset(a.data, split=a.split, direction=man.get("direction", "AtoB"), task=ref.task,
-                      size=man.get("size"), limit=a.limit)
+    cnns, ds = open_stores(a.stores, data=a.data, split=a.split, limit=a.limit, threads=a.threads)
+    ref = cnns[0]
     seg = ref.task == "segment"
     rows: dict[tuple, dict[str, list]] = {}
     exact_fid, exact_s = [], []

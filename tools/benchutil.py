@@ -37,5 +37,21 @@ class RssSampler:
         self._thread.join()
 
 
+def open_stores(stores, *, data: str, split: str, limit: int | None, threads: int | None = None):
+    """The stores (the first one's model shared by all) and the query split their manifest names.
+
+    Returns ``(cnns, dataset)``; ``cnns[0]`` is the reference store.
+    """
+    from compnn_index.api import CompNN
+    from compnn_index.data import open_dataset
+
+    ref = CompNN.load(stores[0], threads=threads)
+    cnns = [ref] + [CompNN.load(s, model=ref.model, threads=threads) for s in stores[1:]]
+    man = ref.store.manifest["dataset"]
+    ds = open_dataset(data, split=split, direction=man.get("direction", "AtoB"), task=ref.task,
+                      size=man.get("size"), limit=limit)
+    return cnns, ds
+
+
 def dir_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
