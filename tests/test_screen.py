@@ -311,3 +311,17 @@ def test_warm_reads_codes_and_screen_rows_into_the_page_cache(store, model):
     for src, arr in ((lv.source, lv.raw), (lv.screen_source, lv.screen.rows)):
         resident, total = src.resident(arr, runs)
         assert resident == total > 0
+
+
+def test_upgrade_of_a_sharded_store_screens_every_shard_and_keeps_it_openable(model, dataset, tmp_path):
+    from compnn_index.index.sharded import build_sharded
+
+    out = tmp_path / "sharded"
+    build_sharded(model, dataset, shards=2, layers=["decoder2"], out=out, progress=False, screen=0)
+    assert all(IndexStore.open(out).shard(i).layer("decoder2").screen is None for i in range(2))
+    lines = upgrade_screens(out, progress=False)
+    assert len(lines) == 2 and all("decoder2: wrote screen" in line for line in lines)
+    store = IndexStore.open(out)  # the top manifest's shard hashes were updated
+    assert all(store.shard(i).layer("decoder2").screen is not None for i in range(2))
+    with pytest.raises(IndexStoreError, match="is sharded: its shards carry their own screens"):
+        add_screens(out)
