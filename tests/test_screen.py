@@ -147,6 +147,8 @@ def test_build_writes_a_checksummed_screen_that_queries_use(store):
     lv = IndexStore.open(store, verify=True).layer("decoder2")
     assert lv.screen is not None and lv.screen.rows.shape == (lv.ntotal, WIDTH)
     assert not lv.screen.rows.flags.writeable
+    # written during the build, row for row the screen of the vectors the layer holds
+    np.testing.assert_array_equal(np.asarray(lv.screen.rows), encode(lv.decode(np.arange(lv.ntotal)), lv.screen.basis))
     hp = lv.decode(np.arange(lv.image_range(0)[0], lv.image_range(0)[1])).reshape(*lv.grids[0], -1)
     _, st = patchmatch(hp, lv, np.array([1, 2, 3]), iterations=3, return_stats=True)
     assert st.screened > 0
@@ -194,6 +196,7 @@ def test_compress_computes_the_screen_of_the_decoded_vectors(store, tmp_path):
     src = IndexStore.open(store).layer("decoder2").screen
     lv = IndexStore.open(out, verify=True).layer("decoder2")
     assert lv.screen is not None and not np.array_equal(np.asarray(lv.screen.rows), np.asarray(src.rows))
+    np.testing.assert_array_equal(np.asarray(lv.screen.rows), encode(lv.decode(np.arange(lv.ntotal)), lv.screen.basis))
     # the bound holds for the cosine with the decoded, re-normalised vectors the kernel scores
     dec = lv.decode(np.arange(lv.ntotal)).astype(np.float64)
     dec /= np.linalg.norm(dec, axis=1, keepdims=True)

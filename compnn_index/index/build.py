@@ -35,15 +35,15 @@ from ..data import as_paired_dataset
 from ..errors import IndexStoreError, ModelError
 from ..features import FeatureExtractor, LayerSpec, default_layer_specs, infer_layer_specs, smallest_tap
 from ..models import model_hash
-from .codecs import SQ_TRAIN_ROWS, check_codec, file_bytes, layer_writer, n_trained, train_codec
+from .codecs import SQ_TRAIN_ROWS, check_codec, file_bytes, layer_writer, n_trained, roundtrip, train_codec
 from . import integrity
 from .flatfile import HEADER_BYTES, FlatIPWriter
-from .manifest import ARRAY_DIR, FORMAT_VERSION, GLOBAL_FILE, LAYER_DIR, library_versions, read_manifest, write_manifest
+from .manifest import ARRAY_DIR, FORMAT_VERSION, GLOBAL_FILE, LAYER_DIR, library_versions, write_manifest
 from .memory import StoreSize, check_disk, check_memory
 from .npyfile import NpyWriter
 from .pairs import manifest_entries, parse_pairs, plan_pairs
-from .screen import WIDTH as SCREEN_WIDTH, check_screen_width
-from .screen_store import add_screens, screen_bytes
+from .screen import FIT_ROWS, WIDTH as SCREEN_WIDTH, ScreenWriter, check_screen_width
+from .screen_store import screen_bytes, screen_files
 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
 
@@ -284,11 +284,15 @@ def build_index(
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
         os.chmod(tmp, 0o777 & ~_current_umask())  # mkdtemp makes it private (0700)
         try:
-            trained = _train_codec_sample(dataset, extractor, shapes, codec, int(batch_size))
+            sample = _layer_sample(dataset, extractor, shapes, int(batch_size),
+                                   max(SQ_TRAIN_ROWS if n_trained(codec, 1) else 0, FIT_ROWS if screen else 0))
+            trained = {name: train_codec(codec, x[:SQ_TRAIN_ROWS]) for name, x in sample.items()} \
+                if any(n_trained(codec, d) for _, _, d in shapes.values()) else {}
             integrity.claim_build_dir(tmp)  # a lock naming this process, for clean_stale_builds
             manifest = _write_store(
                 tmp, dataset, extractor, shapes, gdim, arrays,
                 batch_size=int(batch_size), progress=progress, codec=codec, trained=trained, extra=extra,
+                screen=screen, screen_sample=sample,
             )
             manifest.update(
                 format_version=FORMAT_VERSION,
@@ -318,10 +322,6 @@ def build_index(
                 manifest["predictions"] = manifest_entries(geoms)
                 order.append("predictions")
             manifest = {k: manifest[k] for k in order}
-            if screen:  # from the finished layer files, through the store reader
-                write_manifest(tmp, manifest)
-                add_screens(tmp, width=screen, progress=progress, checksums=False)
-                manifest = read_manifest(tmp)
             # one sequential pass over the finished files, before the atomic rename
             manifest["checksums"] = integrity.compute_checksums(tmp)
             write_manifest(tmp, manifest)
@@ -333,19 +333,18 @@ def build_index(
     return out
 
 
-def _train_codec_sample(dataset: Any, extractor: FeatureExtractor,
-                        shapes: Mapping[str, tuple[int, int, int]], codec: str,
-                        batch_size: int) -> dict[str, np.ndarray]:
-    """Per-layer trained values of ``codec`` (``sq8`` ranges) from images spread over the dataset.
-
-    Takes whole images, evenly spaced, until every layer has :data:`SQ_TRAIN_ROWS` vectors (or
-    the dataset ends). Empty for codecs that need no training.
+def _layer_sample(dataset: Any, extractor: FeatureExtractor,
+                  shapes: Mapping[str, tuple[int, int, int]], batch_size: int,
+                  rows: int) -> dict[str, np.ndarray]:
+    """Per-layer hyperpatches of whole images spread evenly over the dataset, until every layer
+    has ``rows`` of them (or the dataset ends): what the ``sq8`` ranges are trained on and the
+    screen's basis is fitted to. Empty when ``rows`` is 0.
     """
-    if all(n_trained(codec, d) == 0 for _, _, d in shapes.values()):
+    if rows <= 0:
         return {}
     n = len(dataset)
     per_image = min(hp * wp for hp, wp, _ in shapes.values())
-    count = max(1, min(n, -(-SQ_TRAIN_ROWS // max(per_image, 1))))
+    count = max(1, min(n, -(-rows // max(per_image, 1))))
     picks = np.unique(np.linspace(0, n - 1, count).round().astype(int))
     samples: dict[str, list[np.ndarray]] = {name: [] for name in shapes}
     for start in range(0, len(picks), batch_size):
@@ -354,7 +353,7 @@ def _train_codec_sample(dataset: Any, extractor: FeatureExtractor,
         _, patches, _ = extractor(x)
         for name, hp in patches.items():
             samples[name].append(hp.reshape(-1, hp.shape[-1]))
-    return {name: train_codec(codec, np.concatenate(parts)[:SQ_TRAIN_ROWS]) for name, parts in samples.items()}
+    return {name: np.concatenate(parts)[:rows] for name, parts in samples.items()}
 
 
 def _write_store(
@@ -370,6 +369,8 @@ def _write_store(
     codec: str = "fp32",
     trained: Mapping[str, np.ndarray] | None = None,
     extra: Any = None,
+    screen: int = 0,
+    screen_sample: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Stream every batch into the layer files, global file and sidecar arrays in ``tmp``.
 
@@ -382,6 +383,9 @@ def _write_store(
                for name, (_, _, d) in shapes.items()}
     norm_writers = {name: NpyWriter(tmp / _norms_file(name), (n * hp * wp,), np.dtype(np.float32))
                     for name, (hp, wp, _) in shapes.items()}
+    screens = {name: ScreenWriter(tmp, *screen_files(name), n * hp * wp,
+                                  roundtrip(codec, screen_sample[name], (trained or {}).get(name)), screen)
+               for name, (hp, wp, _) in shapes.items()} if screen else {}
     gwriter = FlatIPWriter(tmp / GLOBAL_FILE, gdim)
     arrays_out = {
         name: NpyWriter(tmp / ARRAY_DIR / f"{name}.npy", shape, dtype)
@@ -411,6 +415,8 @@ def _write_store(
                         )
                     writers[name].add(flat)
                     norm_writers[name].add(norms[name].reshape(-1))
+                    if name in screens:  # of the vectors as the layer holds them
+                        screens[name].add(roundtrip(codec, flat, (trained or {}).get(name)))
                 gwriter.add(gdesc)
                 arrays_out["inputs"].add(x)
                 arrays_out["targets"].add(np.stack([np.asarray(s.target) for s in samples]))
@@ -424,8 +430,9 @@ def _write_store(
         gtotal = gwriter.close()
         for a in (*arrays_out.values(), *norm_writers.values()):
             a.close()
+        screen_entries = {name: w.close() for name, w in screens.items()}
     finally:
-        for w in (*writers.values(), gwriter, *arrays_out.values(), *norm_writers.values()):
+        for w in (*writers.values(), gwriter, *arrays_out.values(), *norm_writers.values(), *screens.values()):
             w.abort()
 
     layers = {}
@@ -437,7 +444,7 @@ def _write_store(
         layers[name] = {
             "spec": extractor.specs[name].to_dict(), "grid": [hp, wp], "dim": d,
             "ntotal": ntotals[name], "file": _layer_file(name), "codec": codec,
-            "norms": _norms_file(name),
+            "norms": _norms_file(name), "screen": screen_entries.get(name),
         }
     return {
         "images": images,

@@ -257,6 +257,17 @@ class CodecDecoder:
         return self._decode(self.raw[np.asarray(ids, dtype=np.int64)], out)
 
 
+def roundtrip(codec: str, x: np.ndarray, trained: np.ndarray | None = None) -> np.ndarray:
+    """The vectors a ``codec`` layer holds for ``x`` (n, d), as readers decode them: FAISS's codes,
+    decoded and re-normalised like :class:`CodecDecoder` (fp32: ``x`` itself). What the screen of a
+    layer being written is computed from."""
+    if check_codec(codec) == "fp32":
+        return x
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    codes = encode(empty_sq_index(codec, x.shape[1], trained), x)
+    return CodecDecoder(codec, codes, x.shape[1], trained)(0, len(x), np.empty(x.shape, np.float32))
+
+
 def normalise_rows(out: np.ndarray) -> np.ndarray:
     """Scale every row of the float32 ``out`` to unit length in place (zero rows stay zero)."""
     if out.shape[0] == 0:

@@ -31,10 +31,10 @@ from tqdm.auto import tqdm
 
 from ..errors import IndexStoreError
 from . import integrity
-from .codecs import SQ_TRAIN_ROWS, check_codec, file_bytes, layer_writer, n_trained, train_codec
-from .manifest import FORMAT_VERSION, MANIFEST_NAME, read_manifest, write_manifest
-from .screen import WIDTH as SCREEN_WIDTH, check_screen_width
-from .screen_store import add_screens
+from .codecs import SQ_TRAIN_ROWS, check_codec, file_bytes, layer_writer, n_trained, roundtrip, train_codec
+from .manifest import FORMAT_VERSION, MANIFEST_NAME, write_manifest
+from .screen import WIDTH as SCREEN_WIDTH, ScreenWriter, check_screen_width
+from .screen_store import screen_files
 from .memory import StoreSize, check_disk
 from .store import IndexStore
 
@@ -133,20 +133,30 @@ def compress_store(src: str | os.PathLike, out: str | os.PathLike, *, codec: str
         written = 0
         for name, entry in man["layers"].items():
             lv = store.layer(name)
-            trained = train_codec(codec, _sample(lv)) if n_trained(codec, lv.dim) else None
+            sample = _sample(lv) if (screen or n_trained(codec, lv.dim)) else None
+            trained = train_codec(codec, sample) if n_trained(codec, lv.dim) else None
             (tmp / entry["file"]).parent.mkdir(parents=True, exist_ok=True)
+            # the screen of the re-encoded vectors, written in the same pass (not the source's)
+            sw = ScreenWriter(tmp, *screen_files(name), lv.ntotal, roundtrip(codec, sample, trained),
+                              screen) if screen else None
             bar = tqdm(total=lv.ntotal, unit="vec", unit_scale=True, desc=f"compress {name} → {codec}",
                        disable=not progress, dynamic_ncols=True)
-            with bar, layer_writer(tmp / entry["file"], lv.dim, codec, trained) as w:
-                for a in range(0, lv.ntotal, rows):
-                    for _, block in lv.blocks(a, min(a + rows, lv.ntotal), rows=rows):
-                        w.add(block)
-                    bar.update(min(rows, lv.ntotal - a))
-                    written += 1
-                    if _interrupt_after is not None and written >= _interrupt_after:
-                        raise KeyboardInterrupt("compress interrupted (test)")
+            try:
+                with bar, layer_writer(tmp / entry["file"], lv.dim, codec, trained) as w:
+                    for a in range(0, lv.ntotal, rows):
+                        for _, block in lv.blocks(a, min(a + rows, lv.ntotal), rows=rows):
+                            w.add(block)
+                            if sw is not None:
+                                sw.add(roundtrip(codec, block, trained))
+                        bar.update(min(rows, lv.ntotal - a))
+                        written += 1
+                        if _interrupt_after is not None and written >= _interrupt_after:
+                            raise KeyboardInterrupt("compress interrupted (test)")
+                entry["screen"] = sw.close() if sw is not None else None
+            finally:
+                if sw is not None:
+                    sw.abort()
             entry["codec"] = codec
-            entry["screen"] = None
         layer_files = {os.path.normpath(e["file"]) for e in man["layers"].values()}
         layer_files |= {os.path.normpath(rel) for e in store.manifest["layers"].values()
                         for key, rel in (e.get("screen") or {}).items() if key in ("rows", "basis")}
@@ -161,11 +171,6 @@ def compress_store(src: str | os.PathLike, out: str | os.PathLike, *, codec: str
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "seconds": round(time.perf_counter() - started, 3),
         }
-        man["checksums"] = None
-        if screen:  # from the new layer files, through the store reader (OWNER still names us)
-            write_manifest(tmp, man)
-            add_screens(tmp, width=screen, progress=progress, checksums=False)
-            man = read_manifest(tmp)
         (tmp / _OWNER).unlink()
         man["checksums"] = integrity.compute_checksums(tmp)  # of the new files, not the source's
         write_manifest(tmp, man)

@@ -148,6 +148,33 @@ def sample_rows(blocks: Callable[[int, int], Any], ntotal: int, rows: int = FIT_
     return np.concatenate(parts)
 
 
+class ScreenWriter:
+    """Stream a layer's screen rows while the layer itself is written (build, compress): no
+    second pass over the layer file. ``add(vectors)`` takes the vectors *as the layer will hold
+    them* (:func:`compnn_index.index.codecs.roundtrip`); ``close()`` also writes the basis and
+    returns the manifest entry (``rows``/``basis`` relative to ``root``)."""
+
+    def __init__(self, root: str | os.PathLike, rows_rel: str, basis_rel: str, ntotal: int,
+                 sample: np.ndarray, width: int = WIDTH) -> None:
+        self.root, self.rows_rel, self.basis_rel = Path(root), rows_rel, basis_rel
+        self.basis = fit_basis(sample, width)
+        xs = _normalise(np.asarray(sample, dtype=np.float64))
+        self.energy = float(np.mean(np.sum((xs @ self.basis.astype(np.float64)) ** 2, axis=1)))
+        self._writer = NpyWriter(self.root / rows_rel, (int(ntotal), width), np.dtype(np.float16))
+
+    def add(self, vectors: np.ndarray) -> None:
+        self._writer.add(encode(vectors, self.basis))
+
+    def close(self) -> dict:
+        self._writer.close()
+        np.save(self.root / self.basis_rel, self.basis, allow_pickle=False)
+        return {"rows": self.rows_rel, "basis": self.basis_rel, "width": int(self.basis.shape[1] + 1),
+                "energy": round(self.energy, 6)}
+
+    def abort(self) -> None:
+        self._writer.abort()
+
+
 def write_screen(layer: Any, path: str | os.PathLike, basis_path: str | os.PathLike, *,
                  width: int = WIDTH, progress: Callable[[int], None] | None = None) -> dict:
     """Fit a basis on ``layer`` (a :class:`~compnn_index.index.layer.LayerVectors`) and stream its

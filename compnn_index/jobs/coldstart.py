@@ -72,12 +72,14 @@ def _files(lv) -> list:
 
 def cold_start(index: str | Path, *, data: str, split: str = "test", query: int = 0,
                layer: str | None = None, top_k: int | None = None, search: str = "patchmatch",
-               iterations: int = 32, init: str = "staged", threads: int | None = None) -> dict:
+               iterations: int | None = None, init: str | None = None, threads: int | None = None) -> dict:
     """Measure the first query on a cold store (see the module doc); returns the figures."""
     from ..api import CompNN
     from ..data import open_dataset
-    from ..options import QueryOptions
+    from ..options import DEFAULTS, QueryOptions
 
+    iterations = DEFAULTS.iterations if iterations is None else iterations
+    init = init or DEFAULTS.init
     cnn = CompNN.load(index, threads=threads)
     layer = cnn.check_layer(layer)
     trained = cnn.store.manifest.get("dataset", {})
@@ -123,8 +125,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--layer", default=None)
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--search", default="patchmatch", choices=["patchmatch", "exact"])
-    p.add_argument("--iterations", type=int, default=32)
-    p.add_argument("--init", default="staged")
+    p.add_argument("--iterations", type=int, default=None, help="default: QueryOptions'")
+    p.add_argument("--init", default=None, help="default: QueryOptions'")
     p.add_argument("--threads", type=int, default=None)
     a = p.parse_args(argv)
     print(json.dumps(cold_start(a.index, data=a.data, split=a.split, query=a.query, layer=a.layer,
