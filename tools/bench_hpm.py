@@ -59,7 +59,7 @@ def main() -> None:
     p.add_argument("--layer", default="decoder2")
     p.add_argument("--top-k", type=int, default=16)
     p.add_argument("--restrict", type=int, default=None, help="search only the first N database images")
-    p.add_argument("--grid", type=lambda s: [g for g in s.split(",") if g], default=["screen:8:8:64", "staged:32:8:4"])
+    p.add_argument("--grid", type=lambda s: [g for g in s.split(",") if g], default=["screen:12:8:48", "staged:32:8:4"])
     p.add_argument("--exact-cache", type=Path, required=True)
     p.add_argument("--ref-method", default="faiss", choices=["faiss", "fused"])
     p.add_argument("--faiss-seconds", type=float, default=None,

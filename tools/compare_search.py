@@ -22,6 +22,7 @@ from benchutil import RssSampler, dir_bytes
 
 from compnn_index.cli import _int_list, _str_list
 from compnn_index.jobs.compare import compare
+from compnn_index.options import DEFAULTS
 
 
 def main() -> None:
@@ -33,10 +34,10 @@ def main() -> None:
     p.add_argument("--limit", type=int, default=5)
     p.add_argument("--layer", default="decoder2")
     p.add_argument("--top-k", type=_int_list, default=[16])
-    p.add_argument("--iterations", type=_int_list, default=[2, 4, 8, 16, 32])
-    p.add_argument("--init", type=_str_list, default=["staged"])
-    p.add_argument("--samples", type=int, default=8)
-    p.add_argument("--jumps", type=int, default=4)
+    p.add_argument("--iterations", type=_int_list, default=[2, 4, 8, 12, 16, 32])
+    p.add_argument("--init", type=_str_list, default=[DEFAULTS.init])
+    p.add_argument("--samples", type=int, default=DEFAULTS.samples)
+    p.add_argument("--jumps", type=int, default=DEFAULTS.jumps)
     p.add_argument("--baselines", type=_str_list, default=["hnsw", "ivf"])
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--stores", type=_str_list, default=[],
