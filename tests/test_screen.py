@@ -328,3 +328,11 @@ def test_upgrade_of_a_sharded_store_screens_every_shard_and_keeps_it_openable(mo
     assert all(store.shard(i).layer("decoder2").screen is not None for i in range(2))
     with pytest.raises(IndexStoreError, match="is sharded: its shards carry their own screens"):
         add_screens(out)
+
+
+def test_rebuild_command_of_a_compressed_store_keeps_its_codec(store, tmp_path):
+    from compnn_index.index.manifest import read_manifest, rebuild_command
+
+    out = compress_store(store, tmp_path / "f16", codec="fp16", progress=False)
+    assert "--codec fp16" in rebuild_command(out, read_manifest(out))
+    assert "--codec" not in rebuild_command(store, read_manifest(store))

@@ -152,6 +152,9 @@ def rebuild_command(directory: str | os.PathLike, manifest: dict[str, Any]) -> s
         parts.append(f"--size {ds['size'][0]}")
     if ds.get("limit"):
         parts.append(f"--limit {ds['limit']}")
+    codecs = {e.get("codec", "fp32") for e in manifest["layers"].values()}
+    if codecs != {"fp32"}:  # a compressed store is rebuilt with its codec
+        parts.append(f"--codec {sorted(codecs)[0]}")
     parts += [f"--layers {','.join(manifest['layers'])}", f"--out {os.fspath(directory)}", "--overwrite"]
     return " ".join(parts)
 
