@@ -284,27 +284,26 @@ def paste(
             raise QueryError(f"Expected num_classes to be a positive int, got num_classes = {num_classes!r}")
     _check_against_source(field, stride, n, hs, ws)
 
-    used = np.unique(field.image)
-    # Fancy indexing reads only the images the field uses (one read per image for a memmap).
-    sub = np.ascontiguousarray(source[used]).reshape(-1)
     cand = _candidates(field, stride, region, out_size, (hs, ws))
-    slot = np.searchsorted(used, cand.image)
-    pix = np.where(cand.valid, cand.sy * ws + cand.sx, 0)  # invalid entries read pixel 0, weight 0
+    # Only the pixels the blocks cover are read (fancy indexing of a memmap reads those pages):
+    # a whole-set field matches hundreds of images, whose whole planes would cost ~0.4 MB each.
+    # Invalid entries read pixel (0, 0) of a used image and get weight 0.
+    img = np.where(cand.valid, cand.image, field.image.flat[0])
+    sy = np.where(cand.valid, cand.sy, 0)
+    sx = np.where(cand.valid, cand.sx, 0)
     covered = cand.valid.any(axis=0)
 
     if mode == "mean":
-        plane = hs * ws
-        base = slot * (c * plane) + pix
         acc = np.zeros((c, *out_size), np.float64)  # float64: sums of equal float32 values are exact
-        for i in range(base.shape[0]):
+        for i in range(img.shape[0]):
             for ch in range(c):
-                acc[ch] += np.where(cand.valid[i], sub[base[i] + ch * plane], 0.0)
+                acc[ch] += np.where(cand.valid[i], source[img[i], ch, sy[i], sx[i]], 0.0)
         count = cand.valid.sum(axis=0)
         out = (acc / np.maximum(count, 1.0)).astype(np.float32)
         return np.ascontiguousarray(_nearest_fill(out, covered))
 
-    _check_labels(sub, num_classes, ignore_index)
-    labels = sub[slot * (hs * ws) + pix].astype(np.int64)
+    labels = np.asarray(source[img, sy, sx]).astype(np.int64)
+    _check_labels(labels[cand.valid], num_classes, ignore_index)
     votes = cand.valid if ignore_index is None else cand.valid & (labels != ignore_index)
     winner, has_vote = _mode(labels, votes)
     out = np.where(has_vote, winner, 0 if ignore_index is None else ignore_index)
