@@ -103,10 +103,12 @@ def _str_list(text: str) -> list[str]:
 
 
 def _doubling(last: int) -> list[int]:
-    """2, 4, 8, ... up to ``last``: the iteration sweep of ``compare``."""
+    """2, 4, 8, ... below ``last``, then ``last``: the iteration sweep of ``compare`` (ends at the default)."""
     out = [2]
-    while out[-1] * 2 <= last:
+    while out[-1] * 2 < last:
         out.append(out[-1] * 2)
+    if out[-1] != last:
+        out.append(last)
     return out
 
 

@@ -284,11 +284,11 @@ def build_index(
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
         os.chmod(tmp, 0o777 & ~_current_umask())  # mkdtemp makes it private (0700)
         try:
+            integrity.claim_build_dir(tmp)  # a lock naming this process, for clean_stale_builds
             sample = _layer_sample(dataset, extractor, shapes, int(batch_size),
                                    max(SQ_TRAIN_ROWS if n_trained(codec, 1) else 0, FIT_ROWS if screen else 0))
             trained = {name: train_codec(codec, x[:SQ_TRAIN_ROWS]) for name, x in sample.items()} \
                 if any(n_trained(codec, d) for _, _, d in shapes.values()) else {}
-            integrity.claim_build_dir(tmp)  # a lock naming this process, for clean_stale_builds
             manifest = _write_store(
                 tmp, dataset, extractor, shapes, gdim, arrays,
                 batch_size=int(batch_size), progress=progress, codec=codec, trained=trained, extra=extra,

@@ -160,6 +160,11 @@ class ShardedArray:
             arr = np.asarray(key)
             if arr.dtype == bool:
                 arr = np.flatnonzero(arr)
+            if any(isinstance(r, np.ndarray) or isinstance(r, list) for r in rest):
+                # advanced indexing across axes (compose.paste's source[img, y, x]): read each
+                # named image once, then index the gathered rows elementwise
+                uniq, inv = np.unique(arr, return_inverse=True)
+                return self.take(uniq)[(inv.reshape(arr.shape),) + tuple(rest)]
             out = self.take(arr).reshape(arr.shape + self.shape[1:])
         return out[rest] if rest else out
 
