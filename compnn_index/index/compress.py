@@ -76,8 +76,7 @@ def clean_stale(out: Path, tag: str = _TMP_TAG) -> list[Path]:
     """Remove temporary folders of earlier runs to ``out`` that were killed; return them."""
     removed = []
     for folder in out.parent.glob(f".{out.name}{tag}*"):
-        owned = (folder / _OWNER).exists()  # a manifest beside OWNER: killed while screening
-        if folder.is_dir() and (owned or not (folder / MANIFEST_NAME).exists()) and not _owner_alive(folder):
+        if folder.is_dir() and not (folder / MANIFEST_NAME).exists() and not _owner_alive(folder):
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder)
     return removed

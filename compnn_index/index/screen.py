@@ -183,24 +183,20 @@ def write_screen(layer: Any, path: str | os.PathLike, basis_path: str | os.PathL
     Reads the layer block by block (one decoded tile in RAM). Returns what was measured: the
     fraction of energy the basis holds on its sample.
     """
-    sample = sample_rows(layer.blocks, layer.ntotal)
-    basis = fit_basis(sample, width)
-    xs = _normalise(sample.astype(np.float64))
-    energy = float(np.mean(np.sum((xs @ basis.astype(np.float64)) ** 2, axis=1)))
-    writer = NpyWriter(path, (layer.ntotal, width), np.dtype(np.float16))
+    path, basis_path = Path(path), Path(basis_path)
+    writer = ScreenWriter(path.parent, path.name, basis_path.name, layer.ntotal,
+                          sample_rows(layer.blocks, layer.ntotal), width)
     try:
         for a in range(0, layer.ntotal, ENCODE_ROWS):
             b = min(a + ENCODE_ROWS, layer.ntotal)
             for _, block in layer.blocks(a, b):
-                writer.add(encode(block, basis))
+                writer.add(block)
             if progress is not None:
                 progress(b - a)
-        writer.close()
-    except BaseException:
+        entry = writer.close()
+    finally:
         writer.abort()
-        raise
-    np.save(basis_path, basis, allow_pickle=False)
-    return {"width": width, "energy": energy}
+    return {"width": entry["width"], "energy": entry["energy"]}
 
 
 def compute_screen(layer: Any, *, width: int = WIDTH) -> Screen:

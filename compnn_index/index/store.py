@@ -120,8 +120,8 @@ class IndexStore:
             self._check_flat_file(entry["file"], entry["ntotal"], entry["dim"], codec)
             if entry.get("norms") and not (self.path / entry["norms"]).is_file():
                 raise IndexStoreError(f"layer {name!r}: norms file {os.fspath(self.path / entry['norms'])!r} is missing")
-            for rel in (entry.get("screen") or {}).values():
-                if isinstance(rel, str) and not (self.path / rel).is_file():
+            for rel in [(entry.get("screen") or {}).get(k) for k in ("rows", "basis")]:
+                if rel and not (self.path / rel).is_file():
                     raise IndexStoreError(
                         f"layer {name!r}: screen file {os.fspath(self.path / rel)!r} is missing (compnn upgrade "
                         f"{os.fspath(self.path)} writes it again)")

@@ -106,6 +106,7 @@ def patchmatch(
     return_stats: bool = False,
     prefetch: bool = True,
     screen: bool = True,
+    screen_q: np.ndarray | None = None,
 ) -> NNField | tuple[NNField, PatchMatchStats]:
     """HyperPatch-Match with the native kernel: an approximate NN field over ``images``.
 
@@ -145,6 +146,9 @@ def patchmatch(
         Use the layer's screen (:mod:`compnn_index.index.screen`), if it has one: candidates whose
         32-byte bound is not above the position's current similarity are not read. The field is
         the same either way; only the work differs (``PatchMatchStats.screened``).
+    screen_q : ndarray of float32, shape (Hq * Wq, W), optional
+        The queries' screen projection ``layer.screen.project(queries)`` when the caller already
+        has it (the screen start does); computed here otherwise.
 
     Returns
     -------
@@ -162,10 +166,11 @@ def patchmatch(
     if _hpm is None:
         warnings.warn(_FALLBACK_MESSAGE.format(error=_NATIVE_ERROR), RuntimeWarning, stacklevel=2)
         return run_reference(p, return_stats)
-    return _run_native(p, return_stats, screen)
+    return _run_native(p, return_stats, screen, screen_q)
 
 
-def _run_native(p: Problem, return_stats: bool, screen: bool = True) -> NNField | tuple[NNField, PatchMatchStats]:
+def _run_native(p: Problem, return_stats: bool, screen: bool = True,
+                screen_q: np.ndarray | None = None) -> NNField | tuple[NNField, PatchMatchStats]:
     init_arrays = (None, None, None) if p.init is None else (p.init.image, p.init.y, p.init.x)
     layer = p.layer
     codec = {}
@@ -174,8 +179,8 @@ def _run_native(p: Problem, return_stats: bool, screen: bool = True) -> NNField 
                      bias=layer.codec_params.get("bias"))
     if screen and layer.screen is not None:
         sc = layer.screen
-        codec.update(screen=sc.rows.view(np.uint16),
-                     screen_q=sc.project(p.queries).reshape(*p.queries.shape[:2], sc.width),
+        t = sc.project(p.queries) if screen_q is None else np.ascontiguousarray(screen_q, dtype=np.float32)
+        codec.update(screen=sc.rows.view(np.uint16), screen_q=t.reshape(*p.queries.shape[:2], sc.width),
                      margin=sc.margin)
     image, y, x, sim, raw = _hpm.patchmatch(
         p.queries, layer.raw, p.images, layer.offsets, layer.grids, *init_arrays,

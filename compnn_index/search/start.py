@@ -52,7 +52,7 @@ def strided_ids(layer: LayerVectors, images: np.ndarray, stride: int) -> np.ndar
 
 def screen_start(queries: np.ndarray, layer: LayerVectors, images: np.ndarray, *,
                  candidates: int = DEFAULT_CANDIDATES, threads: int = 1,
-                 info: dict | None = None) -> NNField:
+                 info: dict | None = None, projected: np.ndarray | None = None) -> NNField:
     """For every query position, the strided database position of largest projected similarity.
 
     Parameters
@@ -67,6 +67,9 @@ def screen_start(queries: np.ndarray, layer: LayerVectors, images: np.ndarray, *
     threads : int
     info : dict, optional
         Receives ``"start"`` (stride and candidate count).
+    projected : ndarray of float32, shape (Hq * Wq, W), optional
+        ``layer.screen.project(queries)``, when the caller computes it once for this start and
+        the search after it; computed here otherwise.
 
     Returns
     -------
@@ -82,7 +85,7 @@ def screen_start(queries: np.ndarray, layer: LayerVectors, images: np.ndarray, *
     rows = np.array(layer.screen.rows[ids], dtype=np.float32)
     rows[:, -1] = 0.0  # rank by the projection alone: the residual term only loosens the bound
     hq, wq, d = queries.shape
-    t = layer.screen.project(queries.reshape(-1, d))
+    t = layer.screen.project(queries.reshape(-1, d)) if projected is None else projected
     if _hpm is not None:
         arg, _ = _hpm.screen_argmax(t, rows, int(threads))
     else:  # pragma: no cover

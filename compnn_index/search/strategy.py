@@ -87,9 +87,10 @@ def search_field(
     if init == "screen":
         lv = get(layer)
         if lv.screen is not None:
+            t = lv.screen.project(q.reshape(-1, q.shape[-1]))  # once, for the start and the search
             start = screen_start(q, lv, ids, candidates=options.start_candidates,
-                                 threads=threads or current_threads(), info=info)
-            return patchmatch(q, lv, ids, **pm, init=start)
+                                 threads=threads or current_threads(), info=info, projected=t)
+            return patchmatch(q, lv, ids, **pm, init=start, screen_q=t)
         init = "staged"  # a layer without a screen (an older store): the staged start
         if info is not None:
             info["start"] = "staged (the layer has no screen: compnn upgrade adds one)"
