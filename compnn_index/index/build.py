@@ -35,15 +35,15 @@ from ..data import as_paired_dataset
 from ..errors import IndexStoreError, ModelError
 from ..features import FeatureExtractor, LayerSpec, default_layer_specs, infer_layer_specs, smallest_tap
 from ..models import model_hash
-from .codecs import SQ_TRAIN_ROWS, check_codec, file_bytes, layer_writer, n_trained, roundtrip, train_codec
+from .codecs import SQ_TRAIN_ROWS, check_codec, layer_writer, n_trained, roundtrip, train_codec
 from . import integrity
-from .flatfile import HEADER_BYTES, FlatIPWriter
+from .flatfile import FlatIPWriter
 from .manifest import ARRAY_DIR, FORMAT_VERSION, GLOBAL_FILE, LAYER_DIR, library_versions, write_manifest
-from .memory import StoreSize, check_disk, check_memory
+from .memory import batch_bytes, check_disk, check_memory, store_size
 from .npyfile import NpyWriter
 from .pairs import manifest_entries, parse_pairs, plan_pairs
 from .screen import FIT_ROWS, WIDTH as SCREEN_WIDTH, ScreenWriter, check_screen_width
-from .screen_store import screen_bytes, screen_files
+from .screen_store import screen_files
 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
 
@@ -112,27 +112,6 @@ def _probe(
     outputs, patches, gdesc = extractor(np.asarray(sample.input, dtype=np.float32)[None])
     shapes = {name: tuple(int(s) for s in hp.shape[1:]) for name, hp in patches.items()}
     return shapes, int(gdesc.shape[1]), tuple(outputs.shape[1:])
-
-
-def _store_size(
-    shapes: Mapping[str, tuple[int, int, int]], gdim: int, n: int,
-    arrays: Mapping[str, tuple[tuple, np.dtype]], codec: str = "fp32", screen: int = 0,
-) -> StoreSize:
-    """Bytes the store will take on disk."""
-    return StoreSize(
-        layers={name: file_bytes(codec, d, n * hp * wp) + 128 + n * hp * wp * 4  # + norms sidecar
-                + (screen_bytes(n * hp * wp, screen) if screen else 0)
-                for name, (hp, wp, d) in shapes.items()},
-        global_bytes=HEADER_BYTES + n * gdim * 4,
-        arrays={k: int(np.prod(shape)) * dtype.itemsize for k, (shape, dtype) in arrays.items()},
-    )
-
-
-def _batch_bytes(shapes: Mapping[str, tuple[int, int, int]], gdim: int, per_image_arrays: int,
-                 batch_size: int) -> int:
-    """Rough peak RAM of one batch: hyperpatches (plus their construction) and activations."""
-    per_image = sum(hp * wp * d * 4 for hp, wp, d in shapes.values())
-    return batch_size * (3 * per_image + 2 * gdim * 4 + 2 * per_image_arrays)
 
 
 def _image_record(i: int, sample: Any) -> dict[str, Any]:
@@ -273,11 +252,11 @@ def build_index(
             geoms, pair_arrays, extra = plan_pairs(model, parse_pairs(pairs), all_specs,
                                                    np.asarray(first.input, dtype=np.float32), n)
             arrays.update(pair_arrays)
-        size = _store_size(shapes, gdim, n, arrays, codec, screen)
+        size = store_size(shapes, gdim, n, arrays, codec, screen)
         out.parent.mkdir(parents=True, exist_ok=True)
         check_disk(size, out.parent)
         per_image_arrays = sum(int(np.prod(s[1:])) * d.itemsize for s, d in arrays.values())
-        check_memory(_batch_bytes(shapes, gdim, per_image_arrays, int(batch_size)),
+        check_memory(batch_bytes(shapes, gdim, per_image_arrays, int(batch_size)),
                      what=f"one batch of {batch_size} images")
 
         integrity.clean_stale_builds(out.parent, out.name)  # left by builds that were killed

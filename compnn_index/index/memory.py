@@ -6,9 +6,15 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from typing import Mapping
+
+import numpy as np
 import psutil
 
 from ..errors import IndexStoreError
+from .codecs import file_bytes
+from .flatfile import HEADER_BYTES
+from .screen import screen_bytes
 
 _GB = 1e9
 
@@ -79,3 +85,25 @@ def check_memory(needed: int, *, what: str) -> None:
             f"{what} needs {gb(needed)} of RAM, but only {gb(available)} is available; "
             "lower batch_size"
         )
+
+
+def store_size(
+    shapes: Mapping[str, tuple[int, int, int]], gdim: int, n: int,
+    arrays: Mapping[str, tuple[tuple, np.dtype]], codec: str = "fp32", screen: int = 0,
+) -> StoreSize:
+    """Bytes a store of these layers (plus norms and screen sidecars), global descriptors and
+    arrays will take on disk."""
+    return StoreSize(
+        layers={name: file_bytes(codec, d, n * hp * wp) + 128 + n * hp * wp * 4  # + norms sidecar
+                + (screen_bytes(n * hp * wp, screen) if screen else 0)
+                for name, (hp, wp, d) in shapes.items()},
+        global_bytes=HEADER_BYTES + n * gdim * 4,
+        arrays={k: int(np.prod(shape)) * dtype.itemsize for k, (shape, dtype) in arrays.items()},
+    )
+
+
+def batch_bytes(shapes: Mapping[str, tuple[int, int, int]], gdim: int, per_image_arrays: int,
+                 batch_size: int) -> int:
+    """Rough peak RAM of one batch: hyperpatches (plus their construction) and activations."""
+    per_image = sum(hp * wp * d * 4 for hp, wp, d in shapes.values())
+    return batch_size * (3 * per_image + 2 * gdim * 4 + 2 * per_image_arrays)

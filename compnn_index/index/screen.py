@@ -88,6 +88,11 @@ class Screen:
         return out
 
 
+def screen_bytes(ntotal: int, width: int = WIDTH) -> int:
+    """Disk bytes of one layer's screen rows (plus the small basis and headers)."""
+    return 128 + int(ntotal) * int(width) * 2 + 128 + 4 * 1024 * int(width)
+
+
 def check_screen_width(width: Any) -> int:
     """``width`` as an int: 0 (no screen) or 2..256 half floats per row."""
     if isinstance(width, bool) or not isinstance(width, (int, np.integer)) or not (

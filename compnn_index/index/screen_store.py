@@ -34,11 +34,6 @@ def screen_files(layer: str) -> tuple[str, str]:
     return f"layers/{safe}.screen.npy", f"layers/{safe}.screen-basis.npy"
 
 
-def screen_bytes(ntotal: int, width: int = WIDTH) -> int:
-    """Disk bytes of one layer's screen rows (plus the small basis and headers)."""
-    return 128 + int(ntotal) * int(width) * 2 + 128 + 4 * 1024 * int(width)
-
-
 def add_screens(directory: str | os.PathLike, *, layers: Sequence[str] | None = None,
                 width: int = WIDTH, progress: bool = True, checksums: bool = True) -> dict[str, dict]:
     """Write the screen of every layer of the store in ``directory`` that lacks one (or of each
