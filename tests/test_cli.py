@@ -457,7 +457,8 @@ def test_train_and_build(capsys, tmp_path):
     assert code == 0, err
     again = CompNN.load(store)
     assert again.num_images == 2 and again.layers == ["decoder3"]
-    assert not list(tmp_path.glob("*.tmp*")) and sorted(p.name for p in tmp_path.iterdir()) == ["seg.pt", "store"]
+    assert not list(tmp_path.glob("*.tmp*")) and sorted(p.name for p in tmp_path.iterdir()) == [
+        "seg.loss.csv", "seg.loss.png", "seg.pt", "seg.train.pt", "store"]
 
 
 def test_build_inherits_the_models_direction(capsys, translate_index, translate_cnn, tmp_path):

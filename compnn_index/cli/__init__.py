@@ -24,7 +24,8 @@ def _cmd_train(a: argparse.Namespace) -> None:
 
     train(data=a.data, split=a.split, direction=a.direction, size=a.size, limit=a.limit,
           seed=a.seed, sample=a.sample, data_args=a.data_args, task=a.task, arch=a.arch, ngf=a.ngf, depth=a.depth, epochs=a.epochs,
-          batch_size=a.batch_size, lr=a.lr, gan=a.gan, threads=a.threads, out=a.out)
+          batch_size=a.batch_size, lr=a.lr, gan=a.gan, threads=a.threads, out=a.out,
+          resume=a.resume, minutes=a.minutes)
 
 
 def _cmd_build(a: argparse.Namespace) -> None:

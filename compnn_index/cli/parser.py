@@ -183,7 +183,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate")
     p.add_argument("--gan", action="store_true", help="add a PatchGAN loss (translate)")
     _threads(p)
-    p.add_argument("--out", required=True, help="checkpoint path (.pt)")
+    p.add_argument("--out", required=True,
+                   help="checkpoint path (.pt); rewritten every epoch, with OUT.train.pt (the training state) "
+                        "and OUT.loss.csv / OUT.loss.png (the loss curve) beside it")
+    p.add_argument("--resume", default=None, metavar="STATE",
+                   help="continue the training saved in STATE (the OUT.train.pt an earlier run wrote), with "
+                        "the options it was started with; --epochs is the total (default: start afresh)")
+    p.add_argument("--minutes", type=float, default=None, metavar="N",
+                   help="stop after the first whole epoch at which the training minutes (resumed runs "
+                        "included) reach N (default: no time budget, train --epochs)")
 
     p = sub.add_parser("import-pix2pix", help="a pix2pix reference generator (latest_net_G.pth) as a checkpoint")
     p.add_argument("weights", help="state dict of a unet_256 / unet_128 generator (pytorch-CycleGAN-and-pix2pix)")

@@ -20,10 +20,20 @@ def train(
     task: str, arch: str = "unet", ngf: int = 64,
     depth: int | None = None, epochs: int = 10, batch_size: int = 4, lr: float = 2e-4,
     gan: bool = False, threads: int | None = None, out: str | Path, progress: bool = True,
+    resume: str | Path | None = None, minutes: float | None = None,
 ):
-    """Train a network on a dataset and write its checkpoint. Returns the model."""
+    """Train a network on a dataset and write its checkpoint. Returns the model.
+
+    After every epoch three files are (re)written beside ``out``, each atomically: the checkpoint
+    itself (``out``, what build and query load), the training state ``m.train.pt`` (weights,
+    optimizer moments, epoch, random streams: what ``resume`` continues from, exactly) and the
+    loss curve ``m.loss.csv`` / ``m.loss.png``. ``epochs`` is the total, resumed epochs included;
+    ``minutes`` stops after the first whole epoch at which the training minutes (summed over the
+    resumed runs) reach it — so a run can be stopped, or killed, and resumed at any time.
+    """
     from ..data import open_dataset
     from ..models import build_model, save_checkpoint, train_model
+    from ..models.resume import load_training_state, save_training_state, training_options, training_state_path
 
     if arch == "segnet" and task != "segment":
         raise ModelError(f"--arch segnet is a segmentation network; expected --task segment, got --task {task}")
@@ -35,13 +45,59 @@ def train(
     model = build_model(arch, task=task, in_channels=ds.in_channels, out_channels=ds.out_channels,
                         ngf=ngf, depth=depth, size=min(h, w))
     model.check_input_size(h, w)
+    if minutes is not None and not (isinstance(minutes, (int, float)) and minutes > 0):
+        raise ModelError(f"Expected --minutes > 0, but --minutes = {minutes}")
+    state = None
+    if resume is not None:
+        state = load_training_state(resume, expect=training_options(model, ds, batch_size=batch_size, lr=lr,
+                                                                    gan=gan, seed=seed))
+        if state.epoch >= epochs:
+            raise ModelError(f"--resume {str(resume)!r}: {state.epoch} epochs are done already; expected "
+                             f"--epochs > {state.epoch} (the total), but --epochs = {epochs}")
+        if minutes is not None and state.minutes and state.minutes[-1] >= minutes:
+            raise ModelError(f"--resume {str(resume)!r}: {state.minutes[-1]:.1f} training minutes are done "
+                             f"already; expected --minutes > {state.minutes[-1]:.1f}, but --minutes = {minutes}")
+    out = Path(out)
+    state_path = training_state_path(out)
+
+    def on_epoch(st) -> None:
+        save_training_state(state_path, st)
+        save_checkpoint(out, model, dataset=ds.identity, losses=[float(x) for x in st.losses],
+                        minutes=[round(float(x), 3) for x in st.minutes], training_state=state_path.name)
+        write_loss_curve(out, st.losses, st.minutes)
+
     with thread_limit(threads):
         losses = train_model(model, ds, epochs=epochs, batch_size=batch_size, lr=lr, gan=gan,
-                             seed=seed, progress=progress)
-    save_checkpoint(out, model, dataset=ds.identity, losses=[float(x) for x in losses])
+                             seed=seed, progress=progress, resume=state, minutes=minutes, on_epoch=on_epoch)
     if progress:
-        print(f"wrote {out} ({arch}, {task}, final loss {losses[-1]:.4f})")
+        stop = "" if len(losses) == epochs else f", stopped at the --minutes {minutes} budget"
+        print(f"wrote {out} ({arch}, {task}, {len(losses)}/{epochs} epochs{stop}, final loss {losses[-1]:.4f}); "
+              f"resume with --resume {state_path}")
     return model
+
+
+def loss_curve_paths(out: str | Path) -> tuple[Path, Path]:
+    """The loss curve beside a checkpoint: ``m.pt`` -> ``m.loss.csv``, ``m.loss.png``."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}.loss.csv"), out.with_name(f"{out.stem}.loss.png")
+
+
+def write_loss_curve(out: str | Path, losses: Sequence[float], minutes: Sequence[float]) -> tuple[Path, Path]:
+    """Write the CSV (``epoch,loss,minutes``) and the PNG of a training's loss curve, atomically."""
+    import os
+
+    from ..pictures.plots import loss_curve
+
+    csv_path, png_path = loss_curve_paths(out)
+    rows = ["epoch,loss,minutes"] + [f"{i + 1},{float(v):.6f},{float(m):.3f}"
+                                    for i, (v, m) in enumerate(zip(losses, minutes))]
+    tmp = csv_path.with_name(f".{csv_path.name}.tmp")
+    tmp.write_text("\n".join(rows) + "\n")
+    os.replace(tmp, csv_path)
+    tmp = png_path.with_name(f".{png_path.stem}.tmp.png")
+    loss_curve(losses, minutes, tmp, title=f"{Path(out).name} training loss")
+    os.replace(tmp, png_path)
+    return csv_path, png_path
 
 
 def build(

@@ -52,6 +52,17 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, **extra: object) 
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     payload = {"arch": arch, "config": dict(config), "state_dict": state, "extra": dict(extra)}
+    return atomic_torch_save(payload, path)
+
+
+def atomic_torch_save(payload: object, path: str | os.PathLike) -> Path:
+    """``torch.save(payload)`` into a temp file beside ``path``, then ``os.replace`` it there.
+
+    A reader (or a rerun after a kill) sees the previous file or the new one, never a half-written
+    one: training writes its checkpoint every epoch and may be stopped at any moment.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:

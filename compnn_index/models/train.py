@@ -1,7 +1,8 @@
 """Training a built-in model on a paired dataset (pix2pix objective or cross-entropy)."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+import time
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -12,6 +13,7 @@ from tqdm.auto import tqdm
 from compnn_index.checks import check_int, check_number, check_threads, thread_limit
 from compnn_index.errors import DataError, ModelError
 from compnn_index.models.patchgan import PatchDiscriminator
+from compnn_index.models.resume import TrainingState, check_same_options, restore, snapshot, training_options
 
 #: Weight of the L1 term against the GAN term (pix2pix's lambda).
 L1_WEIGHT = 100.0
@@ -28,6 +30,9 @@ def train_model(
     seed: int = 0,
     threads: int | None = None,
     progress: bool = True,
+    resume: TrainingState | None = None,
+    minutes: float | None = None,
+    on_epoch: Callable[[TrainingState], None] | None = None,
 ) -> list[float]:
     """Train ``model`` in place with Adam (betas 0.5, 0.999), then leave it in eval mode.
 
@@ -59,12 +64,25 @@ def train_model(
         Thread limit of the training (:func:`compnn_index.checks.thread_limit`, restored
         afterwards); None keeps the limit in force (the caller's, e.g. ``compnn train``'s).
     progress : bool, default True
-        Show a tqdm bar with the running loss.
+        Show a tqdm bar with the running loss and the time left (to the last epoch, or to the
+        ``minutes`` budget when that comes first).
+    resume : TrainingState, optional
+        Continue a stopped training (:func:`~compnn_index.models.resume.load_training_state`):
+        weights, optimizer moments, epoch count and random streams are restored, so the result
+        equals an uninterrupted run of ``epochs`` epochs. Its recorded options must equal this
+        call's (architecture, config, batch size, lr, gan, seed, dataset identity).
+    minutes : float, optional
+        Time budget: stop after the first whole epoch at which the training minutes, summed over
+        the resumed runs, reach it (so a budget of 90 trains at least 90 minutes, or ``epochs``).
+    on_epoch : callable, optional
+        Called with the :class:`~compnn_index.models.resume.TrainingState` after every epoch
+        (``compnn train`` writes it atomically, so a stopped run resumes from its last epoch).
 
     Returns
     -------
     list of float
-        Mean reconstruction loss (L1 or cross-entropy, without the GAN term) of each epoch.
+        Mean reconstruction loss (L1 or cross-entropy, without the GAN term) of each epoch,
+        the resumed epochs included.
 
     Raises
     ------
@@ -73,7 +91,11 @@ def train_model(
     DataError
         For an empty dataset or samples of the wrong dtype or shape.
     """
-    _check_options(epochs=epochs, batch_size=batch_size, lr=lr, threads=threads)
+    _check_options(epochs=epochs, batch_size=batch_size, lr=lr, threads=threads, minutes=minutes)
+    done = 0 if resume is None else int(resume.epoch)
+    if done >= epochs:
+        raise ModelError(f"the training state has {done} epochs done already; expected epochs > {done}, "
+                         f"but epochs = {epochs}")
     task = getattr(dataset, "task", None)
     if task not in ("translate", "segment"):
         raise DataError(f"Expected dataset.task to be 'translate' or 'segment', but task = {task!r}")
@@ -95,7 +117,11 @@ def train_model(
     ignore_index = -100 if ignore_index is None else int(ignore_index)
     target_dtype = np.float32 if task == "translate" else np.int64
 
-    losses: list[float] = []
+    options = training_options(model, dataset, batch_size=batch_size, lr=lr, gan=gan, seed=seed)
+    if resume is not None:
+        check_same_options(resume.options, options, where="resume")
+    losses: list[float] = [] if resume is None else [float(x) for x in resume.losses]
+    elapsed: list[float] = [] if resume is None else [float(x) for x in resume.minutes]
     try:
         with thread_limit(threads), torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -107,14 +133,17 @@ def train_model(
                 opt_d = torch.optim.Adam(disc.parameters(), lr=lr, betas=(0.5, 0.999))
                 disc.train()
             opt_g = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.5, 0.999))
+            if resume is not None:
+                restore(resume, model=model, optimizer=opt_g, shuffle=gen, disc=disc, disc_optimizer=opt_d)
             model.train()
             steps_per_epoch = (n + batch_size - 1) // batch_size
             bar = tqdm(
-                total=epochs * steps_per_epoch, disable=not progress, unit="batch",
-                desc=f"train {getattr(model, 'arch', type(model).__name__)}",
+                total=epochs * steps_per_epoch, initial=done * steps_per_epoch, disable=not progress,
+                unit="batch", desc=f"train {getattr(model, 'arch', type(model).__name__)}",
             )
+            t0, before = time.perf_counter(), (elapsed[-1] if elapsed else 0.0)
             with bar:
-                for epoch in range(epochs):
+                for epoch in range(done, epochs):
                     order = torch.randperm(n, generator=gen).tolist()
                     total, count = 0.0, 0
                     for start in range(0, n, batch_size):
@@ -132,9 +161,19 @@ def train_model(
                         postfix = {"epoch": epoch + 1, "loss": f"{total / count:.4f}"}
                         if adv is not None:
                             postfix["gan"] = f"{adv:.3f}"
+                        if minutes is not None:  # the budget may end the run before the bar's ETA
+                            used = before + (time.perf_counter() - t0) / 60
+                            postfix["budget left"] = f"{max(0.0, minutes - used):.1f} min"
                         bar.set_postfix(postfix, refresh=False)
                         bar.update(1)
                     losses.append(total / count)
+                    elapsed.append(before + (time.perf_counter() - t0) / 60)
+                    if on_epoch is not None:
+                        on_epoch(snapshot(epoch=epoch + 1, losses=losses, minutes=elapsed, options=options,
+                                          model=model, optimizer=opt_g, shuffle=gen, disc=disc,
+                                          disc_optimizer=opt_d))
+                    if minutes is not None and elapsed[-1] >= minutes:
+                        break
     finally:
         model.eval()
     return losses
@@ -240,9 +279,12 @@ def _disc_width(model: nn.Module) -> int:
     return 64
 
 
-def _check_options(*, epochs: int, batch_size: int, lr: float, threads: int | None) -> None:
+def _check_options(*, epochs: int, batch_size: int, lr: float, threads: int | None,
+                   minutes: float | None) -> None:
     check_int(epochs, "epochs", low=1, error=ModelError)
     check_int(batch_size, "batch_size", low=1, error=ModelError)
     if check_number(lr, "lr", error=ModelError) <= 0:
         raise ModelError(f"Expected lr > 0, but lr = {lr!r}")
+    if minutes is not None and check_number(minutes, "minutes", error=ModelError) <= 0:
+        raise ModelError(f"Expected minutes > 0, but minutes = {minutes!r}")
     check_threads(threads, error=ModelError)

@@ -1,4 +1,4 @@
-"""The comparison plot: quality against throughput, as ann-benchmarks draws it.
+"""Plots: quality against throughput (as ann-benchmarks draws it), and a training's loss curve.
 
 Two panels share the y axis (queries per second, log scale): similarity ratio to exact search
 and fidelity (the reconstruction's agreement with the CNN). Each method is one line of labelled
@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
+
+import numpy as np
 
 #: Short labels of the parameter that varies along each method's line.
 _POINT_PARAM = {"patchmatch": ("iterations", "it"), "hnsw": ("efSearch", "ef"), "ivf": ("nprobe", "nprobe")}
@@ -88,6 +90,40 @@ def quality_vs_throughput(doc: dict, path: str | Path | None = None):
     fig.suptitle(f"Quality vs throughput: layer {doc['layer']}, {doc['queries']} "
                  f"quer{'y' if doc['queries'] == 1 else 'ies'}", fontsize=11)
     fig.tight_layout(rect=(0, 0.1, 1, 1))
+    if path is not None:
+        fig.savefig(path)
+        plt.close(fig)
+    return fig
+
+
+def loss_curve(losses: Sequence[float], minutes: Sequence[float], path: str | Path | None = None, *,
+               title: str = "training loss"):
+    """A training's loss per epoch (bottom axis) with its training minutes (top axis).
+
+    Written beside a checkpoint by ``compnn train`` after every epoch, so a long run can be
+    judged (still falling? flat?) without reading its log. Returns the matplotlib figure.
+    """
+    import matplotlib
+
+    if path is not None:
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = list(range(1, len(losses) + 1))
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
+    ax.plot(epochs, list(losses), marker="o" if len(epochs) <= 50 else None)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("mean loss")
+    ax.grid(True, alpha=0.3)
+    if len(epochs) >= 2 and len(minutes) == len(epochs):
+        top = ax.secondary_xaxis("top", functions=(
+            lambda e: np.interp(e, epochs, list(minutes)), lambda m: np.interp(m, list(minutes), epochs)))
+        top.set_xlabel("training minutes")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.suptitle(f"{title}: {len(epochs)} epochs, {minutes[-1] if minutes else 0:.1f} min", fontsize=10)
+    fig.tight_layout()
     if path is not None:
         fig.savefig(path)
         plt.close(fig)
