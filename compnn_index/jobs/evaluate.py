@@ -10,15 +10,25 @@ Translation models (Table 2 of "Patch Correspondences"): input-reconstruction ac
 the input label map (``pixel_accuracy`` and ``mpa``, per top-k), and output reconstruction L1 /
 PSNR against the CNN output.
 
-Exact search runs once per query over the largest top-k's shortlist, keeping every position's
-best match in every shortlisted image (:func:`~compnn_index.search.exact_search_per_image`); the
-smaller top-k fields are derived from it. Row keys and method ids: :mod:`.tables`.
+Exact search: the shortlist of top-k is the first k of top-64's (the API ranks candidates by a
+stable sort of global cosine), so by default one FAISS pass per query over the largest top-k's
+shortlist keeps every position's best match in every shortlisted image
+(:func:`~compnn_index.search.exact_search_per_image`, the same inner products as the API's
+``exact_method="faiss"``) and the smaller top-k fields are derived from it. With
+``exact_method`` given, every top-k is one ``CompNN.explain(search="exact", exact_method=...)``
+(the fused and other kernels return only the merged field), except ``"faiss"``, which keeps the
+one pass. Row keys and method ids: :mod:`.tables`; the papers' figures beside them:
+:mod:`.papers`.
+
+Every image's rows are one per-image record (confusion matrices / metrics); the tables pool the
+records and give each figure a bootstrap interval over the test images (``ci95``, :mod:`.stats`)
+and each paper claim a paired test. With ``cache`` the records are kept on disk
+(:mod:`.image_cache`), so a stopped evaluation continues without recomputing finished images.
 """
 from __future__ import annotations
 
 import json
 import os
-from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
 
@@ -28,32 +38,44 @@ from tqdm import tqdm
 
 from ..errors import QueryError
 from ..metrics import l1, psnr
-from ..options import DEFAULTS, QueryOptions
-from .tables import SegAccumulator, add_deltas, paper_figures, render_per_class, render_table
+from ..options import DEFAULTS, EXACT_METHODS, QueryOptions
+from .image_cache import ImageCache, fingerprint
+from .papers import PaperContext, claims, paper_figures
+from .stats import N_BOOT, resample_weights
+from .tables import (SegAccumulator, add_deltas, claim_results, key_text, mean_rows, pooled_rows, render_per_class,
+                     render_table)
 
 SOURCE_TAGS = (("target", "original"), ("self", "self_supervised"))
 
 
 def search_fields(cnn, feats, layer: str, top_ks: Sequence[int], options: QueryOptions, *,
-                  hpm: bool = True) -> dict[tuple[str, int], object]:
-    """NN fields per (method, top-k): ``compnn`` with ``options.search`` (exact: one search over
-    the largest shortlist, smaller ones derived), plus ``compnn_hpm`` when searching exactly."""
+                  hpm: bool = True, per_image: bool = True, ran: set | None = None) -> dict[tuple[str, int], object]:
+    """NN fields per (method, top-k): ``compnn`` with ``options.search``, plus ``compnn_hpm`` when
+    searching exactly. Exact: with ``per_image`` one FAISS pass over the largest shortlist serves
+    every top-k; otherwise one API exact search (``options.exact_method``) per top-k. ``ran``
+    collects which exact method ran."""
     from ..search import best_of, exact_search_per_image
 
     out = {}
     all_ids = np.arange(cnn.num_images, dtype=np.int64)
-    if options.search == "exact":
+    exact = options.search == "exact"
+    if exact and per_image:
         ids, _ = cnn.shortlist(feats.global_descriptor, all_ids, max(top_ks))
         lv = cnn.layer(layer)
         sims, idx = exact_search_per_image(feats.hyperpatches[layer], lv, ids)
         for k in top_ks:
             out[("compnn", k)] = best_of(lv, sims, idx, k)
-    methods = [("compnn", options)] if options.search != "exact" else []
-    if hpm and options.search == "exact":
+        if ran is not None:
+            ran.add("faiss")
+    methods = [("compnn", options)] if not (exact and per_image) else []
+    if hpm and exact:
         methods.append(("compnn_hpm", options.with_(search="patchmatch")))
     for method, opts in methods:
         for k in top_ks:
-            out[(method, k)] = cnn.explain(feats, layer=layer, options=opts, top_k=k, sources=()).field
+            result = cnn.explain(feats, layer=layer, options=opts, top_k=k, sources=())
+            out[(method, k)] = result.field
+            if opts.search == "exact" and ran is not None:
+                ran.add(str(result.params.get("exact_method", opts.exact_method)))
     return out
 
 
@@ -108,15 +130,25 @@ def evaluate(
     init: str = DEFAULTS.init, threads: int | None = None, out: str | Path, progress: bool = True,
     cnn=None, examples: int = 4, hpm: bool = True, global_layers: bool = True,
     inversion: Sequence[str | Path] = (), inversion_top_k: int = 16, cluster: str | None = None,
+    exact_method: str | None = None, cache: str | Path | None = None, n_boot: int = N_BOOT,
 ) -> dict:
     """Evaluate CompNN against the CNN and global NN on a dataset split; write the tables
     (``results.json``, ``results.md``, ``examples.png``; with ``inversion`` checkpoints also the
-    learned-inversion comparison and ``inversion.png``)."""
+    learned-inversion comparison and ``inversion.png``).
+
+    ``exact_method`` (None: one FAISS pass per image serves every top-k) is passed to the API's
+    exact search; ``cache`` is a folder of per-image records that a rerun reuses (not with
+    ``inversion``); ``n_boot`` bootstrap resamples give every figure its ``ci95``.
+    """
     from ..api import CompNN
-    from ..data import FACADES_CLASSES, FACADES_PALETTE, labels_from_colors, open_dataset
-    from ..pictures import to_rgb
+    from ..data import FACADES_CLASSES, FACADES_PALETTE, open_dataset
     from .inversion_eval import InversionEval
 
+    if exact_method is not None and exact_method not in EXACT_METHODS:
+        raise QueryError(f"Expected --exact-method to be one of {', '.join(EXACT_METHODS)} (what this "
+                         f"version's API accepts), but --exact-method = {exact_method!r}")
+    if cache is not None and inversion:
+        raise QueryError("--inversion cannot be combined with a per-image cache (its scores are not cached)")
     cnn = cnn or CompNN.load(index, threads=threads, cluster=cluster)
     man = cnn.store.manifest
     trained = man.get("dataset", {})
@@ -132,90 +164,151 @@ def evaluate(
     ds = open_dataset(data, split=split, direction=direction or trained.get("direction", "AtoB"),
                       task=cnn.task, size=size or trained.get("size"), limit=limit, seed=seed,
                       sample=sample, data_args=data_args)
-    palette = man.get("palette")
     seg = cnn.task == "segment"
-    acc = SegAccumulator(cnn.num_classes, cnn.ignore_index) if seg else None
-    img_metrics: dict[tuple, list[dict]] = defaultdict(list)
-    input_acc = SegAccumulator(len(FACADES_PALETTE), None)
-    example_rows = []
-    options = QueryOptions(search=search, iterations=iterations, init=init)
+    options = QueryOptions(search=search, iterations=iterations, init=init,
+                           **({"exact_method": exact_method} if exact_method else {}))
     inv = (InversionEval(cnn, inversion, options=options.with_(top_k=min(inversion_top_k, cnn.num_images)))
            if inversion else None)
     levels = cnn.pyramid(layer) if (search == "patchmatch" and init == "coarse") else [layer]
     levels = list(dict.fromkeys(levels + (inv.layers if inv else [])))
-    with cnn.thread_limits(threads):
-        penult = PenultimateNN(cnn) if global_layers else None
-    targets = cnn.array("targets")
+    identity = {k: v for k, v in ds.identity.items() if k not in ("limit", "sample")}
+    fp = fingerprint({"model": man.get("model"), "store_dataset": trained, "images": cnn.num_images, "layer": layer,
+                      "options": options.__dict__, "per_image": exact_method in (None, "faiss"), "top_k": top_ks,
+                      "hpm": bool(hpm), "global_layers": bool(global_layers), "data": identity})
+    store = ImageCache(cache, fp) if cache is not None else None
+    job = _ImageJob(cnn, layer=layer, levels=levels, top_ks=top_ks, options=options, hpm=hpm, threads=threads,
+                    global_layers=global_layers, per_image=exact_method in (None, "faiss"), inv=inv,
+                    palette=man.get("palette"), seg=seg)
+    records, example_rows = [], []
     for i in tqdm(range(len(ds)), desc="evaluate", unit="img", disable=not progress):
-        s = ds[i]
-        # One forward pass per image serves every top-k, both searches and every global baseline.
-        with cnn.thread_limits(threads):
-            feats = cnn.extract(s.input, levels)
+        name = str(ds.names[i])
+        want_example = len(example_rows) < examples
+        rec = store.get(name) if store is not None else None
+        example = store.example(name, rec) if (rec is not None and want_example) else None
+        if rec is None or (want_example and example is None):
+            rec, example = job.run(ds[i], example=want_example)
+            if store is not None:
+                store.put(name, rec, example)
+        records.append(rec)
+        if example is not None:
+            example_rows.append(example)
+
+    weights = resample_weights(len(records), n_boot=n_boot)
+    context = PaperContext.of_store(man, layer)
+    if seg:
+        rows = pooled_rows(records, weights, num_classes=cnn.num_classes, ignore_index=cnn.ignore_index)
+        add_deltas(rows)
+        columns = ["method", "top_k", "source", "vs", "pixel_accuracy", "mean_iou",
+                   "delta_pixel_accuracy", "delta_mean_iou", "paper_pixel_accuracy", "paper_delta_pixel_accuracy"]
+    else:
+        rows = mean_rows(records, weights)
+        for r in pooled_rows(records, weights, num_classes=len(FACADES_PALETTE), ignore_index=None,
+                             field="input_cms", per_class=False, mpa=True):
+            r.pop("mean_iou", None)
+            r["ci95"].pop("mean_iou", None)
+            rows.append(r)
+        columns = ["method", "top_k", "source", "vs", "pixel_accuracy", "mpa", "paper_mpa", "l1", "psnr"]
+    for r in rows:
+        r.update(paper_figures(r, context))
+    class_names = list(FACADES_CLASSES) if seg and cnn.num_classes == len(FACADES_CLASSES) else None
+    ran = sorted({m for rec in records for m in rec.get("exact_methods", [])})
+    doc = {"index": str(index), "layer": layer, "search": search, "split": split,
+           "images": len(ds), "n_images": len(records), "database_images": cnn.num_images,
+           "image_names": [str(n) for n in ds.names][:len(ds)], "task": cnn.task,
+           "top_k": top_ks, "hpm": bool(hpm and search == "exact"),
+           "class_names": (list(cnn.context().class_names or class_names or []) or None) if seg else None,
+           "penultimate_layer": job.penultimate_tap if global_layers else None, "rows": rows,
+           "papers_dataset": context.dataset,
+           "claims": claim_results(records, claims(top_ks), weights, num_classes=cnn.num_classes,
+                                   context=context) if seg else [],
+           "bootstrap": {"resamples": int(n_boot), "unit": "test image", "interval": "percentile 95%"},
+           # which exact search ran: one per-image FAISS pass, or the API's method per top-k
+           "exact_method": "+".join(ran) if search == "exact" else None,
+           "exact_pass": None if search != "exact" else ("per_image" if exact_method in (None, "faiss") else "per_top_k"),
+           "cache": None if store is None else {"folder": str(store.folder), "reused": store.hits,
+                                                "computed": store.computed, "fingerprint": fp}}
+    if inv is not None:
+        doc["inversion"] = inv.rows()
+    return _write(doc, out, cnn, layer, search, split, columns, example_rows, top_ks, inv, progress)
+
+
+class _ImageJob:
+    """What one test image costs: one forward pass, the searches, the pastes, every row's
+    confusion matrix or metrics — returned as a JSON-able per-image record."""
+
+    def __init__(self, cnn, *, layer, levels, top_ks, options, hpm, threads, global_layers, per_image, inv,
+                 palette, seg):
+        self.cnn, self.layer, self.levels, self.top_ks, self.options = cnn, layer, levels, top_ks, options
+        self.hpm, self.threads, self.global_layers, self.per_image = hpm, threads, global_layers, per_image
+        self.inv, self.palette, self.seg = inv, palette, seg
+        self.penultimate_tap = penultimate_tap(cnn.model) if global_layers else None
+        self._penult = None  # built on first need: a forward pass over every stored input
+
+    def run(self, s, *, example: bool) -> tuple[dict, list | None]:
+        import time
+
+        from ..data import FACADES_PALETTE, labels_from_colors
+        from ..pictures import to_rgb
+
+        cnn, t0 = self.cnn, time.perf_counter()
+        targets, outputs = cnn.array("targets"), cnn.array("outputs")
+        ran: set = set()
+        with cnn.thread_limits(self.threads):
+            if self.global_layers and self._penult is None:
+                self._penult = PenultimateNN(cnn)
+            feats = cnn.extract(s.input, self.levels)
             cnn_out = feats.output
-            fields = search_fields(cnn, feats, layer, top_ks, options, hpm=hpm)
-            spec = cnn.store.spec(layer)
+            fields = search_fields(cnn, feats, self.layer, self.top_ks, self.options, hpm=self.hpm,
+                                   per_image=self.per_image, ran=ran)
+            spec = cnn.store.spec(self.layer)
             res = {key: {src: cnn.compose(f, spec, src, s.input.shape[1:]) for src in ("target", "self", "input")}
                    for key, f in fields.items()}
-            globals_ = {n: np.asarray(targets[j]) for n, j in
-                        global_images(cnn, feats, layer, penult, layer_nn=global_layers).items()}
-            if inv is not None:
-                inv.add(feats, s.input)
-        if seg:
+            ids = global_images(cnn, feats, self.layer, self._penult, layer_nn=self.global_layers)
+            globals_ = {}
+            for n, j in ids.items():
+                globals_[(n, "original")] = np.asarray(targets[j])
+                globals_[(n, "self_supervised")] = np.asarray(outputs[j])
+            if self.inv is not None:
+                self.inv.add(feats, s.input)
+        rec: dict = {"exact_methods": sorted(ran), "global_images": ids}
+        if self.seg:
+            acc = SegAccumulator(cnn.num_classes, cnn.ignore_index)
             acc.add(("cnn", None, None, "ground_truth"), cnn_out, s.target)
             for (method, k), r in res.items():
                 for src, tag in SOURCE_TAGS:
                     acc.add((method, k, tag, "ground_truth"), r[src], s.target)
                     acc.add((method, k, tag, "cnn"), r[src], cnn_out, ignore=False)
-            for name, pred in globals_.items():
-                acc.add((name, None, "original", "ground_truth"), pred, s.target)
-                acc.add((name, None, "original", "cnn"), pred, cnn_out, ignore=False)
+            for (name, tag), pred in globals_.items():
+                acc.add((name, None, tag, "ground_truth"), pred, s.target)
+                acc.add((name, None, tag, "cnn"), pred, cnn_out, ignore=False)
+            rec["cms"] = {key_text(k): cm.tolist() for k, cm in acc.cms.items()}
         else:
+            metrics = {("cnn", None, None, "ground_truth"): (cnn_out, s.target)}
+            in_acc = SegAccumulator(len(FACADES_PALETTE), None)
             in_labels = labels_from_colors(to_rgb(s.input, None), FACADES_PALETTE)
-            img_metrics[("cnn", None, None, "ground_truth")].append(
-                {"l1": l1(cnn_out, s.target), "psnr": psnr(cnn_out, s.target)})
             for (method, k), r in res.items():
                 rec_in = labels_from_colors(to_rgb(r["input"], None), FACADES_PALETTE)
-                input_acc.add((method, k, "input", "input_labels"), rec_in, in_labels)
+                in_acc.add((method, k, "input", "input_labels"), rec_in, in_labels)
                 for src, tag in SOURCE_TAGS:
-                    img_metrics[(method, k, tag, "cnn")].append(
-                        {"l1": l1(r[src], cnn_out), "psnr": psnr(r[src], cnn_out)})
-            for name, pred in globals_.items():
-                img_metrics[(name, None, "original", "cnn")].append({"l1": l1(pred, cnn_out), "psnr": psnr(pred, cnn_out)})
-        if len(example_rows) < examples:
-            best = res[("compnn", top_ks[-1])]
-            row = [to_rgb(s.input, None), to_rgb(s.target, palette), to_rgb(cnn_out, palette),
-                   to_rgb(best["target"], palette), to_rgb(globals_["global_bottleneck"], palette)]
-            example_rows.append(row)
+                    metrics[(method, k, tag, "cnn")] = (r[src], cnn_out)
+            for (name, tag), pred in globals_.items():
+                metrics[(name, None, tag, "cnn")] = (pred, cnn_out)
+            rec["metrics"] = {key_text(k): {"l1": l1(a, b), "psnr": _json_float(psnr(a, b))}
+                              for k, (a, b) in metrics.items()}
+            rec["input_cms"] = {key_text(k): cm.tolist() for k, cm in in_acc.cms.items()}
+        rec["seconds"] = round(time.perf_counter() - t0, 3)
+        row = None
+        if example:
+            p = self.palette
+            best = res[("compnn", self.top_ks[-1])]
+            row = [to_rgb(s.input, None), to_rgb(s.target, p), to_rgb(cnn_out, p), to_rgb(best["target"], p),
+                   to_rgb(globals_[("global_bottleneck", "original")], p)]
+        return rec, row
 
-    if seg:
-        rows = acc.rows()
-        add_deltas(rows)
-        columns = ["method", "top_k", "source", "vs", "pixel_accuracy", "mean_iou",
-                   "delta_pixel_accuracy", "delta_mean_iou", "paper_pixel_accuracy"]
-    else:
-        rows = []
-        for (method, k, src, vs), items in img_metrics.items():
-            finite = [m["psnr"] for m in items if np.isfinite(m["psnr"])]
-            rows.append({"method": method, "top_k": k, "source": src, "vs": vs,
-                         "l1": float(np.mean([m["l1"] for m in items])),
-                         "psnr": float(np.mean(finite)) if finite else float("inf")})
-        for r in input_acc.rows(per_class=False, mpa=True):
-            r.pop("mean_iou", None)
-            rows.append(r)
-        columns = ["method", "top_k", "source", "vs", "pixel_accuracy", "mpa", "paper_mpa", "l1", "psnr"]
-    for r in rows:
-        r.update(paper_figures(r))
-    class_names = list(FACADES_CLASSES) if seg and cnn.num_classes == len(FACADES_CLASSES) else None
-    doc = {"index": str(index), "layer": layer, "search": search, "split": split,
-           "images": len(ds), "database_images": cnn.num_images, "image_names": [str(n) for n in ds.names][:len(ds)], "task": cnn.task,
-           "top_k": top_ks, "hpm": bool(hpm and search == "exact"),
-           "class_names": (list(cnn.context().class_names or class_names or []) or None) if seg else None,
-           "penultimate_layer": penult.tap if penult else None, "rows": rows,
-           # exact fields come from one per-image FAISS search over the largest shortlist
-           "exact_method": "faiss" if search == "exact" else None}
-    if inv is not None:
-        doc["inversion"] = inv.rows()
-    return _write(doc, out, cnn, layer, search, split, columns, example_rows, top_ks, inv, progress)
+
+def _json_float(x: float) -> float | str:
+    """JSON has no infinity: an identical reconstruction's PSNR is stored as the string "inf"."""
+    return x if np.isfinite(x) else "inf"
 
 
 def _write(doc, out, cnn, layer, search, split, columns, example_rows, top_ks, inv, progress) -> dict:

@@ -1,5 +1,6 @@
-"""The papers' tables: accumulators for the rows of ``compnn evaluate`` and their rendering,
-with the papers' own Facades figures beside ours.
+"""The papers' tables: accumulators for the rows of ``compnn evaluate``, their pooling over
+per-image records (with bootstrap intervals, :mod:`.stats`) and their rendering. The papers' own
+Facades figures and where they apply: :mod:`.papers`.
 
 Row keys (``results.json`` ``rows``): ``method``, ``top_k``, ``source``, ``vs`` and the scores —
 ``pixel_accuracy``, ``mean_iou`` (and ``iou_per_class``) for label maps, ``l1`` and ``psnr`` for
@@ -13,29 +14,14 @@ output) and ``delta_*`` keys (row minus the CNN's score vs ground truth).
 """
 from __future__ import annotations
 
+import json
 from typing import Sequence
 
 import numpy as np
 
 from ..metrics import confusion_matrix, iou_per_class, mean_pixel_accuracy, pixel_accuracy
-
-#: The papers' Facades figures we can cite. Table 2 of "Patch Correspondences for Interpreting
-#: Pixel-level CNNs" (input-reconstruction MPA, labels -> photo, decoder2, top-k); the CNN's
-#: pixel accuracy on Facades labels as the two papers print it. Every other cell: None.
-PAPER_TABLE2_MPA = {1: 0.723, 16: 0.837, 32: 0.844, 64: 0.846}
-PAPER_CNN_PIXEL_ACCURACY = (0.5105, 0.545)
-
-
-def paper_figures(row: dict) -> dict:
-    """``paper_pixel_accuracy`` / ``paper_mean_iou`` / ``paper_mpa`` of a row (None where the
-    papers print no figure we can cite)."""
-    out = {"paper_pixel_accuracy": None, "paper_mean_iou": None}
-    if row["method"] == "cnn" and row["vs"] == "ground_truth":
-        out["paper_pixel_accuracy"] = PAPER_CNN_PIXEL_ACCURACY[0]
-    if row.get("vs") == "input_labels" and row["method"] == "compnn":
-        out["paper_mpa"] = PAPER_TABLE2_MPA.get(row["top_k"])
-    return out
-
+from .papers import PAPER_KEYS, Claim, PaperContext
+from .stats import boot_cm, boot_mean, ci95, cm_metric, paired_difference
 
 def _clean(x: float) -> float | None:
     return None if not np.isfinite(x) else float(x)
@@ -126,18 +112,82 @@ def render_per_class(rows: list[dict], class_names: Sequence[str] | None) -> str
 
 def table1(rows: list[dict]) -> list[dict]:
     """Table 1 of both papers (segmentation), in the papers.json schema."""
-    out = []
-    for r in rows:
-        if "mean_iou" not in r or r.get("vs") == "input_labels":
-            continue
-        out.append({k: r.get(k) for k in ("method", "top_k", "source", "vs", "pixel_accuracy", "mean_iou")}
-                   | paper_figures(r))
-    return out
+    keys = ("method", "top_k", "source", "vs", "pixel_accuracy", "mean_iou", "n_images", "ci95") + PAPER_KEYS
+    return [{k: r.get(k) for k in keys} for r in rows if "mean_iou" in r and r.get("vs") != "input_labels"]
 
 
 def table2(rows: list[dict]) -> list[dict]:
     """Table 2 (input-reconstruction MPA of a labels -> photo network) in the papers.json schema."""
-    return [{"method": r["method"], "top_k": r["top_k"], "mpa": r.get("mpa"),
-             "pixel_accuracy": r["pixel_accuracy"], "paper_mpa": PAPER_TABLE2_MPA.get(r["top_k"])
-             if r["method"] == "compnn" else None}
+    return [{"method": r["method"], "top_k": r["top_k"], "mpa": r.get("mpa"), "pixel_accuracy": r["pixel_accuracy"],
+             "paper_mpa": r.get("paper_mpa"), "n_images": r.get("n_images"), "ci95": r.get("ci95")}
             for r in rows if r.get("vs") == "input_labels"]
+
+
+# ---------------------------------------------------------------------------- per-image records
+def key_text(key: tuple) -> str:
+    """A row key ``(method, top_k, source, vs)`` as the JSON text a per-image record stores."""
+    return json.dumps([None if v is None else (int(v) if isinstance(v, (int, np.integer)) else str(v)) for v in key])
+
+
+def key_of(text: str) -> tuple:
+    return tuple(json.loads(text))
+
+
+def _keys(records: list[dict], field: str) -> list[str]:
+    keys = list(records[0].get(field, {})) if records else []
+    for r in records[1:]:
+        if list(r.get(field, {})) != keys:
+            raise ValueError(f"per-image records disagree on their {field} rows ({r.get('image')!r})")
+    return keys
+
+
+def pooled_rows(records: list[dict], weights: np.ndarray, *, num_classes: int, ignore_index: int | None,
+                field: str = "cms", per_class: bool = True, mpa: bool = False) -> list[dict]:
+    """Rows pooled over images from per-image confusion matrices (``record[field]``), each with
+    ``n_images`` and ``ci95`` (bootstrap over images of every figure of the row)."""
+    acc = SegAccumulator(num_classes, ignore_index)
+    stacks = {}
+    for key in _keys(records, field):
+        stacks[key] = np.asarray([r[field][key] for r in records], dtype=np.int64)
+        acc.cms[key_of(key)] = stacks[key].sum(axis=0)
+    rows = acc.rows(per_class=per_class, mpa=mpa)
+    metrics = ("pixel_accuracy", "mean_iou") + (("mpa",) if mpa else ())
+    for row, stack in zip(rows, stacks.values()):
+        row["n_images"] = len(records)
+        row["ci95"] = {m: ci95(boot_cm(stack, m, num_classes, weights)) for m in metrics}
+    return rows
+
+
+def mean_rows(records: list[dict], weights: np.ndarray, *, field: str = "metrics") -> list[dict]:
+    """Rows of per-image image metrics (``l1``, ``psnr``; non-finite PSNRs left out), with intervals."""
+    rows = []
+    for key in _keys(records, field):
+        method, k, src, vs = key_of(key)
+        row = {"method": method, "top_k": k, "source": src, "vs": vs, "n_images": len(records), "ci95": {}}
+        for m in ("l1", "psnr"):
+            vals = np.asarray([float(r[field][key][m]) for r in records], dtype=np.float64)  # "inf" too
+            finite = vals[np.isfinite(vals)]
+            row[m] = float(finite.mean()) if finite.size else float("inf")
+            row["ci95"][m] = ci95(boot_mean(vals, weights))
+        rows.append(row)
+    return rows
+
+
+def claim_results(records: list[dict], claims: list[Claim], weights: np.ndarray, *, num_classes: int,
+                context: PaperContext) -> list[dict]:
+    """Each claim's difference on our images (pooled, both rows on the same resamples) and its
+    verdict. Off the papers' Facades the paper figure and the verdict are None (not comparable);
+    claims whose rows the run did not produce are left out."""
+    keys = set(_keys(records, "cms"))
+    out = []
+    for c in claims:
+        a, b = key_text(c.a + ("ground_truth",)), key_text(c.b + ("ground_truth",))
+        if a not in keys or b not in keys:
+            continue
+        sa, sb = (np.asarray([r["cms"][k] for r in records], dtype=np.int64) for k in (a, b))
+        ours = float(cm_metric(sa.sum(0), c.metric, num_classes) - cm_metric(sb.sum(0), c.metric, num_classes))
+        test = paired_difference(boot_cm(sa, c.metric, num_classes, weights), boot_cm(sb, c.metric, num_classes, weights),
+                                 n_images=len(records), paper=c.paper if context.table1 else None)
+        out.append({"id": c.id, "claim": c.text, "paper_source": c.source, "metric": c.metric,
+                    "a": list(c.a), "b": list(c.b), "ours": ours, **test})
+    return out
