@@ -14,9 +14,10 @@ Steps (each writes its result under ``--work``/results and is skipped on a rerun
    trained ``--inv-minutes`` on the store's training images, then CompNN IR (HyperPatch-Match,
    top-16) vs learned inversion on ``--inv-images`` test images;
 4. table1 — ``compnn evaluate`` of the same store on ``--images`` test images: exact search once
-   per query over the top-64 shortlist (top-1/16/32 derived) and HyperPatch-Match per top-k,
-   global NN from the bottleneck, the output, the penultimate layer's whole activation and
-   decoder2's aligned hyperpatches;
+   per query over the top-64 shortlist (top-1/16/32 derived: the API's top-16 shortlist is the
+   first 16 of top-64's) — or, with ``--exact-method``, the API's exact search with that method
+   per top-k — and HyperPatch-Match per top-k, global NN from the bottleneck, the output, the
+   penultimate layer's whole activation and decoder2's aligned hyperpatches;
 5. table2 — store of the labels → photo model at decoder2 (``--db-images``) and its
    input-reconstruction MPA at top-1/16/32/64 (``--table2-search``, HyperPatch-Match by default);
    waits up to ``--wait-l2p`` minutes for the model's checkpoint.
@@ -24,11 +25,20 @@ Steps (each writes its result under ``--work``/results and is skipped on a rerun
 Stores go under ``--work`` (default /work/stores/papers), never into the repository;
 ``--drop-stores`` removes the l2p store once Table 2 is done. The last step assembles
 docs/results/papers.{md,json} (``tools/papers_report.py``) from whatever steps have results.
+
+Resumable: Tables 1 and 2 and activation prediction keep one small JSON per test image (under
+``--work``/results/<step>/images, written atomically; see ``compnn_index.jobs.image_cache``), so a
+killed run, rerun with the same arguments, continues without recomputing finished images, and a
+rerun with more ``--images`` computes only the new ones. Every figure gets a 95% bootstrap
+interval over test images and every "CompNN vs global" / "CompNN vs CNN" difference a paired
+test (``compnn_index.jobs.stats``); papers.json adds ``n_images``, ``ci95`` and per claim
+``supports``.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import sys
@@ -74,6 +84,8 @@ def ensure_model(path: Path, *, task: str, direction: str, epochs: int, log_path
         minutes = round((time.perf_counter() - t) / 60, 1)
     net = load_checkpoint(path)
     losses = net.checkpoint_extra.get("losses") or []
+    if net.checkpoint_extra.get("minutes"):  # compnn train records its training minutes per epoch
+        minutes = round(float(net.checkpoint_extra["minutes"][-1]), 1)
     return {"task": task, "direction": direction, "checkpoint": str(path), "epochs": len(losses),
             "final_loss": losses[-1] if losses else None, "train_minutes": minutes,
             "dataset": net.checkpoint_extra.get("dataset"), "size": net.config.get("size"),
@@ -93,13 +105,27 @@ def ensure_store(out: Path, model: Path, *, layers, limit=None, pairs=None) -> P
     return out
 
 
+def exact_method_arg(a) -> dict:
+    """``exact_method=`` for evaluate when ``--exact-method`` was given, checked against what this
+    version's API accepts (another may add methods: pass it through only if accepted)."""
+    if a.exact_method is None:
+        return {}
+    from compnn_index.options import EXACT_METHODS
+
+    if a.exact_method not in EXACT_METHODS:
+        raise SystemExit(f"reproduce_papers: --exact-method {a.exact_method!r}: this version's API accepts "
+                         f"{', '.join(EXACT_METHODS)}")
+    return {"exact_method": a.exact_method}
+
+
 def step_table1(a, res: Path) -> None:
     from compnn_index.jobs.evaluate import evaluate
 
     store = seg_store(a)
     t = time.perf_counter()
     evaluate(store, data=str(DATA), limit=a.images, top_k=a.top_k, search=a.table1_search,
-             hpm=a.table1_search == "exact", out=res / "table1", progress=True)
+             hpm=a.table1_search == "exact", out=res / "table1", progress=True, cache=res / "table1" / "images",
+             **exact_method_arg(a))
     (res / "table1" / "minutes.txt").write_text(f"{(time.perf_counter() - t) / 60:.1f}")
 
 
@@ -115,24 +141,41 @@ def step_prediction(a, res: Path) -> None:
     from compnn_index.data import open_dataset
     from compnn_index.jobs.predict import figure3
 
+    from compnn_index.jobs.image_cache import ImageCache, fingerprint
+
     cnn = CompNN.load(seg_store(a))
     ds = open_dataset(str(DATA), split="test", direction="AtoB", task="segment", size=SIZE, limit=a.ap_images)
     out = {"database_images": cnn.num_images, "test_images": [str(n) for n in ds.names][:len(ds)],
            "source": "decoder4", "target": "decoder3", "search": "exact", "per_k": {}}
     for k in (4, 2):
-        per = []
-        t = time.perf_counter()
+        # one record per image and window size: a killed run continues where it stopped
+        cache = ImageCache(res / "prediction" / "images" / f"k{k}", fingerprint(
+            {"model": cnn.store.manifest.get("model"), "images": cnn.num_images, "k": k, "data": str(DATA),
+             "size": SIZE, "step": "prediction"}))
+        per, minutes = [], 0.0
         for i in range(len(ds)):
-            r = cnn.predict_activations(ds[i].input, k=k, top_k=cnn.num_images)
-            per.append({"image": str(ds.names[i]), "scores": r.scores, "output_agreement": r.output_agreement,
-                        "seconds": r.timings["total"]})
-            if i == 0:
-                figure3(cnn, r).save(res / f"figure3_k{k}.png")
-            log(f"prediction k={k} image {ds.names[i]}: cosine {r.scores['compnn']['cosine']:.4f} vs "
-                f"global {r.scores['global']['cosine']:.4f}")
-        out["per_k"][str(k)] = {"images": per, "minutes": round((time.perf_counter() - t) / 60, 2),
-                                "dims": r.geometry.dim, "windows_per_image": r.geometry.grid[0] * r.geometry.grid[1]}
-    (res / "prediction.json").write_text(json.dumps(out, indent=1))
+            name = str(ds.names[i])
+            rec = cache.get(name)
+            figure = res / f"figure3_k{k}.png"
+            if rec is None or (i == 0 and not figure.is_file()):
+                t = time.perf_counter()
+                r = cnn.predict_activations(ds[i].input, k=k, top_k=cnn.num_images)
+                rec = {"scores": r.scores, "output_agreement": r.output_agreement, "seconds": r.timings["total"],
+                       "minutes": (time.perf_counter() - t) / 60, "dims": r.geometry.dim,
+                       "windows_per_image": r.geometry.grid[0] * r.geometry.grid[1]}
+                if i == 0:
+                    figure3(cnn, r).save(figure)
+                cache.put(name, rec)
+                log(f"prediction k={k} image {name}: cosine {r.scores['compnn']['cosine']:.4f} vs "
+                    f"global {r.scores['global']['cosine']:.4f}")
+            minutes += rec["minutes"]
+            per.append({"image": name, **{key: rec[key] for key in ("scores", "output_agreement", "seconds")}})
+        out["per_k"][str(k)] = {"images": per, "minutes": round(minutes, 2), "dims": rec["dims"],
+                                "windows_per_image": rec["windows_per_image"],
+                                "cache": {"reused": cache.hits, "computed": cache.computed}}
+    tmp = res / ".prediction.json.tmp"
+    tmp.write_text(json.dumps(out, indent=1))
+    os.replace(tmp, res / "prediction.json")
 
 
 def step_inversion(a, res: Path) -> None:
@@ -164,7 +207,8 @@ def step_table2(a, res: Path) -> None:
     store = ensure_store(a.work / "l2p", a.l2p_model, layers=["decoder2"], limit=a.db_images)
     t = time.perf_counter()
     evaluate(store, data=str(DATA), limit=a.images, top_k=a.top_k, search=a.table2_search,
-             hpm=a.table2_search == "exact", global_layers=False, out=res / "table2", progress=True)
+             hpm=a.table2_search == "exact", global_layers=False, out=res / "table2", progress=True,
+             cache=res / "table2" / "images", **exact_method_arg(a))
     (res / "table2" / "minutes.txt").write_text(f"{(time.perf_counter() - t) / 60:.1f}")
     if a.drop_stores:
         shutil.rmtree(store, ignore_errors=True)
@@ -196,6 +240,10 @@ def main(argv=None) -> int:
     p.add_argument("--data", default=str(DATA), help="dataset (the Facades folder; 'synthetic' for a smoke run)")
     p.add_argument("--size", type=int, default=SIZE)
     p.add_argument("--top-k", type=lambda t: [int(v) for v in t.split(",")], default=list(TOP_K))
+    p.add_argument("--exact-method", default=None,
+                   help="exact search of Tables 1 and 2 through the API with this method (e.g. auto, fused, "
+                        "faiss; refused when the API does not accept it); default: one FAISS per-image pass "
+                        "over the largest top-k's shortlist serves every top-k")
     a = p.parse_args(argv)
     DATA, SIZE = a.data, a.size
     a.inv_minutes = a.inv_minutes or max(1.0, round(a.budget * 0.06, 1))
@@ -208,11 +256,13 @@ def main(argv=None) -> int:
         for path, task, direction, lg in specs:
             if a.train_missing or path.is_file():
                 ensure_model(path, task=task, direction=direction, epochs=epochs, log_path=lg)
-    for name, fn, marker in (("prediction", step_prediction, "prediction.json"),
+    exact_method_arg(a)  # refuse an unknown --exact-method before any work
+    # the per-image steps always run: their cached images cost nothing, new ones are computed
+    for name, fn, marker in (("prediction", step_prediction, None),
                              ("inversion", step_inversion, "inversion/results.json"),
-                             ("table1", step_table1, "table1/results.json"),
-                             ("table2", step_table2, "table2/results.json")):
-        if name in steps and not (res / marker).is_file():
+                             ("table1", step_table1, None),
+                             ("table2", step_table2, None)):
+        if name in steps and not (marker and (res / marker).is_file()):
             t = time.perf_counter()
             log(f"step {name}")
             fn(a, res)

@@ -76,8 +76,10 @@ def ci95(samples: np.ndarray) -> list[float] | None:
     return [float(lo), float(hi)]
 
 
-def paired_difference(a: np.ndarray, b: np.ndarray, *, n_images: int, paper: float | None) -> dict:
-    """Summarise resampled paired differences ``a - b`` against a paper's printed difference.
+def paired_difference(a: np.ndarray, b: np.ndarray, *, n_images: int, paper: float | None,
+                      sign: int | None = None) -> dict:
+    """Summarise resampled paired differences ``a - b`` against a paper's printed difference
+    (``paper``), or against the direction alone (``sign`` +1 / -1) where the paper prints none.
 
     ``p_value``: two-sided bootstrap p of a zero difference (twice the smaller tail, at most 1).
     ``supports``: the 95% interval lies wholly on the paper's side of zero; ``contradicts``: wholly
@@ -90,10 +92,11 @@ def paired_difference(a: np.ndarray, b: np.ndarray, *, n_images: int, paper: flo
     p = None if d.size == 0 else float(min(1.0, 2 * min((d <= 0).mean(), (d >= 0).mean())))
     out = {"ci95": interval, "p_value": p, "n_images": int(n_images), "paper": paper,
            "paper_in_ci95": None if interval is None or paper is None else bool(interval[0] <= paper <= interval[1])}
-    if paper is None:
+    direction = sign if paper is None else (0 if paper == 0 else (1 if paper > 0 else -1))
+    if not direction:
         out["supports"] = None
-    elif interval is None or n_images < MIN_IMAGES or interval[0] <= 0 <= interval[1] or paper == 0:
+    elif interval is None or n_images < MIN_IMAGES or interval[0] <= 0 <= interval[1]:
         out["supports"] = "cannot tell"
     else:
-        out["supports"] = "supports" if (interval[0] > 0) == (paper > 0) else "contradicts"
+        out["supports"] = "supports" if (interval[0] > 0) == (direction > 0) else "contradicts"
     return out

@@ -1,0 +1,62 @@
+"""Issue 21: tools/reproduce_papers.py continues a stopped run without recomputing finished images,
+and papers.json / papers.md carry the intervals and claims (tiny synthetic store, two then three
+test images)."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+
+import reproduce_papers  # noqa: E402
+
+from conftest import TINY_SIZE  # noqa: E402
+
+
+def _run(tmp_path: Path, model: Path, images: int, *extra: str) -> dict:
+    argv = ["--steps", "table1", "--data", "synthetic", "--size", str(TINY_SIZE), "--db-images", "4",
+            "--images", str(images), "--top-k", "1,2", "--seg-model", str(model),
+            "--l2p-model", str(tmp_path / "absent.pt"), "--seg-log", str(tmp_path / "no.log"),
+            "--l2p-log", str(tmp_path / "no.log"), "--work", str(tmp_path / "work"), "--docs", str(tmp_path / "docs"),
+            *extra]
+    assert reproduce_papers.main(argv) == 0
+    return json.loads((tmp_path / "work" / "results" / "table1" / "results.json").read_text())
+
+
+def test_a_rerun_with_more_images_computes_only_the_new_ones(segment_index, tmp_path):
+    first = _run(tmp_path, segment_index.model, 2)
+    cache = tmp_path / "work" / "results" / "table1" / "images"
+    before = {p.name: p.read_bytes() for p in cache.glob("*.json")}
+    assert first["cache"]["computed"] == 2 and len(before) == 2
+
+    doc = _run(tmp_path, segment_index.model, 3)
+    assert doc["cache"] == dict(doc["cache"], reused=2, computed=1) and doc["n_images"] == 3
+    assert all((cache / n).read_bytes() == b for n, b in before.items())  # finished images untouched
+
+    again = _run(tmp_path, segment_index.model, 3)  # a rerun of a finished table searches nothing
+    assert again["cache"]["reused"] == 3 and again["cache"]["computed"] == 0
+
+    papers = json.loads((tmp_path / "docs" / "papers.json").read_text())
+    assert {"table1", "table2", "activation_prediction", "inversion", "models", "run", "claims"} <= set(papers)
+    row = next(r for r in papers["table1"] if r["method"] == "cnn")
+    assert row["n_images"] == 3 and len(row["ci95"]["pixel_accuracy"]) == 2
+    lo, hi = row["ci95"]["pixel_accuracy"]
+    assert lo <= row["pixel_accuracy"] <= hi
+    assert row["paper_pixel_accuracy"] is None  # synthetic store: no paper column
+    assert papers["claims"] and all(c["supports"] is None for c in papers["claims"])
+    md = (tmp_path / "docs" / "papers.md").read_text()
+    claim_lines = [line for line in md.splitlines() if line.startswith("- **")]
+    assert len(claim_lines) == len(papers["claims"])
+
+
+def test_an_exact_method_the_api_does_not_accept_is_refused(segment_index, tmp_path):
+    from compnn_index.options import EXACT_METHODS
+
+    with pytest.raises(SystemExit, match=r"--exact-method 'nonesuch': this version's API accepts "
+                                         + ", ".join(EXACT_METHODS)):
+        _run(tmp_path, segment_index.model, 1, "--exact-method", "nonesuch")
+    assert not (tmp_path / "work" / "results" / "table1").exists()  # refused before any work
