@@ -47,6 +47,11 @@ def test_a_rerun_with_more_images_computes_only_the_new_ones(segment_index, tmp_
     lo, hi = row["ci95"]["pixel_accuracy"]
     assert lo <= row["pixel_accuracy"] <= hi
     assert row["paper_pixel_accuracy"] is None  # synthetic store: no paper column
+    for r in papers["table1"]:  # every difference from the CNN has its paired interval
+        if r["vs"] == "ground_truth" and r["method"] != "cnn":
+            lo, hi = r["ci95"]["delta_pixel_accuracy"]
+            assert lo - 1e-9 <= r["delta_pixel_accuracy"] <= hi + 1e-9
+    assert (tmp_path / "docs" / "papers_table1.png").is_file() and "papers_table1.png" in papers["pictures"]
     assert papers["claims"] and all(c["supports"] is None for c in papers["claims"])
     md = (tmp_path / "docs" / "papers.md").read_text()
     claim_lines = [line for line in md.splitlines() if line.startswith("- **")]

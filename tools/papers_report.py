@@ -132,6 +132,7 @@ def write_report(res: Path, docs: Path, *, args: dict | None = None) -> dict:
            "run": {"args": {k: str(v) for k, v in (args or {}).items()},
                    "table1": None if not t1 else {k: t1.get(k) for k in ("images", "n_images", "database_images", "image_names", "top_k", "hpm", "search", "penultimate_layer", "class_names", "papers_dataset", "exact_method", "exact_pass", "cache")} | {"minutes": minutes["table1"]},
                    "table2": None if not t2 else {k: t2.get(k) for k in ("images", "n_images", "database_images", "image_names", "top_k", "hpm", "search", "papers_dataset", "exact_method", "exact_pass", "cache")} | {"minutes": minutes["table2"]}}}
+    doc["pictures"] = table_pictures(doc, docs)
     (docs / "papers.json").write_text(json.dumps(doc, indent=1))
     for src, dst in ((res / "figure3_k4.png", "papers_figure3_k4.png"), (res / "figure3_k2.png", "papers_figure3_k2.png"),
                      (res / "inversion" / "inversion.png", "papers_inversion.png"),
@@ -165,8 +166,10 @@ def markdown(doc: dict, t1: dict | None) -> str:
         r1 = run["table1"]
         lines += ["", "## Table 1: segmentation (photo → labels), decoder2", "",
                   f"{r1['images']} test images ({', '.join(r1['image_names'])}); {r1['database_images']}-image database; "
-                  + ("exact search once per query over the top-" + str(max(r1['top_k'])) + " shortlist (smaller top-k "
-                     "derived) plus HyperPatch-Match rows" if r1['search'] == "exact" else
+                  + (("exact search once per query over the top-" + str(max(r1['top_k'])) + " shortlist (smaller top-k "
+                      "derived)" if r1.get("exact_pass") != "per_top_k" else
+                      f"the API's exact search ({r1.get('exact_method')}) per top-k") + " plus HyperPatch-Match rows"
+                     if r1['search'] == "exact" else
                      "HyperPatch-Match (32 iterations, staged start) per top-k; exact search was unaffordable here")
                   + f"; {r1['minutes']} min. `self_supervised` = CompNN (SS), pasting the network's own labels; "
                   "`original` = CompNN (O), pasting the ground-truth labels.", "",
@@ -178,8 +181,9 @@ def markdown(doc: dict, t1: dict | None) -> str:
             ci = r.get("ci95") or {}
             lines.append(f"| {name} | {_f(r['top_k'])} | {r['source'] or ''} | {r['vs']} | "
                          f"{_f(r['pixel_accuracy'])}{_ci(ci.get('pixel_accuracy'))} | "
-                         f"{_f(r['mean_iou'])}{_ci(ci.get('mean_iou'))} | {_f(r.get('delta_pixel_accuracy'))} | "
-                         f"{_f(r.get('delta_mean_iou'))} | {_f(r.get('paper_pixel_accuracy'))} | "
+                         f"{_f(r['mean_iou'])}{_ci(ci.get('mean_iou'))} | "
+                         f"{_f(r.get('delta_pixel_accuracy'))}{_ci(ci.get('delta_pixel_accuracy'))} | "
+                         f"{_f(r.get('delta_mean_iou'))}{_ci(ci.get('delta_mean_iou'))} | {_f(r.get('paper_pixel_accuracy'))} | "
                          f"{_f(r.get('paper_mean_iou'))} | {_f(r.get('paper_delta_pixel_accuracy'))} | "
                          f"{_f(r.get('paper_delta_mean_iou'))} |")
         names = (t1 or {}).get("class_names") or []
@@ -190,6 +194,8 @@ def markdown(doc: dict, t1: dict | None) -> str:
             for r in gt:
                 lines.append(f"| {r['method']} | {_f(r['top_k'])} | {r['source'] or ''} | " +
                              " | ".join(_f(v, 3) for v in r["iou_per_class"]) + " |")
+        if "papers_table1.png" in doc.get("pictures", []):
+            lines += ["", "![Table 1, ours beside the papers'](papers_table1.png)"]
         lines += ["", "![examples](papers_table1_examples.png)"]
     if doc["table2"]:
         r2 = run["table2"]
@@ -199,6 +205,8 @@ def markdown(doc: dict, t1: dict | None) -> str:
                   f"accuracy (the papers call their figure MPA without defining it in the text we have; our overall "
                   f"pixel accuracy is the closer of the two to their numbers); {r2['minutes']} min.", "",
                   "| method | top-k | MPA | pixel acc. | paper MPA |", "|---|---|---|---|---|"]
+        if "papers_table2.png" in doc.get("pictures", []):
+            lines += ["", "![Table 2, ours beside the paper's](papers_table2.png)", ""]
         for r in doc["table2"]:
             ci = r.get("ci95") or {}
             lines.append(f"| {r['method']} | {r['top_k']} | {_f(r['mpa'])}{_ci(ci.get('mpa'))} | "
@@ -252,7 +260,10 @@ def claim_lines(claims: list[dict]) -> list[str]:
            "interval lies wholly on the paper's side of zero), **contradicts** (wholly on the other side), "
            "**cannot tell** (it contains zero, or fewer than 10 test images).", ""]
     for c in claims:
-        paper = "direction only" if c.get("paper") is None else f"paper {c['paper']:+.4f}"
+        if c.get("paper") is not None:
+            paper = f"paper {c['paper']:+.4f}"
+        else:
+            paper = "paper: direction only" if c.get("supports") else "paper figure not applicable"
         ci = c.get("ci95")
         interval = "" if not ci else f" [{ci[0]:+.4f}, {ci[1]:+.4f}]"
         p = "" if c.get("p_value") is None else f", p = {c['p_value']:.3f}"
@@ -260,3 +271,81 @@ def claim_lines(claims: list[dict]) -> list[str]:
         out.append(f"- **{verdict}** — {c['claim']} "
                    f"({c['paper_source']}): {paper}; ours {c['ours']:+.4f}{interval}{p}, {c['n_images']} images")
     return out
+
+
+# ---------------------------------------------------------------------------- pictures
+T1_PICTURE_ROWS = (("cnn", None, "CNN"), ("compnn", "self_supervised", "CompNN (SS)"), ("compnn", "original", "CompNN (O)"),
+                   ("global_bottleneck", "self_supervised", "global bottleneck (SS)"),
+                   ("global_bottleneck", "original", "global bottleneck (O)"),
+                   ("global_layer", "self_supervised", "global decoder2 (SS)"),
+                   ("global_layer", "original", "global decoder2 (O)"))
+
+
+def _bars(ax, labels, ours, errs, paper, title):
+    """Our figures (bars, 95% interval whiskers) beside the paper's (hatched bars; absent: none)."""
+    x = np.arange(len(labels))
+    lo = [0 if e is None or v is None else v - e[0] for v, e in zip(ours, errs)]
+    hi = [0 if e is None or v is None else e[1] - v for v, e in zip(ours, errs)]
+    ax.bar(x - 0.2, [np.nan if v is None else v for v in ours], 0.4, yerr=[lo, hi], capsize=3, label="ours (95% CI)")
+    if any(p is not None for p in paper):
+        ax.bar(x + 0.2, [np.nan if p is None else p for p in paper], 0.4, hatch="//", fill=False, label="paper")
+    ax.set_xticks(x, labels, rotation=30, ha="right", fontsize=8)
+    ax.axhline(0, color="0.3", linewidth=0.8)
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, axis="y", alpha=0.3)
+
+
+def table_pictures(doc: dict, docs: Path) -> list[str]:
+    """One picture per table: our figures with their 95% intervals beside the papers' (Table 1:
+    ICLR's absolute pixel accuracy and mIoU, ECCV-W's difference from the CNN; Table 2: ECCV-W's
+    MPA per top-k). Returns the file names written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    gt = [r for r in doc["table1"] if r["vs"] == "ground_truth"]
+    if gt:
+        ks = sorted({r["top_k"] for r in gt if r["top_k"] is not None})
+        k = 16 if 16 in ks else max(ks)
+        fig, axes = plt.subplots(1, 3, figsize=(15, 4.4), dpi=100)
+        picked = []
+        for method, src, label in T1_PICTURE_ROWS:
+            r = next((r for r in gt if r["method"] == method and r["source"] == src
+                      and r["top_k"] == (k if method == "compnn" else None)), None)
+            if r is not None:
+                picked.append((label + (f", top-{k}" if method == "compnn" else ""), r))
+        for ax, metric, name in ((axes[0], "pixel_accuracy", "pixel accuracy"), (axes[1], "mean_iou", "mIoU")):
+            _bars(ax, [lab for lab, _ in picked], [r[metric] for _, r in picked],
+                  [(r.get("ci95") or {}).get(metric) for _, r in picked],
+                  [r.get("paper_" + metric) for _, r in picked], f"Table 1 (ICLR rows): {name} vs ground truth")
+        deltas = []
+        for r in gt:
+            if r["method"] == "compnn" and r["source"] == "original":
+                deltas.append((f"OR top-{r['top_k']}", r))
+        for method, label in (("global_bottleneck", "GR (bottleneck)"), ("global_penultimate", "GR (FC7)")):
+            r = next((r for r in gt if r["method"] == method and r["source"] == "original"), None)
+            if r is not None:
+                deltas.append((label, r))
+        deltas = [(lab, r.get("delta_pixel_accuracy"), (r.get("ci95") or {}).get("delta_pixel_accuracy"),
+                   r.get("paper_delta_pixel_accuracy")) for lab, r in deltas]
+        _bars(axes[2], [d[0] for d in deltas], [d[1] for d in deltas], [d[2] for d in deltas], [d[3] for d in deltas],
+              "Table 1 (ECCV-W rows): Δ pixel accuracy vs the CNN")
+        axes[0].legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(docs / "papers_table1.png")
+        plt.close(fig)
+        written.append("papers_table1.png")
+    rows = [r for r in doc["table2"] if r["method"] == "compnn"]
+    if rows:
+        fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+        _bars(ax, [f"top-{r['top_k']}" for r in rows], [r["mpa"] for r in rows],
+              [(r.get("ci95") or {}).get("mpa") for r in rows], [r.get("paper_mpa") for r in rows],
+              "Table 2: input-reconstruction MPA (labels → photo)")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(docs / "papers_table2.png")
+        plt.close(fig)
+        written.append("papers_table2.png")
+    return written

@@ -42,7 +42,7 @@ from ..options import DEFAULTS, EXACT_METHODS, QueryOptions
 from .image_cache import ImageCache, fingerprint
 from .papers import PaperContext, claims, paper_figures
 from .stats import N_BOOT, resample_weights
-from .tables import (SegAccumulator, add_deltas, claim_results, key_text, mean_rows, pooled_rows, render_per_class,
+from .tables import (SegAccumulator, add_deltas, claim_results, delta_intervals, key_text, mean_rows, pooled_rows, render_per_class,
                      render_table)
 
 SOURCE_TAGS = (("target", "original"), ("self", "self_supervised"))
@@ -198,6 +198,7 @@ def evaluate(
     if seg:
         rows = pooled_rows(records, weights, num_classes=cnn.num_classes, ignore_index=cnn.ignore_index)
         add_deltas(rows)
+        delta_intervals(records, rows, weights, num_classes=cnn.num_classes)
         columns = ["method", "top_k", "source", "vs", "pixel_accuracy", "mean_iou",
                    "delta_pixel_accuracy", "delta_mean_iou", "paper_pixel_accuracy", "paper_delta_pixel_accuracy"]
     else:

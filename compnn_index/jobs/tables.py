@@ -158,6 +158,23 @@ def pooled_rows(records: list[dict], weights: np.ndarray, *, num_classes: int, i
     return rows
 
 
+def delta_intervals(records: list[dict], rows: list[dict], weights: np.ndarray, *, num_classes: int) -> None:
+    """``ci95["delta_pixel_accuracy"]`` / ``["delta_mean_iou"]`` of every ground-truth row: the paired
+    bootstrap interval of its difference from the CNN (both pooled on the same resampled images)."""
+    cnn_key = key_text(("cnn", None, None, "ground_truth"))
+    if not records or cnn_key not in records[0].get("cms", {}):
+        return
+    cnn = np.asarray([r["cms"][cnn_key] for r in records], dtype=np.int64)
+    base = {m: boot_cm(cnn, m, num_classes, weights) for m in ("pixel_accuracy", "mean_iou")}
+    for row in rows:
+        if row.get("vs") != "ground_truth" or row.get("method") == "cnn" or "delta_pixel_accuracy" not in row:
+            continue
+        key = key_text((row["method"], row["top_k"], row["source"], row["vs"]))
+        stack = np.asarray([r["cms"][key] for r in records], dtype=np.int64)
+        for m in ("pixel_accuracy", "mean_iou"):
+            row["ci95"]["delta_" + m] = ci95(boot_cm(stack, m, num_classes, weights) - base[m])
+
+
 def mean_rows(records: list[dict], weights: np.ndarray, *, field: str = "metrics") -> list[dict]:
     """Rows of per-image image metrics (``l1``, ``psnr``; non-finite PSNRs left out), with intervals."""
     rows = []
