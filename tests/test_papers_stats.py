@@ -188,3 +188,17 @@ def test_claims_cover_every_paper_difference_for_the_run_top_k():
     assert len(ids) == 2 * (6 + 4 + 2)
     small = claims([1, 2])  # ICLR's rows at the largest top-k when 16 was not run
     assert all(c.a[1] in (1, 2) for c in small) and not any("top16" in c.id for c in small)
+
+
+def test_the_api_shortlist_of_top_k_is_the_first_k_of_a_larger_one(segment_cnn):
+    """What lets one top-64 pass serve top-1/16/32: the API ranks candidates by a stable sort of
+    global cosine, so a smaller shortlist is a prefix of a larger one (ties included)."""
+    ids = np.arange(segment_cnn.num_images, dtype=np.int64)
+    for i in range(3):
+        feats = segment_cnn.extract(i, ["decoder2"])
+        full, _ = segment_cnn.shortlist(feats.global_descriptor, ids, len(ids))
+        for k in (1, 3, 7):
+            small, _ = segment_cnn.shortlist(feats.global_descriptor, ids, k)
+            assert list(small) == list(full[:k])
+            explained = segment_cnn.explain(feats, layer="decoder2", search="exact", top_k=k, sources=())
+            assert list(explained.shortlist) == list(full[:k])
