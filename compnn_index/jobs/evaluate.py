@@ -97,7 +97,7 @@ class PenultimateNN:
         self.spec = LayerSpec(self.tap, *cnn.model.layer_taps()[self.tap])
         self._capture, self._describe = capture, global_descriptor
         inputs = cnn.array("inputs")
-        rows = [self.describe(np.asarray(inputs[a:a + batch_size], np.float32))
+        rows = [self.describe(np.array(inputs[a:a + batch_size], np.float32))  # a writable copy for torch
                 for a in range(0, len(inputs), batch_size)]
         self.db = torch.from_numpy(np.concatenate(rows))
 
