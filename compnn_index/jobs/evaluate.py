@@ -10,9 +10,13 @@ Translation models (Table 2 of "Patch Correspondences"): input-reconstruction ac
 the input label map (``pixel_accuracy`` and ``mpa``, per top-k), and output reconstruction L1 /
 PSNR against the CNN output.
 
-Exact search runs once per query over the largest top-k's shortlist, keeping every position's
-best match in every shortlisted image (:func:`~compnn_index.search.exact_search_per_image`); the
-smaller top-k fields are derived from it. Row keys and method ids: :mod:`.tables`.
+Exact search (``exact_method``, default ``auto``: the fastest exact method the store supports)
+runs once per top-k, smallest first, each exact field seeding the next (its matches lie in the
+larger shortlist, so the bounded method starts from the previous answer). With
+``exact_method="faiss"`` it runs once per query over the largest top-k's shortlist, keeping every
+position's best match in every shortlisted image
+(:func:`~compnn_index.search.exact_search_per_image`), and the smaller top-k fields are derived
+from it. Row keys and method ids: :mod:`.tables`.
 """
 from __future__ import annotations
 
@@ -35,19 +39,30 @@ SOURCE_TAGS = (("target", "original"), ("self", "self_supervised"))
 
 
 def search_fields(cnn, feats, layer: str, top_ks: Sequence[int], options: QueryOptions, *,
-                  hpm: bool = True) -> dict[tuple[str, int], object]:
-    """NN fields per (method, top-k): ``compnn`` with ``options.search`` (exact: one search over
-    the largest shortlist, smaller ones derived), plus ``compnn_hpm`` when searching exactly."""
-    from ..search import best_of, exact_search_per_image
+                  hpm: bool = True, info: dict | None = None) -> dict[tuple[str, int], object]:
+    """NN fields per (method, top-k): ``compnn`` with ``options.search`` (exact: see the module
+    docstring), plus ``compnn_hpm`` when searching exactly. ``info`` receives ``exact_method``
+    (which exact method ran) and, for the bounded method, its pruned fractions."""
+    from ..search import best_of, exact_search, exact_search_per_image
 
     out = {}
+    info = {} if info is None else info
     all_ids = np.arange(cnn.num_images, dtype=np.int64)
     if options.search == "exact":
         ids, _ = cnn.shortlist(feats.global_descriptor, all_ids, max(top_ks))
         lv = cnn.layer(layer)
-        sims, idx = exact_search_per_image(feats.hyperpatches[layer], lv, ids)
-        for k in top_ks:
-            out[("compnn", k)] = best_of(lv, sims, idx, k)
+        q = feats.hyperpatches[layer]
+        if options.exact_method == "faiss":
+            sims, idx = exact_search_per_image(q, lv, ids)
+            for k in top_ks:
+                out[("compnn", k)] = best_of(lv, sims, idx, k)
+            info["exact_method"] = "faiss"
+        else:
+            field = None
+            for k in sorted(top_ks):  # each exact field seeds the next: its matches lie in the larger shortlist
+                field = exact_search(q, lv, ids[:k], method=options.exact_method, seed=field,
+                                     query_norms=(feats.hyperpatch_norms or {}).get(layer), info=info)
+                out[("compnn", k)] = field
     methods = [("compnn", options)] if options.search != "exact" else []
     if hpm and options.search == "exact":
         methods.append(("compnn_hpm", options.with_(search="patchmatch")))
@@ -108,6 +123,7 @@ def evaluate(
     init: str = DEFAULTS.init, threads: int | None = None, out: str | Path, progress: bool = True,
     cnn=None, examples: int = 4, hpm: bool = True, global_layers: bool = True,
     inversion: Sequence[str | Path] = (), inversion_top_k: int = 16, cluster: str | None = None,
+    exact_method: str = DEFAULTS.exact_method,
 ) -> dict:
     """Evaluate CompNN against the CNN and global NN on a dataset split; write the tables
     (``results.json``, ``results.md``, ``examples.png``; with ``inversion`` checkpoints also the
@@ -138,7 +154,9 @@ def evaluate(
     img_metrics: dict[tuple, list[dict]] = defaultdict(list)
     input_acc = SegAccumulator(len(FACADES_PALETTE), None)
     example_rows = []
-    options = QueryOptions(search=search, iterations=iterations, init=init)
+    options = QueryOptions(search=search, iterations=iterations, init=init, exact_method=exact_method)
+    exact_info: dict = {}
+    methods_run: set[str] = set()
     inv = (InversionEval(cnn, inversion, options=options.with_(top_k=min(inversion_top_k, cnn.num_images)))
            if inversion else None)
     levels = cnn.pyramid(layer) if (search == "patchmatch" and init == "coarse") else [layer]
@@ -152,7 +170,9 @@ def evaluate(
         with cnn.thread_limits(threads):
             feats = cnn.extract(s.input, levels)
             cnn_out = feats.output
-            fields = search_fields(cnn, feats, layer, top_ks, options, hpm=hpm)
+            fields = search_fields(cnn, feats, layer, top_ks, options, hpm=hpm, info=exact_info)
+            if "exact_method" in exact_info:
+                methods_run.add(exact_info["exact_method"])
             spec = cnn.store.spec(layer)
             res = {key: {src: cnn.compose(f, spec, src, s.input.shape[1:]) for src in ("target", "self", "input")}
                    for key, f in fields.items()}
@@ -211,8 +231,8 @@ def evaluate(
            "top_k": top_ks, "hpm": bool(hpm and search == "exact"),
            "class_names": (list(cnn.context().class_names or class_names or []) or None) if seg else None,
            "penultimate_layer": penult.tap if penult else None, "rows": rows,
-           # exact fields come from one per-image FAISS search over the largest shortlist
-           "exact_method": "faiss" if search == "exact" else None}
+           # which exact method(s) computed the exact fields (auto: the fastest the store supports)
+           "exact_method": "+".join(sorted(methods_run)) if search == "exact" else None}
     if inv is not None:
         doc["inversion"] = inv.rows()
     return _write(doc, out, cnn, layer, search, split, columns, example_rows, top_ks, inv, progress)
