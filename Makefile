@@ -11,7 +11,8 @@ $(PY):
 	$(PY) -m pip install -q --upgrade pip
 
 # torch first (local CPU wheel); the package's range is satisfied by it, so nothing bigger is pulled.
-$(STAMP): $(PY) pyproject.toml setup.py compnn_index/search/csrc/hyperpatchmatch.cpp compnn_index/search/csrc/fused_exact.cpp
+$(STAMP): $(PY) pyproject.toml setup.py compnn_index/search/csrc/hyperpatchmatch.cpp compnn_index/search/csrc/fused_exact.cpp \
+          compnn_index/search/csrc/bounded_exact.cpp compnn_index/search/csrc/kernels.h
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q pybind11 setuptools wheel
 	$(PY) -m pip install -q --no-build-isolation -e '.[test,ray]'
@@ -28,4 +29,4 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 clean:
-	rm -rf $(VENV) build *.egg-info compnn_index/search/_hpm*.so compnn_index/search/_fused*.so
+	rm -rf $(VENV) build *.egg-info compnn_index/search/_hpm*.so compnn_index/search/_fused*.so compnn_index/search/_bounded*.so

@@ -1,4 +1,4 @@
-"""Build the native extensions (HyperPatch-Match, fused exact search) at install time (no JIT at import).
+"""Build the native extensions (HyperPatch-Match, fused exact search, bounded exact search) at install time (no JIT at import).
 
 On x86-64 the kernel is built for the x86-64-v2 baseline; its dot-product loops carry their own
 AVX2+FMA / AVX-512 target attributes and are picked at run time (``__builtin_cpu_supports``),
@@ -19,6 +19,7 @@ ext_modules = [
     Pybind11Extension(
         "compnn_index.search._hpm",
         ["compnn_index/search/csrc/hyperpatchmatch.cpp"],
+        depends=["compnn_index/search/csrc/kernels.h"],
         cxx_std=17,
         extra_compile_args=["-O3", "-pthread"] + (["-march=x86-64-v2"] if _X86_64 else []),
         extra_link_args=["-pthread"],
@@ -30,6 +31,15 @@ ext_modules = [
         cxx_std=17,
         extra_compile_args=["-O3", "-pthread"] + (["-march=x86-64-v2"] if _X86_64 else []),
         extra_link_args=["-pthread"],
+    ),
+    # Certified exact search pruned by the screen bounds (shares csrc/kernels.h with _hpm).
+    Pybind11Extension(
+        "compnn_index.search._bounded",
+        ["compnn_index/search/csrc/bounded_exact.cpp"],
+        cxx_std=17,
+        extra_compile_args=["-O3", "-pthread"] + (["-march=x86-64-v2"] if _X86_64 else []),
+        extra_link_args=["-pthread"],
+        depends=["compnn_index/search/csrc/kernels.h"],
     ),
 ]
 

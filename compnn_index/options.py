@@ -18,8 +18,8 @@ from .errors import QueryError
 from .checks import QUERY_INT_BOUNDS, check_choice, check_int, check_number
 
 SEARCHES = ("exact", "patchmatch")
-#: How exact search runs: the fused pixel-level kernel where it can, or always FAISS / fused.
-EXACT_METHODS = ("auto", "fused", "faiss")
+#: How exact search runs: ``auto`` = bounded where the layer has a screen, else fused, else FAISS.
+EXACT_METHODS = ("auto", "bounded", "fused", "faiss")
 INITS = ("random", "staged", "coarse", "screen")
 SOURCES = ("target", "input", "self")
 #: Shortlist size when ``top_k`` is not given (or every candidate image, when fewer).
@@ -50,9 +50,10 @@ class QueryOptions:
         every query position with (:func:`compnn_index.search.start.screen_start`).
     coarse_exact_gflop : float
         ``init="coarse"``: the coarsest level is searched exactly under this many GFLOP.
-    exact_method : {"auto", "fused", "faiss"}
+    exact_method : {"auto", "bounded", "fused", "faiss"}
         How exact search runs (:func:`compnn_index.search.exact.exact_search`): ``auto`` uses
-        the fused pixel-level kernel where the layer allows it, else FAISS.
+        the bounded search where the layer has a screen, else the fused pixel-level kernel where
+        the layer allows it, else FAISS. Every method gives the exact field.
     """
 
     search: str = "exact"

@@ -312,6 +312,33 @@ def test_console_script_query_in_a_subprocess(translate_index, tmp_path):
 
 
 # ---------------------------------------------------------------------------- evaluate
+def test_evaluate_exact_methods_give_the_same_table(capsys, segment_index, tmp_path):
+    docs = {}
+    for method in ("faiss", "bounded"):
+        out = tmp_path / method
+        code, _, err = run_main(capsys, "evaluate", segment_index.index, "--data", "synthetic", "--limit", "1",
+                                "--top-k", "1,3", "--threads", "1", "--no-hpm", "--no-global-layers",
+                                "--exact-method", method, "--out", out)
+        assert code == 0, err
+        docs[method] = json.loads((out / "results.json").read_text())
+    assert docs["faiss"]["exact_method"] == "faiss" and docs["bounded"]["exact_method"] == "bounded"
+    key = lambda r: (r["method"], r["top_k"], r["source"], r["vs"])  # noqa: E731
+    faiss_rows = {key(r): r["pixel_accuracy"] for r in docs["faiss"]["rows"]}
+    assert {key(r): r["pixel_accuracy"] for r in docs["bounded"]["rows"]} == pytest.approx(faiss_rows, abs=1e-9)
+
+
+def test_exact_method_option_is_on_every_command_that_searches_exactly():
+    from compnn_index.cli import build_parser
+
+    parser = build_parser()
+    for argv in (["query", "S", "1"], ["evaluate", "S", "--data", "d", "--out", "o"],
+                 ["compare", "S", "--data", "d", "--out", "o"], ["predict", "S", "1", "--out", "o"]):
+        assert parser.parse_args(argv).exact_method == "auto"
+        assert parser.parse_args(argv + ["--exact-method", "bounded"]).exact_method == "bounded"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["query", "S", "1", "--exact-method", "hnsw"])
+
+
 def test_evaluate_segment(capsys, segment_index, segment_cnn, tmp_path):
     out = tmp_path / "eval"
     code, stdout, err = run_main(capsys, "evaluate", segment_index.index, "--data", "synthetic",
@@ -339,7 +366,8 @@ def test_evaluate_segment(capsys, segment_index, segment_cnn, tmp_path):
     assert cnn_row["pixel_accuracy"] == pytest.approx((pred == truth).mean(), abs=1e-6)
     md = (out / "results.md").read_text()
     assert md.startswith("# CompNN evaluation: segment, layer decoder2, exact search, 2 test images")
-    assert doc["exact_method"] == "faiss" and "exact search method: faiss" in md
+    # auto: the fastest exact method the store supports (it has a screen: bounded)
+    assert doc["exact_method"] == "bounded" and "exact search method: bounded" in md
     main_table = md.split("\n## ")[0]  # then the per-class IoU table
     assert main_table.count("| compnn |") == 8  # 2 top-k × 2 sources × 2 references
     assert Image.open(out / "examples.png").size[0] > 5 * TINY_SIZE
@@ -384,7 +412,7 @@ def test_compare(capsys, segment_index, tmp_path):
     out = tmp_path / "cmp"
     code, _, err = run_main(capsys, "compare", segment_index.index, "--data", "synthetic", "--limit", "1",
                             "--iterations", "1,4", "--init", "random,coarse",  # default top-k: all 12
-                            "--threads", "1", "--out", out)
+                            "--exact-method", "faiss", "--threads", "1", "--out", out)
     assert code == 0, err
     assert {"comparison.json", "comparison.md", "comparison.png"} <= {p.name for p in out.iterdir()}
     doc = json.loads((out / "comparison.json").read_text())
@@ -392,9 +420,10 @@ def test_compare(capsys, segment_index, tmp_path):
     ex = doc["exact"]
     assert ex["seconds_per_query"] > 0 and ex["gflops"] > 0 and 0 <= ex["fidelity"] <= 1
     settings = doc["settings"]
-    assert {r["method"] for r in settings} == {"patchmatch", "hnsw", "ivf", "exact_fused"}
-    fused = next(r for r in settings if r["method"] == "exact_fused")
-    assert fused["recall_at_1"] > 0.99 and abs(fused["similarity_ratio"] - 1) < 1e-5  # same answers as FAISS
+    assert {r["method"] for r in settings} == {"patchmatch", "hnsw", "ivf", "exact_fused", "exact_bounded"}
+    for method in ("exact_fused", "exact_bounded"):  # the native exact methods: FAISS's answers
+        row = next(r for r in settings if r["method"] == method)
+        assert row["recall_at_1"] > 0.99 and abs(row["similarity_ratio"] - 1) < 1e-5
     pm = [r for r in settings if r["method"] == "patchmatch"]
     assert sorted((r["params"]["init"], r["params"]["iterations"]) for r in pm) == [
         ("coarse", 1), ("coarse", 4), ("random", 1), ("random", 4)]

@@ -242,15 +242,19 @@ def test_store_records_norms_and_queries_run_fused(tmp_path):
     assert "up to date" in upgrade_store(out)
     cnn = CompNN.load(out, model=model, threads=2)
     q = open_dataset("synthetic", split="test", size=64, limit=1, seed=0)[0].input
-    fused = cnn.explain(q, top_k=3)
+    from compnn_index.options import QueryOptions
+    assert cnn.explain(q, top_k=3).params["exact_method"] == "bounded"  # auto: the store has a screen
+    fused = cnn.explain(q, top_k=3, options=QueryOptions(exact_method="fused"))
     assert fused.params["exact_method"] == "fused"
     feats = cnn.extract(q)
     ref = exact_search(feats.hyperpatches["decoder2"], lv, fused.shortlist, method="faiss")
     np.testing.assert_allclose(fused.field.similarity, ref.similarity, atol=ATOL, rtol=0)
 
-    # a store without norms (as built before): FAISS, and `compnn upgrade` refuses with the rebuild command
+    # a store without norms (as built before, and without a screen): FAISS, and `compnn upgrade`
+    # refuses with the rebuild command
     entry = man["layers"]["decoder2"]
     entry["norms"] = None
+    entry["screen"] = None
     (out / "manifest.json").write_text(json.dumps(man))
     cnn2 = CompNN.load(out, model=model, threads=2)
     res = cnn2.explain(q, top_k=3)

@@ -122,20 +122,20 @@ def test_a_stopped_evaluation_reuses_its_finished_images(segment_index, segment_
     assert again["cache"]["reused"] == 0 and len(computed) == 4 + 4 + 2
 
 
-def test_exact_method_is_checked_and_passed_to_the_api(segment_index, segment_cnn, tmp_path):
+def test_exact_method_is_checked_and_every_method_gives_the_same_rows(segment_index, segment_cnn, tmp_path):
     with pytest.raises(QueryError, match=r"Expected --exact-method to be one of .*auto.*, but --exact-method = 'bogus'"):
         evaluate(segment_index.index, data="synthetic", size=TINY_SIZE, limit=1, out=tmp_path / "x",
                  exact_method="bogus", progress=False, cnn=segment_cnn)
     common = dict(data="synthetic", size=TINY_SIZE, limit=1, top_k=(1, 3), hpm=False, progress=False,
                   cnn=segment_cnn, threads=1, examples=0, n_boot=50, global_layers=False)
-    one_pass = evaluate(segment_index.index, out=tmp_path / "p", **common)
-    per_k = evaluate(segment_index.index, out=tmp_path / "q", exact_method="faiss", **common)
-    fused = evaluate(segment_index.index, out=tmp_path / "r", exact_method="fused", **common)
-    assert one_pass["exact_pass"] == "per_image" and one_pass["exact_method"] == "faiss"
-    assert fused["exact_pass"] == "per_top_k" and fused["exact_method"] == "fused"
+    docs = {m: evaluate(segment_index.index, out=tmp_path / m, exact_method=m, **common)
+            for m in ("faiss", "fused", "auto")}
+    assert docs["faiss"]["exact_pass"] == "per_image" and docs["faiss"]["exact_method"] == "faiss"
+    assert docs["fused"]["exact_pass"] == "per_top_k" and docs["fused"]["exact_method"] == "fused"
+    assert docs["auto"]["exact_method"] == "bounded"  # the tiny store has a screen
     pick = lambda d: [(r["method"], r["top_k"], r["source"], r["vs"], round(r["pixel_accuracy"], 4))  # noqa: E731
                       for r in d["rows"]]
-    assert pick(one_pass) == pick(per_k) == pick(fused)  # the same fields, whichever exact kernel
+    assert pick(docs["faiss"]) == pick(docs["fused"]) == pick(docs["auto"])  # one exact field, whichever kernel
 
 
 # ---------------------------------------------------------------------------- statistics

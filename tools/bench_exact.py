@@ -21,9 +21,22 @@ machine moves both; printed per round and as min / median:
   match differs (exact or near-exact ties).
 
 ``--json PATH`` writes ``{"faiss_gflops", "fused_seconds", "faiss_seconds", "fused_speedup",
-"max_abs_sim_diff", ...}`` (medians; ``*_min`` the best round).
+"max_abs_sim_diff", ...}`` (medians; ``*_min`` the best round), and ``bounded_*`` for the bounded
+method (``exact_search(method="bounded")``: HyperPatch-Match seed + screen bounds; its time
+includes the seed's) on the same problem.
+
+``--store STORE`` instead runs the decoder2 problem of a real store: every test image of
+``--data`` (``--queries`` of them) through the store's model, its top-k shortlists
+(``--top-k 16,400``), and per query bounded, fused and FAISS exact search on the same
+hyperpatches and shortlist (FAISS on the first ``--faiss-queries`` queries of each top-k, and on
+``--faiss-positions`` sampled positions of the others: FAISS costs ~77 s per top-16 query here).
+Printed and in ``--json``: per top-k ``bounded_seconds``, ``fused_seconds``, ``faiss_seconds``
+(medians), ``bounded_speedup_vs_fused``, ``bounded_speedup_vs_faiss``, ``bounded_ids_identical``
+(no id differs from FAISS's or fused's except exact ties: both similarities equal to 1e-6 in
+float64), ``bounded_max_abs_sim_diff``, and the pruned fraction at every grain.
 
 Usage: ``python tools/bench_exact.py [--images 16] [--threads 2] [--rounds 3] [--json out.json]``
+       ``python tools/bench_exact.py --store STORE --data ../shared/data/facades --queries 5 --top-k 16,400``
 """
 from __future__ import annotations
 
@@ -45,6 +58,7 @@ from compnn_index.features import LayerSpec, hyperpatches  # noqa: E402
 from compnn_index.index import LayerVectors  # noqa: E402
 from compnn_index.index.flatfile import FlatIPWriter  # noqa: E402
 from compnn_index.index.npyfile import NpyWriter  # noqa: E402
+from compnn_index.index.screen import compute_screen  # noqa: E402
 from compnn_index.search.exact import exact_search  # noqa: E402
 
 
@@ -75,6 +89,7 @@ def make_store(tmpdir: str, n_images: int, c: int, side: int, k: int, kind: str,
     grids = np.tile(np.array([hp, hp], dtype=np.int64), (n_images, 1))
     layer = LayerVectors("decoder2", LayerSpec("decoder2", "m", k=k), grids, raw=view, dim=index.d,
                          owner=index, norms=np.load(npath, mmap_mode="r"))
+    layer.screen = compute_screen(layer)  # in memory: the screen a store's build writes
     qv, qn = hyperpatches(activation(rng, c, side, kind), k, return_norms=True)
     return layer, qv[0], qn[0]
 
@@ -90,7 +105,20 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="write the results here")
+    p.add_argument("--store", default=None, help="a real store: its decoder2 problem (see the module docstring)")
+    p.add_argument("--data", default="../shared/data/facades")
+    p.add_argument("--split", default="test")
+    p.add_argument("--queries", type=int, default=5)
+    p.add_argument("--layer", default="decoder2")
+    p.add_argument("--top-k", type=lambda v: [int(x) for x in v.split(",")], default=[16])
+    p.add_argument("--faiss-queries", type=int, default=5, help="queries per top-k with a full FAISS run")
+    p.add_argument("--faiss-positions", type=int, default=1024, help="sampled positions for FAISS on the others")
+    p.add_argument("--no-fused", action="store_true", help="skip the fused kernel (store mode)")
     args = p.parse_args()
+    if args.store:
+        from bench_exact_store import bench_store
+
+        return bench_store(args)
 
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as tmpdir:
@@ -107,6 +135,7 @@ def main() -> None:
         exact_search(q[:4], layer, images[:1], method="faiss", threads=args.threads)
 
         faiss_s, fused_s, faiss_cpu, fused_cpu, diffs, mismatch = [], [], [], [], [], []
+        bounded_s, bounded_diffs, bounded_mismatch, bounded_info = [], [], [], {}
         for r in range(args.rounds):
             t, c = time.perf_counter(), time.process_time()
             ref = exact_search(q, layer, images, method="faiss", threads=args.threads)
@@ -120,6 +149,13 @@ def main() -> None:
             diffs.append(float(np.abs(fused.similarity - ref.similarity).max()))
             same = (fused.image == ref.image) & (fused.y == ref.y) & (fused.x == ref.x)
             mismatch.append(float(1.0 - same.mean()))
+            t = time.perf_counter()
+            bnd = exact_search(q, layer, images, method="bounded", threads=args.threads, info=bounded_info)
+            bounded_s.append(time.perf_counter() - t)
+            bounded_diffs.append(float(np.abs(bnd.similarity - ref.similarity).max()))
+            bounded_mismatch.append(float(1.0 - ((bnd.image == ref.image) & (bnd.y == ref.y) & (bnd.x == ref.x)).mean()))
+            print(f"  round {r + 1}: bounded {bounded_s[-1]:.2f} s (pruned {bounded_info['bounded_pruned']}), "
+                  f"max |Δsim| {bounded_diffs[-1]:.2e}, ids differ at {bounded_mismatch[-1]:.2e}")
             print(f"  round {r + 1}: faiss {faiss_s[-1]:7.2f} s ({flop / faiss_s[-1] / 1e9:6.1f} GFLOP/s)   "
                   f"fused {fused_s[-1]:6.2f} s ({flop / fused_s[-1] / 1e9:6.1f} effective GFLOP/s, "
                   f"{info['exact_kernel']})   speed-up {faiss_s[-1] / fused_s[-1]:.2f}× "
@@ -144,6 +180,12 @@ def main() -> None:
         "fused_cpu_speedup": float(np.median(faiss_cpu)) / float(np.median(fused_cpu)),
         "max_abs_sim_diff": float(max(diffs)),
         "id_mismatch_fraction": float(max(mismatch)),
+        "bounded_seconds": float(np.median(bounded_s)),
+        "bounded_speedup_vs_fused": med_fused / float(np.median(bounded_s)),
+        "bounded_speedup_vs_faiss": med_faiss / float(np.median(bounded_s)),
+        "bounded_ids_identical": bool(max(bounded_mismatch) == 0.0),
+        "bounded_max_abs_sim_diff": float(max(bounded_diffs)),
+        "bounded_pruned": bounded_info.get("bounded_pruned"),
         "problem": {"Q": q_n, "D": d, "C": args.channels, "k": args.k, "N": n, "images": args.images,
                     "activations": args.activations, "threads": args.threads, "rounds": args.rounds,
                     "store": "mmap FAISS file + norms .npy"},

@@ -14,9 +14,9 @@ Steps (each writes its result under ``--work``/results and is skipped on a rerun
    trained ``--inv-minutes`` on the store's training images, then CompNN IR (HyperPatch-Match,
    top-16) vs learned inversion on ``--inv-images`` test images;
 4. table1 — ``compnn evaluate`` of the same store on ``--images`` test images: exact search once
-   per query over the top-64 shortlist (top-1/16/32 derived: the API's top-16 shortlist is the
-   first 16 of top-64's) — or, with ``--exact-method``, the API's exact search with that method
-   per top-k — and HyperPatch-Match per top-k, global NN from the bottleneck, the output, the
+   per top-k with ``--exact-method`` (default auto: bounded where the store has a screen), each
+   field seeding the next, or with ``faiss`` once per query over the top-64 shortlist (top-1/16/32
+   derived: the API's top-16 shortlist is the first 16 of top-64's) — and HyperPatch-Match per top-k, global NN from the bottleneck, the output, the
    penultimate layer's whole activation and decoder2's aligned hyperpatches;
 5. table2 — store of the labels → photo model at decoder2 (``--db-images``) and its
    input-reconstruction MPA at top-1/16/32/64 (``--table2-search``, HyperPatch-Match by default);
@@ -241,9 +241,10 @@ def main(argv=None) -> int:
     p.add_argument("--size", type=int, default=SIZE)
     p.add_argument("--top-k", type=lambda t: [int(v) for v in t.split(",")], default=list(TOP_K))
     p.add_argument("--exact-method", default=None,
-                   help="exact search of Tables 1 and 2 through the API with this method (e.g. auto, fused, "
-                        "faiss; refused when the API does not accept it); default: one FAISS per-image pass "
-                        "over the largest top-k's shortlist serves every top-k")
+                   help="exact search method of Tables 1 and 2 (compnn_index.options.EXACT_METHODS: auto, "
+                        "bounded, fused, faiss in this version; refused when the API does not accept it). faiss: "
+                        "one per-image pass over the largest top-k's shortlist serves every top-k; the others: "
+                        "one search per top-k, each seeding the next (default: the API's, auto)")
     a = p.parse_args(argv)
     DATA, SIZE = a.data, a.size
     a.inv_minutes = a.inv_minutes or max(1.0, round(a.budget * 0.06, 1))

@@ -382,8 +382,9 @@ class CompNN(ActivationsMixin, BaselinesMixin):
             timings["compose"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t0
         params: dict = {"top_k": k}
-        if "exact_method" in info:  # which exact search ran ("fused" or "faiss"), and why FAISS
-            params.update({key: info[key] for key in ("exact_method", "exact_fallback") if key in info})
+        if "exact_method" in info:  # which exact search ran (bounded, fused or faiss), and why not a faster one
+            params.update({key: info[key] for key in ("exact_method", "exact_fallback", "bounded_pruned",
+                                                      "bounded_seed_seconds") if key in info})
         if "start" in info:  # how HyperPatch-Match started (screen: stride and candidates)
             params["start"] = info["start"]
         if opts.search == "patchmatch":

@@ -61,7 +61,8 @@ def _cmd_query(a: argparse.Namespace) -> None:
     from ..jobs.workflows import query
 
     options = QueryOptions(search=a.search, top_k=a.top_k, iterations=a.iterations,
-                           samples=a.samples, jumps=a.jumps, init=a.init, seed=a.seed)
+                           samples=a.samples, jumps=a.jumps, init=a.init, seed=a.seed,
+                           exact_method=a.exact_method)
     exclude = checks.parse_exclude(a.exclude, "--exclude")
     query(index=a.index, images=a.images, layer=a.layer, options=options,
           restrict=parse_restrict(a.restrict), sources=a.sources, threads=a.threads,
@@ -76,7 +77,7 @@ def _cmd_evaluate(a: argparse.Namespace) -> None:
              limit=a.limit, seed=a.seed, sample=a.sample, data_args=a.data_args, layer=a.layer,
              search=a.search, top_k=a.top_k, iterations=a.iterations, init=a.init, threads=a.threads,
              out=a.out, hpm=not a.no_hpm, global_layers=not a.no_global_layers, inversion=a.inversion,
-             inversion_top_k=a.inversion_top_k, cluster=a.ray)
+             inversion_top_k=a.inversion_top_k, cluster=a.ray, exact_method=a.exact_method)
 
 
 def _cmd_predict(a: argparse.Namespace) -> None:
@@ -84,7 +85,8 @@ def _cmd_predict(a: argparse.Namespace) -> None:
     from ..options import QueryOptions
 
     options = QueryOptions(search=a.search, top_k=a.top_k, iterations=a.iterations,
-                           samples=a.samples, jumps=a.jumps, init=a.init, seed=a.seed)
+                           samples=a.samples, jumps=a.jumps, init=a.init, seed=a.seed,
+                           exact_method=a.exact_method)
     predict(index=a.index, images=a.images, out=a.out, source=a.source, target=a.target, k=a.k,
             options=options, exclude_self=a.exclude_self, threads=a.threads)
 
@@ -107,7 +109,8 @@ def _cmd_compare(a: argparse.Namespace) -> None:
             limit=a.limit, seed=a.seed, sample=a.sample, data_args=a.data_args, layer=a.layer, top_k=a.top_k, iterations=a.iterations,
             samples=a.samples, jumps=a.jumps,
             init=a.init, baselines=a.baselines, threads=a.threads, out=a.out,
-            stores=a.stores, exact_cache=a.exact_cache, cold=a.cold, cluster=a.ray)
+            stores=a.stores, exact_cache=a.exact_cache, cold=a.cold, cluster=a.ray,
+            exact_method=a.exact_method)
 
 
 def _cmd_serve(a: argparse.Namespace) -> None:

@@ -14,7 +14,7 @@ from typing import Callable
 
 from .. import __version__, checks
 from ..errors import QueryError
-from ..options import DEFAULT_TOP_K, INITS, SEARCHES, SOURCES, QueryOptions
+from ..options import DEFAULT_TOP_K, EXACT_METHODS, INITS, SEARCHES, SOURCES, QueryOptions
 
 #: The query defaults, read (never repeated) by every sub-command's options.
 DEFAULTS = QueryOptions()
@@ -273,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(p, split="test", sized="the store's image size")
     p.add_argument("--layer", default=None, help="layer to match (default: the store's first layer)")
     p.add_argument("--search", choices=SEARCHES, default=DEFAULTS.search, help="search method")
+    _exact_method(p)
     p.add_argument("--top-k", type=_int_list, default=[1, 16, 64], help="shortlist sizes, comma-separated")
     p.add_argument("--iterations", type=_query_int("--iterations"), default=DEFAULTS.iterations,
                    help="HyperPatch-Match iterations (--search patchmatch)")
@@ -297,6 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layer", default=None, help="layer to match (default: the store's first layer)")
     p.add_argument("--top-k", type=_int_list, default=None,
                    help=f"shortlist sizes (default: {DEFAULT_TOP_K}, or every database image when fewer)")
+    _exact_method(p, what="how the exact reference is computed (every speed-up is against it; "
+                          "faiss for speed-ups against FAISS)")
     p.add_argument("--iterations", type=_int_list, default=_doubling(DEFAULTS.iterations),
                    help="HyperPatch-Match iterations to try, comma-separated")
     p.add_argument("--init", type=_str_list, default=[DEFAULTS.init],
@@ -397,10 +400,18 @@ def _papers_parsers(sub) -> None:
     a.add_argument("--out", required=True)
 
 
+def _exact_method(p: argparse.ArgumentParser, what: str = "how exact search runs") -> None:
+    p.add_argument("--exact-method", choices=EXACT_METHODS, default=DEFAULTS.exact_method,
+                   help=f"{what}: bounded (pruned by the store's screen below a HyperPatch-Match seed), "
+                        "fused (pixel-level kernel), faiss, or auto (the fastest the store supports); "
+                        "every method gives the exact field")
+
+
 def _query_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layer", default=None, help="layer to match (default: the store's first layer)")
     p.add_argument("--search", choices=SEARCHES, default=DEFAULTS.search,
                    help="exact (exhaustive cosine) or patchmatch (HyperPatch-Match)")
+    _exact_method(p)
     p.add_argument("--top-k", type=_int("--top-k"), default=DEFAULTS.top_k,
                    help=f"shortlist size (default: {DEFAULT_TOP_K}, or every candidate image when fewer)")
     p.add_argument("--restrict", default=None,

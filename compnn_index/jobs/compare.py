@@ -57,10 +57,13 @@ def compare(
     progress: bool = True,
     cnn=None, max_baseline_vectors: int = 2_000_000,
     stores: Sequence[str | Path] = (), exact_cache: str | Path | None = None, cold: bool = False,
-    codec_exact: bool = True, cluster: str | None = None,
+    codec_exact: bool = True, cluster: str | None = None, exact_method: str = DEFAULTS.exact_method,
 ) -> dict:
     """Run the comparison and write ``comparison.json``, ``comparison.md`` and ``comparison.png``.
 
+    ``exact_method``: how the exact reference field is computed (every speed-up is against its
+    time; ``faiss`` for speed-ups against FAISS); the other native exact methods the store supports
+    are measured beside it as ``exact_bounded`` / ``exact_fused`` rows.
     ``stores``: more stores (other codecs) compared against ``index``'s fp32 exact field;
     ``exact_cache``: folder caching that field per query; ``cold``: measure each store's cold
     first query first; ``codec_exact``: also time exact search on every store of ``stores``.
@@ -88,6 +91,7 @@ def compare(
         bad = [v for v in given if v not in known]
         if bad:
             raise QueryError(f"Unknown {name} value {bad[0]!r}; expected any of {', '.join(known)}")
+    QueryOptions(exact_method=exact_method)  # refuses an unknown method before any work
     pm_options = [QueryOptions(search="patchmatch", iterations=int(it), samples=samples, jumps=jumps,
                                seed=seed, init=mode) for mode in init for it in iterations]
     ds = open_dataset(data, split=split, direction=direction or trained.get("direction", "AtoB"),
@@ -106,7 +110,8 @@ def compare(
             q = feats.hyperpatches[layer]
             cnn_out = feats.output
             for k in top_k:
-                ex, ex_s = _exact(cnn, feats, layer, int(k), cache, f"{i}-{s.name}", s.input.shape[1:])
+                ex, ex_s = _exact(cnn, feats, layer, int(k), cache, f"{i}-{s.name}", s.input.shape[1:],
+                                  exact_method)
                 n_db = lv.positions(ex.shortlist)
                 ex_rec = ex.reconstructions["target"]
                 exact_stats[k].append({"seconds": ex_s, "fidelity": _fidelity(ex_rec, cnn_out, seg),
@@ -126,11 +131,12 @@ def compare(
                     for key2, v in (extra or {}).items():
                         m[key2].append(v)
 
-                fused = cnn.explain(feats, layer=layer, top_k=int(k), sources=("target",),
-                                    options=QueryOptions(exact_method="auto"))
-                if fused.params.get("exact_method") == "fused":  # the accelerated exact search
-                    record("exact_fused", {}, fused.field, fused.timings["search"],
-                           fused.reconstructions["target"])
+                for other in ("bounded", "fused"):  # the native exact methods beside the reference
+                    if other == ex.params.get("exact_method") or _unsupported(lv, other):
+                        continue
+                    r = cnn.explain(feats, layer=layer, top_k=int(k), sources=("target",),
+                                    options=QueryOptions(exact_method=other))
+                    record(f"exact_{other}", {}, r.field, r.timings["search"], r.reconstructions["target"])
                 for c in [cnn, *others]:
                     codec = c.layer(layer).codec
                     if c is not cnn and codec_exact:
@@ -197,7 +203,17 @@ def compare(
     return doc
 
 
-def _exact(cnn, feats, layer: str, k: int, cache: Path | None, name: str, size) -> tuple:
+def _unsupported(lv, method: str) -> str | None:
+    from ..search.bounded import bounded_unsupported
+    from ..search.exact import fused_unsupported
+
+    if method == "bounded":
+        return bounded_unsupported(lv)
+    return fused_unsupported(lv, np.zeros(1, np.float32)) if lv.spec is not None else "no LayerSpec"
+
+
+def _exact(cnn, feats, layer: str, k: int, cache: Path | None, name: str, size,
+           exact_method: str = "faiss") -> tuple:
     """The fp32 exact result of one query (from ``cache`` when there) and its search seconds."""
     from types import SimpleNamespace
 
@@ -210,15 +226,18 @@ def _exact(cnn, feats, layer: str, k: int, cache: Path | None, name: str, size) 
             z = np.load(file)
             field = NNField(z["image"], z["y"], z["x"], z["similarity"])
             rec = cnn.compose(field, cnn.store.spec(layer), "target", size)
-            return SimpleNamespace(field=field, shortlist=z["shortlist"], params={"exact_method": "faiss"},
+            method = str(z["method"]) if "method" in z else "faiss"
+            return SimpleNamespace(field=field, shortlist=z["shortlist"], params={"exact_method": method},
                                    reconstructions={"target": rec}), float(z["seconds"])
-    # The reference of every speed-up: FAISS exact search on the float32 store (ARCHITECTURE.md).
-    ex = cnn.explain(feats, layer=layer, top_k=k, sources=("target",), options=QueryOptions(exact_method="faiss"))
+    # The reference of every speed-up: exact search on the float32 store, by exact_method (auto: the
+    # fastest the store supports; faiss: FAISS, for speed-ups against it).
+    ex = cnn.explain(feats, layer=layer, top_k=k, sources=("target",), options=QueryOptions(exact_method=exact_method))
     if file is not None:
         cache.mkdir(parents=True, exist_ok=True)
         tmp = file.with_suffix(".tmp.npz")
         np.savez(tmp, image=ex.field.image, y=ex.field.y, x=ex.field.x, similarity=ex.field.similarity,
-                 shortlist=ex.shortlist, seconds=ex.timings["search"])
+                 shortlist=ex.shortlist, seconds=ex.timings["search"],
+                 method=np.asarray(ex.params.get("exact_method", exact_method)))
         os.replace(tmp, file)
     return ex, ex.timings["search"]
 

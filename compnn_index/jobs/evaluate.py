@@ -10,15 +10,15 @@ Translation models (Table 2 of "Patch Correspondences"): input-reconstruction ac
 the input label map (``pixel_accuracy`` and ``mpa``, per top-k), and output reconstruction L1 /
 PSNR against the CNN output.
 
-Exact search: the shortlist of top-k is the first k of top-64's (the API ranks candidates by a
-stable sort of global cosine), so by default one FAISS pass per query over the largest top-k's
-shortlist keeps every position's best match in every shortlisted image
-(:func:`~compnn_index.search.exact_search_per_image`, the same inner products as the API's
-``exact_method="faiss"``) and the smaller top-k fields are derived from it. With
-``exact_method`` given, every top-k is one ``CompNN.explain(search="exact", exact_method=...)``
-(the fused and other kernels return only the merged field), except ``"faiss"``, which keeps the
-one pass. Row keys and method ids: :mod:`.tables`; the papers' figures beside them:
-:mod:`.papers`.
+Exact search (``exact_method``, default ``auto``: the fastest exact method the store supports)
+runs once per top-k, smallest first, each exact field seeding the next (its matches lie in the
+larger shortlist, so the bounded method starts from the previous answer). With
+``exact_method="faiss"`` it runs once per query over the largest top-k's shortlist, keeping every
+position's best match in every shortlisted image
+(:func:`~compnn_index.search.exact_search_per_image`), and the smaller top-k fields are derived
+from it: the API's top-k shortlist is the first k of a larger one (a stable sort of global
+cosine), so one top-64 pass serves top-1/16/32. Row keys and method ids: :mod:`.tables`; the
+papers' figures beside them: :mod:`.papers`.
 
 Every image's rows are one per-image record (confusion matrices / metrics); the tables pool the
 records and give each figure a bootstrap interval over the test images (``ci95``, :mod:`.stats`)
@@ -49,33 +49,36 @@ SOURCE_TAGS = (("target", "original"), ("self", "self_supervised"))
 
 
 def search_fields(cnn, feats, layer: str, top_ks: Sequence[int], options: QueryOptions, *,
-                  hpm: bool = True, per_image: bool = True, ran: set | None = None) -> dict[tuple[str, int], object]:
-    """NN fields per (method, top-k): ``compnn`` with ``options.search``, plus ``compnn_hpm`` when
-    searching exactly. Exact: with ``per_image`` one FAISS pass over the largest shortlist serves
-    every top-k; otherwise one API exact search (``options.exact_method``) per top-k. ``ran``
-    collects which exact method ran."""
-    from ..search import best_of, exact_search_per_image
+                  hpm: bool = True, info: dict | None = None) -> dict[tuple[str, int], object]:
+    """NN fields per (method, top-k): ``compnn`` with ``options.search`` (exact: see the module
+    docstring), plus ``compnn_hpm`` when searching exactly. ``info`` receives ``exact_method``
+    (which exact method ran) and, for the bounded method, its pruned fractions."""
+    from ..search import best_of, exact_search, exact_search_per_image
 
     out = {}
+    info = {} if info is None else info
     all_ids = np.arange(cnn.num_images, dtype=np.int64)
-    exact = options.search == "exact"
-    if exact and per_image:
+    if options.search == "exact":
         ids, _ = cnn.shortlist(feats.global_descriptor, all_ids, max(top_ks))
         lv = cnn.layer(layer)
-        sims, idx = exact_search_per_image(feats.hyperpatches[layer], lv, ids)
-        for k in top_ks:
-            out[("compnn", k)] = best_of(lv, sims, idx, k)
-        if ran is not None:
-            ran.add("faiss")
-    methods = [("compnn", options)] if not (exact and per_image) else []
-    if hpm and exact:
+        q = feats.hyperpatches[layer]
+        if options.exact_method == "faiss":
+            sims, idx = exact_search_per_image(q, lv, ids)
+            for k in top_ks:
+                out[("compnn", k)] = best_of(lv, sims, idx, k)
+            info["exact_method"] = "faiss"
+        else:
+            field = None
+            for k in sorted(top_ks):  # each exact field seeds the next: its matches lie in the larger shortlist
+                field = exact_search(q, lv, ids[:k], method=options.exact_method, seed=field,
+                                     query_norms=(feats.hyperpatch_norms or {}).get(layer), info=info)
+                out[("compnn", k)] = field
+    methods = [("compnn", options)] if options.search != "exact" else []
+    if hpm and options.search == "exact":
         methods.append(("compnn_hpm", options.with_(search="patchmatch")))
     for method, opts in methods:
         for k in top_ks:
-            result = cnn.explain(feats, layer=layer, options=opts, top_k=k, sources=())
-            out[(method, k)] = result.field
-            if opts.search == "exact" and ran is not None:
-                ran.add(str(result.params.get("exact_method", opts.exact_method)))
+            out[(method, k)] = cnn.explain(feats, layer=layer, options=opts, top_k=k, sources=()).field
     return out
 
 
@@ -130,21 +133,21 @@ def evaluate(
     init: str = DEFAULTS.init, threads: int | None = None, out: str | Path, progress: bool = True,
     cnn=None, examples: int = 4, hpm: bool = True, global_layers: bool = True,
     inversion: Sequence[str | Path] = (), inversion_top_k: int = 16, cluster: str | None = None,
-    exact_method: str | None = None, cache: str | Path | None = None, n_boot: int = N_BOOT,
+    exact_method: str = DEFAULTS.exact_method, cache: str | Path | None = None, n_boot: int = N_BOOT,
 ) -> dict:
     """Evaluate CompNN against the CNN and global NN on a dataset split; write the tables
     (``results.json``, ``results.md``, ``examples.png``; with ``inversion`` checkpoints also the
     learned-inversion comparison and ``inversion.png``).
 
-    ``exact_method`` (None: one FAISS pass per image serves every top-k) is passed to the API's
-    exact search; ``cache`` is a folder of per-image records that a rerun reuses (not with
-    ``inversion``); ``n_boot`` bootstrap resamples give every figure its ``ci95``.
+    ``exact_method``: see the module docstring; ``cache`` is a folder of per-image records that a
+    rerun reuses (not with ``inversion``); ``n_boot`` bootstrap resamples give every figure its
+    ``ci95``.
     """
     from ..api import CompNN
     from ..data import FACADES_CLASSES, FACADES_PALETTE, open_dataset
     from .inversion_eval import InversionEval
 
-    if exact_method is not None and exact_method not in EXACT_METHODS:
+    if exact_method not in EXACT_METHODS:
         raise QueryError(f"Expected --exact-method to be one of {', '.join(EXACT_METHODS)} (what this "
                          f"version's API accepts), but --exact-method = {exact_method!r}")
     if cache is not None and inversion:
@@ -165,19 +168,18 @@ def evaluate(
                       task=cnn.task, size=size or trained.get("size"), limit=limit, seed=seed,
                       sample=sample, data_args=data_args)
     seg = cnn.task == "segment"
-    options = QueryOptions(search=search, iterations=iterations, init=init,
-                           **({"exact_method": exact_method} if exact_method else {}))
+    options = QueryOptions(search=search, iterations=iterations, init=init, exact_method=exact_method)
     inv = (InversionEval(cnn, inversion, options=options.with_(top_k=min(inversion_top_k, cnn.num_images)))
            if inversion else None)
     levels = cnn.pyramid(layer) if (search == "patchmatch" and init == "coarse") else [layer]
     levels = list(dict.fromkeys(levels + (inv.layers if inv else [])))
     identity = {k: v for k, v in ds.identity.items() if k not in ("limit", "sample")}
     fp = fingerprint({"model": man.get("model"), "store_dataset": trained, "images": cnn.num_images, "layer": layer,
-                      "options": options.__dict__, "per_image": exact_method in (None, "faiss"), "top_k": top_ks,
+                      "options": options.__dict__, "top_k": top_ks,
                       "hpm": bool(hpm), "global_layers": bool(global_layers), "data": identity})
     store = ImageCache(cache, fp) if cache is not None else None
     job = _ImageJob(cnn, layer=layer, levels=levels, top_ks=top_ks, options=options, hpm=hpm, threads=threads,
-                    global_layers=global_layers, per_image=exact_method in (None, "faiss"), inv=inv,
+                    global_layers=global_layers, inv=inv,
                     palette=man.get("palette"), seg=seg)
     records, example_rows = [], []
     for i in tqdm(range(len(ds)), desc="evaluate", unit="img", disable=not progress):
@@ -223,9 +225,9 @@ def evaluate(
            "claims": claim_results(records, claims(top_ks), weights, num_classes=cnn.num_classes,
                                    context=context) if seg else [],
            "bootstrap": {"resamples": int(n_boot), "unit": "test image", "interval": "percentile 95%"},
-           # which exact search ran: one per-image FAISS pass, or the API's method per top-k
+           # which exact method(s) computed the exact fields (auto: the fastest the store supports)
            "exact_method": "+".join(ran) if search == "exact" else None,
-           "exact_pass": None if search != "exact" else ("per_image" if exact_method in (None, "faiss") else "per_top_k"),
+           "exact_pass": None if search != "exact" else ("per_image" if exact_method == "faiss" else "per_top_k"),
            "cache": None if store is None else {"folder": str(store.folder), "reused": store.hits,
                                                 "computed": store.computed, "fingerprint": fp}}
     if inv is not None:
@@ -237,10 +239,9 @@ class _ImageJob:
     """What one test image costs: one forward pass, the searches, the pastes, every row's
     confusion matrix or metrics — returned as a JSON-able per-image record."""
 
-    def __init__(self, cnn, *, layer, levels, top_ks, options, hpm, threads, global_layers, per_image, inv,
-                 palette, seg):
+    def __init__(self, cnn, *, layer, levels, top_ks, options, hpm, threads, global_layers, inv, palette, seg):
         self.cnn, self.layer, self.levels, self.top_ks, self.options = cnn, layer, levels, top_ks, options
-        self.hpm, self.threads, self.global_layers, self.per_image = hpm, threads, global_layers, per_image
+        self.hpm, self.threads, self.global_layers = hpm, threads, global_layers
         self.inv, self.palette, self.seg = inv, palette, seg
         self.penultimate_tap = penultimate_tap(cnn.model) if global_layers else None
         self._penult = None  # built on first need: a forward pass over every stored input
@@ -253,14 +254,13 @@ class _ImageJob:
 
         cnn, t0 = self.cnn, time.perf_counter()
         targets, outputs = cnn.array("targets"), cnn.array("outputs")
-        ran: set = set()
         with cnn.thread_limits(self.threads):
             if self.global_layers and self._penult is None:
                 self._penult = PenultimateNN(cnn)
             feats = cnn.extract(s.input, self.levels)
             cnn_out = feats.output
-            fields = search_fields(cnn, feats, self.layer, self.top_ks, self.options, hpm=self.hpm,
-                                   per_image=self.per_image, ran=ran)
+            info: dict = {}
+            fields = search_fields(cnn, feats, self.layer, self.top_ks, self.options, hpm=self.hpm, info=info)
             spec = cnn.store.spec(self.layer)
             res = {key: {src: cnn.compose(f, spec, src, s.input.shape[1:]) for src in ("target", "self", "input")}
                    for key, f in fields.items()}
@@ -271,7 +271,7 @@ class _ImageJob:
                 globals_[(n, "self_supervised")] = np.asarray(outputs[j])
             if self.inv is not None:
                 self.inv.add(feats, s.input)
-        rec: dict = {"exact_methods": sorted(ran), "global_images": ids}
+        rec: dict = {"exact_methods": [info["exact_method"]] if "exact_method" in info else [], "global_images": ids}
         if self.seg:
             acc = SegAccumulator(cnn.num_classes, cnn.ignore_index)
             acc.add(("cnn", None, None, "ground_truth"), cnn_out, s.target)

@@ -16,7 +16,11 @@ FAISS ships); NumPy ``matmul`` silently drops BLAS for *unaligned* operands (≈
 memory-mapped FAISS file stores its vectors at byte offset 45, so the store's view is unaligned.
 ``IndexFlatIP.search`` with ``IDSelectorRange`` is equivalent but needs the index object.
 
-Fused method (``method="fused"``, the default where it can run): FAISS already runs at the
+Bounded method (``method="bounded"``, the default where the layer has a screen): the exact field
+from a fraction of the candidates, pruned by the screen's bounds below a seed field's
+similarities (:mod:`compnn_index.search.bounded`).
+
+Fused method (``method="fused"``, the default where bounded cannot run): FAISS already runs at the
 machine's float32 GEMM limit, so the fused kernel (``compnn_index.search._fused``, C++, see
 ``csrc/fused_exact.cpp``) does less arithmetic instead. A k×k hyperpatch is k² pixel feature
 vectors divided by the window norm, so a hyperpatch inner product is a sum of k² shifted
@@ -144,6 +148,8 @@ def exact_search(
     block_size: int | None = None,
     threads: int | None = None,
     info: dict | None = None,
+    seed: NNField | None = None,
+    projected: np.ndarray | None = None,
 ) -> NNField:
     """Exact nearest database hyperpatch (top-1 by inner product) for every query position.
 
@@ -156,10 +162,12 @@ def exact_search(
         (float32 codec) or decoded block by block into one reused tile (other codecs).
     images : sequence of int
         Database image ids to search (order and duplicates do not matter).
-    method : {"auto", "fused", "faiss"}, default "auto"
+    method : {"auto", "bounded", "fused", "faiss"}, default "auto"
         ``"faiss"``: ``faiss.knn`` over the images' id ranges (the reference). ``"fused"``: the
         pixel-level fused kernel (QueryError if it cannot run: see :func:`fused_unsupported`).
-        ``"auto"``: fused where it can run, else FAISS.
+        ``"bounded"``: certified exact search pruned by the layer's screen and a seed field
+        (:mod:`compnn_index.search.bounded`; QueryError without a screen). ``"auto"``: the
+        fastest that can run — bounded where the layer has a screen, else fused, else FAISS.
     query_norms : array_like, shape (Hq, Wq), optional
         The query windows' norms before normalisation (``hyperpatches(..., return_norms=True)``);
         the fused method needs them.
@@ -170,9 +178,15 @@ def exact_search(
         Thread limit for this call (default: the limit in force, see
         :func:`compnn_index.checks.thread_limit`); the fused kernel runs that many threads.
     info : dict, optional
-        Filled with ``"exact_method"`` (``"fused"`` or ``"faiss"``: which ran) and, when
-        ``auto`` fell back to FAISS, ``"exact_fallback"`` (why); after a fused run also
-        ``"exact_kernel"`` (``"avx2+fma"`` or ``"generic"``).
+        Filled with ``"exact_method"`` (``"bounded"``, ``"fused"`` or ``"faiss"``: which ran)
+        and, when ``auto`` fell back, ``"exact_fallback"`` (why each faster method could not
+        run); after a native run also ``"exact_kernel"``; after a bounded run the pruned
+        fraction at each grain (see :func:`compnn_index.search.bounded.bounded_search`).
+    seed : NNField, optional
+        ``bounded``: the field whose similarities are the first lower bounds (default:
+        HyperPatch-Match from the screen start). It only prunes: garbage entries are ignored.
+    projected : ndarray, optional
+        ``bounded``: the queries' screen projection, when the caller computed it already.
 
     Returns
     -------
@@ -200,6 +214,16 @@ def exact_search(
     method = check_choice(method, "method", EXACT_METHODS, error=QueryError)
     info = {} if info is None else info
     info.pop("exact_fallback", None)
+    fallback = []
+    if method in ("auto", "bounded"):
+        from .bounded import bounded_search, bounded_unsupported  # lazy: its seed imports HyperPatch-Match
+
+        reason = bounded_unsupported(layer)
+        if reason is None:
+            return bounded_search(q, layer, ids, seed=seed, projected=projected, threads=threads, info=info)
+        if method == "bounded":
+            raise QueryError(f"bounded exact search cannot run: {reason}")
+        fallback.append(f"bounded: {reason}")
     if method != "faiss":
         reason = fused_unsupported(layer, query_norms)
         if reason is None and layer.positions(ids) == 0:
@@ -210,10 +234,13 @@ def exact_search(
                 best, sim, stats = _fused.search(q, norms, layer.vectors, layer.norms, ids, layer.offsets,
                                                  layer.grids, int(layer.spec.k), int(n_threads))
             info.update(exact_method="fused", exact_kernel=stats["kernel"])
+            if fallback:
+                info["exact_fallback"] = "; ".join(fallback)
             return field_from_ids(layer, best.ravel(), sim.ravel(), q.shape[:2])
         if method == "fused":
             raise QueryError(f"fused exact search cannot run: {reason}")
-        info["exact_fallback"] = reason
+        fallback.append(f"fused: {reason}")
+        info["exact_fallback"] = "; ".join(fallback)
     info["exact_method"] = "faiss"
     hq, wq, dim = q.shape
     nq = hq * wq

@@ -19,7 +19,7 @@ from PIL import Image, UnidentifiedImageError
 from .. import checks
 from ..data.query_image import load_image
 from ..errors import QueryError
-from ..options import INITS, SEARCHES, SOURCES, QueryOptions
+from ..options import EXACT_METHODS, INITS, SEARCHES, SOURCES, QueryOptions
 
 #: ``(low, high)`` of each integer query field a client may send: the library's own bounds
 #: (:data:`compnn_index.checks.QUERY_INT_BOUNDS`), identical on the command line and the API.
@@ -194,7 +194,7 @@ def parse_image_ref(fields: Fields, name: str, *, id_field: str, num_images: int
 
 # ---------------------------------------------------------------------------- whole requests
 QUERY_FIELDS = frozenset({"image", "image_id", "layer", "search", "top_k", "restrict", "sources",
-                          *QUERY_INT_FIELDS, "init", "exclude", "keep_self"})
+                          *QUERY_INT_FIELDS, "init", "exact_method", "exclude", "keep_self"})
 
 
 def parse_bool(value: Any, name: str) -> bool:
@@ -229,6 +229,9 @@ def parse_options(fields: Fields, *, num_images: int) -> QueryOptions:
     init = fields.get("init")
     if init is not None:
         given["init"] = parse_choice(init, "init", INIT_CHOICES)
+    exact_method = fields.get("exact_method")
+    if exact_method is not None:
+        given["exact_method"] = parse_choice(exact_method, "exact_method", EXACT_METHODS)
     with refused_as(422):
         return QueryOptions(**given)
 

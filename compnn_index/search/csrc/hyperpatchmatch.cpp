@@ -49,16 +49,18 @@
 #include <type_traits>
 #include <vector>
 
-// HPM_GENERIC_ONLY builds only the portable dot product, as on a non-x86 target (lets an x86
+// KERNELS_GENERIC_ONLY builds only the portable dot product, as on a non-x86 target (lets an x86
 // machine compile and test that path).
-#if (defined(__x86_64__) || defined(__i386__)) && !defined(HPM_GENERIC_ONLY)
+#if (defined(__x86_64__) || defined(__i386__)) && !defined(KERNELS_GENERIC_ONLY)
 #include <immintrin.h>
-#define HPM_X86 1
+#define KERNELS_X86 1
 #endif
 
 namespace py = pybind11;
 
 namespace {
+
+#include "kernels.h"
 
 // ---------------------------------------------------------------------------------------------
 // Counter-based random numbers (splitmix64 finaliser). Mirrored in patchmatch.py.
@@ -100,280 +102,6 @@ inline int32_t bit_length(int64_t v) {
     return n;
 }
 
-// Element i of caller memory, whatever its alignment (see "Alignment" above). Compilers turn
-// this into one plain (unaligned-tolerant) load.
-template <class T>
-inline T load(const T* p, int64_t i = 0) {
-    T v;
-    std::memcpy(&v, p + i, sizeof v);
-    return v;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Dot products of one query vector with G candidate vectors, several chains in flight.
-
-// Candidates are byte addresses into the codes (`const void*`), whatever the codec.
-using DotFn = void (*)(const float* q, const void* const* c, int g, int64_t d, float* out);
-
-inline const float* as_floats(const void* p) { return static_cast<const float*>(p); }
-
-void dot_generic(const float* q, const void* const* c, int g, int64_t d, float* out) {
-    for (int k = 0; k < g; ++k) {
-        const float* ck = as_floats(c[k]);
-        float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-        int64_t i = 0;
-        for (; i + 8 <= d; i += 8)
-            for (int j = 0; j < 8; ++j) acc[j] += load(q, i + j) * load(ck, i + j);
-        for (; i < d; ++i) acc[0] += load(q, i) * load(ck, i);
-        out[k] = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-    }
-}
-
-#ifdef HPM_X86
-template <int G>
-__attribute__((target("avx2,fma"))) inline void dot_avx2_group(const float* q, const void* const* cv,
-                                                                int64_t d, float* out) {
-    const float* c[G];
-    for (int k = 0; k < G; ++k) c[k] = as_floats(cv[k]);
-    __m256 acc[G][2];
-    for (int k = 0; k < G; ++k) acc[k][0] = acc[k][1] = _mm256_setzero_ps();
-    int64_t i = 0;
-    for (; i + 16 <= d; i += 16) {
-        const __m256 q0 = _mm256_loadu_ps(q + i), q1 = _mm256_loadu_ps(q + i + 8);
-        for (int k = 0; k < G; ++k) {
-            acc[k][0] = _mm256_fmadd_ps(q0, _mm256_loadu_ps(c[k] + i), acc[k][0]);
-            acc[k][1] = _mm256_fmadd_ps(q1, _mm256_loadu_ps(c[k] + i + 8), acc[k][1]);
-        }
-    }
-    for (int k = 0; k < G; ++k) {
-        const __m256 s = _mm256_add_ps(acc[k][0], acc[k][1]);
-        __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-        h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-        h = _mm_add_ss(h, _mm_movehdup_ps(h));
-        float tail = 0.0f;
-        for (int64_t j = i; j < d; ++j) tail += load(q, j) * load(c[k], j);
-        out[k] = _mm_cvtss_f32(h) + tail;
-    }
-}
-
-__attribute__((target("avx2,fma"))) void dot_avx2(const float* q, const void* const* c, int g, int64_t d,
-                                                  float* out) {
-    int k = 0;
-    for (; k + 4 <= g; k += 4) dot_avx2_group<4>(q, c + k, d, out + k);
-    switch (g - k) {
-        case 3: dot_avx2_group<3>(q, c + k, d, out + k); break;
-        case 2: dot_avx2_group<2>(q, c + k, d, out + k); break;
-        case 1: dot_avx2_group<1>(q, c + k, d, out + k); break;
-        default: break;
-    }
-}
-
-template <int G>
-__attribute__((target("avx512f"))) inline void dot_avx512_group(const float* q, const void* const* cv,
-                                                                 int64_t d, float* out) {
-    const float* c[G];
-    for (int k = 0; k < G; ++k) c[k] = as_floats(cv[k]);
-    __m512 acc[G][2];
-    for (int k = 0; k < G; ++k) acc[k][0] = acc[k][1] = _mm512_setzero_ps();
-    int64_t i = 0;
-    for (; i + 32 <= d; i += 32) {
-        const __m512 q0 = _mm512_loadu_ps(q + i), q1 = _mm512_loadu_ps(q + i + 16);
-        for (int k = 0; k < G; ++k) {
-            acc[k][0] = _mm512_fmadd_ps(q0, _mm512_loadu_ps(c[k] + i), acc[k][0]);
-            acc[k][1] = _mm512_fmadd_ps(q1, _mm512_loadu_ps(c[k] + i + 16), acc[k][1]);
-        }
-    }
-    for (; i < d; i += 16) {
-        const int64_t left = d - i;
-        const __mmask16 m = left >= 16 ? static_cast<__mmask16>(0xFFFF)
-                                       : static_cast<__mmask16>((1u << left) - 1u);
-        const __m512 q0 = _mm512_maskz_loadu_ps(m, q + i);
-        for (int k = 0; k < G; ++k)
-            acc[k][0] = _mm512_fmadd_ps(q0, _mm512_maskz_loadu_ps(m, c[k] + i), acc[k][0]);
-    }
-    for (int k = 0; k < G; ++k) out[k] = _mm512_reduce_add_ps(_mm512_add_ps(acc[k][0], acc[k][1]));
-}
-
-__attribute__((target("avx512f"))) void dot_avx512(const float* q, const void* const* c, int g, int64_t d,
-                                                    float* out) {
-    int k = 0;
-    for (; k + 4 <= g; k += 4) dot_avx512_group<4>(q, c + k, d, out + k);
-    switch (g - k) {
-        case 3: dot_avx512_group<3>(q, c + k, d, out + k); break;
-        case 2: dot_avx512_group<2>(q, c + k, d, out + k); break;
-        case 1: dot_avx512_group<1>(q, c + k, d, out + k); break;
-        default: break;
-    }
-}
-#endif
-
-// ---------------------------------------------------------------------------------------------
-// Cosines of one query with G candidates stored as fp16 or sq8 codes (decoded in registers).
-
-struct Sq8Params {            // per-dimension affine decode of 8-bit codes (empty for fp16)
-    const float* scale = nullptr;
-    const float* bias = nullptr;
-};
-
-inline float cosine(float qv, float vv) { return vv > 0.0f ? qv / std::sqrt(vv) : 0.0f; }
-
-// IEEE binary16 -> float32 (exact), for the portable path.
-inline float half_to_float(uint16_t h) {
-    const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
-    uint32_t exp = (h >> 10) & 0x1Fu, mant = h & 0x3FFu, bits;
-    if (exp == 0x1Fu) {
-        bits = sign | 0x7F800000u | (mant << 13);
-    } else if (exp != 0) {
-        bits = sign | ((exp + 112u) << 23) | (mant << 13);
-    } else if (mant == 0) {
-        bits = sign;
-    } else {  // subnormal: normalise
-        exp = 113;
-        while ((mant & 0x400u) == 0) { mant <<= 1; --exp; }
-        bits = sign | (exp << 23) | ((mant & 0x3FFu) << 13);
-    }
-    float f;
-    std::memcpy(&f, &bits, sizeof f);
-    return f;
-}
-
-using CodecFn = void (*)(const float* q, const void* const* c, int g, int64_t d, const Sq8Params& sq, float* out);
-
-void cos_f16_generic(const float* q, const void* const* c, int g, int64_t d, const Sq8Params&, float* out) {
-    for (int k = 0; k < g; ++k) {
-        const uint16_t* ck = static_cast<const uint16_t*>(c[k]);
-        float qv = 0.0f, vv = 0.0f;
-        for (int64_t i = 0; i < d; ++i) {
-            const float v = half_to_float(load(ck, i));
-            qv += load(q, i) * v;
-            vv += v * v;
-        }
-        out[k] = cosine(qv, vv);
-    }
-}
-
-void cos_sq8_generic(const float* q, const void* const* c, int g, int64_t d, const Sq8Params& sq, float* out) {
-    for (int k = 0; k < g; ++k) {
-        const uint8_t* ck = static_cast<const uint8_t*>(c[k]);
-        float qv = 0.0f, vv = 0.0f;
-        for (int64_t i = 0; i < d; ++i) {
-            const float v = static_cast<float>(ck[i]) * sq.scale[i] + sq.bias[i];
-            qv += load(q, i) * v;
-            vv += v * v;
-        }
-        out[k] = cosine(qv, vv);
-    }
-}
-
-#ifdef HPM_X86
-__attribute__((target("avx2,fma"))) inline float hsum256(__m256 s) {
-    __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-    h = _mm_add_ss(h, _mm_movehdup_ps(h));
-    return _mm_cvtss_f32(h);
-}
-
-// G candidates at once (their cache misses overlap); 8 dimensions per step, unaligned loads.
-template <int G>
-__attribute__((target("avx2,fma,f16c"))) inline void cos_f16_group(const float* q, const void* const* cv,
-                                                                   int64_t d, float* out) {
-    const uint8_t* c[G];
-    for (int k = 0; k < G; ++k) c[k] = static_cast<const uint8_t*>(cv[k]);
-    __m256 qv[G], vv[G];
-    for (int k = 0; k < G; ++k) qv[k] = vv[k] = _mm256_setzero_ps();
-    int64_t i = 0;
-    for (; i + 8 <= d; i += 8) {
-        const __m256 qi = _mm256_loadu_ps(q + i);
-        for (int k = 0; k < G; ++k) {
-            const __m256 v = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(c[k] + 2 * i)));
-            qv[k] = _mm256_fmadd_ps(qi, v, qv[k]);
-            vv[k] = _mm256_fmadd_ps(v, v, vv[k]);
-        }
-    }
-    for (int k = 0; k < G; ++k) {
-        float a = hsum256(qv[k]), b = hsum256(vv[k]);
-        for (int64_t j = i; j < d; ++j) {
-            const float v = half_to_float(load(reinterpret_cast<const uint16_t*>(c[k]), j));
-            a += load(q, j) * v;
-            b += v * v;
-        }
-        out[k] = cosine(a, b);
-    }
-}
-
-template <int G>
-__attribute__((target("avx2,fma"))) inline void cos_sq8_group(const float* q, const void* const* cv, int64_t d,
-                                                               const Sq8Params& sq, float* out) {
-    const uint8_t* c[G];
-    for (int k = 0; k < G; ++k) c[k] = static_cast<const uint8_t*>(cv[k]);
-    __m256 qv[G], vv[G];
-    for (int k = 0; k < G; ++k) qv[k] = vv[k] = _mm256_setzero_ps();
-    int64_t i = 0;
-    for (; i + 8 <= d; i += 8) {
-        const __m256 qi = _mm256_loadu_ps(q + i);
-        const __m256 sc = _mm256_loadu_ps(sq.scale + i), bi = _mm256_loadu_ps(sq.bias + i);
-        for (int k = 0; k < G; ++k) {
-            int64_t raw;
-            std::memcpy(&raw, c[k] + i, sizeof raw);
-            const __m256 x = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(raw)));
-            const __m256 v = _mm256_add_ps(_mm256_mul_ps(x, sc), bi);  // no FMA: as the NumPy decoder rounds
-            qv[k] = _mm256_fmadd_ps(qi, v, qv[k]);
-            vv[k] = _mm256_fmadd_ps(v, v, vv[k]);
-        }
-    }
-    for (int k = 0; k < G; ++k) {
-        float a = hsum256(qv[k]), b = hsum256(vv[k]);
-        for (int64_t j = i; j < d; ++j) {
-            const float v = static_cast<float>(c[k][j]) * sq.scale[j] + sq.bias[j];
-            a += load(q, j) * v;
-            b += v * v;
-        }
-        out[k] = cosine(a, b);
-    }
-}
-
-__attribute__((target("avx2,fma,f16c"))) void cos_f16_avx2(const float* q, const void* const* c, int g, int64_t d,
-                                                           const Sq8Params&, float* out) {
-    int k = 0;
-    for (; k + 4 <= g; k += 4) cos_f16_group<4>(q, c + k, d, out + k);
-    for (; k < g; ++k) cos_f16_group<1>(q, c + k, d, out + k);
-}
-
-__attribute__((target("avx2,fma"))) void cos_sq8_avx2(const float* q, const void* const* c, int g, int64_t d,
-                                                      const Sq8Params& sq, float* out) {
-    int k = 0;
-    for (; k + 4 <= g; k += 4) cos_sq8_group<4>(q, c + k, d, sq, out + k);
-    for (; k < g; ++k) cos_sq8_group<1>(q, c + k, d, sq, out + k);
-}
-#endif
-
-enum class Codec { fp32, fp16, sq8 };
-
-CodecFn select_codec(Codec codec) {
-#ifdef HPM_X86
-    __builtin_cpu_init();
-    const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    if (codec == Codec::fp16 && avx2 && __builtin_cpu_supports("f16c")) return cos_f16_avx2;
-    if (codec == Codec::sq8 && avx2) return cos_sq8_avx2;
-#endif
-    return codec == Codec::fp16 ? cos_f16_generic : cos_sq8_generic;
-}
-
-struct DotKernel {
-    DotFn fn;
-    const char* name;
-};
-
-DotKernel select_dot() {
-#ifdef HPM_X86
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f")) return {dot_avx512, "avx512f"};
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return {dot_avx2, "avx2+fma"};
-#endif
-    return {dot_generic, "generic"};
-}
-
-const DotKernel kDot = select_dot();
 
 // ---------------------------------------------------------------------------------------------
 // Problem description and search state.
@@ -445,40 +173,6 @@ inline const void* screen_row(const Problem& p, const Match& m) {
     return p.screen + (s.base + static_cast<int64_t>(m.y) * s.w + m.x) * p.screen_w * 2;
 }
 
-// Upper bound of the similarity of query q with the vector whose screen row is `row`.
-float bound_generic(const float* t, const void* row, int64_t w) {
-    const uint16_t* r = static_cast<const uint16_t*>(row);
-    float a = 0.0f;
-    for (int64_t i = 0; i < w; ++i) a += load(t, i) * half_to_float(load(r, i));
-    return a;
-}
-
-#ifdef HPM_X86
-__attribute__((target("avx2,fma,f16c"))) float bound_avx2(const float* t, const void* row, int64_t w) {
-    const uint8_t* r = static_cast<const uint8_t*>(row);
-    __m256 a = _mm256_setzero_ps();
-    int64_t i = 0;
-    for (; i + 8 <= w; i += 8)
-        a = _mm256_fmadd_ps(_mm256_loadu_ps(t + i),
-                            _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r + 2 * i))), a);
-    float s = hsum256(a);
-    for (; i < w; ++i) s += load(t, i) * half_to_float(load(reinterpret_cast<const uint16_t*>(r), i));
-    return s;
-}
-#endif
-
-using BoundFn = float (*)(const float*, const void*, int64_t);
-
-BoundFn select_bound() {
-#ifdef HPM_X86
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
-        return bound_avx2;
-#endif
-    return bound_generic;
-}
-
-const BoundFn kBound = select_bound();
 
 // Whether the candidate cannot beat `best`: its bound is not above it (acceptance is strict).
 inline bool rejected(const Problem& p, int64_t q, const void* row, float best) {
@@ -497,7 +191,7 @@ bool g_screen_propagation = false;
 int64_t g_prefetch_bytes = 256;
 
 inline void prefetch(const Problem& p, const void* const* c, int n) {
-#ifdef HPM_X86
+#ifdef KERNELS_X86
     const int64_t bytes = std::min<int64_t>(g_prefetch_bytes, p.row_bytes);
     if (bytes <= 0) return;
     for (int k = 0; k < n; ++k)
@@ -572,7 +266,7 @@ void draw_random(const Problem& p, const State& st, int64_t q, int64_t t, Scratc
     sc.sim.resize(n);
     if (p.screen != nullptr) {  // the screen rows first (one cache line each); see screen_random
         for (int k = 0; k < n; ++k) sc.ptr[k] = screen_row(p, sc.cand[k]);
-#ifdef HPM_X86
+#ifdef KERNELS_X86
         for (int k = 0; k < n; ++k) _mm_prefetch(static_cast<const char*>(sc.ptr[k]), _MM_HINT_T0);
 #endif
         return;
@@ -742,151 +436,7 @@ int64_t column_pass(const Problem& p, State& st, int64_t t, int64_t col) {
     return evaluated;
 }
 
-// ---------------------------------------------------------------------------------------------
-// Threads. One pool per call: `threads - 1` workers plus the calling thread, started once and
-// handed every pass through a generation counter (starting std::threads for each pass cost two
-// rounds of thread starts per iteration). A pass's tasks 0..n-1 are taken dynamically; the first
-// exception of any thread stops the pass and is rethrown on the calling thread.
 
-class Pool {
-public:
-    explicit Pool(int threads) {
-        try {
-            for (int t = 1; t < threads; ++t) workers_.emplace_back([this, t] { work(t); });
-        } catch (...) {  // could not start a thread: stop those started, then report
-            shutdown();
-            throw;
-        }
-    }
-    ~Pool() { shutdown(); }
-    Pool(const Pool&) = delete;
-    Pool& operator=(const Pool&) = delete;
-
-    int size() const { return static_cast<int>(workers_.size()) + 1; }
-
-    // f(task, thread) for every task in [0, n); `thread` in [0, size()) indexes per-thread scratch.
-    template <class F>
-    void parallel_for(int64_t n, F&& f) {
-        if (workers_.empty() || n <= 1) {
-            for (int64_t i = 0; i < n; ++i) f(i, 0);
-            return;
-        }
-        using Fn = std::remove_reference_t<F>;
-        run_pass(Pass{n, [](void* fn, int64_t i, int t) { (*static_cast<Fn*>(fn))(i, t); },
-                      const_cast<void*>(static_cast<const void*>(&f))});
-    }
-
-private:
-    struct Pass {
-        int64_t n = 0;
-        void (*call)(void*, int64_t, int) = nullptr;
-        void* fn = nullptr;
-    };
-
-    void run_pass(const Pass& pass) {
-        {
-            std::lock_guard<std::mutex> lock(mutex_);
-            pass_ = pass;
-            next_.store(0, std::memory_order_relaxed);
-            failed_.store(false, std::memory_order_relaxed);
-            busy_ = workers_.size();
-            ++generation_;
-        }
-        wake_.notify_all();
-        drain(0);
-        // Every worker joins every pass, so when busy_ is 0 all tasks are done and their writes,
-        // published by the mutex, are visible here.
-        std::unique_lock<std::mutex> lock(mutex_);
-        done_.wait(lock, [this] { return busy_ == 0; });
-        if (error_) {
-            std::exception_ptr e = error_;
-            error_ = nullptr;
-            std::rethrow_exception(e);
-        }
-    }
-
-    void drain(int thread) {
-        try {
-            for (;;) {
-                if (failed_.load(std::memory_order_relaxed)) return;
-                const int64_t i = next_.fetch_add(1, std::memory_order_relaxed);
-                if (i >= pass_.n) return;
-                pass_.call(pass_.fn, i, thread);
-            }
-        } catch (...) {
-            std::lock_guard<std::mutex> lock(mutex_);
-            if (!error_) error_ = std::current_exception();
-            failed_.store(true, std::memory_order_relaxed);
-        }
-    }
-
-    void work(int thread) {
-        uint64_t seen = 0;
-        for (;;) {
-            {
-                std::unique_lock<std::mutex> lock(mutex_);
-                wake_.wait(lock, [&] { return stop_ || generation_ != seen; });
-                if (stop_) return;
-                seen = generation_;
-            }
-            drain(thread);
-            std::lock_guard<std::mutex> lock(mutex_);
-            if (--busy_ == 0) done_.notify_one();
-        }
-    }
-
-    void shutdown() {
-        {
-            std::lock_guard<std::mutex> lock(mutex_);
-            stop_ = true;
-        }
-        wake_.notify_all();
-        for (auto& th : workers_) th.join();
-        workers_.clear();
-    }
-
-    std::vector<std::thread> workers_;
-    std::mutex mutex_;
-    std::condition_variable wake_, done_;
-    uint64_t generation_ = 0;  // bumped once per pass
-    size_t busy_ = 0;          // workers not yet done with the current pass
-    bool stop_ = false;
-    Pass pass_;
-    std::atomic<int64_t> next_{0};
-    std::atomic<bool> failed_{false};
-    std::exception_ptr error_;
-};
-
-// ---------------------------------------------------------------------------------------------
-// Argument checks (the Python wrapper checks first with QueryError; these guard direct calls).
-
-[[noreturn]] void fail(const std::string& msg) { throw std::invalid_argument(msg); }
-
-std::string shape_str(const py::array& a) {
-    std::ostringstream s;
-    s << "(";
-    for (py::ssize_t i = 0; i < a.ndim(); ++i) s << (i ? ", " : "") << a.shape(i);
-    s << (a.ndim() == 1 ? ",)" : ")");
-    return s.str();
-}
-
-std::string dtype_str(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
-
-// A view of `a` with element type T, C-contiguous, never copied (alignment is not required).
-template <class T>
-py::array_t<T, py::array::c_style> require(const py::array& a, const char* name, py::ssize_t ndim) {
-    if (!py::array_t<T>::check_(a))
-        fail(std::string("Expected ") + name + " of dtype " + py::str(py::dtype::of<T>()).cast<std::string>() +
-             ", but " + name + ".dtype = " + dtype_str(a));
-    if (a.ndim() != ndim)
-        fail(std::string("Expected ") + name + " with " + std::to_string(ndim) + " dimensions, but " + name +
-             ".shape = " + shape_str(a));
-    if (!py::array_t<T, py::array::c_style>::check_(a))
-        fail(std::string("Expected ") + name + " to be C-contiguous (it is read in place, never copied), but it is not");
-    return py::array_t<T, py::array::c_style>::ensure(a);
-}
-
-constexpr int kMaxThreads = 1024;
 
 // Checks every argument and describes the call; runs with the GIL held.
 Problem parse(const py::array& queries_in, const py::array& vectors_in, const py::array& images_in,
@@ -1178,7 +728,7 @@ void argmax_generic(const float* t, int64_t q0, int64_t nq, const float* ct, int
         }
 }
 
-#ifdef HPM_X86
+#ifdef KERNELS_X86
 // 8 queries x 8 candidates per step: 8 independent FMA chains (the FMA latency is hidden), the
 // running maxima of each query's lanes kept in an L1 buffer. W is the row width (16: unrolled).
 template <int W>
@@ -1255,7 +805,7 @@ py::tuple screen_argmax(const py::array& t_in, const py::array& cand_in, int64_t
     {
         py::gil_scoped_release release;
         for (int64_t q = 0; q < nq; ++q) { best[q] = -INFINITY; arg[q] = 0; }
-#ifdef HPM_X86
+#ifdef KERNELS_X86
         __builtin_cpu_init();
         const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 #else
@@ -1273,7 +823,7 @@ py::tuple screen_argmax(const py::array& t_in, const py::array& cand_in, int64_t
                 for (int64_t i = 0; i < w; ++i) ct[i * padded + c] = load(cv, (c0 + c) * w + i);
             pool.parallel_for(n_qb, [&](int64_t b, int) {
                 const int64_t q0 = b * kQueryBlock, m = std::min(kQueryBlock, nq - q0);
-#ifdef HPM_X86
+#ifdef KERNELS_X86
                 if (avx2) {
                     argmax_avx2(tq, q0, m, ct.data(), c0, n, padded, w, best, arg);
                     return;

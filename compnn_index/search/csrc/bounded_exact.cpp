@@ -1,0 +1,543 @@
+// Certified exact search pruned by bounds: the exact top-1 of every query hyperpatch over a
+// shortlist of database images, scoring exactly only the candidates whose upper bound can beat the
+// best similarity already found.
+//
+// Bounds (compnn_index/index/screen.py): every stored vector v has a screen row
+// s(v) = [P^T v, |v_perp|] (W half floats) and every query q a projection t(q) = [P^T q, |q_perp|],
+// with q.v <= t(q).s(v) + margin (Cauchy-Schwarz on the residual). A seed field (HyperPatch-Match,
+// or anything) gives every position a lower bound L(q): the exact similarity of its seed match.
+// A candidate whose upper bound is *below* L(q) cannot be the answer (not even a tie), so skipping
+// it changes nothing. Four grains, coarse to fine:
+//   A. (query tile, database tile): a ball around each tile's centroid in screen space,
+//      t.s <= tc.sc + |tc| rs + rq (|sc| + rs) for |t - tc| <= rq, |s - sc| <= rs, against the
+//      smallest L of the query tile;
+//   B. (query, database tile): t.s <= t.sc + |t| rs;
+//   C. (query, stored vector): t.s(v), the screen row itself;
+//   D. the exact similarity (fp32 dot product, or the cosine with the decoded fp16 / sq8 vector,
+//      as HyperPatch-Match and the decoded FAISS reference compute it).
+// Tiles are th x tw blocks of one image's positions (database) and qh x qw blocks of the query
+// grid, at most 16 of each: one 16-lane step of the SIMD bound kernels. L(q) rises whenever a
+// candidate is accepted, so later candidates meet a tighter bound.
+//
+// Exactness. A grain skips a candidate only when bound + margin < L(q) strictly, where L(q) is the
+// similarity of a candidate already held; so every candidate that could beat the held one, or tie
+// it, is scored, and the result is the lexicographic maximum of (similarity, -id) over the whole
+// shortlist: ties to the lowest id, as exact_search's other methods. The tile bounds are computed
+// in double and rounded up, with kTileSlack added for the float32 sums of the kernels.
+//
+// Determinism. Query tiles are independent tasks (each owns its positions' best matches) and
+// every tile visits the database tiles in the same order, so the field and every counter are the
+// same for every thread count and task order.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <condition_variable>
+#include <cstdint>
+#include <cstring>
+#include <exception>
+#include <limits>
+#include <mutex>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <type_traits>
+#include <vector>
+
+#if (defined(__x86_64__) || defined(__i386__)) && !defined(KERNELS_GENERIC_ONLY)
+#include <immintrin.h>
+#define KERNELS_X86 1
+#endif
+
+namespace py = pybind11;
+
+namespace {
+
+#include "kernels.h"
+
+constexpr int kLanes = 16;           // candidates (or queries) per bound step
+constexpr float kTileSlack = 1e-5f;  // float32 rounding of the tile-bound sums (|terms| <= ~2)
+constexpr int64_t kMaxWidth = 64;    // screen widths the kernels accept
+
+struct Tile {          // one block of a database image's positions
+    int64_t base;      // id of the image's position (0, 0)
+    int32_t w;         // the image's grid width
+    int32_t y0, x0, h, wt;  // the block
+};
+
+struct Problem {
+    const float* queries;      // (nq, d)
+    const float* t;            // (nq, width)
+    int64_t hq, wq, nq, d, width;
+    const uint8_t* codes;
+    int64_t row_bytes = 0, n_vectors = 0;
+    Codec codec = Codec::fp32;
+    CodecFn codec_fn = nullptr;
+    std::vector<float> sq_scale, sq_bias;
+    Sq8Params sq;
+    const uint16_t* screen;    // (n_vectors, width)
+    float margin;
+    int32_t th, tw, qh, qw;
+    int threads;
+    std::vector<Tile> tiles;
+    std::vector<int64_t> image_of_slot, slot_base, slot_end;  // shortlisted id ranges, ascending
+};
+
+// Per database tile, transposed in blocks of 8 tiles for grain A: cen[b][i][8], plus radius and
+// centroid norm per tile.
+struct TileBounds {
+    std::vector<float> cen;     // n_blocks * width * 8
+    std::vector<float> radius;  // n_blocks * 8 (padding tiles: -inf centroid norm => never pass)
+    std::vector<float> cnorm;
+    int64_t n_blocks = 0;
+};
+
+struct Counters {
+    int64_t a_checked = 0, a_pruned = 0, b_checked = 0, b_pruned = 0, c_checked = 0, c_pruned = 0, exact = 0;
+    void add(const Counters& o) {
+        a_checked += o.a_checked; a_pruned += o.a_pruned; b_checked += o.b_checked; b_pruned += o.b_pruned;
+        c_checked += o.c_checked; c_pruned += o.c_pruned; exact += o.exact;
+    }
+};
+
+inline float round_up(double v) {
+    float f = static_cast<float>(v);
+    if (static_cast<double>(f) < v) f = std::nextafter(f, INFINITY);
+    return f;
+}
+
+inline float screen_value(const Problem& p, int64_t id, int64_t i) {
+    return half_to_float(load(p.screen, id * p.width + i));
+}
+
+// Centroid and radius of every database tile (parallel over tiles; double sums, rounded up).
+TileBounds tile_bounds(const Problem& p, Pool& pool) {
+    TileBounds tb;
+    const int64_t n = static_cast<int64_t>(p.tiles.size());
+    tb.n_blocks = (n + 7) / 8;
+    tb.cen.assign(static_cast<size_t>(tb.n_blocks * p.width * 8), 0.0f);
+    tb.radius.assign(static_cast<size_t>(tb.n_blocks * 8), 0.0f);
+    tb.cnorm.assign(static_cast<size_t>(tb.n_blocks * 8), -INFINITY);
+    pool.parallel_for(tb.n_blocks, [&](int64_t b, int) {
+        std::vector<double> c(p.width), s(p.width);
+        for (int64_t l = 0; l < 8 && b * 8 + l < n; ++l) {
+            const Tile& tl = p.tiles[b * 8 + l];
+            std::fill(c.begin(), c.end(), 0.0);
+            const int64_t count = int64_t{tl.h} * tl.wt;
+            for (int32_t y = tl.y0; y < tl.y0 + tl.h; ++y)
+                for (int32_t x = tl.x0; x < tl.x0 + tl.wt; ++x) {
+                    const int64_t id = tl.base + int64_t{y} * tl.w + x;
+                    for (int64_t i = 0; i < p.width; ++i) c[i] += screen_value(p, id, i);
+                }
+            for (auto& v : c) v /= static_cast<double>(count);
+            // The centroid as float32 is what the kernels use: measure the radius around it.
+            double cn = 0.0;
+            for (int64_t i = 0; i < p.width; ++i) {
+                const float ci = static_cast<float>(c[i]);
+                tb.cen[(b * p.width + i) * 8 + l] = ci;
+                c[i] = ci;
+                cn += c[i] * c[i];
+            }
+            double r2 = 0.0;
+            for (int32_t y = tl.y0; y < tl.y0 + tl.h; ++y)
+                for (int32_t x = tl.x0; x < tl.x0 + tl.wt; ++x) {
+                    const int64_t id = tl.base + int64_t{y} * tl.w + x;
+                    double e = 0.0;
+                    for (int64_t i = 0; i < p.width; ++i) {
+                        const double dlt = screen_value(p, id, i) - c[i];
+                        e += dlt * dlt;
+                    }
+                    r2 = std::max(r2, e);
+                }
+            tb.radius[b * 8 + l] = round_up(std::sqrt(r2) * (1.0 + 1e-6));
+            tb.cnorm[b * 8 + l] = round_up(std::sqrt(cn) * (1.0 + 1e-6));
+        }
+    });
+    return tb;
+}
+
+// The exact similarity of query q with stored vector id (the kernels' dot product / cosine).
+inline float similarity(const Problem& p, int64_t q, int64_t id) {
+    const void* c = p.codes + id * p.row_bytes;
+    float s;
+    if (p.codec == Codec::fp32)
+        kDot.fn(p.queries + q * p.d, &c, 1, p.d, &s);
+    else
+        p.codec_fn(p.queries + q * p.d, &c, 1, p.d, p.sq, &s);
+    return s;
+}
+
+struct Best {
+    float value;
+    int64_t id;
+};
+
+inline bool offer(Best& best, float value, int64_t id) {
+    if (value > best.value || (value == best.value && id < best.id)) {
+        best = {value, id};
+        return true;
+    }
+    return false;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bound kernels. out[l] = sum_i a[i] * b[i * 16 + l] for the 16 lanes l (b transposed).
+
+void lanes16_generic(const float* a, const float* b, int64_t w, float* out) {
+    for (int l = 0; l < kLanes; ++l) out[l] = 0.0f;
+    for (int64_t i = 0; i < w; ++i)
+        for (int l = 0; l < kLanes; ++l) out[l] += a[i] * b[i * kLanes + l];
+}
+
+// out[l] = sum_i a[i] * b[i * 8 + l] for 8 lanes.
+void lanes8_generic(const float* a, const float* b, int64_t w, float* out) {
+    for (int l = 0; l < 8; ++l) out[l] = 0.0f;
+    for (int64_t i = 0; i < w; ++i)
+        for (int l = 0; l < 8; ++l) out[l] += a[i] * b[i * 8 + l];
+}
+
+#ifdef KERNELS_X86
+__attribute__((target("avx2,fma"))) void lanes16_avx2(const float* a, const float* b, int64_t w, float* out) {
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    for (int64_t i = 0; i < w; ++i) {
+        const __m256 ai = _mm256_broadcast_ss(a + i);
+        s0 = _mm256_fmadd_ps(ai, _mm256_loadu_ps(b + i * kLanes), s0);
+        s1 = _mm256_fmadd_ps(ai, _mm256_loadu_ps(b + i * kLanes + 8), s1);
+    }
+    _mm256_storeu_ps(out, s0);
+    _mm256_storeu_ps(out + 8, s1);
+}
+
+__attribute__((target("avx2,fma"))) void lanes8_avx2(const float* a, const float* b, int64_t w, float* out) {
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 2 <= w; i += 2) {
+        s0 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + i), _mm256_loadu_ps(b + i * 8), s0);
+        s1 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + i + 1), _mm256_loadu_ps(b + (i + 1) * 8), s1);
+    }
+    if (i < w) s0 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + i), _mm256_loadu_ps(b + i * 8), s0);
+    _mm256_storeu_ps(out, _mm256_add_ps(s0, s1));
+}
+#endif
+
+using LanesFn = void (*)(const float*, const float*, int64_t, float*);
+
+struct BoundKernels {
+    LanesFn l16, l8;
+    const char* name;
+};
+
+BoundKernels select_lanes() {
+#ifdef KERNELS_X86
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return {lanes16_avx2, lanes8_avx2, "avx2+fma"};
+#endif
+    return {lanes16_generic, lanes8_generic, "generic"};
+}
+
+const BoundKernels kLanesK = select_lanes();
+
+// ---------------------------------------------------------------------------------------------
+
+// One query tile against every database tile.
+void search_tile(const Problem& p, const TileBounds& tb, int64_t qt, Best* best, Counters& cnt) {
+    const int64_t n_qx = (p.wq + p.qw - 1) / p.qw;
+    const int64_t qy0 = (qt / n_qx) * p.qh, qx0 = (qt % n_qx) * p.qw;
+    const int64_t w = p.width;
+    int64_t qs[kLanes];
+    int nqt = 0;
+    for (int64_t y = qy0; y < std::min(p.hq, qy0 + p.qh); ++y)
+        for (int64_t x = qx0; x < std::min(p.wq, qx0 + p.qw); ++x) qs[nqt++] = y * p.wq + x;
+
+    // Query side: t transposed [i][16 lanes], |t| per lane, the ball (tc, rq).
+    alignas(32) float tq[kMaxWidth * kLanes] = {};
+    alignas(32) float tnorm[kLanes], low[kLanes];
+    std::vector<double> tc(w, 0.0);
+    for (int k = 0; k < nqt; ++k) {
+        double n2 = 0.0;
+        for (int64_t i = 0; i < w; ++i) {
+            const float v = p.t[qs[k] * w + i];
+            tq[i * kLanes + k] = v;
+            tc[i] += v;
+            n2 += double{v} * v;
+        }
+        tnorm[k] = round_up(std::sqrt(n2) * (1.0 + 1e-6));
+    }
+    alignas(32) float tcf[kMaxWidth];
+    double tcn2 = 0.0;
+    for (int64_t i = 0; i < w; ++i) {
+        tcf[i] = static_cast<float>(tc[i] / nqt);
+        tcn2 += double{tcf[i]} * tcf[i];
+    }
+    double rq2 = 0.0;
+    for (int k = 0; k < nqt; ++k) {
+        double e = 0.0;
+        for (int64_t i = 0; i < w; ++i) {
+            const double dlt = double{tq[i * kLanes + k]} - tcf[i];
+            e += dlt * dlt;
+        }
+        rq2 = std::max(rq2, e);
+    }
+    const float rq = round_up(std::sqrt(rq2) * (1.0 + 1e-6)), tcn = round_up(std::sqrt(tcn2) * (1.0 + 1e-6));
+    // L(q) - margin - slack: a bound (without the margin) below this prunes. Padding lanes: +inf.
+    const float pad = p.margin + kTileSlack;
+    auto refresh = [&](float& lmin) {
+        lmin = INFINITY;
+        for (int k = 0; k < kLanes; ++k) {
+            low[k] = k < nqt ? best[qs[k]].value - pad : INFINITY;
+            lmin = std::min(lmin, low[k]);
+        }
+    };
+    float lmin;
+    refresh(lmin);
+
+    alignas(32) float a8[8], b16[kLanes], c16[kLanes];
+    alignas(32) float rows[kMaxWidth * kLanes];
+    alignas(32) float cen[kMaxWidth];
+    int64_t ids[kLanes];
+    const int64_t n_tiles = static_cast<int64_t>(p.tiles.size());
+    for (int64_t blk = 0; blk < tb.n_blocks; ++blk) {
+        // Grain A for 8 database tiles at once.
+        kLanesK.l8(tcf, tb.cen.data() + blk * w * 8, w, a8);
+        for (int l = 0; l < 8; ++l) {
+            const int64_t j = blk * 8 + l;
+            if (j >= n_tiles) break;
+            ++cnt.a_checked;
+            const float r = tb.radius[j], cn = tb.cnorm[j];
+            const float ub = a8[l] + tcn * r + rq * (cn + r);
+            if (ub < lmin) {
+                ++cnt.a_pruned;
+                continue;
+            }
+            // Grain B for the tile's queries.
+            for (int64_t i = 0; i < w; ++i) cen[i] = tb.cen[(blk * w + i) * 8 + l];
+            kLanesK.l16(cen, tq, w, b16);
+            const Tile& tl = p.tiles[j];
+            int nv = 0;
+            bool rows_ready = false;
+            bool improved = false;
+            for (int k = 0; k < nqt; ++k) {
+                ++cnt.b_checked;
+                if (b16[k] + tnorm[k] * r < low[k]) {
+                    ++cnt.b_pruned;
+                    continue;
+                }
+                if (!rows_ready) {  // the tile's screen rows, transposed to float32 (once per tile)
+                    nv = 0;
+                    for (int32_t y = tl.y0; y < tl.y0 + tl.h; ++y)
+                        for (int32_t x = tl.x0; x < tl.x0 + tl.wt; ++x) {
+                            const int64_t id = tl.base + int64_t{y} * tl.w + x;
+                            ids[nv] = id;
+                            for (int64_t i = 0; i < w; ++i) rows[i * kLanes + nv] = screen_value(p, id, i);
+                            ++nv;
+                        }
+                    for (int v = nv; v < kLanes; ++v)
+                        for (int64_t i = 0; i < w; ++i) rows[i * kLanes + v] = 0.0f;
+                    rows_ready = true;
+                }
+                // Grain C: the screen bound of each stored vector of the tile.
+                float tk[kMaxWidth];
+                for (int64_t i = 0; i < w; ++i) tk[i] = tq[i * kLanes + k];
+                kLanesK.l16(tk, rows, w, c16);
+                const int64_t q = qs[k];
+                cnt.c_checked += nv;
+                for (int v = 0; v < nv; ++v) {
+                    if (c16[v] + p.margin < best[q].value) {
+                        ++cnt.c_pruned;
+                        continue;
+                    }
+                    ++cnt.exact;
+                    if (offer(best[q], similarity(p, q, ids[v]), ids[v])) improved = true;
+                }
+                if (improved) low[k] = best[q].value - pad;
+            }
+            if (improved) refresh(lmin);
+        }
+    }
+}
+
+Problem parse(const py::array& queries_in, const py::array& t_in, int64_t hq, int64_t wq, const py::array& vectors_in,
+              const std::string& codec, const py::object& scale_in, const py::object& bias_in,
+              const py::array& screen_in, double margin, const py::array& images_in, const py::array& offsets_in,
+              const py::array& grids_in, std::pair<int64_t, int64_t> tile, std::pair<int64_t, int64_t> qtile,
+              int64_t threads) {
+    auto queries = require<float>(queries_in, "queries", 2);
+    auto t = require<float>(t_in, "t", 2);
+    auto screen = require<uint16_t>(screen_in, "screen", 2);
+    auto images = require<int64_t>(images_in, "images", 1);
+    auto offsets = require<int64_t>(offsets_in, "offsets", 1);
+    auto grids = require<int64_t>(grids_in, "grids", 2);
+    Problem p;
+    p.nq = queries.shape(0);
+    p.d = queries.shape(1);
+    p.hq = hq;
+    p.wq = wq;
+    p.width = t.shape(1);
+    if (hq < 1 || wq < 1 || hq * wq != p.nq)
+        fail("Expected a query grid hq x wq = " + std::to_string(p.nq) + " positions, but got " +
+             std::to_string(hq) + " x " + std::to_string(wq));
+    if (t.shape(0) != p.nq) fail("Expected t of shape (" + std::to_string(p.nq) + ", W), but t.shape = " + shape_str(t));
+    if (p.width < 2 || p.width > kMaxWidth)
+        fail("Expected a screen width W in [2, " + std::to_string(kMaxWidth) + "], but W = " + std::to_string(p.width));
+    if (screen.shape(1) != p.width)
+        fail("Expected screen rows of width W = " + std::to_string(p.width) + " (t's), but screen.shape = " + shape_str(screen));
+    if (codec == "fp32") {
+        auto v = require<float>(vectors_in, "vectors", 2);
+        if (v.shape(1) != p.d) fail("Expected vectors of dimension D = " + std::to_string(p.d) + ", but vectors.shape = " + shape_str(v));
+        p.codes = reinterpret_cast<const uint8_t*>(v.data());
+        p.row_bytes = p.d * static_cast<int64_t>(sizeof(float));
+        p.n_vectors = v.shape(0);
+    } else if (codec == "fp16" || codec == "sq8") {
+        p.codec = codec == "fp16" ? Codec::fp16 : Codec::sq8;
+        auto c = require<uint8_t>(vectors_in, "vectors", 2);
+        const int64_t expect = p.codec == Codec::fp16 ? 2 * p.d : p.d;
+        if (c.shape(1) != expect)
+            fail("Expected " + codec + " codes of " + std::to_string(expect) + " bytes per vector, but vectors.shape = " + shape_str(c));
+        p.codes = c.data();
+        p.row_bytes = expect;
+        p.n_vectors = c.shape(0);
+        p.codec_fn = select_codec(p.codec);
+        if (p.codec == Codec::sq8) {
+            if (scale_in.is_none() || bias_in.is_none()) fail("Expected scale and bias (float32, shape (D,)) for sq8 codes");
+            auto sc = require<float>(scale_in.cast<py::array>(), "scale", 1);
+            auto bi = require<float>(bias_in.cast<py::array>(), "bias", 1);
+            if (sc.shape(0) != p.d || bi.shape(0) != p.d) fail("Expected scale and bias of shape (D,)");
+            for (int64_t i = 0; i < p.d; ++i) {
+                p.sq_scale.push_back(load(sc.data(), i));
+                p.sq_bias.push_back(load(bi.data(), i));
+            }
+            p.sq = Sq8Params{p.sq_scale.data(), p.sq_bias.data()};
+        }
+    } else {
+        fail("Expected codec 'fp32', 'fp16' or 'sq8', but codec = '" + codec + "'");
+    }
+    if (screen.shape(0) != p.n_vectors)
+        fail("Expected one screen row per stored vector (" + std::to_string(p.n_vectors) + "), but screen.shape = " + shape_str(screen));
+    if (!(margin >= 0.0) || !std::isfinite(margin)) fail("Expected a finite margin >= 0");
+    p.margin = static_cast<float>(margin);
+    if (tile.first < 1 || tile.second < 1 || tile.first * tile.second > kLanes ||
+        qtile.first < 1 || qtile.second < 1 || qtile.first * qtile.second > kLanes)
+        fail("Expected tiles of 1 to 16 positions (th * tw <= 16, qh * qw <= 16)");
+    p.th = static_cast<int32_t>(tile.first);
+    p.tw = static_cast<int32_t>(tile.second);
+    p.qh = static_cast<int32_t>(qtile.first);
+    p.qw = static_cast<int32_t>(qtile.second);
+    if (threads < 1) fail("Expected threads >= 1, but threads = " + std::to_string(threads));
+
+    const int64_t n_images = grids.shape(0);
+    if (grids.shape(1) != 2 || offsets.shape(0) != n_images + 1)
+        fail("Expected grids (n_images, 2) and offsets (n_images + 1,), but got " + shape_str(grids) + " and " + shape_str(offsets));
+    const int64_t* off = offsets.data();
+    const int64_t* grid = grids.data();
+    if (load(off, n_images) > p.n_vectors) fail("Expected offsets[-1] <= N (the number of vectors)");
+    const int64_t m = images.shape(0);
+    if (m < 1) fail("Expected at least one database image in images, but images is empty");
+    int64_t prev = -1;
+    for (int64_t k = 0; k < m; ++k) {
+        const int64_t id = load(images.data(), k);
+        if (id <= prev || id >= n_images)
+            fail("Expected ascending distinct image ids in [0, " + std::to_string(n_images) + "), but images[" +
+                 std::to_string(k) + "] = " + std::to_string(id));
+        prev = id;
+        const int64_t h = load(grid, 2 * id), gw = load(grid, 2 * id + 1), base = load(off, id);
+        if (h < 0 || gw < 0 || h > INT32_MAX || gw > INT32_MAX || load(off, id + 1) - base != h * gw)
+            fail("Expected offsets[n + 1] - offsets[n] = Hp * Wp for image " + std::to_string(id));
+        p.image_of_slot.push_back(id);
+        p.slot_base.push_back(base);
+        p.slot_end.push_back(base + h * gw);
+        for (int64_t y = 0; y < h; y += p.th)
+            for (int64_t x = 0; x < gw; x += p.tw)
+                p.tiles.push_back(Tile{base, static_cast<int32_t>(gw), static_cast<int32_t>(y), static_cast<int32_t>(x),
+                                       static_cast<int32_t>(std::min<int64_t>(p.th, h - y)),
+                                       static_cast<int32_t>(std::min<int64_t>(p.tw, gw - x))});
+    }
+    if (p.tiles.empty()) fail("Expected the shortlisted images to hold at least one position");
+    p.queries = queries.data();
+    p.t = t.data();
+    p.screen = screen.data();
+    const int64_t n_qt = ((hq + p.qh - 1) / p.qh) * ((wq + p.qw - 1) / p.qw);
+    p.threads = static_cast<int>(std::min<int64_t>({threads, kMaxThreads, n_qt}));
+    return p;
+}
+
+// Whether global id `id` lies in a shortlisted image.
+bool in_shortlist(const Problem& p, int64_t id) {
+    auto it = std::upper_bound(p.slot_base.begin(), p.slot_base.end(), id);
+    if (it == p.slot_base.begin()) return false;
+    const size_t s = static_cast<size_t>(it - p.slot_base.begin() - 1);
+    return id < p.slot_end[s];
+}
+
+}  // namespace
+
+py::tuple bounded_search(const py::array& queries, const py::array& t, int64_t hq, int64_t wq,
+                         const py::array& vectors, const std::string& codec, const py::object& scale,
+                         const py::object& bias, const py::array& screen, double margin, const py::array& images,
+                         const py::array& offsets, const py::array& grids, const py::array& seed_in,
+                         std::pair<int64_t, int64_t> tile, std::pair<int64_t, int64_t> qtile, int64_t threads) {
+    const Problem p = parse(queries, t, hq, wq, vectors, codec, scale, bias, screen, margin, images, offsets, grids,
+                            tile, qtile, threads);
+    auto seed = require<int64_t>(seed_in, "seed", 1);
+    if (seed.shape(0) != p.nq) fail("Expected seed ids of shape (" + std::to_string(p.nq) + ",), but seed.shape = " + shape_str(seed));
+    const int64_t* sd = seed.data();
+    std::vector<Best> best(static_cast<size_t>(p.nq), Best{-INFINITY, std::numeric_limits<int64_t>::max()});
+    Counters total;
+    int64_t seeded = 0;
+    {
+        py::gil_scoped_release release;
+        Pool pool(p.threads);
+        const TileBounds tb = tile_bounds(p, pool);
+        // The seed's exact similarity is every position's first lower bound; an id outside the
+        // shortlist (or garbage) is ignored: the seed only prunes.
+        std::vector<uint8_t> ok(static_cast<size_t>(p.nq), 0);
+        pool.parallel_for((p.nq + 255) / 256, [&](int64_t b, int) {
+            for (int64_t q = b * 256; q < std::min(p.nq, (b + 1) * 256); ++q) {
+                const int64_t id = load(sd, q);
+                if (id >= 0 && id < p.n_vectors && in_shortlist(p, id)) {
+                    best[q] = Best{similarity(p, q, id), id};
+                    ok[q] = 1;
+                }
+            }
+        });
+        for (const uint8_t o : ok) seeded += o;
+        const int64_t n_qt = ((p.hq + p.qh - 1) / p.qh) * ((p.wq + p.qw - 1) / p.qw);
+        std::vector<Counters> per(static_cast<size_t>(n_qt));
+        pool.parallel_for(n_qt, [&](int64_t qt, int) { search_tile(p, tb, qt, best.data(), per[qt]); });
+        for (const Counters& c : per) total.add(c);
+    }
+    py::array_t<int64_t> out_id(p.nq);
+    py::array_t<float> out_sim(p.nq);
+    for (int64_t q = 0; q < p.nq; ++q) {
+        out_id.mutable_data()[q] = best[q].id;
+        out_sim.mutable_data()[q] = best[q].value;
+    }
+    py::dict stats;
+    stats["tile_pairs"] = total.a_checked;
+    stats["tile_pairs_pruned"] = total.a_pruned;
+    stats["query_tiles"] = total.b_checked;
+    stats["query_tiles_pruned"] = total.b_pruned;
+    stats["vector_bounds"] = total.c_checked;
+    stats["vector_bounds_pruned"] = total.c_pruned;
+    stats["exact"] = total.exact;
+    stats["seeded"] = seeded;
+    int64_t n_cand = 0;
+    for (size_t s = 0; s < p.slot_base.size(); ++s) n_cand += p.slot_end[s] - p.slot_base[s];
+    stats["candidates"] = n_cand * p.nq;
+    stats["kernel"] = std::string(kLanesK.name) + "/" + kDot.name;
+    return py::make_tuple(out_id, out_sim, stats);
+}
+
+PYBIND11_MODULE(_bounded, m) {
+    m.doc() = "Certified exact search pruned by screen bounds and a seed field (see search/exact.py).";
+    m.def("search", &bounded_search, py::arg("queries"), py::arg("t"), py::arg("hq"), py::arg("wq"), py::arg("vectors"),
+          py::arg("codec"), py::arg("scale"), py::arg("bias"), py::arg("screen"), py::arg("margin"), py::arg("images"),
+          py::arg("offsets"), py::arg("grids"), py::arg("seed"), py::arg("tile"), py::arg("qtile"), py::arg("threads"),
+          "Exact top-1 of every query row over the shortlisted images' vectors, scoring only candidates whose\n"
+          "screen bound can beat the seed's (or a later match's) similarity. Returns (ids, similarity, stats).\n"
+          "queries float32 (Q, D); t float32 (Q, W) screen projections; screen uint16 (N, W) half-float rows;\n"
+          "images ascending distinct ids; seed int64 (Q,) global ids (anything outside the shortlist: none).");
+}
