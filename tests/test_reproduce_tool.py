@@ -4,7 +4,9 @@ test images)."""
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,13 +19,16 @@ import reproduce_papers  # noqa: E402
 from conftest import TINY_SIZE  # noqa: E402
 
 
-def _run(tmp_path: Path, model: Path, images: int, *extra: str) -> dict:
-    argv = ["--steps", "table1", "--data", "synthetic", "--size", str(TINY_SIZE), "--db-images", "4",
+def _argv(tmp_path: Path, model: Path, images: int, *extra: str) -> list[str]:
+    return ["--steps", "table1", "--data", "synthetic", "--size", str(TINY_SIZE), "--db-images", "4",
             "--images", str(images), "--top-k", "1,2", "--seg-model", str(model),
             "--l2p-model", str(tmp_path / "absent.pt"), "--seg-log", str(tmp_path / "no.log"),
             "--l2p-log", str(tmp_path / "no.log"), "--work", str(tmp_path / "work"), "--docs", str(tmp_path / "docs"),
             *extra]
-    assert reproduce_papers.main(argv) == 0
+
+
+def _run(tmp_path: Path, model: Path, images: int, *extra: str) -> dict:
+    assert reproduce_papers.main(_argv(tmp_path, model, images, *extra)) == 0
     return json.loads((tmp_path / "work" / "results" / "table1" / "results.json").read_text())
 
 
@@ -65,3 +70,22 @@ def test_an_exact_method_the_api_does_not_accept_is_refused(segment_index, tmp_p
                                          + ", ".join(EXACT_METHODS)):
         _run(tmp_path, segment_index.model, 1, "--exact-method", "nonesuch")
     assert not (tmp_path / "work" / "results" / "table1").exists()  # refused before any work
+
+
+def test_a_killed_run_continues_without_recomputing_finished_images(segment_index, tmp_path):
+    """SIGKILL the tool once two images are done; the rerun reuses every record written before the
+    kill (byte for byte) and computes only the rest."""
+    cache = tmp_path / "work" / "results" / "table1" / "images"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "tools" / "reproduce_papers.py"),
+                             *_argv(tmp_path, segment_index.model, 10)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while proc.poll() is None and len(list(cache.glob("*.json"))) < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    done = {p.name: p.read_bytes() for p in cache.glob("*.json")}
+    assert len(done) >= 2
+    doc = _run(tmp_path, segment_index.model, 10)
+    assert doc["cache"]["reused"] == len(done) and doc["cache"]["computed"] == 10 - len(done)
+    assert all((cache / n).read_bytes() == b for n, b in done.items())
