@@ -350,6 +350,8 @@ class CompNN(ActivationsMixin, BaselinesMixin):
             search=search, top_k=top_k, iterations=iterations, samples=samples, jumps=jumps,
             seed=seed, init=None if field_init is not None else init)
         layer = self.check_layer(layer)
+        if is_int(image):  # a bad query id is named as such, before the exclude list it may be in
+            self.check_ids([image], what="query image")
         cands = self.candidates(restrict, exclude)
         excluded = tuple(int(i) for i in np.unique(self.check_ids(list(exclude), what="exclude")))
         k = opts.resolve_top_k(len(cands))

@@ -85,7 +85,8 @@ def _cmd_predict(a: argparse.Namespace) -> None:
     options = QueryOptions(search=a.search, top_k=a.top_k, iterations=a.iterations,
                            samples=a.samples, jumps=a.jumps, init=a.init, seed=a.seed)
     predict(index=a.index, images=a.images, out=a.out, source=a.source, target=a.target, k=a.k,
-            options=options, exclude_self=a.exclude_self, threads=a.threads)
+            options=options, exclude_self=a.exclude_self, threads=a.threads,
+            restrict=parse_restrict(a.restrict), verify=a.verify, cluster=a.ray)
 
 
 def _cmd_invert(a: argparse.Namespace) -> None:
