@@ -266,7 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(p, split="test", sized="the store's image size")
     p.add_argument("--layer", default=None, help="layer to match (default: the store's first layer)")
     p.add_argument("--search", choices=SEARCHES, default=DEFAULTS.search, help="search method")
-    p.add_argument("--top-k", type=_int_list, default=[1, 16, 64], help="shortlist sizes, comma-separated")
+    p.add_argument("--top-k", type=_int_list, default=None,
+                   help="shortlist sizes, comma-separated (default: 1,16,64, each at most the database's images)")
     p.add_argument("--iterations", type=_query_int("--iterations"), default=DEFAULTS.iterations,
                    help="HyperPatch-Match iterations (--search patchmatch)")
     p.add_argument("--init", choices=INITS, default=DEFAULTS.init, help="HyperPatch-Match start")

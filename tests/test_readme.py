@@ -1,0 +1,266 @@
+"""The README works: every ``compnn`` command its shell blocks show runs, as a subprocess.
+
+``readme_runner`` reads the blocks; this runs them in reading order in a scratch folder, on small
+inputs (``$F`` and ``../shared/data/facades`` are the real Facades folder, cut by ``--limit``;
+``indexes/demo`` is ``make demo``'s command at a tiny size), with the files the README names
+(``photo.jpg``, ``latest_net_G.pth``, ``mypackage``, ...) made real. ``compnn serve`` is started,
+must answer ``/health``, the README's ``curl`` calls and its Python client, and is stopped at
+the end. Its Python blocks run as scripts. A command that exits non-zero or prints a traceback
+fails the test; ``[needs: REASON]`` commands are skipped and listed.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from compnn_index.cli import COMMANDS, build_parser
+from conftest import FACADES_DIR, REPO_ROOT
+from pix2pix_reference import ReferenceUnet, randomise
+from readme_runner import Step, expand_ellipsis, readme_steps, shrink
+
+README = REPO_ROOT / "README.md"
+BIN = Path(sys.executable).parent
+TRACEBACK = "Traceback (most recent call last)"
+#: ``make demo``'s store at a size that builds in seconds (the README's queries use ids < 16).
+DEMO_SMALL = ["--size", "32", "--train-images", "16", "--test-images", "2", "--epochs", "1", "--threads", "1"]
+
+MYPACKAGE = {
+    "__init__.py": "",
+    "nets.py": '''
+        import torch
+        from torch import nn
+
+        class Net(nn.Module):
+            def __init__(self, width, classes=4):
+                super().__init__()
+                self.encoder = nn.Sequential(nn.Conv2d(3, width, 3, 2, 1), nn.ReLU())
+                self.decoder = nn.Sequential(nn.Conv2d(width, width, 3, 1, 1), nn.Conv2d(width, width, 3, 1, 1),
+                                             nn.ReLU(), nn.Upsample(scale_factor=2), nn.Conv2d(width, classes, 1))
+
+            def forward(self, x):
+                return self.decoder(self.encoder(x))
+
+        def make_net(width=8):
+            torch.manual_seed(0)
+            return Net(width)
+    ''',
+    "data.py": '''
+        import numpy as np
+
+        class Streets:
+            num_classes = 4
+
+            def __init__(self, split):
+                self.rng = np.random.default_rng(0 if split == "train" else 1)
+                self.items = [(self.rng.uniform(-1, 1, (3, 32, 32)).astype(np.float32),
+                               self.rng.integers(0, 4, (32, 32))) for _ in range(6)]
+
+            def __len__(self):
+                return len(self.items)
+
+            def __getitem__(self, i):
+                return self.items[i]
+
+        def camvid(split="train"):
+            return Streets(split)
+    ''',
+}
+
+
+#: Paths the README gives relative to the repository root, as the scratch folder reaches them.
+PATHS = {"../shared/data/facades": str(FACADES_DIR)}
+
+
+def _real_path(word: str) -> str:
+    for given, real in PATHS.items():
+        if word == given or word.startswith(given + "/"):
+            return real + word[len(given):]
+    return word
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _picture(path: Path, h: int, w: int, seed: int) -> None:
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
+
+
+def _workdir(root: Path) -> Path:
+    """The files the README names, made real in ``root``."""
+    for name, seed in (("photo.jpg", 1), ("a.jpg", 2), ("b.jpg", 3)):
+        _picture(root / name, 64, 64, seed)  # the size of the README's facades_seg store here
+    _picture(root / "photo.png", 32, 32, 4)  # the demo store's size (the service block)
+    _picture(root / "street.png", 50, 70, 5)  # another size: --resize
+    torch.save(randomise(ReferenceUnet(num_downs=8, ngf=4)).state_dict(), root / "latest_net_G.pth")
+    pkg = root / "mypackage"
+    pkg.mkdir()
+    for name, src in MYPACKAGE.items():
+        (pkg / name).write_text(textwrap.dedent(src))
+    sys.path.insert(0, str(root))
+    try:
+        from mypackage.nets import make_net
+
+        torch.save(make_net(32).state_dict(), root / "mynet.pth")
+    finally:
+        sys.path.remove(str(root))
+        for mod in [m for m in sys.modules if m.split(".")[0] == "mypackage"]:
+            del sys.modules[mod]
+    return root
+
+
+def _demo_command() -> list[str]:
+    """``make demo``'s compnn command, read from the Makefile."""
+    line = next(ln for ln in (REPO_ROOT / "Makefile").read_text().splitlines() if "compnn demo" in ln)
+    words = line.split()
+    return ["compnn"] + words[words.index("demo"):]
+
+
+class Runner:
+    """Runs the steps in ``cwd``; collects failures and skips, owns the ``compnn serve`` process."""
+
+    def __init__(self, cwd: Path) -> None:
+        self.cwd, self.port = cwd, _free_port()
+        self.env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+                    "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg", "PYTHONPATH": str(cwd),
+                    "PYTHONUNBUFFERED": "1"}
+        self.failures: list[str] = []
+        self.skipped: list[str] = []
+        self.ran: list[list[str]] = []
+        self.server: subprocess.Popen | None = None
+        self.health_seconds: float | None = None
+        self.parser = build_parser()
+        self.previous: dict[str, list[str]] = {}
+
+    def _check(self, what: str, done: subprocess.CompletedProcess) -> None:
+        out = (done.stdout or "") + (done.stderr or "")
+        if done.returncode != 0 or TRACEBACK in out:
+            self.failures.append(f"{what}\n  exit status {done.returncode}\n  " + out[-1500:].replace("\n", "\n  "))
+
+    def _local(self, text: str) -> str:
+        return text.replace("127.0.0.1:8000", f"127.0.0.1:{self.port}")
+
+    def run(self, step: Step) -> None:
+        if step.needs:
+            self.skipped.append(f"{step}: needs {step.needs}")
+        elif step.kind == "python":
+            script = self.cwd / f"readme_block_{step.line}.py"
+            script.write_text(self._local(step.text))
+            self._check(str(step), subprocess.run([sys.executable, str(script)], cwd=self.cwd, env=self.env,
+                                                  capture_output=True, text=True, timeout=300))
+        elif step.kind == "curl":
+            if "127.0.0.1:8000" not in step.text:
+                self.skipped.append(f"{step}: a download (the test reads {FACADES_DIR})")
+            elif self.server is None:
+                self.failures.append(f"{step}: no 'compnn serve' before it")
+            else:
+                done = subprocess.run(["bash", "-c", self._local(step.text)], cwd=self.cwd, env=self.env,
+                                      capture_output=True, text=True, timeout=120)
+                if not done.stdout.strip() or '"error"' in done.stdout:
+                    done.returncode = done.returncode or 1
+                self._check(str(step), done)
+        else:
+            self.compnn(step)
+
+    def compnn(self, step: Step) -> None:
+        argv = expand_ellipsis([_real_path(w) for w in step.argv], self.previous)
+        if "..." not in step.argv:
+            self.previous[step.argv[1]] = step.argv
+        argv = shrink(argv, self.parser)
+        self.ran.append(argv)
+        if argv[1] == "serve":
+            return self.serve(step, argv)
+        done = subprocess.run([str(BIN / "compnn"), *argv[1:]], cwd=self.cwd, env=self.env,
+                              capture_output=True, text=True, timeout=300)
+        self._check(f"{step}\n  ran: {' '.join(argv)}", done)
+
+    def serve(self, step: Step, argv: list[str]) -> None:
+        if "--port" in argv:
+            argv[argv.index("--port") + 1] = str(self.port)
+        t0 = time.perf_counter()
+        self.server = subprocess.Popen([str(BIN / "compnn"), *argv[1:]], cwd=self.cwd, env=self.env,
+                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        while time.perf_counter() - t0 < 60 and self.server.poll() is None:
+            try:
+                if httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=1).status_code == 200:
+                    self.health_seconds = time.perf_counter() - t0
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        out = self.stop()
+        self.failures.append(f"{step}\n  /health never answered (exit {self.server.returncode}):\n  {out[-1500:]}")
+        self.server = None
+
+    def stop(self) -> str:
+        if self.server is None:
+            return ""
+        if self.server.poll() is None:
+            self.server.send_signal(signal.SIGINT)
+            try:
+                self.server.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.server.kill()
+        out = self.server.stdout.read() if self.server.stdout else ""
+        if TRACEBACK in out:
+            self.failures.append(f"compnn serve printed a traceback:\n  {out[-1500:]}")
+        return out
+
+
+def _steps() -> list[Step]:
+    return readme_steps(README.read_text(), {"facades": str(FACADES_DIR), **PATHS})
+
+
+def _covered(argv: list[str]) -> str:
+    return " ".join(argv[1:3]) if argv[1] == "invert" else argv[1]
+
+
+def test_readme_shows_and_runs_every_cli_command():
+    shown = {_covered(s.argv) for s in _steps() if s.kind == "compnn" and not s.needs} | {"demo"}  # make demo
+    commands = {c for c in COMMANDS if c != "invert"} | {"invert train", "invert apply"}
+    assert commands <= shown, f"README commands the test would run lack {sorted(commands - shown)}"
+
+
+def test_readme_skips_only_what_it_marks():
+    steps = _steps()
+    assert [s for s in steps if s.needs], "the README marks its Ray commands [needs: ...]"
+    assert all("Ray" in s.needs or "segmentation_models_pytorch" in s.needs for s in steps if s.needs)
+
+
+def test_every_readme_command_runs(tmp_path):
+    if not (FACADES_DIR / "train").is_dir():
+        pytest.skip(f"the README's Facades commands need {FACADES_DIR}")
+    t0 = time.perf_counter()
+    runner = Runner(_workdir(tmp_path))
+    demo = _demo_command() + DEMO_SMALL
+    runner._check("make demo (" + " ".join(demo) + ")",
+                  subprocess.run([str(BIN / "compnn"), *demo[1:]], cwd=tmp_path, env=runner.env,
+                                 capture_output=True, text=True, timeout=300))
+    try:
+        for step in _steps():
+            runner.run(step)
+    finally:
+        runner.stop()
+    seconds = time.perf_counter() - t0
+    print(f"\nREADME: {len(runner.ran)} compnn commands in {seconds:.1f}s; serve answered /health "
+          f"{runner.health_seconds and round(runner.health_seconds, 2)}s after start; skipped:\n  "
+          + "\n  ".join(runner.skipped))
+    assert not runner.failures, "\n\n".join(runner.failures)
+    assert runner.health_seconds is not None and runner.health_seconds < 10
+    assert any(a[1] == "serve" for a in runner.ran) and shutil.which("curl")
+    assert re.search(r"indexes/facades_seg\b", " ".join(" ".join(a) for a in runner.ran))
