@@ -138,7 +138,7 @@ class Runner:
     def __init__(self, cwd: Path) -> None:
         self.cwd, self.port = cwd, _free_port()
         self.env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-                    "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg", "PYTHONPATH": str(cwd),
+                    "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg", "PYTHONPATH": os.pathsep.join([str(cwd), *filter(None, [os.environ.get("PYTHONPATH")])]),
                     "PYTHONUNBUFFERED": "1"}
         self.failures: list[str] = []
         self.skipped: list[str] = []
