@@ -13,8 +13,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -28,13 +26,12 @@ import torch
 from PIL import Image
 
 from compnn_index.cli import COMMANDS, build_parser
+from cli_server import BIN, TRACEBACK, CliServer
 from conftest import FACADES_DIR, REPO_ROOT
 from pix2pix_reference import ReferenceUnet, randomise
 from readme_runner import Step, expand_ellipsis, readme_steps, shrink
 
 README = REPO_ROOT / "README.md"
-BIN = Path(sys.executable).parent
-TRACEBACK = "Traceback (most recent call last)"
 #: ``make demo``'s store at a size that builds in seconds (the README's queries use ids < 16).
 DEMO_SMALL = ["--size", "32", "--train-images", "16", "--test-images", "2", "--epochs", "1", "--threads", "1"]
 
@@ -92,12 +89,6 @@ def _real_path(word: str) -> str:
     return word
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _picture(path: Path, h: int, w: int, seed: int) -> None:
     Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
 
@@ -136,14 +127,14 @@ class Runner:
     """Runs the steps in ``cwd``; collects failures and skips, owns the ``compnn serve`` process."""
 
     def __init__(self, cwd: Path) -> None:
-        self.cwd, self.port = cwd, _free_port()
+        self.cwd, self.port = cwd, 8000
         self.env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
                     "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg", "PYTHONPATH": os.pathsep.join([str(cwd), *filter(None, [os.environ.get("PYTHONPATH")])]),
                     "PYTHONUNBUFFERED": "1"}
         self.failures: list[str] = []
         self.skipped: list[str] = []
         self.ran: list[list[str]] = []
-        self.server: subprocess.Popen | None = None
+        self.server: CliServer | None = None
         self.health_seconds: float | None = None
         self.parser = build_parser()
         self.previous: dict[str, list[str]] = {}
@@ -191,35 +182,21 @@ class Runner:
         self._check(f"{step}\n  ran: {' '.join(argv)}", done)
 
     def serve(self, step: Step, argv: list[str]) -> None:
-        if "--port" in argv:
-            argv[argv.index("--port") + 1] = str(self.port)
-        t0 = time.perf_counter()
-        self.server = subprocess.Popen([str(BIN / "compnn"), *argv[1:]], cwd=self.cwd, env=self.env,
-                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        while time.perf_counter() - t0 < 60 and self.server.poll() is None:
-            try:
-                if httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=1).status_code == 200:
-                    self.health_seconds = time.perf_counter() - t0
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        out = self.stop()
-        self.failures.append(f"{step}\n  /health never answered (exit {self.server.returncode}):\n  {out[-1500:]}")
-        self.server = None
+        args = argv[3:]  # after "compnn serve STORE"; the port is the server's free one
+        if "--port" in args:
+            del args[args.index("--port"):args.index("--port") + 2]
+        try:
+            self.server = CliServer(argv[2], *args, cwd=self.cwd, env=self.env).__enter__()
+            self.port = self.server.port
+            self.health_seconds = self.server.seconds_to_health
+        except RuntimeError as exc:
+            self.failures.append(f"{step}\n  {exc}")
 
-    def stop(self) -> str:
-        if self.server is None:
-            return ""
-        if self.server.poll() is None:
-            self.server.send_signal(signal.SIGINT)
-            try:
-                self.server.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.server.kill()
-        out = self.server.stdout.read() if self.server.stdout else ""
-        if TRACEBACK in out:
-            self.failures.append(f"compnn serve printed a traceback:\n  {out[-1500:]}")
-        return out
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            if TRACEBACK in self.server.output:
+                self.failures.append(f"compnn serve printed a traceback:\n  {self.server.output[-1500:]}")
 
 
 def _steps() -> list[Step]:

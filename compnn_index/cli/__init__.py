@@ -114,7 +114,8 @@ def _cmd_serve(a: argparse.Namespace) -> None:
     from ..service.server import serve
 
     serve(a.index, host=a.host, port=a.port, workers=a.workers, threads=a.threads,
-          allow_hosts=a.allow_host, max_queue=a.max_queue, verify=a.verify, cluster=a.ray, warm=a.warm)
+          allow_hosts=a.allow_host, max_queue=a.max_queue, verify=a.verify, cluster=a.ray, warm=a.warm,
+          max_upload_bytes=a.max_upload_bytes)
 
 
 def _cmd_verify(a: argparse.Namespace) -> None:

@@ -353,6 +353,8 @@ def _serve_guard_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
                    help="also accept requests whose Host header names NAME (repeatable; "
                         "loopback names are always accepted; '*' accepts any)")
+    p.add_argument("--max-upload-bytes", type=_int("--max-upload-bytes", low=1024, high=1 << 30),
+                   default=8 * 1024 * 1024, help="request bodies over this are refused with 413")
     p.add_argument("--max-queue", type=_int("--max-queue", low=0, high=10_000), default=None,
                    help="queries waiting for a worker before new ones are refused with 503 "
                         "(default: 16 per worker)")
