@@ -81,3 +81,26 @@ def test_cli_query_with_resize_keeps_the_dataset_rule_for_its_own_files(resized_
                            out=tmp_path / "q", layer="decoder3", fit="resize", threads=1, progress=False)
     ref = cnn.explain(test[0].input, layer="decoder3")
     np.testing.assert_array_equal(np.asarray(docs[0]["nn_field"]["image"]), ref.field.image)
+
+
+def test_http_upload_of_a_dataset_file_is_answered_and_another_geometry_refused(resized_store, tmp_path):
+    import httpx
+
+    from cli_server import CliServer
+
+    data, cnn = resized_store
+    test = open_dataset(data, split="test", size=64, task="segment")
+    file = data / "test" / test.names[2]
+    other = tmp_path / "other.png"
+    _photo(40, 40).save(other)
+    ref = cnn.explain(test[2].input, layer="decoder3", top_k=2)
+    with CliServer(cnn.store.path, "--workers", "1", "--threads", "1") as srv:
+        r = httpx.post(srv.url + "/v1/query", files={"image": (file.name, file.read_bytes(), "image/png")},
+                       data={"layer": "decoder3", "top_k": "2"}, timeout=60)
+        assert r.status_code == 200, r.text
+        np.testing.assert_array_equal(np.asarray(r.json()["nn_field"]["image"]), ref.field.image)
+        bad = httpx.post(srv.url + "/v1/query", files={"image": ("o.png", other.read_bytes(), "image/png")},
+                         timeout=60)
+        assert bad.status_code == 422
+        h, w = cnn.store.manifest["dataset"]["source_size"]
+        assert f"or {w}×{h} (its dataset's files), got 40×40" in bad.json()["error"]

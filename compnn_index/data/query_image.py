@@ -134,10 +134,12 @@ def dataset_geometry(dataset: dict | None) -> tuple[int, int] | None:
     return (int(src[0]), int(src[1])) if src else None
 
 
-def dataset_image(path: str | Path, dataset: dict | None, size: tuple[int, int]) -> np.ndarray | None:
-    """A file of the store's dataset geometry preprocessed as the build preprocessed its training
-    files: the input half of a pix2pix AB file (by the recorded direction), bilinear-resized to
-    ``size`` — the same functions the dataset readers call. None for any other geometry.
+def dataset_image(image: str | Path | Image.Image, dataset: dict | None,
+                  size: tuple[int, int]) -> np.ndarray | None:
+    """A file (or decoded PIL image) of the store's dataset geometry preprocessed as the build
+    preprocessed its training files: the input half of a pix2pix AB file (by the recorded
+    direction), bilinear-resized to ``size`` — the same functions the dataset readers call.
+    None for any other geometry.
 
     Raises
     ------
@@ -147,19 +149,26 @@ def dataset_image(path: str | Path, dataset: dict | None, size: tuple[int, int])
     from .images import read_photo, resize_photo, to_network
 
     geometry = dataset_geometry(dataset)
-    path = Path(path)
-    if geometry is None or not path.is_file():
+    if geometry is None:
         return None
-    try:
-        with Image.open(path) as img:
-            if (img.height, img.width) != geometry:
-                return None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-        return None  # load_image words the refusal
-    try:
-        photo = read_photo(path)
-    except CompNNError as exc:
-        raise QueryError(str(exc)) from None
+    if isinstance(image, Image.Image):
+        if (image.height, image.width) != geometry or image.mode not in _MODES:
+            return None
+        photo = image.convert("RGB")
+    else:
+        path = Path(image)
+        if not path.is_file():
+            return None
+        try:
+            with Image.open(path) as img:
+                if (img.height, img.width) != geometry:
+                    return None
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+            return None  # load_image words the refusal
+        try:
+            photo = read_photo(path)
+        except CompNNError as exc:
+            raise QueryError(str(exc)) from None
     h = photo.height
     if dataset.get("kind") == "pix2pix" and photo.width == 2 * h:
         a, b = photo.crop((0, 0, h, h)), photo.crop((h, 0, 2 * h, h))
