@@ -241,3 +241,47 @@ def test_every_readme_command_runs(tmp_path):
     assert runner.health_seconds is not None and runner.health_seconds < 10
     assert any(a[1] == "serve" for a in runner.ran) and shutil.which("curl")
     assert re.search(r"indexes/facades_seg\b", " ".join(" ".join(a) for a in runner.ran))
+
+
+# ---------------------------------------------------------------------------- the reader itself
+def test_reader_joins_continuations_expands_variables_and_reads_markers():
+    text = textwrap.dedent("""\
+        ```bash
+        F=facades                     # the archive
+        compnn train --data $F \\
+                     --size 256 --out m.pt   # trained
+        # [needs: a Ray cluster]
+        compnn serve S --ray auto
+        python tools/x.py             # not a compnn command
+        ```
+        ```python
+        print(1)
+        ```
+        """)
+    steps = readme_steps(text, {"facades": "/data/f"})
+    assert [s.kind for s in steps] == ["compnn", "compnn", "python"]
+    assert steps[0].argv == ["compnn", "train", "--data", "/data/f", "--size", "256", "--out", "m.pt"]
+    assert steps[0].needs is None and steps[1].needs == "a Ray cluster" and steps[2].text == "print(1)"
+
+
+def test_ellipsis_repeats_the_last_full_command_without_its_out_and_the_options_given_again():
+    previous = {"build": ["compnn", "build", "--model", "m.pt", "--codec", "fp32", "--out", "a", "--overwrite"]}
+    got = expand_ellipsis(["compnn", "build", "...", "--codec", "fp16", "--out", "b"], previous)
+    assert got == ["compnn", "build", "--model", "m.pt", "--overwrite", "--codec", "fp16", "--out", "b"]
+    with pytest.raises(ValueError, match="follows no full 'compnn query'"):
+        expand_ellipsis(["compnn", "query", "..."], previous)
+
+
+def test_shrink_lowers_scale_options_and_adds_only_what_the_parser_accepts():
+    parser = build_parser()
+    train = shrink(["compnn", "train", "--data", "d", "--size", "256", "--ngf", "64", "--epochs", "5",
+                    "--task", "segment", "--out", "m.pt"], parser)
+    assert train == ["compnn", "train", "--data", "d", "--size", "64", "--ngf", "8", "--epochs", "1",
+                     "--task", "segment", "--out", "m.pt", "--limit", "16", "--threads", "1"]
+    evaluate = shrink(["compnn", "evaluate", "S", "--data", "d", "--limit", "20", "--out", "o"], parser)
+    assert evaluate[evaluate.index("--limit") + 1] == "2"  # a test split: two images
+    assert shrink(["compnn", "import-pix2pix", "w.pth", "--size", "256", "--out", "m.pt"], parser) == \
+        ["compnn", "import-pix2pix", "w.pth", "--size", "256", "--out", "m.pt"]  # the weights fix its size
+    assert shrink(["compnn", "invert", "train", "--store", "S", "--layer", "d4", "--epochs", "2", "--out", "i.pt"],
+                  parser) == ["compnn", "invert", "train", "--store", "S", "--layer", "d4", "--epochs", "1",
+                              "--out", "i.pt", "--limit", "16", "--threads", "1"]  # the nested parser's options
