@@ -20,8 +20,10 @@ $(STAMP): $(PY) pyproject.toml setup.py compnn_index/search/csrc/hyperpatchmatch
 
 install: $(STAMP)
 
+# the stores and report, then the notebook tour executed on them (indexes/demo/tour.ipynb)
 demo: $(STAMP)
 	$(VENV)/bin/compnn demo --out indexes/demo
+	$(PY) tools/run_tour.py indexes/demo
 
 # The viewer test drives Debian's chromium headless; the script installs it if missing.
 test: $(STAMP)

@@ -295,6 +295,15 @@ def test_query_restrict_forms_limit_the_database(capsys, translate_index, transl
         assert set(np.unique(doc["nn_field"]["image"])) <= allowed, text
 
 
+@pytest.mark.parametrize("bad", ["-1", str(N)])
+def test_query_by_a_nonexistent_id_says_the_query_image_does_not_exist(capsys, translate_index, tmp_path, bad):
+    # leave-one-out puts the id in the exclude list; the refusal must name the query, not --exclude
+    code, _, err = run_main(capsys, "query", translate_index.index, bad, "--out", tmp_path / "q")
+    assert_user_error(code, err, "query", f"query image: image id {bad} does not exist; expected 0 <= id < {N}")
+    assert "exclude" not in err
+    assert not (tmp_path / "q").exists()
+
+
 def test_console_script_query_in_a_subprocess(translate_index, tmp_path):
     script = Path(sys.executable).parent / "compnn"
     script = script if script.is_file() else shutil.which("compnn")

@@ -21,9 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from compnn_index.service.background import BackgroundServer
-from compnn_index.service.server import create_app
-
+from cli_server import CliServer
 from conftest import TINY_LAYERS, TINY_SIZE
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -87,7 +85,9 @@ def index_dir(translate_index):
 
 @pytest.fixture(scope="module")
 def server(index_dir):
-    with BackgroundServer(create_app(index_dir, workers=2, threads=1)) as srv:
+    """``compnn serve`` started as a user starts it (the console script, its own process)."""
+    with CliServer(index_dir, "--workers", "2", "--threads", "1") as srv:
+        assert srv.seconds_to_health < 10, f"/health answered {srv.seconds_to_health:.1f} s after start"
         yield srv
 
 

@@ -11,6 +11,7 @@ import numpy as np
 from ..activations import activation_scores, find_pair, output_agreement, own_channels, paste_activations
 from ..features import LayerSpec, PairGeometry, capture, forward_with, global_descriptor, window_vectors
 from ..index import LayerVectors
+from ..checks import is_int
 from ..options import QueryOptions
 from ..results import ActivationPrediction, QueryFeatures
 from ..search import search_field
@@ -44,6 +45,8 @@ class ActivationsMixin:
         taps = self.model.layer_taps()
         src, tgt = (LayerSpec(n, *taps[n]) for n in (source_layer, target_layer))
         opts = (options or QueryOptions()).with_(top_k=top_k)
+        if is_int(image):  # a bad query id is named as such, before the exclude list it may be in
+            self.check_ids([image], what="query image")
         cands = self.candidates(restrict, exclude)
         img = image.image if isinstance(image, QueryFeatures) else self.resolve_image(image)
         with self.thread_limits(threads):

@@ -11,7 +11,7 @@ import torch
 
 from ..checks import check_choice, check_threads, is_int, is_int_text, thread_limit
 from ..compose import paste
-from ..data.query_image import ImageLike, load_image
+from ..data.query_image import ImageLike, dataset_geometry, dataset_image, load_image
 from ..distributed import SearchBackend, backend_for, open_backend
 from ..errors import IndexStoreError, QueryError
 from ..features import FeatureExtractor, LayerSpec
@@ -216,9 +216,17 @@ class CompNN(ActivationsMixin, BaselinesMixin):
         if is_int(image):
             idx = self.check_ids([image], what=name)[0]
             return np.array(self.array("inputs")[idx], dtype=np.float32)
-        arr = load_image(image, name=name, size=self.store.image_size)
+        arr = self.dataset_image(image) if isinstance(image, (str, Path)) else None
+        if arr is None:
+            arr = load_image(image, name=name, size=self.store.image_size,
+                             native=dataset_geometry(self.store.manifest.get("dataset")))
         self.check_size(arr, name)
         return arr
+
+    def dataset_image(self, path: Union[str, Path]) -> np.ndarray | None:
+        """A file of the geometry of the store's dataset files (e.g. a 360×480 frame of a store
+        built with ``--size 256``) preprocessed as the build did its training files; else None."""
+        return dataset_image(path, self.store.manifest.get("dataset"), tuple(self.store.image_size))
 
     def check_size(self, image: np.ndarray, name: str = "image") -> None:
         """QueryError unless ``image`` is (3, H, W) at the store's image size."""
@@ -350,6 +358,8 @@ class CompNN(ActivationsMixin, BaselinesMixin):
             search=search, top_k=top_k, iterations=iterations, samples=samples, jumps=jumps,
             seed=seed, init=None if field_init is not None else init)
         layer = self.check_layer(layer)
+        if is_int(image):  # a bad query id is named as such, before the exclude list it may be in
+            self.check_ids([image], what="query image")
         cands = self.candidates(restrict, exclude)
         excluded = tuple(int(i) for i in np.unique(self.check_ids(list(exclude), what="exclude")))
         k = opts.resolve_top_k(len(cands))

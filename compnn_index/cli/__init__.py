@@ -88,7 +88,8 @@ def _cmd_predict(a: argparse.Namespace) -> None:
                            samples=a.samples, jumps=a.jumps, init=a.init, seed=a.seed,
                            exact_method=a.exact_method)
     predict(index=a.index, images=a.images, out=a.out, source=a.source, target=a.target, k=a.k,
-            options=options, exclude_self=a.exclude_self, threads=a.threads)
+            options=options, exclude_self=a.exclude_self, threads=a.threads,
+            restrict=parse_restrict(a.restrict), verify=a.verify, cluster=a.ray)
 
 
 def _cmd_invert(a: argparse.Namespace) -> None:
@@ -117,7 +118,8 @@ def _cmd_serve(a: argparse.Namespace) -> None:
     from ..service.server import serve
 
     serve(a.index, host=a.host, port=a.port, workers=a.workers, threads=a.threads,
-          allow_hosts=a.allow_host, max_queue=a.max_queue, verify=a.verify, cluster=a.ray, warm=a.warm)
+          allow_hosts=a.allow_host, max_queue=a.max_queue, verify=a.verify, cluster=a.ray, warm=a.warm,
+          max_upload_bytes=a.max_upload_bytes)
 
 
 def _cmd_verify(a: argparse.Namespace) -> None:

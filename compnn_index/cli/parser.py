@@ -14,6 +14,7 @@ from typing import Callable
 
 from .. import __version__, checks
 from ..errors import QueryError
+from .restrict import parse_restrict  # noqa: F401  (the CLI's --restrict parser, re-exported)
 from ..options import DEFAULT_TOP_K, EXACT_METHODS, INITS, SEARCHES, SOURCES, QueryOptions
 
 #: The query defaults, read (never repeated) by every sub-command's options.
@@ -274,7 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layer", default=None, help="layer to match (default: the store's first layer)")
     p.add_argument("--search", choices=SEARCHES, default=DEFAULTS.search, help="search method")
     _exact_method(p)
-    p.add_argument("--top-k", type=_int_list, default=[1, 16, 64], help="shortlist sizes, comma-separated")
+    p.add_argument("--top-k", type=_int_list, default=None,
+                   help="shortlist sizes, comma-separated (default: 1,16,64, each at most the database's images)")
     p.add_argument("--iterations", type=_query_int("--iterations"), default=DEFAULTS.iterations,
                    help="HyperPatch-Match iterations (--search patchmatch)")
     p.add_argument("--init", choices=INITS, default=DEFAULTS.init, help="HyperPatch-Match start")
@@ -330,13 +332,13 @@ def build_parser() -> argparse.ArgumentParser:
     _threads(p)
     _serve_guard_args(p)
     _verify_arg(p)
+    _ray(p, "serve a sharded store's shards from actors")
     p.add_argument("--warm", action="store_true",
                    help="read every layer (codes and screen rows) into the page cache before serving, "
                         "so first queries take no page faults; skipped for a layer larger than 80%% of RAM")
 
     p = sub.add_parser("verify", help="check every file of an index store against its checksums")
     p.add_argument("index")
-    _ray(p, "serve a sharded store's shards from actors")
 
     d = DEMO_DEFAULTS
     p = sub.add_parser("demo", help="the built-in end-to-end demo on synthetic facades",
@@ -362,6 +364,8 @@ def _serve_guard_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
                    help="also accept requests whose Host header names NAME (repeatable; "
                         "loopback names are always accepted; '*' accepts any)")
+    p.add_argument("--max-upload-bytes", type=_int("--max-upload-bytes", low=1024, high=1 << 30),
+                   default=8 * 1024 * 1024, help="request bodies over this are refused with 413")
     p.add_argument("--max-queue", type=_int("--max-queue", low=0, high=10_000), default=None,
                    help="queries waiting for a worker before new ones are refused with 503 "
                         "(default: 16 per worker)")
@@ -376,7 +380,7 @@ def _papers_parsers(sub) -> None:
     p.add_argument("--target", default="decoder3", help="tap whose activations are predicted")
     p.add_argument("--k", type=int, default=None, help="window of the stored pair (default: smallest)")
     p.add_argument("--exclude-self", action="store_true", help="never match a database id to itself")
-    _query_args(p)
+    _query_args(p, layer=False)
     p.add_argument("--out", required=True, help="output folder (predicted activations, figure, JSON)")
     p = sub.add_parser("invert", help="learned-inversion baseline (Dosovitskiy & Brox)")
     inv = p.add_subparsers(dest="invert_command", required=True)
@@ -407,8 +411,10 @@ def _exact_method(p: argparse.ArgumentParser, what: str = "how exact search runs
                         "every method gives the exact field")
 
 
-def _query_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--layer", default=None, help="layer to match (default: the store's first layer)")
+def _query_args(p: argparse.ArgumentParser, *, layer: bool = True) -> None:
+    """The query options; ``layer=False`` (predict, which names its own taps): no --layer, --sources."""
+    if layer:
+        p.add_argument("--layer", default=None, help="layer to match (default: the store's first layer)")
     p.add_argument("--search", choices=SEARCHES, default=DEFAULTS.search,
                    help="exact (exhaustive cosine) or patchmatch (HyperPatch-Match)")
     _exact_method(p)
@@ -417,8 +423,9 @@ def _query_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--restrict", default=None,
                    help="limit the database: ids or names (comma-separated), KEY=VALUE on image meta, "
                         "or @FILE of ids (default: every image)")
-    p.add_argument("--sources", type=_str_list, default=["target", "input"],
-                   help=f"what to paste, comma-separated, any of {', '.join(SOURCES)}")
+    if layer:
+        p.add_argument("--sources", type=_str_list, default=["target", "input"],
+                       help=f"what to paste, comma-separated, any of {', '.join(SOURCES)}")
     p.add_argument("--iterations", type=_query_int("--iterations"), default=DEFAULTS.iterations,
                    help="HyperPatch-Match iterations")
     p.add_argument("--samples", type=_query_int("--samples"), default=DEFAULTS.samples,
@@ -430,39 +437,3 @@ def _query_args(p: argparse.ArgumentParser) -> None:
     _ray(p, "search a sharded store's shards")
     _threads(p)
     _verify_arg(p)
-
-
-def parse_restrict(text: str | None):
-    """``--restrict``: '3,7,9' | 'material=brick' | '@FILE' (or a .txt/.json path).
-
-    A text file lists ids or names separated by commas or whitespace; a JSON file holds a list
-    of ids/names, a single one, or an object of image-meta values (``{"material": "brick"}``).
-    The text, or what the file holds, is parsed by :func:`compnn_index.checks.parse_restrict`:
-    ids come back as ints, names as strings.
-    """
-    if text is None:
-        return None
-    path = Path(text.lstrip("@"))
-    if text.startswith("@") or (path.suffix in (".txt", ".json") and path.exists()):
-        return checks.parse_restrict(_read_restrict_file(path), "--restrict")
-    return checks.parse_restrict(text, "--restrict")
-
-
-def _read_restrict_file(path: Path):
-    """What a ``--restrict`` file holds: a list, an id or name, or an object of meta values."""
-    if not path.is_file():
-        raise QueryError(f"--restrict: no such file {str(path)!r}")
-    try:
-        raw = path.read_text(encoding="utf-8")
-        items = checks.load_json(raw, f"--restrict file {str(path)!r}") if path.suffix == ".json" \
-            else raw.replace(",", " ").split()
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise QueryError(f"--restrict: cannot read {str(path)!r}: {exc}") from None
-    if isinstance(items, (int, str)) and not isinstance(items, bool):
-        return [items]
-    if not isinstance(items, (list, dict)):
-        raise QueryError(
-            f"--restrict: {str(path)!r} must hold a list of ids or names, or an object of "
-            f"meta values; got a JSON {type(items).__name__}"
-        )
-    return items

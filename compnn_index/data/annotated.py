@@ -155,6 +155,7 @@ class AnnotatedDataset(PairedDataset):
                 "direction": "AtoB", "task": "segment",
                 "size": None if size is None else list(size), "limit": limit, "seed": seed,
                 "ignore_index": ignore,
+                "source_size": [h, w],  # the frames' geometry: queries of it are preprocessed alike
             },
             palette=jet_palette(num_classes) if palette is None else palette,
             class_names=class_names,

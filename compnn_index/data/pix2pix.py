@@ -56,6 +56,7 @@ class Pix2PixDataset(PairedDataset):
                 "kind": self.kind, "path": str(root.resolve()), "split": split,
                 "direction": direction, "task": task, "size": None if size is None else list(size),
                 "limit": limit, "seed": seed, "ignore_index": ignore_index,
+                "source_size": [h, w],  # the AB files' geometry: queries of it are preprocessed alike
             },
             palette=FACADES_PALETTE if task == "segment" else None,
             class_names=FACADES_CLASSES if task == "segment" else None,

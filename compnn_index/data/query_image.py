@@ -11,7 +11,7 @@ from typing import Union
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import QueryError
+from ..errors import CompNNError, QueryError
 
 ImageLike = Union[np.ndarray, Image.Image, str, Path]
 
@@ -36,11 +36,13 @@ def _from_pil(img: Image.Image, what: str) -> np.ndarray:
     return np.ascontiguousarray(arr.transpose(2, 0, 1) / 127.5 - 1.0, dtype=np.float32)
 
 
-def load_image(image: ImageLike, *, name: str = "image", size: tuple[int, int] | None = None) -> np.ndarray:
+def load_image(image: ImageLike, *, name: str = "image", size: tuple[int, int] | None = None,
+               native: tuple[int, int] | None = None) -> np.ndarray:
     """Return ``image`` as float32 (3, H, W) in [-1, 1].
 
     ``size``: the expected ``(H, W)`` of an image file, checked from its header before any pixel
-    is decoded (a file declaring a huge size is refused, not decompressed).
+    is decoded (a file declaring a huge size is refused, not decompressed). ``native``: the
+    geometry of the store's dataset files, named in that refusal (:func:`dataset_image` reads them).
 
     Raises
     ------
@@ -57,8 +59,9 @@ def load_image(image: ImageLike, *, name: str = "image", size: tuple[int, int] |
         try:
             with Image.open(path) as img:
                 if size is not None and (img.height, img.width) != tuple(size):
+                    also = f" or {native[0]}×{native[1]} (its dataset's files)" if native else ""
                     raise QueryError(f"{path}: expected a {size[0]}×{size[1]} image (height×width, "
-                                     f"the index's image size), got {img.height}×{img.width}; "
+                                     f"the index's image size){also}, got {img.height}×{img.width}; "
                                      "resize or crop it (compnn query --resize or --crop)")
                 img.load()
                 return _from_pil(img, str(path))
@@ -122,3 +125,52 @@ def fit_image(image: np.ndarray, size: tuple[int, int], how: str, *, name: str =
     pixels = np.clip(np.round((image.transpose(1, 2, 0) + 1.0) * 127.5), 0, 255).astype(np.uint8)
     resized = np.asarray(Image.fromarray(pixels).resize((w, h), Image.BILINEAR), dtype=np.float32)
     return np.ascontiguousarray(resized.transpose(2, 0, 1) / 127.5 - 1.0, dtype=np.float32)
+
+
+def dataset_geometry(dataset: dict | None) -> tuple[int, int] | None:
+    """``(H, W)`` of the files of the dataset a store was built from (manifest ``dataset``), or
+    None when unknown (stores built before it was recorded, synthetic or wrapped datasets)."""
+    src = (dataset or {}).get("source_size")
+    return (int(src[0]), int(src[1])) if src else None
+
+
+def dataset_image(image: str | Path | Image.Image, dataset: dict | None,
+                  size: tuple[int, int]) -> np.ndarray | None:
+    """A file (or decoded PIL image) of the store's dataset geometry preprocessed as the build
+    preprocessed its training files: the input half of a pix2pix AB file (by the recorded
+    direction), bilinear-resized to ``size`` — the same functions the dataset readers call.
+    None for any other geometry.
+
+    Raises
+    ------
+    QueryError
+        If the file of that geometry cannot be decoded as a photo.
+    """
+    from .images import read_photo, resize_photo, to_network
+
+    geometry = dataset_geometry(dataset)
+    if geometry is None:
+        return None
+    if isinstance(image, Image.Image):
+        if (image.height, image.width) != geometry or image.mode not in _MODES:
+            return None
+        photo = image.convert("RGB")
+    else:
+        path = Path(image)
+        if not path.is_file():
+            return None
+        try:
+            with Image.open(path) as img:
+                if (img.height, img.width) != geometry:
+                    return None
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+            return None  # load_image words the refusal
+        try:
+            photo = read_photo(path)
+        except CompNNError as exc:
+            raise QueryError(str(exc)) from None
+    h = photo.height
+    if dataset.get("kind") == "pix2pix" and photo.width == 2 * h:
+        a, b = photo.crop((0, 0, h, h)), photo.crop((h, 0, 2 * h, h))
+        photo = a if dataset.get("direction", "AtoB") == "AtoB" else b
+    return to_network(resize_photo(photo, tuple(size)))

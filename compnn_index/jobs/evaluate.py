@@ -125,11 +125,15 @@ def global_images(cnn, feats, layer: str, penultimate: PenultimateNN | None, *, 
     return out
 
 
+#: The shortlist sizes ``compnn evaluate`` tries by default (the papers' top-1 / 16 / 64 rows).
+DEFAULT_TOP_KS = (1, 16, 64)
+
+
 def evaluate(
     index: str | Path, *, data: str, split: str = "test", direction: str | None = None,
     size: int | None = None, limit: int | None = None, seed: int = 0, sample: str = "first",
     data_args: dict | None = None, layer: str | None = None,
-    search: str = "exact", top_k: Sequence[int] = (1, 16, 64), iterations: int = DEFAULTS.iterations,
+    search: str = "exact", top_k: Sequence[int] | None = None, iterations: int = DEFAULTS.iterations,
     init: str = DEFAULTS.init, threads: int | None = None, out: str | Path, progress: bool = True,
     cnn=None, examples: int = 4, hpm: bool = True, global_layers: bool = True,
     inversion: Sequence[str | Path] = (), inversion_top_k: int = 16, cluster: str | None = None,
@@ -137,7 +141,8 @@ def evaluate(
 ) -> dict:
     """Evaluate CompNN against the CNN and global NN on a dataset split; write the tables
     (``results.json``, ``results.md``, ``examples.png``; with ``inversion`` checkpoints also the
-    learned-inversion comparison and ``inversion.png``).
+    learned-inversion comparison and ``inversion.png``). ``top_k`` None: :data:`DEFAULT_TOP_KS`,
+    each capped at the number of database images; given sizes above it are refused.
 
     ``exact_method``: see the module docstring; ``cache`` is a folder of per-image records that a
     rerun reuses (not with ``inversion``); ``n_boot`` bootstrap resamples give every figure its
@@ -156,7 +161,8 @@ def evaluate(
     man = cnn.store.manifest
     trained = man.get("dataset", {})
     layer = cnn.check_layer(layer)
-    top_ks = sorted({int(k) for k in top_k})
+    top_ks = sorted({int(k) for k in top_k} if top_k is not None
+                    else {min(k, cnn.num_images) for k in DEFAULT_TOP_KS})
     if not top_ks or top_ks[0] < 1:
         raise QueryError(f"Expected --top-k values >= 1, got {list(top_k)}")
     over = [k for k in top_ks if k > cnn.num_images]

@@ -35,19 +35,22 @@ def figure3(cnn, result, *, groups: int = 4):
 
 def predict(*, index: str | Path, images: Sequence[str], out: str | Path, source: str = "decoder4",
             target: str = "decoder3", k: int | None = None, options: QueryOptions | None = None,
-            exclude_self: bool = False, threads: int | None = None, progress: bool = True) -> list[dict]:
+            exclude_self: bool = False, threads: int | None = None, progress: bool = True,
+            restrict=None, verify: bool = False, cluster: str | None = None) -> list[dict]:
     """Answer each image (file or database id); write ``<out>/<name>/prediction.json`` and
-    ``figure3.png``. ``exclude_self``: a database id is not matched to itself (leave-one-out)."""
+    ``figure3.png``. ``exclude_self``: a database id is not matched to itself (leave-one-out);
+    ``restrict`` limits the database as in ``compnn query``; ``verify`` and ``cluster`` as in
+    :meth:`CompNN.load`."""
     from ..api import CompNN
 
-    cnn = CompNN.load(index, threads=threads)
+    cnn = CompNN.load(index, threads=threads, verify=verify, cluster=cluster)
     out = Path(out)
     docs = []
     for item in images:
         image = int(item) if is_int_text(str(item)) else item
         exclude = [image] if exclude_self and isinstance(image, int) else []
         res = cnn.predict_activations(image, source_layer=source, target_layer=target, k=k,
-                                      options=options, exclude=exclude)
+                                      options=options, exclude=exclude, restrict=restrict)
         name = f"id{image}" if isinstance(image, int) else Path(str(item)).stem
         target_dir = out / name
         target_dir.mkdir(parents=True, exist_ok=True)

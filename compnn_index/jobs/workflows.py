@@ -259,9 +259,10 @@ def _query(cnn, *, images, out, layer, options, restrict, sources, progress, fit
     used: set[str] = set()  # two files with one stem must not overwrite each other's results
     for item in images:
         image = int(item) if is_int_text(str(item)) else item
-        if fit is not None and not isinstance(image, int):
-            image = fit_image(load_image(image, name=str(item)), tuple(cnn.store.image_size), fit,
-                              name=str(item))
+        if fit is not None and not isinstance(image, int):  # the dataset's own files: its rule
+            native = cnn.dataset_image(image)
+            image = native if native is not None else fit_image(
+                load_image(image, name=str(item)), tuple(cnn.store.image_size), fit, name=str(item))
         own = [image] if isinstance(image, int) and not keep_self else []
         res = cnn.explain(image, layer=layer, options=options, restrict=restrict, sources=tuple(sources),
                           exclude=[*exclude, *own])

@@ -42,6 +42,9 @@ else:
 #: most 16 each: one 16-lane step of the bound kernels). Chosen by tools/bench_exact.py --tiles.
 DEFAULT_TILE = (4, 4)
 DEFAULT_QUERY_TILE = (4, 4)
+#: How positions are grouped into tiles: ``"kd"`` (a k-d split of the screen rows: leaves of up to
+#: 16 positions close in screen space) or ``"spatial"`` (the ``tile`` / ``query_tile`` blocks).
+DEFAULT_GROUPING = "kd"
 
 
 def bounded_unsupported(layer: LayerVectors) -> str | None:
@@ -95,6 +98,7 @@ def bounded_search(
     projected: np.ndarray | None = None,
     tile: tuple[int, int] = DEFAULT_TILE,
     query_tile: tuple[int, int] = DEFAULT_QUERY_TILE,
+    grouping: str = DEFAULT_GROUPING,
     threads: int | None = None,
     info: dict | None = None,
 ) -> NNField:
@@ -114,7 +118,9 @@ def bounded_search(
     projected : ndarray of float32, shape (Hq * Wq, W), optional
         The queries' screen projection (``layer.screen.project``), when the caller has it.
     tile, query_tile : (int, int)
-        Database and query tile shapes (rows, columns), at most 16 positions each.
+        ``grouping="spatial"``: database and query tile shapes (rows, columns), at most 16 each.
+    grouping : {"kd", "spatial"}
+        How positions are grouped into the tiles the coarse grains bound (see the kernel).
     threads : int, optional
         Thread limit (default: the limit in force).
     info : dict, optional
@@ -152,7 +158,7 @@ def bounded_search(
         ids, sim, stats = _bounded.search(
             queries.reshape(hq * wq, dim), t, hq, wq, layer.raw, layer.codec, codec["scale"], codec["bias"],
             sc.rows.view(np.uint16), float(sc.margin), np.asarray(images, dtype=np.int64), layer.offsets,
-            layer.grids, seed_ids(layer, seed, (hq, wq)), tuple(tile), tuple(query_tile), n_threads)
+            layer.grids, seed_ids(layer, seed, (hq, wq)), tuple(tile), tuple(query_tile), n_threads, grouping)
         t2 = time.perf_counter()
     info.update(exact_method="bounded", exact_kernel=stats["kernel"], bounded_seed_seconds=round(t1 - t0, 4),
                 bounded_search_seconds=round(t2 - t1, 4), bounded_pruned=pruned_fractions(stats),

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .. import checks
-from ..data.query_image import load_image
+from ..data.query_image import dataset_geometry, dataset_image, load_image
 from ..errors import QueryError
 from ..options import EXACT_METHODS, INITS, SEARCHES, SOURCES, QueryOptions
 
@@ -357,11 +357,13 @@ def parse_multipart(body: bytes, content_type: str, *, uploads: Sequence[str], m
                   uploads=files, form=True)
 
 
-def decode_upload(data: bytes, *, name: str, image_size: tuple[int, int]) -> np.ndarray:
+def decode_upload(data: bytes, *, name: str, image_size: tuple[int, int],
+                  dataset: dict | None = None) -> np.ndarray:
     """Decode an uploaded image file into a float32 (3, H, W) network input.
 
     The header is checked before any pixel is decoded: the format must be a known image format
-    and the size must equal the index's image size ``(H, W)``.
+    and the size must equal the index's image size ``(H, W)``, or the geometry of the files of
+    the store's ``dataset`` (manifest), which get the build's preprocessing (``dataset_image``).
 
     Raises
     ------
@@ -380,15 +382,22 @@ def decode_upload(data: bytes, *, name: str, image_size: tuple[int, int]) -> np.
             raise HTTPProblem(415, f"{name}: image format {img.format!r} is not accepted; "
                                    f"expected one of {', '.join(IMAGE_FORMATS)}")
         w, h = img.size
-        if (h, w) != tuple(image_size):
+        native = dataset_geometry(dataset)
+        if (h, w) != tuple(image_size) and (h, w) != native:
+            also = f" or {native[1]}×{native[0]} (its dataset's files)" if native else ""
             raise HTTPProblem(
                 422, f"{name}: expected an image of {image_size[1]}×{image_size[0]} pixels "
-                     f"(width×height, the index's image size), got {w}×{h}"
+                     f"(width×height, the index's image size){also}, got {w}×{h}"
             )
         try:
             img.load()
         except (OSError, ValueError, SyntaxError) as exc:
             raise HTTPProblem(415, f"{name}: the image file is truncated or corrupt ({exc})") from None
+        if (h, w) != tuple(image_size):
+            arr = dataset_image(img, dataset, image_size)
+            if arr is None:
+                raise HTTPProblem(422, f"{name}: expected an RGB or grey image, got PIL mode {img.mode!r}")
+            return arr
         try:
             return load_image(img, name=name)
         except ValueError as exc:  # QueryError: wrong pixel mode (e.g. CMYK, 16-bit)

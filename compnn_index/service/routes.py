@@ -113,7 +113,8 @@ class ServiceState:
     def image(self, ref: ImageRef):
         """The API's image argument for ``ref``: a decoded upload, or the database id."""
         if ref.data is not None:
-            return decode_upload(ref.data, name=ref.field, image_size=self.image_size)
+            return decode_upload(ref.data, name=ref.field, image_size=self.image_size,
+                                 dataset=self.cnn.store.manifest.get("dataset"))
         return ref.image_id
 
 

@@ -63,10 +63,18 @@ constexpr int kLanes = 16;           // candidates (or queries) per bound step
 constexpr float kTileSlack = 1e-5f;  // float32 rounding of the tile-bound sums (|terms| <= ~2)
 constexpr int64_t kMaxWidth = 64;    // screen widths the kernels accept
 
-struct Tile {          // one block of a database image's positions
-    int64_t base;      // id of the image's position (0, 0)
-    int32_t w;         // the image's grid width
-    int32_t y0, x0, h, wt;  // the block
+// A group: up to 16 database ids (a tile of stored positions) or query positions, as a range of
+// one flat id list.
+struct Groups {
+    std::vector<int64_t> ids, start{0};
+    int64_t size() const { return static_cast<int64_t>(start.size()) - 1; }
+    const int64_t* of(int64_t g) const { return ids.data() + start[g]; }
+    int count(int64_t g) const { return static_cast<int>(start[g + 1] - start[g]); }
+    void close() { start.push_back(static_cast<int64_t>(ids.size())); }
+};
+
+struct Slot {
+    int64_t image, base, h, w;
 };
 
 struct Problem {
@@ -82,17 +90,22 @@ struct Problem {
     const uint16_t* screen;    // (n_vectors, width)
     float margin;
     int32_t th, tw, qh, qw;
+    bool kd = false;           // group by a k-d split of the screen rows (else spatial tiles)
     int threads;
-    std::vector<Tile> tiles;
-    std::vector<int64_t> image_of_slot, slot_base, slot_end;  // shortlisted id ranges, ascending
+    std::vector<Slot> slots;
+    std::vector<int64_t> slot_base, slot_end;  // shortlisted id ranges, ascending
+    Groups db, qg;             // database tiles and query tiles (filled by make_groups)
 };
 
-// Per database tile, transposed in blocks of 8 tiles for grain A: cen[b][i][8], plus radius and
-// centroid norm per tile.
+// Per database tile: for grain A its centroid, transposed in blocks of 8 tiles (cen[b][i][8]),
+// radius and centroid norm; for grain C its screen rows as half floats transposed to [i][16 lanes]
+// (zero past the tile's positions), so one step bounds all of a tile's vectors.
 struct TileBounds {
-    std::vector<float> cen;     // n_blocks * width * 8
-    std::vector<float> radius;  // n_blocks * 8 (padding tiles: -inf centroid norm => never pass)
+    std::vector<float> cen;        // n_blocks * width * 8
+    std::vector<float> radius;     // n_blocks * 8
     std::vector<float> cnorm;
+    std::vector<float> lo, hi;     // the box: n_blocks * width * 8, like cen
+    std::vector<uint16_t> rows;    // n_tiles * width * 16
     int64_t n_blocks = 0;
 };
 
@@ -110,51 +123,63 @@ inline float round_up(double v) {
     return f;
 }
 
-inline float screen_value(const Problem& p, int64_t id, int64_t i) {
-    return half_to_float(load(p.screen, id * p.width + i));
-}
-
-// Centroid and radius of every database tile (parallel over tiles; double sums, rounded up).
+// Centroid and radius of every database tile (parallel over tiles; double sums, rounded up), and
+// the tiles' transposed screen rows.
 TileBounds tile_bounds(const Problem& p, Pool& pool) {
     TileBounds tb;
-    const int64_t n = static_cast<int64_t>(p.tiles.size());
+    const int64_t n = p.db.size(), w = p.width;
     tb.n_blocks = (n + 7) / 8;
-    tb.cen.assign(static_cast<size_t>(tb.n_blocks * p.width * 8), 0.0f);
+    tb.cen.assign(static_cast<size_t>(tb.n_blocks * w * 8), 0.0f);
     tb.radius.assign(static_cast<size_t>(tb.n_blocks * 8), 0.0f);
-    tb.cnorm.assign(static_cast<size_t>(tb.n_blocks * 8), -INFINITY);
+    tb.cnorm.assign(static_cast<size_t>(tb.n_blocks * 8), 0.0f);
+    tb.lo.assign(static_cast<size_t>(tb.n_blocks * w * 8), 0.0f);
+    tb.hi.assign(static_cast<size_t>(tb.n_blocks * w * 8), 0.0f);
+    tb.rows.assign(static_cast<size_t>(n * w * kLanes), 0);
     pool.parallel_for(tb.n_blocks, [&](int64_t b, int) {
-        std::vector<double> c(p.width), s(p.width);
+        std::vector<double> c(w);
+        std::vector<float> f(static_cast<size_t>(kLanes * w));
         for (int64_t l = 0; l < 8 && b * 8 + l < n; ++l) {
-            const Tile& tl = p.tiles[b * 8 + l];
-            std::fill(c.begin(), c.end(), 0.0);
-            const int64_t count = int64_t{tl.h} * tl.wt;
-            for (int32_t y = tl.y0; y < tl.y0 + tl.h; ++y)
-                for (int32_t x = tl.x0; x < tl.x0 + tl.wt; ++x) {
-                    const int64_t id = tl.base + int64_t{y} * tl.w + x;
-                    for (int64_t i = 0; i < p.width; ++i) c[i] += screen_value(p, id, i);
+            const int64_t j = b * 8 + l;
+            const int nv = p.db.count(j);
+            const int64_t* ids = p.db.of(j);
+            uint16_t* rows = tb.rows.data() + j * w * kLanes;
+            for (int v = 0; v < nv; ++v) {
+                const uint16_t* r = p.screen + ids[v] * w;
+                for (int64_t i = 0; i < w; ++i) {
+                    const uint16_t h = load(r, i);
+                    rows[i * kLanes + v] = h;
+                    f[v * w + i] = half_to_float(h);
                 }
-            for (auto& v : c) v /= static_cast<double>(count);
-            // The centroid as float32 is what the kernels use: measure the radius around it.
+            }
+            std::fill(c.begin(), c.end(), 0.0);
+            for (int64_t i = 0; i < w; ++i) {
+                float mn = INFINITY, mx = -INFINITY;
+                for (int v = 0; v < nv; ++v) {
+                    c[i] += f[v * w + i];
+                    mn = std::min(mn, f[v * w + i]);
+                    mx = std::max(mx, f[v * w + i]);
+                }
+                tb.lo[(b * w + i) * 8 + l] = mn;
+                tb.hi[(b * w + i) * 8 + l] = mx;
+            }
             double cn = 0.0;
-            for (int64_t i = 0; i < p.width; ++i) {
-                const float ci = static_cast<float>(c[i]);
-                tb.cen[(b * p.width + i) * 8 + l] = ci;
+            for (int64_t i = 0; i < w; ++i) {  // the float32 centroid is what the kernels use
+                const float ci = static_cast<float>(c[i] / nv);
+                tb.cen[(b * w + i) * 8 + l] = ci;
                 c[i] = ci;
                 cn += c[i] * c[i];
             }
             double r2 = 0.0;
-            for (int32_t y = tl.y0; y < tl.y0 + tl.h; ++y)
-                for (int32_t x = tl.x0; x < tl.x0 + tl.wt; ++x) {
-                    const int64_t id = tl.base + int64_t{y} * tl.w + x;
-                    double e = 0.0;
-                    for (int64_t i = 0; i < p.width; ++i) {
-                        const double dlt = screen_value(p, id, i) - c[i];
-                        e += dlt * dlt;
-                    }
-                    r2 = std::max(r2, e);
+            for (int v = 0; v < nv; ++v) {
+                double e = 0.0;
+                for (int64_t i = 0; i < w; ++i) {
+                    const double dlt = double{f[v * w + i]} - c[i];
+                    e += dlt * dlt;
                 }
-            tb.radius[b * 8 + l] = round_up(std::sqrt(r2) * (1.0 + 1e-6));
-            tb.cnorm[b * 8 + l] = round_up(std::sqrt(cn) * (1.0 + 1e-6));
+                r2 = std::max(r2, e);
+            }
+            tb.radius[j] = round_up(std::sqrt(r2) * (1.0 + 1e-6));
+            tb.cnorm[j] = round_up(std::sqrt(cn) * (1.0 + 1e-6));
         }
     });
     return tb;
@@ -185,12 +210,49 @@ inline bool offer(Best& best, float value, int64_t id) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Bound kernels. out[l] = sum_i a[i] * b[i * 16 + l] for the 16 lanes l (b transposed).
+// Bound kernels (16 lanes, b transposed [i][16]). Each returns the mask of lanes l whose bound
+// sum_i a[i] * b[i][l] + add[l] is NOT below low[l] (unordered: kept), i.e. the lanes to keep.
 
-void lanes16_generic(const float* a, const float* b, int64_t w, float* out) {
-    for (int l = 0; l < kLanes; ++l) out[l] = 0.0f;
-    for (int64_t i = 0; i < w; ++i)
-        for (int l = 0; l < kLanes; ++l) out[l] += a[i] * b[i * kLanes + l];
+uint32_t keep16_generic(const float* a, const float* b, int64_t w, const float* add, const float* low) {
+    uint32_t m = 0;
+    for (int l = 0; l < kLanes; ++l) {
+        float s = 0.0f;
+        for (int64_t i = 0; i < w; ++i) s += a[i] * b[i * kLanes + l];
+        if (!(s + add[l] < low[l])) m |= 1u << l;
+    }
+    return m;
+}
+
+uint32_t keep16h_generic(const float* a, const uint16_t* b, int64_t w, float add, float low) {
+    uint32_t m = 0;
+    for (int l = 0; l < kLanes; ++l) {
+        float s = 0.0f;
+        for (int64_t i = 0; i < w; ++i) s += a[i] * half_to_float(b[i * kLanes + l]);
+        if (!(s + add < low)) m |= 1u << l;
+    }
+    return m;
+}
+
+// Box bounds. box16: out[l] = sum_i max(t[i][l] lo[i], t[i][l] hi[i]) for 16 queries (t
+// transposed) against one box; box8: out[l] = sum_i max over the corners of [a_i, b_i] x
+// [lo[i][l], hi[i][l]] for one query box against 8 database boxes (transposed [i][8]).
+void box16_generic(const float* t, const float* lo, const float* hi, int64_t w, float* out) {
+    for (int l = 0; l < kLanes; ++l) {
+        float s = 0.0f;
+        for (int64_t i = 0; i < w; ++i) s += std::max(t[i * kLanes + l] * lo[i], t[i * kLanes + l] * hi[i]);
+        out[l] = s;
+    }
+}
+
+void box8_generic(const float* a, const float* b, const float* lo, const float* hi, int64_t w, float* out) {
+    for (int l = 0; l < 8; ++l) {
+        float s = 0.0f;
+        for (int64_t i = 0; i < w; ++i) {
+            const float x = lo[i * 8 + l], y = hi[i * 8 + l];
+            s += std::max(std::max(a[i] * x, a[i] * y), std::max(b[i] * x, b[i] * y));
+        }
+        out[l] = s;
+    }
 }
 
 // out[l] = sum_i a[i] * b[i * 8 + l] for 8 lanes.
@@ -201,15 +263,57 @@ void lanes8_generic(const float* a, const float* b, int64_t w, float* out) {
 }
 
 #ifdef KERNELS_X86
-__attribute__((target("avx2,fma"))) void lanes16_avx2(const float* a, const float* b, int64_t w, float* out) {
-    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+__attribute__((target("avx2,fma"))) uint32_t keep16_avx2(const float* a, const float* b, int64_t w,
+                                                          const float* add, const float* low) {
+    __m256 s0 = _mm256_loadu_ps(add), s1 = _mm256_loadu_ps(add + 8);
     for (int64_t i = 0; i < w; ++i) {
         const __m256 ai = _mm256_broadcast_ss(a + i);
         s0 = _mm256_fmadd_ps(ai, _mm256_loadu_ps(b + i * kLanes), s0);
         s1 = _mm256_fmadd_ps(ai, _mm256_loadu_ps(b + i * kLanes + 8), s1);
     }
+    const uint32_t m0 = static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(s0, _mm256_loadu_ps(low), _CMP_NLT_UQ)));
+    const uint32_t m1 = static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(s1, _mm256_loadu_ps(low + 8), _CMP_NLT_UQ)));
+    return m0 | (m1 << 8);
+}
+
+__attribute__((target("avx2,fma,f16c"))) uint32_t keep16h_avx2(const float* a, const uint16_t* b, int64_t w,
+                                                               float add, float low) {
+    __m256 s0 = _mm256_set1_ps(add), s1 = s0;
+    for (int64_t i = 0; i < w; ++i) {
+        const __m256 ai = _mm256_broadcast_ss(a + i);
+        const __m128i* r = reinterpret_cast<const __m128i*>(b + i * kLanes);
+        s0 = _mm256_fmadd_ps(ai, _mm256_cvtph_ps(_mm_loadu_si128(r)), s0);
+        s1 = _mm256_fmadd_ps(ai, _mm256_cvtph_ps(_mm_loadu_si128(r + 1)), s1);
+    }
+    const __m256 lo = _mm256_set1_ps(low);
+    const uint32_t m0 = static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(s0, lo, _CMP_NLT_UQ)));
+    const uint32_t m1 = static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(s1, lo, _CMP_NLT_UQ)));
+    return m0 | (m1 << 8);
+}
+
+__attribute__((target("avx2,fma"))) void box16_avx2(const float* t, const float* lo, const float* hi, int64_t w,
+                                                    float* out) {
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    for (int64_t i = 0; i < w; ++i) {
+        const __m256 l = _mm256_broadcast_ss(lo + i), h = _mm256_broadcast_ss(hi + i);
+        const __m256 t0 = _mm256_loadu_ps(t + i * kLanes), t1 = _mm256_loadu_ps(t + i * kLanes + 8);
+        s0 = _mm256_add_ps(s0, _mm256_max_ps(_mm256_mul_ps(t0, l), _mm256_mul_ps(t0, h)));
+        s1 = _mm256_add_ps(s1, _mm256_max_ps(_mm256_mul_ps(t1, l), _mm256_mul_ps(t1, h)));
+    }
     _mm256_storeu_ps(out, s0);
     _mm256_storeu_ps(out + 8, s1);
+}
+
+__attribute__((target("avx2,fma"))) void box8_avx2(const float* a, const float* b, const float* lo, const float* hi,
+                                                   int64_t w, float* out) {
+    __m256 s = _mm256_setzero_ps();
+    for (int64_t i = 0; i < w; ++i) {
+        const __m256 x = _mm256_loadu_ps(lo + i * 8), y = _mm256_loadu_ps(hi + i * 8);
+        const __m256 ai = _mm256_broadcast_ss(a + i), bi = _mm256_broadcast_ss(b + i);
+        s = _mm256_add_ps(s, _mm256_max_ps(_mm256_max_ps(_mm256_mul_ps(ai, x), _mm256_mul_ps(ai, y)),
+                                           _mm256_max_ps(_mm256_mul_ps(bi, x), _mm256_mul_ps(bi, y))));
+    }
+    _mm256_storeu_ps(out, s);
 }
 
 __attribute__((target("avx2,fma"))) void lanes8_avx2(const float* a, const float* b, int64_t w, float* out) {
@@ -224,38 +328,37 @@ __attribute__((target("avx2,fma"))) void lanes8_avx2(const float* a, const float
 }
 #endif
 
-using LanesFn = void (*)(const float*, const float*, int64_t, float*);
-
 struct BoundKernels {
-    LanesFn l16, l8;
+    uint32_t (*keep16)(const float*, const float*, int64_t, const float*, const float*);
+    uint32_t (*keep16h)(const float*, const uint16_t*, int64_t, float, float);
+    void (*lanes8)(const float*, const float*, int64_t, float*);
+    void (*box16)(const float*, const float*, const float*, int64_t, float*);
+    void (*box8)(const float*, const float*, const float*, const float*, int64_t, float*);
     const char* name;
 };
 
-BoundKernels select_lanes() {
+BoundKernels select_bounds() {
 #ifdef KERNELS_X86
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return {lanes16_avx2, lanes8_avx2, "avx2+fma"};
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
+        return {keep16_avx2, keep16h_avx2, lanes8_avx2, box16_avx2, box8_avx2, "avx2+fma+f16c"};
 #endif
-    return {lanes16_generic, lanes8_generic, "generic"};
+    return {keep16_generic, keep16h_generic, lanes8_generic, box16_generic, box8_generic, "generic"};
 }
 
-const BoundKernels kLanesK = select_lanes();
+const BoundKernels kBounds = select_bounds();
 
 // ---------------------------------------------------------------------------------------------
 
 // One query tile against every database tile.
 void search_tile(const Problem& p, const TileBounds& tb, int64_t qt, Best* best, Counters& cnt) {
-    const int64_t n_qx = (p.wq + p.qw - 1) / p.qw;
-    const int64_t qy0 = (qt / n_qx) * p.qh, qx0 = (qt % n_qx) * p.qw;
     const int64_t w = p.width;
-    int64_t qs[kLanes];
-    int nqt = 0;
-    for (int64_t y = qy0; y < std::min(p.hq, qy0 + p.qh); ++y)
-        for (int64_t x = qx0; x < std::min(p.wq, qx0 + p.qw); ++x) qs[nqt++] = y * p.wq + x;
+    const int64_t* qs = p.qg.of(qt);
+    const int nqt = p.qg.count(qt);
 
     // Query side: t transposed [i][16 lanes], |t| per lane, the ball (tc, rq).
     alignas(32) float tq[kMaxWidth * kLanes] = {};
-    alignas(32) float tnorm[kLanes], low[kLanes];
+    alignas(32) float tnorm[kLanes] = {}, low[kLanes], addb[kLanes];
     std::vector<double> tc(w, 0.0);
     for (int k = 0; k < nqt; ++k) {
         double n2 = 0.0;
@@ -283,79 +386,86 @@ void search_tile(const Problem& p, const TileBounds& tb, int64_t qt, Best* best,
         rq2 = std::max(rq2, e);
     }
     const float rq = round_up(std::sqrt(rq2) * (1.0 + 1e-6)), tcn = round_up(std::sqrt(tcn2) * (1.0 + 1e-6));
-    // L(q) - margin - slack: a bound (without the margin) below this prunes. Padding lanes: +inf.
+    alignas(32) float tlo[kMaxWidth], thi[kMaxWidth];  // the query group's box
+    for (int64_t i = 0; i < w; ++i) {
+        tlo[i] = INFINITY;
+        thi[i] = -INFINITY;
+        for (int k = 0; k < nqt; ++k) {
+            tlo[i] = std::min(tlo[i], tq[i * kLanes + k]);
+            thi[i] = std::max(thi[i], tq[i * kLanes + k]);
+        }
+    }
+    // low = L(q) - margin - slack: a tile bound (without the margin) below it prunes. Padding: +inf.
     const float pad = p.margin + kTileSlack;
-    auto refresh = [&](float& lmin) {
+    float lmin = INFINITY;
+    auto refresh = [&] {
         lmin = INFINITY;
         for (int k = 0; k < kLanes; ++k) {
             low[k] = k < nqt ? best[qs[k]].value - pad : INFINITY;
             lmin = std::min(lmin, low[k]);
         }
     };
-    float lmin;
-    refresh(lmin);
+    refresh();
 
-    alignas(32) float a8[8], b16[kLanes], c16[kLanes];
-    alignas(32) float rows[kMaxWidth * kLanes];
-    alignas(32) float cen[kMaxWidth];
-    int64_t ids[kLanes];
-    const int64_t n_tiles = static_cast<int64_t>(p.tiles.size());
+    alignas(32) float a8[8], box8[8], boxb[kLanes];
+    alignas(32) float cen[kMaxWidth], blo[kMaxWidth], bhi[kMaxWidth];
+    const int64_t n_tiles = p.db.size();
     for (int64_t blk = 0; blk < tb.n_blocks; ++blk) {
-        // Grain A for 8 database tiles at once.
-        kLanesK.l8(tcf, tb.cen.data() + blk * w * 8, w, a8);
+        // Grain A for 8 database tiles at once: the smaller of the ball and the box bounds.
+        kBounds.lanes8(tcf, tb.cen.data() + blk * w * 8, w, a8);
+        kBounds.box8(tlo, thi, tb.lo.data() + blk * w * 8, tb.hi.data() + blk * w * 8, w, box8);
         for (int l = 0; l < 8; ++l) {
             const int64_t j = blk * 8 + l;
             if (j >= n_tiles) break;
             ++cnt.a_checked;
             const float r = tb.radius[j], cn = tb.cnorm[j];
-            const float ub = a8[l] + tcn * r + rq * (cn + r);
-            if (ub < lmin) {
+            if (std::min(a8[l] + tcn * r + rq * (cn + r), box8[l]) < lmin) {
                 ++cnt.a_pruned;
                 continue;
             }
-            // Grain B for the tile's queries.
-            for (int64_t i = 0; i < w; ++i) cen[i] = tb.cen[(blk * w + i) * 8 + l];
-            kLanesK.l16(cen, tq, w, b16);
-            const Tile& tl = p.tiles[j];
-            int nv = 0;
-            bool rows_ready = false;
-            bool improved = false;
-            for (int k = 0; k < nqt; ++k) {
-                ++cnt.b_checked;
-                if (b16[k] + tnorm[k] * r < low[k]) {
-                    ++cnt.b_pruned;
-                    continue;
-                }
-                if (!rows_ready) {  // the tile's screen rows, transposed to float32 (once per tile)
-                    nv = 0;
-                    for (int32_t y = tl.y0; y < tl.y0 + tl.h; ++y)
-                        for (int32_t x = tl.x0; x < tl.x0 + tl.wt; ++x) {
-                            const int64_t id = tl.base + int64_t{y} * tl.w + x;
-                            ids[nv] = id;
-                            for (int64_t i = 0; i < w; ++i) rows[i * kLanes + nv] = screen_value(p, id, i);
-                            ++nv;
-                        }
-                    for (int v = nv; v < kLanes; ++v)
-                        for (int64_t i = 0; i < w; ++i) rows[i * kLanes + v] = 0.0f;
-                    rows_ready = true;
-                }
-                // Grain C: the screen bound of each stored vector of the tile.
-                float tk[kMaxWidth];
-                for (int64_t i = 0; i < w; ++i) tk[i] = tq[i * kLanes + k];
-                kLanesK.l16(tk, rows, w, c16);
-                const int64_t q = qs[k];
-                cnt.c_checked += nv;
-                for (int v = 0; v < nv; ++v) {
-                    if (c16[v] + p.margin < best[q].value) {
-                        ++cnt.c_pruned;
-                        continue;
-                    }
-                    ++cnt.exact;
-                    if (offer(best[q], similarity(p, q, ids[v]), ids[v])) improved = true;
-                }
-                if (improved) low[k] = best[q].value - pad;
+            // Grain B for the tile's queries: min(t.c + |t| r, box) against L - margin - slack.
+            for (int64_t i = 0; i < w; ++i) {
+                cen[i] = tb.cen[(blk * w + i) * 8 + l];
+                blo[i] = tb.lo[(blk * w + i) * 8 + l];
+                bhi[i] = tb.hi[(blk * w + i) * 8 + l];
             }
-            if (improved) refresh(lmin);
+            kBounds.box16(tq, blo, bhi, w, boxb);
+            for (int k = 0; k < kLanes; ++k) addb[k] = tnorm[k] * r;
+            uint32_t keep_b = kBounds.keep16(cen, tq, w, addb, low) & ((1u << nqt) - 1u);
+            for (uint32_t mb = keep_b; mb; mb &= mb - 1) {  // the box may prune what the ball kept
+                const int k = __builtin_ctz(mb);
+                if (boxb[k] < low[k]) keep_b &= ~(1u << k);
+            }
+            cnt.b_checked += nqt;
+            cnt.b_pruned += nqt - __builtin_popcount(keep_b);
+            if (!keep_b) continue;
+            const int64_t* tids = p.db.of(j);
+            const int nv = p.db.count(j);
+            const uint32_t valid = (nv >= 32 ? ~0u : (1u << nv) - 1u);
+            const uint16_t* rows = tb.rows.data() + j * w * kLanes;
+            bool improved = false;
+            while (keep_b) {
+                const int k = __builtin_ctz(keep_b);
+                keep_b &= keep_b - 1;
+                const int64_t q = qs[k];
+                // Grain C: every stored vector's screen bound t.s(v) + margin against L(q).
+                uint32_t keep_c = kBounds.keep16h(p.t + q * w, rows, w, p.margin, best[q].value) & valid;
+                cnt.c_checked += nv;
+                cnt.c_pruned += nv - __builtin_popcount(keep_c);
+                bool better = false;
+                while (keep_c) {
+                    const int v = __builtin_ctz(keep_c);
+                    keep_c &= keep_c - 1;
+                    const int64_t id = tids[v];
+                    ++cnt.exact;
+                    if (offer(best[q], similarity(p, q, id), id)) better = true;
+                }
+                if (better) {
+                    low[k] = best[q].value - pad;
+                    improved = true;
+                }
+            }
+            if (improved) refresh();
         }
     }
 }
@@ -436,7 +546,7 @@ Problem parse(const py::array& queries_in, const py::array& t_in, int64_t hq, in
     if (load(off, n_images) > p.n_vectors) fail("Expected offsets[-1] <= N (the number of vectors)");
     const int64_t m = images.shape(0);
     if (m < 1) fail("Expected at least one database image in images, but images is empty");
-    int64_t prev = -1;
+    int64_t prev = -1, n_positions = 0;
     for (int64_t k = 0; k < m; ++k) {
         const int64_t id = load(images.data(), k);
         if (id <= prev || id >= n_images)
@@ -446,22 +556,102 @@ Problem parse(const py::array& queries_in, const py::array& t_in, int64_t hq, in
         const int64_t h = load(grid, 2 * id), gw = load(grid, 2 * id + 1), base = load(off, id);
         if (h < 0 || gw < 0 || h > INT32_MAX || gw > INT32_MAX || load(off, id + 1) - base != h * gw)
             fail("Expected offsets[n + 1] - offsets[n] = Hp * Wp for image " + std::to_string(id));
-        p.image_of_slot.push_back(id);
+        p.slots.push_back(Slot{id, base, h, gw});
         p.slot_base.push_back(base);
         p.slot_end.push_back(base + h * gw);
-        for (int64_t y = 0; y < h; y += p.th)
-            for (int64_t x = 0; x < gw; x += p.tw)
-                p.tiles.push_back(Tile{base, static_cast<int32_t>(gw), static_cast<int32_t>(y), static_cast<int32_t>(x),
-                                       static_cast<int32_t>(std::min<int64_t>(p.th, h - y)),
-                                       static_cast<int32_t>(std::min<int64_t>(p.tw, gw - x))});
+        n_positions += h * gw;
     }
-    if (p.tiles.empty()) fail("Expected the shortlisted images to hold at least one position");
+    if (n_positions == 0) fail("Expected the shortlisted images to hold at least one position");
     p.queries = queries.data();
     p.t = t.data();
     p.screen = screen.data();
-    const int64_t n_qt = ((hq + p.qh - 1) / p.qh) * ((wq + p.qw - 1) / p.qw);
-    p.threads = static_cast<int>(std::min<int64_t>({threads, kMaxThreads, n_qt}));
+    p.threads = static_cast<int>(std::min<int64_t>({threads, kMaxThreads, (p.nq + kLanes - 1) / kLanes}));
     return p;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Groups. Spatial: th x tw blocks of each image's grid (qh x qw blocks of the query grid). k-d:
+// each image's positions (the query's positions) split recursively at the median of the screen
+// component of widest range, into leaves of at most 16 whose screen rows are close together, so
+// the leaves' balls are small and the tile grains prune more. Both are deterministic: the same
+// inputs give the same groups, whatever the thread count.
+
+// Splits idx[lo, hi) of the rows f (n x w floats) into leaves of <= kLanes, appended to `out`
+// as [lo, hi) pairs in a fixed (depth-first) order.
+void kd_split(const float* f, int64_t w, int64_t* idx, int64_t lo, int64_t hi, std::vector<int64_t>& out) {
+    const int64_t n = hi - lo;
+    if (n <= kLanes) {
+        out.push_back(lo);
+        return;
+    }
+    int64_t best_c = 0;
+    float best_range = -1.0f;
+    for (int64_t c = 0; c < w; ++c) {
+        float mn = INFINITY, mx = -INFINITY;
+        for (int64_t k = lo; k < hi; ++k) {
+            const float v = f[idx[k] * w + c];
+            mn = std::min(mn, v);
+            mx = std::max(mx, v);
+        }
+        if (mx - mn > best_range) {
+            best_range = mx - mn;
+            best_c = c;
+        }
+    }
+    const int64_t leaves = (n + kLanes - 1) / kLanes;
+    const int64_t mid = lo + (leaves / 2) * kLanes;  // full leaves on the left
+    std::nth_element(idx + lo, idx + mid, idx + hi, [&](int64_t a, int64_t b) {
+        const float va = f[a * w + best_c], vb = f[b * w + best_c];
+        return va < vb || (va == vb && a < b);
+    });
+    kd_split(f, w, idx, lo, mid, out);
+    kd_split(f, w, idx, mid, hi, out);
+}
+
+// Leaves of the rows f (n x w) as ids base + index, appended to g.
+void kd_groups(const float* f, int64_t n, int64_t w, int64_t base, Groups& g) {
+    std::vector<int64_t> idx(static_cast<size_t>(n));
+    for (int64_t k = 0; k < n; ++k) idx[k] = k;
+    std::vector<int64_t> starts;
+    kd_split(f, w, idx.data(), 0, n, starts);
+    starts.push_back(n);
+    for (size_t l = 0; l + 1 < starts.size(); ++l) {
+        for (int64_t k = starts[l]; k < starts[l + 1]; ++k) g.ids.push_back(base + idx[k]);
+        g.close();
+    }
+}
+
+void spatial_groups(int64_t base, int64_t h, int64_t w, int64_t th, int64_t tw, Groups& g) {
+    for (int64_t y = 0; y < h; y += th)
+        for (int64_t x = 0; x < w; x += tw) {
+            for (int64_t yy = y; yy < std::min(h, y + th); ++yy)
+                for (int64_t xx = x; xx < std::min(w, x + tw); ++xx) g.ids.push_back(base + yy * w + xx);
+            g.close();
+        }
+}
+
+void make_groups(Problem& p, Pool& pool) {
+    if (!p.kd) {
+        for (const Slot& s : p.slots) spatial_groups(s.base, s.h, s.w, p.th, p.tw, p.db);
+        spatial_groups(0, p.hq, p.wq, p.qh, p.qw, p.qg);
+        return;
+    }
+    const int64_t w = p.width;
+    std::vector<Groups> per(p.slots.size());
+    pool.parallel_for(static_cast<int64_t>(p.slots.size()), [&](int64_t k, int) {
+        const Slot& s = p.slots[k];
+        const int64_t n = s.h * s.w;
+        std::vector<float> f(static_cast<size_t>(n * w));
+        for (int64_t v = 0; v < n; ++v)
+            for (int64_t i = 0; i < w; ++i) f[v * w + i] = half_to_float(load(p.screen, (s.base + v) * w + i));
+        kd_groups(f.data(), n, w, s.base, per[k]);
+    });
+    for (const Groups& g : per) {  // in shortlist order: deterministic
+        const int64_t off = static_cast<int64_t>(p.db.ids.size());
+        p.db.ids.insert(p.db.ids.end(), g.ids.begin(), g.ids.end());
+        for (size_t l = 1; l < g.start.size(); ++l) p.db.start.push_back(off + g.start[l]);
+    }
+    kd_groups(p.t, p.nq, w, 0, p.qg);
 }
 
 // Whether global id `id` lies in a shortlisted image.
@@ -478,9 +668,13 @@ py::tuple bounded_search(const py::array& queries, const py::array& t, int64_t h
                          const py::array& vectors, const std::string& codec, const py::object& scale,
                          const py::object& bias, const py::array& screen, double margin, const py::array& images,
                          const py::array& offsets, const py::array& grids, const py::array& seed_in,
-                         std::pair<int64_t, int64_t> tile, std::pair<int64_t, int64_t> qtile, int64_t threads) {
-    const Problem p = parse(queries, t, hq, wq, vectors, codec, scale, bias, screen, margin, images, offsets, grids,
-                            tile, qtile, threads);
+                         std::pair<int64_t, int64_t> tile, std::pair<int64_t, int64_t> qtile, int64_t threads,
+                         const std::string& grouping) {
+    Problem p = parse(queries, t, hq, wq, vectors, codec, scale, bias, screen, margin, images, offsets, grids,
+                      tile, qtile, threads);
+    if (grouping != "spatial" && grouping != "kd")
+        fail("Expected grouping 'kd' or 'spatial', but grouping = '" + grouping + "'");
+    p.kd = grouping == "kd";
     auto seed = require<int64_t>(seed_in, "seed", 1);
     if (seed.shape(0) != p.nq) fail("Expected seed ids of shape (" + std::to_string(p.nq) + ",), but seed.shape = " + shape_str(seed));
     const int64_t* sd = seed.data();
@@ -490,6 +684,7 @@ py::tuple bounded_search(const py::array& queries, const py::array& t, int64_t h
     {
         py::gil_scoped_release release;
         Pool pool(p.threads);
+        make_groups(p, pool);
         const TileBounds tb = tile_bounds(p, pool);
         // The seed's exact similarity is every position's first lower bound; an id outside the
         // shortlist (or garbage) is ignored: the seed only prunes.
@@ -504,7 +699,7 @@ py::tuple bounded_search(const py::array& queries, const py::array& t, int64_t h
             }
         });
         for (const uint8_t o : ok) seeded += o;
-        const int64_t n_qt = ((p.hq + p.qh - 1) / p.qh) * ((p.wq + p.qw - 1) / p.qw);
+        const int64_t n_qt = p.qg.size();
         std::vector<Counters> per(static_cast<size_t>(n_qt));
         pool.parallel_for(n_qt, [&](int64_t qt, int) { search_tile(p, tb, qt, best.data(), per[qt]); });
         for (const Counters& c : per) total.add(c);
@@ -527,7 +722,7 @@ py::tuple bounded_search(const py::array& queries, const py::array& t, int64_t h
     int64_t n_cand = 0;
     for (size_t s = 0; s < p.slot_base.size(); ++s) n_cand += p.slot_end[s] - p.slot_base[s];
     stats["candidates"] = n_cand * p.nq;
-    stats["kernel"] = std::string(kLanesK.name) + "/" + kDot.name;
+    stats["kernel"] = std::string(kBounds.name) + "/" + kDot.name;
     return py::make_tuple(out_id, out_sim, stats);
 }
 
@@ -536,6 +731,7 @@ PYBIND11_MODULE(_bounded, m) {
     m.def("search", &bounded_search, py::arg("queries"), py::arg("t"), py::arg("hq"), py::arg("wq"), py::arg("vectors"),
           py::arg("codec"), py::arg("scale"), py::arg("bias"), py::arg("screen"), py::arg("margin"), py::arg("images"),
           py::arg("offsets"), py::arg("grids"), py::arg("seed"), py::arg("tile"), py::arg("qtile"), py::arg("threads"),
+          py::arg("grouping") = "kd",
           "Exact top-1 of every query row over the shortlisted images' vectors, scoring only candidates whose\n"
           "screen bound can beat the seed's (or a later match's) similarity. Returns (ids, similarity, stats).\n"
           "queries float32 (Q, D); t float32 (Q, W) screen projections; screen uint16 (N, W) half-float rows;\n"
