@@ -24,9 +24,9 @@ PAPER_COLUMNS = ("paper_pixel_accuracy", "paper_mean_iou", "paper_delta_pixel_ac
 
 
 @pytest.fixture(scope="module")
-def facades_store(segment_index, tmp_path_factory):
-    """A pix2pix-layout folder named ``facades`` (synthetic pictures, labels drawn in the Facades
-    palette) and a decoder2 store of the tiny segmentation model over its train split."""
+def facades_folder(tmp_path_factory):
+    """A pix2pix-layout folder named ``facades``: synthetic pictures beside their labels drawn in the
+    Facades palette (4 train, 3 test images)."""
     root = tmp_path_factory.mktemp("papers") / "facades"
     gen = open_dataset("synthetic", split="train", direction="AtoB", task="segment", size=TINY_SIZE, limit=7)
     for split, ids in (("train", range(4)), ("test", range(4, 7))):
@@ -35,6 +35,13 @@ def facades_store(segment_index, tmp_path_factory):
             photo, labels = gen.generate(i)
             ab = np.concatenate([photo, FACADES_PALETTE[labels]], axis=1).astype(np.uint8)
             Image.fromarray(ab).save(root / split / f"{n + 1}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def facades_store(facades_folder, segment_index, tmp_path_factory):
+    """A decoder2 store of the tiny segmentation model over the Facades-named folder's train split."""
+    root = facades_folder
     store = tmp_path_factory.mktemp("papers") / "store"
     workflows.build(model=segment_index.model, data=str(root), layers=["decoder2"], out=store, threads=1,
                     progress=False)
@@ -87,6 +94,17 @@ def test_a_facades_store_gets_paper_columns_and_a_synthetic_one_none(facades_sto
     assert synth["papers_dataset"] is None
     assert all(r[c] is None for r in synth["rows"] for c in PAPER_COLUMNS)
     assert all(c["paper"] is None and c["supports"] is None for c in synth["claims"])
+
+
+def test_a_facades_labels_to_photo_store_gets_table2_paper_mpa(facades_folder, translate_index, tmp_path):
+    store = tmp_path / "l2p"
+    workflows.build(model=translate_index.model, data=str(facades_folder), layers=["decoder2"], out=store,
+                    threads=1, progress=False)  # the model's direction, BtoA: label map -> photo
+    doc = evaluate(store, data=str(facades_folder), top_k=(1, 2), hpm=False, global_layers=False,
+                   out=tmp_path / "e", progress=False, threads=1, examples=0, n_boot=100)
+    rows = {r["top_k"]: r for r in doc["rows"] if r["vs"] == "input_labels"}
+    assert doc["papers_dataset"] == "facades" and rows[1]["paper_mpa"] == 0.723 and rows[2]["paper_mpa"] is None
+    assert rows[1]["n_images"] == 3 and set(rows[1]["ci95"]) == {"pixel_accuracy", "mpa"}
 
 
 # ---------------------------------------------------------------------------- per-image cache
