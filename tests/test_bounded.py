@@ -194,3 +194,40 @@ def test_seed_of_the_wrong_shape_is_refused():
     bad = NNField(np.zeros((2, 2)), np.zeros((2, 2)), np.zeros((2, 2)), np.zeros((2, 2)))
     with pytest.raises(QueryError, match=r"seed NNField of the query grid's shape \(3, 3\)"):
         exact_search(_unit(rng.standard_normal((3, 3, 16))), lv, [0], method="bounded", seed=bad)
+
+
+def test_property_bounded_equals_brute_force_on_random_layouts():
+    """Random grids, dimensions, duplicate-heavy or smooth stores and garbage seeds (hypothesis)."""
+    hypothesis = pytest.importorskip("hypothesis")
+    from hypothesis import given, settings, strategies as st
+
+    @settings(max_examples=30, deadline=None, derandomize=True)
+    @given(st.lists(st.tuples(st.integers(1, 9), st.integers(1, 9)), min_size=1, max_size=4),
+           st.sampled_from([16, 24]), st.sampled_from(["random", "duplicates", "smooth"]),
+           st.integers(1, 7), st.integers(1, 7), st.integers(0, 2**31 - 1), st.booleans())
+    def check(grids, d, kind, hq, wq, seed, garbage_seed):
+        rng = np.random.default_rng(seed)
+        n = sum(h * w for h, w in grids)
+        if kind == "duplicates":  # a handful of distinct vectors: exact ties everywhere
+            x = _unit(rng.standard_normal((3, d)))[rng.integers(0, 3, n)]
+        elif kind == "smooth":
+            x = _unit(np.cumsum(rng.standard_normal((n, d)), axis=0))
+        else:
+            x = _unit(rng.standard_normal((n, d)))
+        lv = _layer(np.ascontiguousarray(x), grids)
+        q = x[rng.integers(0, n, hq * wq)].reshape(hq, wq, d) if kind == "duplicates" else \
+            _unit(rng.standard_normal((hq, wq, d)))
+        images = sorted(set(rng.integers(0, len(grids), len(grids)).tolist()))
+        seed_field = None
+        if garbage_seed:
+            shape = (hq, wq)
+            seed_field = NNField(rng.integers(-1, len(grids) + 1, shape), rng.integers(-1, 10, shape),
+                                 rng.integers(-1, 10, shape), np.zeros(shape))
+        field = exact_search(q, lv, images, method="bounded", seed=seed_field)
+        ids, best, _ = _brute(q, lv, images)
+        got = lv.positions_to_ids(field.image, field.y, field.x).ravel()
+        np.testing.assert_allclose(field.similarity.ravel(), best, atol=1e-5)
+        if kind == "duplicates":  # exact ties: the lowest id among the equal best
+            assert np.array_equal(got, ids)
+
+    check()

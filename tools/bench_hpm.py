@@ -2,9 +2,9 @@
 
 For every query image of ``--data`` (``--queries`` of them) and the shortlist of ``--top-k``
 images (``--restrict N``: among the first N database images only, i.e. an N-image store), the
-exact field is computed once and cached in ``--exact-cache`` (``--ref-method fused`` computes it
-with the fused kernel, whose ids equal FAISS's — checked in docs/results/fused_check_*.json —
-at a fifth of the time); the FAISS fp32 exact time, the denominator of every speed-up, comes
+exact field is computed once and cached in ``--exact-cache`` (``--ref-method``, default ``auto``:
+the fastest exact method the store supports — bounded, whose ids equal FAISS's (tools/bench_exact.py
+--store) — or fused / faiss); the FAISS fp32 exact time, the denominator of every speed-up, comes
 from the cache of a FAISS run or is measured on the first ``--faiss-queries`` queries. Then
 every store (fp32 first; fp16 / sq8 stores of the same model) runs every setting of ``--grid``
 (``init:iterations:samples:jumps``), best of ``--repeat`` runs, and the table gives s/query,
@@ -26,7 +26,7 @@ import numpy as np
 
 from benchutil import open_stores
 from compnn_index.jobs.compare import _fidelity
-from compnn_index.options import QueryOptions
+from compnn_index.options import EXACT_METHODS, QueryOptions
 from compnn_index.search import NNField
 
 
@@ -61,7 +61,8 @@ def main() -> None:
     p.add_argument("--restrict", type=int, default=None, help="search only the first N database images")
     p.add_argument("--grid", type=lambda s: [g for g in s.split(",") if g], default=["screen:12:8:48", "staged:32:8:4"])
     p.add_argument("--exact-cache", type=Path, required=True)
-    p.add_argument("--ref-method", default="faiss", choices=["faiss", "fused"])
+    p.add_argument("--ref-method", default="auto", choices=list(EXACT_METHODS),
+                   help="how the cached exact reference fields are computed (auto: the fastest exact method)")
     p.add_argument("--faiss-seconds", type=float, default=None,
                    help="FAISS fp32 exact s/query measured elsewhere (else: from FAISS-cached queries)")
     p.add_argument("--exact-codecs", action="store_true")

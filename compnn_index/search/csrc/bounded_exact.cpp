@@ -105,6 +105,7 @@ struct TileBounds {
     std::vector<float> radius;     // n_blocks * 8
     std::vector<float> cnorm;
     std::vector<float> lo, hi;     // the box: n_blocks * width * 8, like cen
+    std::vector<float> leaf;       // n_tiles * 3 * width: cen, lo, hi of tile j, contiguous (grain B)
     std::vector<uint16_t> rows;    // n_tiles * width * 16
     int64_t n_blocks = 0;
 };
@@ -134,6 +135,7 @@ TileBounds tile_bounds(const Problem& p, Pool& pool) {
     tb.cnorm.assign(static_cast<size_t>(tb.n_blocks * 8), 0.0f);
     tb.lo.assign(static_cast<size_t>(tb.n_blocks * w * 8), 0.0f);
     tb.hi.assign(static_cast<size_t>(tb.n_blocks * w * 8), 0.0f);
+    tb.leaf.assign(static_cast<size_t>(n * 3 * w), 0.0f);
     tb.rows.assign(static_cast<size_t>(n * w * kLanes), 0);
     pool.parallel_for(tb.n_blocks, [&](int64_t b, int) {
         std::vector<double> c(w);
@@ -177,6 +179,11 @@ TileBounds tile_bounds(const Problem& p, Pool& pool) {
                     e += dlt * dlt;
                 }
                 r2 = std::max(r2, e);
+            }
+            for (int64_t i = 0; i < w; ++i) {
+                tb.leaf[(j * 3 + 0) * w + i] = tb.cen[(b * w + i) * 8 + l];
+                tb.leaf[(j * 3 + 1) * w + i] = tb.lo[(b * w + i) * 8 + l];
+                tb.leaf[(j * 3 + 2) * w + i] = tb.hi[(b * w + i) * 8 + l];
             }
             tb.radius[j] = round_up(std::sqrt(r2) * (1.0 + 1e-6));
             tb.cnorm[j] = round_up(std::sqrt(cn) * (1.0 + 1e-6));
@@ -255,6 +262,23 @@ void box8_generic(const float* a, const float* b, const float* lo, const float* 
     }
 }
 
+// Grain B for 16 queries (t transposed [i][16]) against one tile (cen, lo, hi: w floats each):
+// the lanes whose min(t.cen + add, box bound) is not below low.
+uint32_t keepb_generic(const float* t, const float* cen, const float* lo, const float* hi, int64_t w,
+                       const float* add, const float* low) {
+    uint32_t m = 0;
+    for (int l = 0; l < kLanes; ++l) {
+        float ball = 0.0f, box = 0.0f;
+        for (int64_t i = 0; i < w; ++i) {
+            const float v = t[i * kLanes + l];
+            ball += v * cen[i];
+            box += std::max(v * lo[i], v * hi[i]);
+        }
+        if (!(std::min(ball + add[l], box) < low[l])) m |= 1u << l;
+    }
+    return m;
+}
+
 // out[l] = sum_i a[i] * b[i * 8 + l] for 8 lanes.
 void lanes8_generic(const float* a, const float* b, int64_t w, float* out) {
     for (int l = 0; l < 8; ++l) out[l] = 0.0f;
@@ -288,6 +312,24 @@ __attribute__((target("avx2,fma,f16c"))) uint32_t keep16h_avx2(const float* a, c
     const __m256 lo = _mm256_set1_ps(low);
     const uint32_t m0 = static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(s0, lo, _CMP_NLT_UQ)));
     const uint32_t m1 = static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(s1, lo, _CMP_NLT_UQ)));
+    return m0 | (m1 << 8);
+}
+
+__attribute__((target("avx2,fma"))) uint32_t keepb_avx2(const float* t, const float* cen, const float* lo,
+                                                         const float* hi, int64_t w, const float* add, const float* low) {
+    __m256 b0 = _mm256_loadu_ps(add), b1 = _mm256_loadu_ps(add + 8);
+    __m256 x0 = _mm256_setzero_ps(), x1 = _mm256_setzero_ps();
+    for (int64_t i = 0; i < w; ++i) {
+        const __m256 c = _mm256_broadcast_ss(cen + i), l = _mm256_broadcast_ss(lo + i), h = _mm256_broadcast_ss(hi + i);
+        const __m256 t0 = _mm256_loadu_ps(t + i * kLanes), t1 = _mm256_loadu_ps(t + i * kLanes + 8);
+        b0 = _mm256_fmadd_ps(t0, c, b0);
+        b1 = _mm256_fmadd_ps(t1, c, b1);
+        x0 = _mm256_add_ps(x0, _mm256_max_ps(_mm256_mul_ps(t0, l), _mm256_mul_ps(t0, h)));
+        x1 = _mm256_add_ps(x1, _mm256_max_ps(_mm256_mul_ps(t1, l), _mm256_mul_ps(t1, h)));
+    }
+    const __m256 u0 = _mm256_min_ps(b0, x0), u1 = _mm256_min_ps(b1, x1);
+    const uint32_t m0 = static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(u0, _mm256_loadu_ps(low), _CMP_NLT_UQ)));
+    const uint32_t m1 = static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(u1, _mm256_loadu_ps(low + 8), _CMP_NLT_UQ)));
     return m0 | (m1 << 8);
 }
 
@@ -334,6 +376,7 @@ struct BoundKernels {
     void (*lanes8)(const float*, const float*, int64_t, float*);
     void (*box16)(const float*, const float*, const float*, int64_t, float*);
     void (*box8)(const float*, const float*, const float*, const float*, int64_t, float*);
+    uint32_t (*keepb)(const float*, const float*, const float*, const float*, int64_t, const float*, const float*);
     const char* name;
 };
 
@@ -341,9 +384,9 @@ BoundKernels select_bounds() {
 #ifdef KERNELS_X86
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
-        return {keep16_avx2, keep16h_avx2, lanes8_avx2, box16_avx2, box8_avx2, "avx2+fma+f16c"};
+        return {keep16_avx2, keep16h_avx2, lanes8_avx2, box16_avx2, box8_avx2, keepb_avx2, "avx2+fma+f16c"};
 #endif
-    return {keep16_generic, keep16h_generic, lanes8_generic, box16_generic, box8_generic, "generic"};
+    return {keep16_generic, keep16h_generic, lanes8_generic, box16_generic, box8_generic, keepb_generic, "generic"};
 }
 
 const BoundKernels kBounds = select_bounds();
@@ -407,8 +450,9 @@ void search_tile(const Problem& p, const TileBounds& tb, int64_t qt, Best* best,
     };
     refresh();
 
-    alignas(32) float a8[8], box8[8], boxb[kLanes];
-    alignas(32) float cen[kMaxWidth], blo[kMaxWidth], bhi[kMaxWidth];
+    alignas(32) float a8[8], box8[8], csim[kLanes];
+    const void* cptr[kLanes];
+    int64_t cid[kLanes];
     const int64_t n_tiles = p.db.size();
     for (int64_t blk = 0; blk < tb.n_blocks; ++blk) {
         // Grain A for 8 database tiles at once: the smaller of the ball and the box bounds.
@@ -424,18 +468,9 @@ void search_tile(const Problem& p, const TileBounds& tb, int64_t qt, Best* best,
                 continue;
             }
             // Grain B for the tile's queries: min(t.c + |t| r, box) against L - margin - slack.
-            for (int64_t i = 0; i < w; ++i) {
-                cen[i] = tb.cen[(blk * w + i) * 8 + l];
-                blo[i] = tb.lo[(blk * w + i) * 8 + l];
-                bhi[i] = tb.hi[(blk * w + i) * 8 + l];
-            }
-            kBounds.box16(tq, blo, bhi, w, boxb);
+            const float* lf = tb.leaf.data() + j * 3 * w;
             for (int k = 0; k < kLanes; ++k) addb[k] = tnorm[k] * r;
-            uint32_t keep_b = kBounds.keep16(cen, tq, w, addb, low) & ((1u << nqt) - 1u);
-            for (uint32_t mb = keep_b; mb; mb &= mb - 1) {  // the box may prune what the ball kept
-                const int k = __builtin_ctz(mb);
-                if (boxb[k] < low[k]) keep_b &= ~(1u << k);
-            }
+            uint32_t keep_b = kBounds.keepb(tq, lf, lf + w, lf + 2 * w, w, addb, low) & ((1u << nqt) - 1u);
             cnt.b_checked += nqt;
             cnt.b_pruned += nqt - __builtin_popcount(keep_b);
             if (!keep_b) continue;
@@ -453,12 +488,21 @@ void search_tile(const Problem& p, const TileBounds& tb, int64_t qt, Best* best,
                 cnt.c_checked += nv;
                 cnt.c_pruned += nv - __builtin_popcount(keep_c);
                 bool better = false;
-                while (keep_c) {
-                    const int v = __builtin_ctz(keep_c);
-                    keep_c &= keep_c - 1;
-                    const int64_t id = tids[v];
-                    ++cnt.exact;
-                    if (offer(best[q], similarity(p, q, id), id)) better = true;
+                if (keep_c) {  // grain D: the survivors scored together (their memory reads overlap)
+                    int g = 0;
+                    while (keep_c) {
+                        const int v = __builtin_ctz(keep_c);
+                        keep_c &= keep_c - 1;
+                        cid[g] = tids[v];
+                        cptr[g++] = p.codes + tids[v] * p.row_bytes;
+                    }
+                    cnt.exact += g;
+                    if (p.codec == Codec::fp32)
+                        kDot.fn(p.queries + q * p.d, cptr, g, p.d, csim);
+                    else
+                        p.codec_fn(p.queries + q * p.d, cptr, g, p.d, p.sq, csim);
+                    for (int c = 0; c < g; ++c)
+                        if (offer(best[q], csim[c], cid[c])) better = true;
                 }
                 if (better) {
                     low[k] = best[q].value - pad;
@@ -572,15 +616,17 @@ Problem parse(const py::array& queries_in, const py::array& t_in, int64_t hq, in
 // ---------------------------------------------------------------------------------------------
 // Groups. Spatial: th x tw blocks of each image's grid (qh x qw blocks of the query grid). k-d:
 // each image's positions (the query's positions) split recursively at the median of the screen
-// component of widest range, into leaves of at most 16 whose screen rows are close together, so
+// component of widest range, into leaves of at most th * tw (qh * qw) positions whose screen rows
+// are close together, so
 // the leaves' balls are small and the tile grains prune more. Both are deterministic: the same
 // inputs give the same groups, whatever the thread count.
 
 // Splits idx[lo, hi) of the rows f (n x w floats) into leaves of <= kLanes, appended to `out`
 // as [lo, hi) pairs in a fixed (depth-first) order.
-void kd_split(const float* f, int64_t w, int64_t* idx, int64_t lo, int64_t hi, std::vector<int64_t>& out) {
+void kd_split(const float* f, int64_t w, int64_t* idx, int64_t lo, int64_t hi, int64_t leaf,
+              std::vector<int64_t>& out) {
     const int64_t n = hi - lo;
-    if (n <= kLanes) {
+    if (n <= leaf) {
         out.push_back(lo);
         return;
     }
@@ -598,22 +644,22 @@ void kd_split(const float* f, int64_t w, int64_t* idx, int64_t lo, int64_t hi, s
             best_c = c;
         }
     }
-    const int64_t leaves = (n + kLanes - 1) / kLanes;
-    const int64_t mid = lo + (leaves / 2) * kLanes;  // full leaves on the left
+    const int64_t leaves = (n + leaf - 1) / leaf;
+    const int64_t mid = lo + (leaves / 2) * leaf;  // full leaves on the left
     std::nth_element(idx + lo, idx + mid, idx + hi, [&](int64_t a, int64_t b) {
         const float va = f[a * w + best_c], vb = f[b * w + best_c];
         return va < vb || (va == vb && a < b);
     });
-    kd_split(f, w, idx, lo, mid, out);
-    kd_split(f, w, idx, mid, hi, out);
+    kd_split(f, w, idx, lo, mid, leaf, out);
+    kd_split(f, w, idx, mid, hi, leaf, out);
 }
 
 // Leaves of the rows f (n x w) as ids base + index, appended to g.
-void kd_groups(const float* f, int64_t n, int64_t w, int64_t base, Groups& g) {
+void kd_groups(const float* f, int64_t n, int64_t w, int64_t base, int64_t leaf, Groups& g) {
     std::vector<int64_t> idx(static_cast<size_t>(n));
     for (int64_t k = 0; k < n; ++k) idx[k] = k;
     std::vector<int64_t> starts;
-    kd_split(f, w, idx.data(), 0, n, starts);
+    kd_split(f, w, idx.data(), 0, n, leaf, starts);
     starts.push_back(n);
     for (size_t l = 0; l + 1 < starts.size(); ++l) {
         for (int64_t k = starts[l]; k < starts[l + 1]; ++k) g.ids.push_back(base + idx[k]);
@@ -644,14 +690,14 @@ void make_groups(Problem& p, Pool& pool) {
         std::vector<float> f(static_cast<size_t>(n * w));
         for (int64_t v = 0; v < n; ++v)
             for (int64_t i = 0; i < w; ++i) f[v * w + i] = half_to_float(load(p.screen, (s.base + v) * w + i));
-        kd_groups(f.data(), n, w, s.base, per[k]);
+        kd_groups(f.data(), n, w, s.base, int64_t{p.th} * p.tw, per[k]);
     });
     for (const Groups& g : per) {  // in shortlist order: deterministic
         const int64_t off = static_cast<int64_t>(p.db.ids.size());
         p.db.ids.insert(p.db.ids.end(), g.ids.begin(), g.ids.end());
         for (size_t l = 1; l < g.start.size(); ++l) p.db.start.push_back(off + g.start[l]);
     }
-    kd_groups(p.t, p.nq, w, 0, p.qg);
+    kd_groups(p.t, p.nq, w, 0, int64_t{p.qh} * p.qw, p.qg);
 }
 
 // Whether global id `id` lies in a shortlisted image.
