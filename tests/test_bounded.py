@@ -231,3 +231,27 @@ def test_property_bounded_equals_brute_force_on_random_layouts():
             assert np.array_equal(got, ids)
 
     check()
+
+
+@pytest.mark.parametrize("kernel", ["generic", "avx2+fma+f16c", "avx512f"])
+def test_every_bound_kernel_gives_the_same_field_and_counts(kernel):
+    from compnn_index.search import _bounded
+
+    rng = np.random.default_rng(9)
+    x = _clustered(rng, 4 * 120, 40)
+    lv = _layer(x, [(10, 12)] * 4)
+    q = _unit(x[:120].reshape(10, 12, 40) + 0.1 * rng.standard_normal((10, 12, 40)))
+    ref_info, info = {}, {}
+    ref = exact_search(q, lv, [1, 2, 3], method="bounded", info=ref_info)
+    try:
+        _bounded.set_kernel(kernel)
+    except ValueError:
+        pytest.skip(f"this CPU has no {kernel}")
+    try:
+        got = exact_search(q, lv, [1, 2, 3], method="bounded", info=info)
+    finally:
+        _bounded.set_kernel("auto")
+    assert info["exact_kernel"].startswith(kernel)
+    for name in ("image", "y", "x", "similarity"):  # the exact field, whatever rounds the bounds
+        np.testing.assert_array_equal(getattr(got, name), getattr(ref, name))
+    _assert_exact(got, lv, q, [1, 2, 3])

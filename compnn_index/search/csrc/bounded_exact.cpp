@@ -333,6 +333,28 @@ __attribute__((target("avx2,fma"))) uint32_t keepb_avx2(const float* t, const fl
     return m0 | (m1 << 8);
 }
 
+// AVX-512: the 16 lanes in one register.
+__attribute__((target("avx512f"))) uint32_t keep16h_avx512(const float* a, const uint16_t* b, int64_t w, float add,
+                                                          float low) {
+    __m512 s0 = _mm512_set1_ps(add);
+    for (int64_t i = 0; i < w; ++i)
+        s0 = _mm512_fmadd_ps(_mm512_set1_ps(a[i]),
+                             _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + i * kLanes))), s0);
+    return static_cast<uint32_t>(_mm512_cmp_ps_mask(s0, _mm512_set1_ps(low), _CMP_NLT_UQ));
+}
+
+__attribute__((target("avx512f"))) uint32_t keepb_avx512(const float* t, const float* cen, const float* lo,
+                                                        const float* hi, int64_t w, const float* add, const float* low) {
+    __m512 b0 = _mm512_loadu_ps(add), x0 = _mm512_setzero_ps();
+    for (int64_t i = 0; i < w; ++i) {
+        const __m512 t0 = _mm512_loadu_ps(t + i * kLanes);
+        b0 = _mm512_fmadd_ps(t0, _mm512_set1_ps(cen[i]), b0);
+        x0 = _mm512_add_ps(x0, _mm512_max_ps(_mm512_mul_ps(t0, _mm512_set1_ps(lo[i])),
+                                             _mm512_mul_ps(t0, _mm512_set1_ps(hi[i]))));
+    }
+    return static_cast<uint32_t>(_mm512_cmp_ps_mask(_mm512_min_ps(b0, x0), _mm512_loadu_ps(low), _CMP_NLT_UQ));
+}
+
 __attribute__((target("avx2,fma"))) void box16_avx2(const float* t, const float* lo, const float* hi, int64_t w,
                                                     float* out) {
     __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
@@ -383,13 +405,41 @@ struct BoundKernels {
 BoundKernels select_bounds() {
 #ifdef KERNELS_X86
     __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+        __builtin_cpu_supports("f16c"))
+        return {keep16_avx2, keep16h_avx512, lanes8_avx2, box16_avx2, box8_avx2, keepb_avx512, "avx512f"};
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
         return {keep16_avx2, keep16h_avx2, lanes8_avx2, box16_avx2, box8_avx2, keepb_avx2, "avx2+fma+f16c"};
 #endif
     return {keep16_generic, keep16h_generic, lanes8_generic, box16_generic, box8_generic, keepb_generic, "generic"};
 }
 
-const BoundKernels kBounds = select_bounds();
+BoundKernels kBounds = select_bounds();  // set_kernel() may pick another (tests; never changes results)
+
+// Which bound kernels run: "auto" (the best this CPU has), "avx512f", "avx2+fma+f16c" or "generic".
+void set_kernel(const std::string& name) {
+    if (name == "auto") {
+        kBounds = select_bounds();
+        return;
+    }
+    if (name == "generic") {
+        kBounds = {keep16_generic, keep16h_generic, lanes8_generic, box16_generic, box8_generic, keepb_generic, "generic"};
+        return;
+    }
+#ifdef KERNELS_X86
+    __builtin_cpu_init();
+    const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    if (name == "avx2+fma+f16c" && avx2) {
+        kBounds = {keep16_avx2, keep16h_avx2, lanes8_avx2, box16_avx2, box8_avx2, keepb_avx2, "avx2+fma+f16c"};
+        return;
+    }
+    if (name == "avx512f" && avx2 && __builtin_cpu_supports("avx512f")) {
+        kBounds = {keep16_avx2, keep16h_avx512, lanes8_avx2, box16_avx2, box8_avx2, keepb_avx512, "avx512f"};
+        return;
+    }
+#endif
+    throw std::invalid_argument("bound kernel '" + name + "' is not available on this CPU");
+}
 
 // ---------------------------------------------------------------------------------------------
 
@@ -782,4 +832,7 @@ PYBIND11_MODULE(_bounded, m) {
           "screen bound can beat the seed's (or a later match's) similarity. Returns (ids, similarity, stats).\n"
           "queries float32 (Q, D); t float32 (Q, W) screen projections; screen uint16 (N, W) half-float rows;\n"
           "images ascending distinct ids; seed int64 (Q,) global ids (anything outside the shortlist: none).");
+    m.def("set_kernel", &set_kernel, py::arg("name"),
+          "Bound kernels to run: 'auto', 'avx512f', 'avx2+fma+f16c' or 'generic' (ValueError if this CPU lacks it).");
+    m.def("get_kernel", [] { return std::string(kBounds.name); });
 }
