@@ -255,3 +255,34 @@ def test_every_bound_kernel_gives_the_same_field_and_counts(kernel):
     for name in ("image", "y", "x", "similarity"):  # the exact field, whatever rounds the bounds
         np.testing.assert_array_equal(getattr(got, name), getattr(ref, name))
     _assert_exact(got, lv, q, [1, 2, 3])
+
+
+def _big_layers(rng, d=32, side=40, n_img=8):
+    """Two layers of 8 images of 40 x 40 positions (4096 x 12800 pairs: auto's pilot runs): random
+    unit vectors, whose screen bounds prune little, and spatially coherent clusters, which prune."""
+    random = _layer(_unit(rng.standard_normal((n_img * side * side, d))), [(side, side)] * n_img)
+    centres = rng.standard_normal((10, d))
+    blocks = rng.integers(0, 10, (n_img, side // 8, side // 8))
+    label = np.kron(blocks, np.ones((1, 8, 8), dtype=np.int64)).reshape(-1)
+    clustered = _layer(_unit(centres[label] + 0.03 * rng.standard_normal((label.size, d))), [(side, side)] * n_img)
+    return random, clustered, centres
+
+
+def test_auto_measures_once_per_layer_whether_bounded_pays():
+    rng = np.random.default_rng(4)
+    random, clustered, centres = _big_layers(rng)
+    q_random = _unit(rng.standard_normal((64, 64, 32)))
+    q_clustered = _unit(centres[rng.integers(0, 10, (64, 64))] + 0.03 * rng.standard_normal((64, 64, 32)))
+    info = {}
+    field = exact_search(q_random, random, range(8), info=info)
+    assert info["exact_method"] == "faiss"  # the pilot scored most pairs: FAISS is faster there
+    assert "pilot on 4 of 64 query rows" in info["exact_fallback"] and "faiss is faster" in info["exact_fallback"]
+    np.testing.assert_allclose(field.similarity, exact_search(q_random, random, range(8), method="bounded").similarity,
+                               atol=1e-5)
+    info = {}
+    exact_search(q_clustered, clustered, range(8), info=info)
+    assert info["exact_method"] == "bounded" and "bounded is faster" in info["exact_auto"]
+    assert set(clustered._bounded_pays) == {"faiss"}  # measured once, kept on the layer
+    info = {}
+    exact_search(q_clustered[:40], clustered, range(8), info=info)
+    assert info["exact_method"] == "bounded" and info["exact_auto"].startswith("pilot on 4 of 64")

@@ -393,8 +393,8 @@ class CompNN(ActivationsMixin, BaselinesMixin):
         timings["total"] = time.perf_counter() - t0
         params: dict = {"top_k": k}
         if "exact_method" in info:  # which exact search ran (bounded, fused or faiss), and why not a faster one
-            params.update({key: info[key] for key in ("exact_method", "exact_fallback", "bounded_pruned",
-                                                      "bounded_seed_seconds") if key in info})
+            params.update({key: info[key] for key in ("exact_method", "exact_fallback", "exact_auto",
+                                                      "bounded_pruned", "bounded_seed_seconds") if key in info})
         if "start" in info:  # how HyperPatch-Match started (screen: stride and candidates)
             params["start"] = info["start"]
         if opts.search == "patchmatch":

@@ -169,6 +169,40 @@ def bounded_search(
     return NNField(image.reshape(hq, wq), y.reshape(hq, wq), x.reshape(hq, wq), sim.reshape(hq, wq))
 
 
+#: ``auto`` prefers a faster fallback when the bounded search would score more than this fraction
+#: of all (query, candidate) pairs exactly: its per-pair cost is then above the fused kernel's
+#: (measured on Facades decoder2: 0.25-1% scored, 3-4x faster than fused; on random smooth
+#: activations whose screen holds little energy: 90% scored, 10x slower than fused).
+AUTO_MAX_SCORED = {"fused": 0.05, "faiss": 0.2}
+#: Query rows of the pilot that measures it (every ``PILOT_STEP``-th row; the whole grid when small).
+PILOT_STEP = 16
+
+
+def bounded_pays(queries: np.ndarray, layer: LayerVectors, images: np.ndarray, fallback: str, *,
+                 threads: int | None = None) -> tuple[bool, str]:
+    """Whether bounded search beats ``fallback`` ("fused" or "faiss") on this layer, and why.
+
+    The pruning power is a property of the layer (how much energy its screen holds, how clustered
+    its vectors are), so the answer is measured once per layer — a pilot search over every
+    :data:`PILOT_STEP`-th query row — and kept on the layer object for later queries.
+    """
+    cache = getattr(layer, "_bounded_pays", None)
+    if cache is None:
+        cache = {}
+        layer._bounded_pays = cache
+    if fallback not in cache:
+        pilot = queries[::PILOT_STEP] if queries.shape[0] >= 2 * PILOT_STEP else queries
+        info: dict = {}
+        bounded_search(np.ascontiguousarray(pilot), layer, images, threads=threads, info=info)
+        scored = info["bounded_pruned"]["scored"]
+        limit = AUTO_MAX_SCORED[fallback]
+        cache[fallback] = (scored <= limit,
+                           f"pilot on {pilot.shape[0]} of {queries.shape[0]} query rows scored "
+                           f"{scored:.2%} of pairs exactly ({'<=' if scored <= limit else '>'} {limit:.0%}: "
+                           f"{'bounded' if scored <= limit else fallback} is faster)")
+    return cache[fallback]
+
+
 def pruned_fractions(stats: dict) -> dict:
     """Per grain, the fraction of its checks that pruned; and of all pairs, the fraction scored."""
     def frac(a: str, b: str) -> float:

@@ -54,6 +54,10 @@ else:
 
 #: Default query rows per ``faiss.knn`` call (a 256×256 Decoder 2 query has 16129 positions).
 DEFAULT_BLOCK_SIZE = 16384
+#: ``auto`` measures whether bounded search pays (:func:`compnn_index.search.bounded.bounded_pays`)
+#: on problems of at least this many (query, candidate) pairs; smaller ones cost milliseconds
+#: whichever method runs, and take bounded.
+AUTO_PILOT_PAIRS = 50_000_000
 
 
 def check_search_inputs(
@@ -167,7 +171,9 @@ def exact_search(
         pixel-level fused kernel (QueryError if it cannot run: see :func:`fused_unsupported`).
         ``"bounded"``: certified exact search pruned by the layer's screen and a seed field
         (:mod:`compnn_index.search.bounded`; QueryError without a screen). ``"auto"``: the
-        fastest that can run — bounded where the layer has a screen, else fused, else FAISS.
+        fastest that can run — bounded where the layer has a screen and its pruning pays (a
+        pilot measures it once per layer on large problems: ``info["exact_auto"]``), else
+        fused, else FAISS.
     query_norms : array_like, shape (Hq, Wq), optional
         The query windows' norms before normalisation (``hyperpatches(..., return_norms=True)``);
         the fused method needs them.
@@ -216,9 +222,17 @@ def exact_search(
     info.pop("exact_fallback", None)
     fallback = []
     if method in ("auto", "bounded"):
-        from .bounded import bounded_search, bounded_unsupported  # lazy: its seed imports HyperPatch-Match
+        from .bounded import bounded_pays, bounded_search, bounded_unsupported  # lazy: the seed imports HPM
 
         reason = bounded_unsupported(layer)
+        if reason is None and method == "auto":  # bounded only where it pays on this layer
+            other = "fused" if fused_unsupported(layer, query_norms) is None else "faiss"
+            known = other in getattr(layer, "_bounded_pays", {})
+            if known or q.shape[0] * q.shape[1] * layer.positions(ids) >= AUTO_PILOT_PAIRS:
+                pays, why = bounded_pays(q, layer, ids, other, threads=threads)  # measured once per layer
+                info["exact_auto"] = why
+                if not pays:
+                    reason = why
         if reason is None:
             return bounded_search(q, layer, ids, seed=seed, projected=projected, threads=threads, info=info)
         if method == "bounded":

@@ -220,16 +220,6 @@ inline bool offer(Best& best, float value, int64_t id) {
 // Bound kernels (16 lanes, b transposed [i][16]). Each returns the mask of lanes l whose bound
 // sum_i a[i] * b[i][l] + add[l] is NOT below low[l] (unordered: kept), i.e. the lanes to keep.
 
-uint32_t keep16_generic(const float* a, const float* b, int64_t w, const float* add, const float* low) {
-    uint32_t m = 0;
-    for (int l = 0; l < kLanes; ++l) {
-        float s = 0.0f;
-        for (int64_t i = 0; i < w; ++i) s += a[i] * b[i * kLanes + l];
-        if (!(s + add[l] < low[l])) m |= 1u << l;
-    }
-    return m;
-}
-
 uint32_t keep16h_generic(const float* a, const uint16_t* b, int64_t w, float add, float low) {
     uint32_t m = 0;
     for (int l = 0; l < kLanes; ++l) {
@@ -240,17 +230,8 @@ uint32_t keep16h_generic(const float* a, const uint16_t* b, int64_t w, float add
     return m;
 }
 
-// Box bounds. box16: out[l] = sum_i max(t[i][l] lo[i], t[i][l] hi[i]) for 16 queries (t
-// transposed) against one box; box8: out[l] = sum_i max over the corners of [a_i, b_i] x
-// [lo[i][l], hi[i][l]] for one query box against 8 database boxes (transposed [i][8]).
-void box16_generic(const float* t, const float* lo, const float* hi, int64_t w, float* out) {
-    for (int l = 0; l < kLanes; ++l) {
-        float s = 0.0f;
-        for (int64_t i = 0; i < w; ++i) s += std::max(t[i * kLanes + l] * lo[i], t[i * kLanes + l] * hi[i]);
-        out[l] = s;
-    }
-}
-
+// Box bound of grain A: out[l] = sum_i max over the corners of [a_i, b_i] x [lo[i][l], hi[i][l]]
+// for one query box against 8 database boxes (transposed [i][8]).
 void box8_generic(const float* a, const float* b, const float* lo, const float* hi, int64_t w, float* out) {
     for (int l = 0; l < 8; ++l) {
         float s = 0.0f;
@@ -287,19 +268,6 @@ void lanes8_generic(const float* a, const float* b, int64_t w, float* out) {
 }
 
 #ifdef KERNELS_X86
-__attribute__((target("avx2,fma"))) uint32_t keep16_avx2(const float* a, const float* b, int64_t w,
-                                                          const float* add, const float* low) {
-    __m256 s0 = _mm256_loadu_ps(add), s1 = _mm256_loadu_ps(add + 8);
-    for (int64_t i = 0; i < w; ++i) {
-        const __m256 ai = _mm256_broadcast_ss(a + i);
-        s0 = _mm256_fmadd_ps(ai, _mm256_loadu_ps(b + i * kLanes), s0);
-        s1 = _mm256_fmadd_ps(ai, _mm256_loadu_ps(b + i * kLanes + 8), s1);
-    }
-    const uint32_t m0 = static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(s0, _mm256_loadu_ps(low), _CMP_NLT_UQ)));
-    const uint32_t m1 = static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(s1, _mm256_loadu_ps(low + 8), _CMP_NLT_UQ)));
-    return m0 | (m1 << 8);
-}
-
 __attribute__((target("avx2,fma,f16c"))) uint32_t keep16h_avx2(const float* a, const uint16_t* b, int64_t w,
                                                                float add, float low) {
     __m256 s0 = _mm256_set1_ps(add), s1 = s0;
@@ -355,19 +323,6 @@ __attribute__((target("avx512f"))) uint32_t keepb_avx512(const float* t, const f
     return static_cast<uint32_t>(_mm512_cmp_ps_mask(_mm512_min_ps(b0, x0), _mm512_loadu_ps(low), _CMP_NLT_UQ));
 }
 
-__attribute__((target("avx2,fma"))) void box16_avx2(const float* t, const float* lo, const float* hi, int64_t w,
-                                                    float* out) {
-    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
-    for (int64_t i = 0; i < w; ++i) {
-        const __m256 l = _mm256_broadcast_ss(lo + i), h = _mm256_broadcast_ss(hi + i);
-        const __m256 t0 = _mm256_loadu_ps(t + i * kLanes), t1 = _mm256_loadu_ps(t + i * kLanes + 8);
-        s0 = _mm256_add_ps(s0, _mm256_max_ps(_mm256_mul_ps(t0, l), _mm256_mul_ps(t0, h)));
-        s1 = _mm256_add_ps(s1, _mm256_max_ps(_mm256_mul_ps(t1, l), _mm256_mul_ps(t1, h)));
-    }
-    _mm256_storeu_ps(out, s0);
-    _mm256_storeu_ps(out + 8, s1);
-}
-
 __attribute__((target("avx2,fma"))) void box8_avx2(const float* a, const float* b, const float* lo, const float* hi,
                                                    int64_t w, float* out) {
     __m256 s = _mm256_setzero_ps();
@@ -393,52 +348,37 @@ __attribute__((target("avx2,fma"))) void lanes8_avx2(const float* a, const float
 #endif
 
 struct BoundKernels {
-    uint32_t (*keep16)(const float*, const float*, int64_t, const float*, const float*);
-    uint32_t (*keep16h)(const float*, const uint16_t*, int64_t, float, float);
-    void (*lanes8)(const float*, const float*, int64_t, float*);
-    void (*box16)(const float*, const float*, const float*, int64_t, float*);
-    void (*box8)(const float*, const float*, const float*, const float*, int64_t, float*);
-    uint32_t (*keepb)(const float*, const float*, const float*, const float*, int64_t, const float*, const float*);
+    uint32_t (*keep16h)(const float*, const uint16_t*, int64_t, float, float);  // grain C
+    void (*lanes8)(const float*, const float*, int64_t, float*);                // grain A, ball
+    void (*box8)(const float*, const float*, const float*, const float*, int64_t, float*);  // grain A, box
+    uint32_t (*keepb)(const float*, const float*, const float*, const float*, int64_t, const float*,
+                      const float*);                                             // grain B
     const char* name;
 };
 
-BoundKernels select_bounds() {
+const BoundKernels kGenericBounds = {keep16h_generic, lanes8_generic, box8_generic, keepb_generic, "generic"};
+
+// The named kernels ("auto": the best this CPU has), or null when this CPU lacks them.
+const BoundKernels* find_bounds(const std::string& name) {
 #ifdef KERNELS_X86
+    static const BoundKernels avx2 = {keep16h_avx2, lanes8_avx2, box8_avx2, keepb_avx2, "avx2+fma+f16c"};
+    static const BoundKernels avx512 = {keep16h_avx512, lanes8_avx2, box8_avx2, keepb_avx512, "avx512f"};
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-        __builtin_cpu_supports("f16c"))
-        return {keep16_avx2, keep16h_avx512, lanes8_avx2, box16_avx2, box8_avx2, keepb_avx512, "avx512f"};
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
-        return {keep16_avx2, keep16h_avx2, lanes8_avx2, box16_avx2, box8_avx2, keepb_avx2, "avx2+fma+f16c"};
+    const bool has2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    const bool has512 = has2 && __builtin_cpu_supports("avx512f");
+    if (name == "avx512f" || (name == "auto" && has512)) return has512 ? &avx512 : nullptr;
+    if (name == "avx2+fma+f16c" || (name == "auto" && has2)) return has2 ? &avx2 : nullptr;
 #endif
-    return {keep16_generic, keep16h_generic, lanes8_generic, box16_generic, box8_generic, keepb_generic, "generic"};
+    if (name == "generic" || name == "auto") return &kGenericBounds;
+    return nullptr;
 }
 
-BoundKernels kBounds = select_bounds();  // set_kernel() may pick another (tests; never changes results)
+BoundKernels kBounds = *find_bounds("auto");  // set_kernel() may pick another (tests; same results)
 
-// Which bound kernels run: "auto" (the best this CPU has), "avx512f", "avx2+fma+f16c" or "generic".
 void set_kernel(const std::string& name) {
-    if (name == "auto") {
-        kBounds = select_bounds();
-        return;
-    }
-    if (name == "generic") {
-        kBounds = {keep16_generic, keep16h_generic, lanes8_generic, box16_generic, box8_generic, keepb_generic, "generic"};
-        return;
-    }
-#ifdef KERNELS_X86
-    __builtin_cpu_init();
-    const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
-    if (name == "avx2+fma+f16c" && avx2) {
-        kBounds = {keep16_avx2, keep16h_avx2, lanes8_avx2, box16_avx2, box8_avx2, keepb_avx2, "avx2+fma+f16c"};
-        return;
-    }
-    if (name == "avx512f" && avx2 && __builtin_cpu_supports("avx512f")) {
-        kBounds = {keep16_avx2, keep16h_avx512, lanes8_avx2, box16_avx2, box8_avx2, keepb_avx512, "avx512f"};
-        return;
-    }
-#endif
-    throw std::invalid_argument("bound kernel '" + name + "' is not available on this CPU");
+    const BoundKernels* k = find_bounds(name);
+    if (!k) throw std::invalid_argument("bound kernel '" + name + "' is not available on this CPU");
+    kBounds = *k;
 }
 
 // ---------------------------------------------------------------------------------------------
