@@ -286,3 +286,22 @@ def test_auto_measures_once_per_layer_whether_bounded_pays():
     info = {}
     exact_search(q_clustered[:40], clustered, range(8), info=info)
     assert info["exact_method"] == "bounded" and info["exact_auto"].startswith("pilot on 4 of 64")
+
+
+@pytest.mark.parametrize("width", [24, 32, 48])
+@pytest.mark.parametrize("codec", ["fp32", "sq8"])
+def test_wider_screens_are_read_nested_and_give_the_exact_field(width, codec, tmp_path):
+    """A screen wider than 16 bounds grains A-C through its nested 16-wide view, then its full rows."""
+    rng = np.random.default_rng(width)
+    grids = [(12, 12)] * 4
+    x = _unit(rng.standard_normal((576, 6)) @ rng.standard_normal((6, 64)) + 0.2 * rng.standard_normal((576, 64)))
+    lv = _layer(x, grids, codec, tmp_path)
+    lv.screen = compute_screen(lv, width=width)
+    q = _unit(x[:144].reshape(12, 12, 64) + 0.1 * rng.standard_normal((12, 12, 64)))
+    info = {}
+    field = exact_search(q, lv, [1, 2, 3], method="bounded", info=info)
+    _assert_exact(field, lv, q, [1, 2, 3])
+    assert "full_rows" in info["bounded_pruned"] and info["bounded_counts"]["full_bounds"] > 0
+    c = info["bounded_counts"]  # the full rows judge exactly the candidates the nested view kept
+    assert c["full_bounds"] == c["vector_bounds"] - c["vector_bounds_pruned"]
+    assert c["exact"] == c["full_bounds"] - c["full_bounds_pruned"]

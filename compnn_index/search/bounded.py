@@ -207,7 +207,10 @@ def pruned_fractions(stats: dict) -> dict:
     """Per grain, the fraction of its checks that pruned; and of all pairs, the fraction scored."""
     def frac(a: str, b: str) -> float:
         return round(float(stats[b]) / float(stats[a]), 6) if stats[a] else 0.0
-    return {"tile_pairs": frac("tile_pairs", "tile_pairs_pruned"),
-            "query_tiles": frac("query_tiles", "query_tiles_pruned"),
-            "vectors": frac("vector_bounds", "vector_bounds_pruned"),
-            "scored": frac("candidates", "exact")}
+    out = {"tile_pairs": frac("tile_pairs", "tile_pairs_pruned"),
+           "query_tiles": frac("query_tiles", "query_tiles_pruned"),
+           "vectors": frac("vector_bounds", "vector_bounds_pruned"),
+           "scored": frac("candidates", "exact")}
+    if stats.get("full_bounds"):  # a screen wider than 16: its full rows are one more grain
+        out["full_rows"] = frac("full_bounds", "full_bounds_pruned")
+    return out

@@ -62,6 +62,7 @@ namespace {
 constexpr int kLanes = 16;           // candidates (or queries) per bound step
 constexpr float kTileSlack = 1e-5f;  // float32 rounding of the tile-bound sums (|terms| <= ~2)
 constexpr int64_t kMaxWidth = 64;    // screen widths the kernels accept
+constexpr int64_t kNested = 16;      // the bound width of grains A-C (wider screens: nested, + C2)
 
 // A group: up to 16 database ids (a tile of stored positions) or query positions, as a range of
 // one flat id list.
@@ -88,6 +89,12 @@ struct Problem {
     std::vector<float> sq_scale, sq_bias;
     Sq8Params sq;
     const uint16_t* screen;    // (n_vectors, width)
+    // The bound width of grains A, B and C: a screen wider than kNested is read as its nested
+    // kNested-wide screen (the first kNested - 1 components and the norm of the rest, which
+    // bounds their contribution by Cauchy-Schwarz); the full row is then one more grain (C2)
+    // before the exact similarity.
+    int64_t bw = 0;
+    std::vector<float> tn;     // (nq, bw): the queries' nested projections
     float margin;
     int32_t th, tw, qh, qw;
     bool kd = false;           // group by a k-d split of the screen rows (else spatial tiles)
@@ -112,9 +119,11 @@ struct TileBounds {
 
 struct Counters {
     int64_t a_checked = 0, a_pruned = 0, b_checked = 0, b_pruned = 0, c_checked = 0, c_pruned = 0, exact = 0;
+    int64_t c2_checked = 0, c2_pruned = 0;
     void add(const Counters& o) {
         a_checked += o.a_checked; a_pruned += o.a_pruned; b_checked += o.b_checked; b_pruned += o.b_pruned;
         c_checked += o.c_checked; c_pruned += o.c_pruned; exact += o.exact;
+        c2_checked += o.c2_checked; c2_pruned += o.c2_pruned;
     }
 };
 
@@ -124,11 +133,58 @@ inline float round_up(double v) {
     return f;
 }
 
+// A non-negative float as the smallest IEEE half not below it (the nested residual: never
+// understated).
+uint16_t half_up(float x) {
+    if (!(x > 0.0f)) return 0;
+    if (x > 65504.0f) return 0x7C00;
+    uint32_t b;
+    std::memcpy(&b, &x, sizeof b);
+    const int32_t e = static_cast<int32_t>((b >> 23) & 0xFF) - 127 + 15;
+    uint16_t h = e <= 0 ? static_cast<uint16_t>(std::min(1023.0f, std::floor(x * 16777216.0f)))  // subnormal
+                        : static_cast<uint16_t>((e << 10) | ((b >> 13) & 0x3FF));             // truncated
+    while (half_to_float(h) < x) ++h;
+    return h;
+}
+
+// Stored vector id's row as the bound width sees it: halves (nested when the screen is wider).
+inline void nested_row(const Problem& p, int64_t id, uint16_t* out) {
+    const uint16_t* r = p.screen + id * p.width;
+    if (p.bw == p.width) {
+        for (int64_t i = 0; i < p.bw; ++i) out[i] = load(r, i);
+        return;
+    }
+    double rest = 0.0;
+    for (int64_t i = 0; i < p.bw - 1; ++i) out[i] = load(r, i);
+    for (int64_t i = p.bw - 1; i < p.width; ++i) {
+        const double v = half_to_float(load(r, i));
+        rest += v * v;
+    }
+    out[p.bw - 1] = half_up(round_up(std::sqrt(rest) * (1.0 + 1e-6)));
+}
+
+// The queries' nested projections (float; the residual rounded up).
+void nest_queries(Problem& p) {
+    p.tn.resize(static_cast<size_t>(p.nq * p.bw));
+    for (int64_t q = 0; q < p.nq; ++q) {
+        const float* t = p.t + q * p.width;
+        float* o = p.tn.data() + q * p.bw;
+        if (p.bw == p.width) {
+            std::memcpy(o, t, sizeof(float) * p.bw);
+            continue;
+        }
+        double rest = 0.0;
+        for (int64_t i = 0; i < p.bw - 1; ++i) o[i] = t[i];
+        for (int64_t i = p.bw - 1; i < p.width; ++i) rest += double{t[i]} * t[i];
+        o[p.bw - 1] = round_up(std::sqrt(rest) * (1.0 + 1e-6));
+    }
+}
+
 // Centroid and radius of every database tile (parallel over tiles; double sums, rounded up), and
 // the tiles' transposed screen rows.
 TileBounds tile_bounds(const Problem& p, Pool& pool) {
     TileBounds tb;
-    const int64_t n = p.db.size(), w = p.width;
+    const int64_t n = p.db.size(), w = p.bw;
     tb.n_blocks = (n + 7) / 8;
     tb.cen.assign(static_cast<size_t>(tb.n_blocks * w * 8), 0.0f);
     tb.radius.assign(static_cast<size_t>(tb.n_blocks * 8), 0.0f);
@@ -145,12 +201,12 @@ TileBounds tile_bounds(const Problem& p, Pool& pool) {
             const int nv = p.db.count(j);
             const int64_t* ids = p.db.of(j);
             uint16_t* rows = tb.rows.data() + j * w * kLanes;
+            uint16_t r[kMaxWidth];
             for (int v = 0; v < nv; ++v) {
-                const uint16_t* r = p.screen + ids[v] * w;
+                nested_row(p, ids[v], r);
                 for (int64_t i = 0; i < w; ++i) {
-                    const uint16_t h = load(r, i);
-                    rows[i * kLanes + v] = h;
-                    f[v * w + i] = half_to_float(h);
+                    rows[i * kLanes + v] = r[i];
+                    f[v * w + i] = half_to_float(r[i]);
                 }
             }
             std::fill(c.begin(), c.end(), 0.0);
@@ -385,7 +441,8 @@ void set_kernel(const std::string& name) {
 
 // One query tile against every database tile.
 void search_tile(const Problem& p, const TileBounds& tb, int64_t qt, Best* best, Counters& cnt) {
-    const int64_t w = p.width;
+    const int64_t w = p.bw;
+    const bool full = p.bw < p.width;  // grain C2: the full screen row
     const int64_t* qs = p.qg.of(qt);
     const int nqt = p.qg.count(qt);
 
@@ -396,7 +453,7 @@ void search_tile(const Problem& p, const TileBounds& tb, int64_t qt, Best* best,
     for (int k = 0; k < nqt; ++k) {
         double n2 = 0.0;
         for (int64_t i = 0; i < w; ++i) {
-            const float v = p.t[qs[k] * w + i];
+            const float v = p.tn[qs[k] * w + i];
             tq[i * kLanes + k] = v;
             tc[i] += v;
             n2 += double{v} * v;
@@ -474,7 +531,7 @@ void search_tile(const Problem& p, const TileBounds& tb, int64_t qt, Best* best,
                 keep_b &= keep_b - 1;
                 const int64_t q = qs[k];
                 // Grain C: every stored vector's screen bound t.s(v) + margin against L(q).
-                uint32_t keep_c = kBounds.keep16h(p.t + q * w, rows, w, p.margin, best[q].value) & valid;
+                uint32_t keep_c = kBounds.keep16h(p.tn.data() + q * w, rows, w, p.margin, best[q].value) & valid;
                 cnt.c_checked += nv;
                 cnt.c_pruned += nv - __builtin_popcount(keep_c);
                 bool better = false;
@@ -483,6 +540,14 @@ void search_tile(const Problem& p, const TileBounds& tb, int64_t qt, Best* best,
                     while (keep_c) {
                         const int v = __builtin_ctz(keep_c);
                         keep_c &= keep_c - 1;
+                        if (full) {  // grain C2: the full-width screen row
+                            ++cnt.c2_checked;
+                            if (kBound(p.t + q * p.width, p.screen + tids[v] * p.width, p.width) + p.margin <
+                                best[q].value) {
+                                ++cnt.c2_pruned;
+                                continue;
+                            }
+                        }
                         cid[g] = tids[v];
                         cptr[g++] = p.codes + tids[v] * p.row_bytes;
                     }
@@ -599,6 +664,8 @@ Problem parse(const py::array& queries_in, const py::array& t_in, int64_t hq, in
     p.queries = queries.data();
     p.t = t.data();
     p.screen = screen.data();
+    p.bw = std::min(p.width, kNested);
+    nest_queries(p);
     p.threads = static_cast<int>(std::min<int64_t>({threads, kMaxThreads, (p.nq + kLanes - 1) / kLanes}));
     return p;
 }
@@ -672,14 +739,17 @@ void make_groups(Problem& p, Pool& pool) {
         spatial_groups(0, p.hq, p.wq, p.qh, p.qw, p.qg);
         return;
     }
-    const int64_t w = p.width;
+    const int64_t w = p.bw;
     std::vector<Groups> per(p.slots.size());
     pool.parallel_for(static_cast<int64_t>(p.slots.size()), [&](int64_t k, int) {
         const Slot& s = p.slots[k];
         const int64_t n = s.h * s.w;
         std::vector<float> f(static_cast<size_t>(n * w));
-        for (int64_t v = 0; v < n; ++v)
-            for (int64_t i = 0; i < w; ++i) f[v * w + i] = half_to_float(load(p.screen, (s.base + v) * w + i));
+        uint16_t r[kMaxWidth];
+        for (int64_t v = 0; v < n; ++v) {
+            nested_row(p, s.base + v, r);
+            for (int64_t i = 0; i < w; ++i) f[v * w + i] = half_to_float(r[i]);
+        }
         kd_groups(f.data(), n, w, s.base, int64_t{p.th} * p.tw, per[k]);
     });
     for (const Groups& g : per) {  // in shortlist order: deterministic
@@ -687,7 +757,7 @@ void make_groups(Problem& p, Pool& pool) {
         p.db.ids.insert(p.db.ids.end(), g.ids.begin(), g.ids.end());
         for (size_t l = 1; l < g.start.size(); ++l) p.db.start.push_back(off + g.start[l]);
     }
-    kd_groups(p.t, p.nq, w, 0, int64_t{p.qh} * p.qw, p.qg);
+    kd_groups(p.tn.data(), p.nq, w, 0, int64_t{p.qh} * p.qw, p.qg);
 }
 
 // Whether global id `id` lies in a shortlisted image.
@@ -753,6 +823,8 @@ py::tuple bounded_search(const py::array& queries, const py::array& t, int64_t h
     stats["query_tiles_pruned"] = total.b_pruned;
     stats["vector_bounds"] = total.c_checked;
     stats["vector_bounds_pruned"] = total.c_pruned;
+    stats["full_bounds"] = total.c2_checked;
+    stats["full_bounds_pruned"] = total.c2_pruned;
     stats["exact"] = total.exact;
     stats["seeded"] = seeded;
     int64_t n_cand = 0;
