@@ -104,3 +104,23 @@ def test_http_upload_of_a_dataset_file_is_answered_and_another_geometry_refused(
         assert bad.status_code == 422
         h, w = cnn.store.manifest["dataset"]["source_size"]
         assert f"or {w}×{h} (its dataset's files), got 40×40" in bad.json()["error"]
+
+
+def test_a_pix2pix_store_without_recorded_geometry_answers_its_own_ab_files(segment_index, tmp_path):
+    """Stores built before ``source_size`` was recorded: an H×2W AB file of an H×W store is its own."""
+    import json
+
+    data = _pix2pix(tmp_path / "data", h=64)
+    store = workflows.build(model=segment_index.model, data=data, layers=["decoder3"], out=tmp_path / "store",
+                            threads=1, progress=False)
+    man = json.loads((store / "manifest.json").read_text())
+    del man["dataset"]["source_size"]
+    (store / "manifest.json").write_text(json.dumps(man))
+    cnn = CompNN.load(store, threads=1)
+    test = open_dataset(data, split="test", task="segment")
+    res = cnn.explain(data / "test" / test.names[0], layer="decoder3", top_k=2)
+    np.testing.assert_array_equal(res.query_input, test[0].input)
+    other = tmp_path / "other.png"
+    _photo(64, 96).save(other)  # not 64×128: still refused
+    with pytest.raises(QueryError, match=r"expected a 64×64 image"):
+        cnn.explain(other, layer="decoder3")

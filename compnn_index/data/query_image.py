@@ -149,6 +149,9 @@ def dataset_image(image: str | Path | Image.Image, dataset: dict | None,
     from .images import read_photo, resize_photo, to_network
 
     geometry = dataset_geometry(dataset)
+    if geometry is None and (dataset or {}).get("kind") == "pix2pix":
+        # a store built before the files' geometry was recorded: its own AB files, unresized
+        geometry = (int(size[0]), 2 * int(size[1]))
     if geometry is None:
         return None
     if isinstance(image, Image.Image):
