@@ -82,12 +82,7 @@ struct Problem {
     const float* queries;      // (nq, d)
     const float* t;            // (nq, width)
     int64_t hq, wq, nq, d, width;
-    const uint8_t* codes;
-    int64_t row_bytes = 0, n_vectors = 0;
-    Codec codec = Codec::fp32;
-    CodecFn codec_fn = nullptr;
-    std::vector<float> sq_scale, sq_bias;
-    Sq8Params sq;
+    Codes codes;               // the database codes, read in place
     const uint16_t* screen;    // (n_vectors, width)
     // The bound width of grains A, B and C: a screen wider than kNested is read as its nested
     // kNested-wide screen (the first kNested - 1 components and the norm of the rest, which
@@ -131,6 +126,21 @@ inline float round_up(double v) {
     float f = static_cast<float>(v);
     if (static_cast<double>(f) < v) f = std::nextafter(f, INFINITY);
     return f;
+}
+
+// The largest distance of n rows (element i of row v at x[v * rs + i * cs]) from the centre c,
+// in double and rounded up: the radius of their ball.
+float ball_radius(const float* x, int n, int64_t rs, int64_t cs, const float* c, int64_t w) {
+    double r2 = 0.0;
+    for (int v = 0; v < n; ++v) {
+        double e = 0.0;
+        for (int64_t i = 0; i < w; ++i) {
+            const double dlt = double{x[v * rs + i * cs]} - c[i];
+            e += dlt * dlt;
+        }
+        r2 = std::max(r2, e);
+    }
+    return round_up(std::sqrt(r2) * (1.0 + 1e-6));
 }
 
 // A non-negative float as the smallest IEEE half not below it (the nested residual: never
@@ -227,21 +237,14 @@ TileBounds tile_bounds(const Problem& p, Pool& pool) {
                 c[i] = ci;
                 cn += c[i] * c[i];
             }
-            double r2 = 0.0;
-            for (int v = 0; v < nv; ++v) {
-                double e = 0.0;
-                for (int64_t i = 0; i < w; ++i) {
-                    const double dlt = double{f[v * w + i]} - c[i];
-                    e += dlt * dlt;
-                }
-                r2 = std::max(r2, e);
-            }
+            std::vector<float> cf(c.begin(), c.end());  // the float32 centroid, as the kernels use it
+            const float radius = ball_radius(f.data(), nv, w, 1, cf.data(), w);
             for (int64_t i = 0; i < w; ++i) {
                 tb.leaf[(j * 3 + 0) * w + i] = tb.cen[(b * w + i) * 8 + l];
                 tb.leaf[(j * 3 + 1) * w + i] = tb.lo[(b * w + i) * 8 + l];
                 tb.leaf[(j * 3 + 2) * w + i] = tb.hi[(b * w + i) * 8 + l];
             }
-            tb.radius[j] = round_up(std::sqrt(r2) * (1.0 + 1e-6));
+            tb.radius[j] = radius;
             tb.cnorm[j] = round_up(std::sqrt(cn) * (1.0 + 1e-6));
         }
     });
@@ -250,12 +253,9 @@ TileBounds tile_bounds(const Problem& p, Pool& pool) {
 
 // The exact similarity of query q with stored vector id (the kernels' dot product / cosine).
 inline float similarity(const Problem& p, int64_t q, int64_t id) {
-    const void* c = p.codes + id * p.row_bytes;
+    const void* c = p.codes.row(id);
     float s;
-    if (p.codec == Codec::fp32)
-        kDot.fn(p.queries + q * p.d, &c, 1, p.d, &s);
-    else
-        p.codec_fn(p.queries + q * p.d, &c, 1, p.d, p.sq, &s);
+    p.codes.score(p.queries + q * p.d, &c, 1, &s);
     return s;
 }
 
@@ -466,16 +466,7 @@ void search_tile(const Problem& p, const TileBounds& tb, int64_t qt, Best* best,
         tcf[i] = static_cast<float>(tc[i] / nqt);
         tcn2 += double{tcf[i]} * tcf[i];
     }
-    double rq2 = 0.0;
-    for (int k = 0; k < nqt; ++k) {
-        double e = 0.0;
-        for (int64_t i = 0; i < w; ++i) {
-            const double dlt = double{tq[i * kLanes + k]} - tcf[i];
-            e += dlt * dlt;
-        }
-        rq2 = std::max(rq2, e);
-    }
-    const float rq = round_up(std::sqrt(rq2) * (1.0 + 1e-6)), tcn = round_up(std::sqrt(tcn2) * (1.0 + 1e-6));
+    const float rq = ball_radius(tq, nqt, 1, kLanes, tcf, w), tcn = round_up(std::sqrt(tcn2) * (1.0 + 1e-6));
     alignas(32) float tlo[kMaxWidth], thi[kMaxWidth];  // the query group's box
     for (int64_t i = 0; i < w; ++i) {
         tlo[i] = INFINITY;
@@ -549,13 +540,10 @@ void search_tile(const Problem& p, const TileBounds& tb, int64_t qt, Best* best,
                             }
                         }
                         cid[g] = tids[v];
-                        cptr[g++] = p.codes + tids[v] * p.row_bytes;
+                        cptr[g++] = p.codes.row(tids[v]);
                     }
                     cnt.exact += g;
-                    if (p.codec == Codec::fp32)
-                        kDot.fn(p.queries + q * p.d, cptr, g, p.d, csim);
-                    else
-                        p.codec_fn(p.queries + q * p.d, cptr, g, p.d, p.sq, csim);
+                    p.codes.score(p.queries + q * p.d, cptr, g, csim);
                     for (int c = 0; c < g; ++c)
                         if (offer(best[q], csim[c], cid[c])) better = true;
                 }
@@ -594,38 +582,9 @@ Problem parse(const py::array& queries_in, const py::array& t_in, int64_t hq, in
         fail("Expected a screen width W in [2, " + std::to_string(kMaxWidth) + "], but W = " + std::to_string(p.width));
     if (screen.shape(1) != p.width)
         fail("Expected screen rows of width W = " + std::to_string(p.width) + " (t's), but screen.shape = " + shape_str(screen));
-    if (codec == "fp32") {
-        auto v = require<float>(vectors_in, "vectors", 2);
-        if (v.shape(1) != p.d) fail("Expected vectors of dimension D = " + std::to_string(p.d) + ", but vectors.shape = " + shape_str(v));
-        p.codes = reinterpret_cast<const uint8_t*>(v.data());
-        p.row_bytes = p.d * static_cast<int64_t>(sizeof(float));
-        p.n_vectors = v.shape(0);
-    } else if (codec == "fp16" || codec == "sq8") {
-        p.codec = codec == "fp16" ? Codec::fp16 : Codec::sq8;
-        auto c = require<uint8_t>(vectors_in, "vectors", 2);
-        const int64_t expect = p.codec == Codec::fp16 ? 2 * p.d : p.d;
-        if (c.shape(1) != expect)
-            fail("Expected " + codec + " codes of " + std::to_string(expect) + " bytes per vector, but vectors.shape = " + shape_str(c));
-        p.codes = c.data();
-        p.row_bytes = expect;
-        p.n_vectors = c.shape(0);
-        p.codec_fn = select_codec(p.codec);
-        if (p.codec == Codec::sq8) {
-            if (scale_in.is_none() || bias_in.is_none()) fail("Expected scale and bias (float32, shape (D,)) for sq8 codes");
-            auto sc = require<float>(scale_in.cast<py::array>(), "scale", 1);
-            auto bi = require<float>(bias_in.cast<py::array>(), "bias", 1);
-            if (sc.shape(0) != p.d || bi.shape(0) != p.d) fail("Expected scale and bias of shape (D,)");
-            for (int64_t i = 0; i < p.d; ++i) {
-                p.sq_scale.push_back(load(sc.data(), i));
-                p.sq_bias.push_back(load(bi.data(), i));
-            }
-            p.sq = Sq8Params{p.sq_scale.data(), p.sq_bias.data()};
-        }
-    } else {
-        fail("Expected codec 'fp32', 'fp16' or 'sq8', but codec = '" + codec + "'");
-    }
-    if (screen.shape(0) != p.n_vectors)
-        fail("Expected one screen row per stored vector (" + std::to_string(p.n_vectors) + "), but screen.shape = " + shape_str(screen));
+    p.codes = parse_codes(vectors_in, codec, scale_in, bias_in, p.d);
+    if (screen.shape(0) != p.codes.n)
+        fail("Expected one screen row per stored vector (" + std::to_string(p.codes.n) + "), but screen.shape = " + shape_str(screen));
     if (!(margin >= 0.0) || !std::isfinite(margin)) fail("Expected a finite margin >= 0");
     p.margin = static_cast<float>(margin);
     if (tile.first < 1 || tile.second < 1 || tile.first * tile.second > kLanes ||
@@ -642,7 +601,7 @@ Problem parse(const py::array& queries_in, const py::array& t_in, int64_t hq, in
         fail("Expected grids (n_images, 2) and offsets (n_images + 1,), but got " + shape_str(grids) + " and " + shape_str(offsets));
     const int64_t* off = offsets.data();
     const int64_t* grid = grids.data();
-    if (load(off, n_images) > p.n_vectors) fail("Expected offsets[-1] <= N (the number of vectors)");
+    if (load(off, n_images) > p.codes.n) fail("Expected offsets[-1] <= N (the number of vectors)");
     const int64_t m = images.shape(0);
     if (m < 1) fail("Expected at least one database image in images, but images is empty");
     int64_t prev = -1, n_positions = 0;
@@ -798,7 +757,7 @@ py::tuple bounded_search(const py::array& queries, const py::array& t, int64_t h
         pool.parallel_for((p.nq + 255) / 256, [&](int64_t b, int) {
             for (int64_t q = b * 256; q < std::min(p.nq, (b + 1) * 256); ++q) {
                 const int64_t id = load(sd, q);
-                if (id >= 0 && id < p.n_vectors && in_shortlist(p, id)) {
+                if (id >= 0 && id < p.codes.n && in_shortlist(p, id)) {
                     best[q] = Best{similarity(p, q, id), id};
                     ok[q] = 1;
                 }

@@ -125,12 +125,7 @@ struct Match {
 struct Problem {
     const float* queries;
     int64_t hq, wq, d;
-    const uint8_t* codes;     // the database codes (float32 vectors for fp32), row_bytes apart
-    int64_t row_bytes = 0;
-    Codec codec = Codec::fp32;
-    CodecFn codec_fn = nullptr;      // fp16 / sq8 cosines
-    std::vector<float> sq_scale, sq_bias;
-    Sq8Params sq;
+    Codes db;                 // the database codes, read in place
     std::vector<Slot> slots;
     uint64_t seed;
     int32_t samples, jumps;
@@ -163,7 +158,7 @@ struct State {
 
 inline const void* vector_of(const Problem& p, const Match& m) {
     const Slot& s = p.slots[m.slot];
-    return p.codes + (s.base + static_cast<int64_t>(m.y) * s.w + m.x) * p.row_bytes;
+    return p.db.row(s.base + static_cast<int64_t>(m.y) * s.w + m.x);
 }
 
 inline const float* query_of(const Problem& p, int64_t q) { return p.queries + q * p.d; }
@@ -192,7 +187,7 @@ int64_t g_prefetch_bytes = 256;
 
 inline void prefetch(const Problem& p, const void* const* c, int n) {
 #ifdef KERNELS_X86
-    const int64_t bytes = std::min<int64_t>(g_prefetch_bytes, p.row_bytes);
+    const int64_t bytes = std::min<int64_t>(g_prefetch_bytes, p.db.row_bytes);
     if (bytes <= 0) return;
     for (int k = 0; k < n; ++k)
         for (int64_t b = 0; b < bytes; b += 64)
@@ -205,10 +200,7 @@ inline void prefetch(const Problem& p, const void* const* c, int n) {
 // Similarities of query q with g candidates: the dot product (fp32) or the cosine with the
 // decoded vector (fp16, sq8).
 inline void score(const Problem& p, int64_t q, const void* const* c, int g, float* out) {
-    if (p.codec == Codec::fp32)
-        kDot.fn(query_of(p, q), c, g, p.d, out);
-    else
-        p.codec_fn(query_of(p, q), c, g, p.d, p.sq, out);
+    p.db.score(query_of(p, q), c, g, out);
 }
 
 // Evaluate one candidate for position q; keep it if strictly better. Returns 1 if evaluated.
@@ -454,45 +446,8 @@ Problem parse(const py::array& queries_in, const py::array& vectors_in, const py
     p.hq = queries.shape(0);
     p.wq = queries.shape(1);
     p.d = queries.shape(2);
-    int64_t n_vectors = 0;
-    if (codec == "fp32") {
-        auto vectors = require<float>(vectors_in, "vectors", 2);
-        n_vectors = vectors.shape(0);
-        if (vectors.shape(1) != p.d)
-            fail("Expected vectors of dimension D = " + std::to_string(p.d) + " (the queries' last axis), but vectors.shape = " +
-                 shape_str(vectors));
-        p.codes = reinterpret_cast<const uint8_t*>(vectors.data());
-        p.row_bytes = p.d * static_cast<int64_t>(sizeof(float));
-    } else if (codec == "fp16" || codec == "sq8") {
-        p.codec = codec == "fp16" ? Codec::fp16 : Codec::sq8;
-        auto codes = require<uint8_t>(vectors_in, "vectors", 2);
-        n_vectors = codes.shape(0);
-        const int64_t expect = p.codec == Codec::fp16 ? 2 * p.d : p.d;
-        if (codes.shape(1) != expect)
-            fail("Expected " + codec + " codes of " + std::to_string(expect) + " bytes per vector (D = " +
-                 std::to_string(p.d) + "), but vectors.shape = " + shape_str(codes));
-        p.codes = codes.data();
-        p.row_bytes = expect;
-        p.codec_fn = select_codec(p.codec);
-        if (p.codec == Codec::sq8) {
-            if (scale_in.is_none() || bias_in.is_none())
-                fail("Expected scale and bias (float32, shape (D,)) for sq8 codes, but they are missing");
-            auto sc = require<float>(scale_in.cast<py::array>(), "scale", 1);
-            auto bi = require<float>(bias_in.cast<py::array>(), "bias", 1);
-            if (sc.shape(0) != p.d || bi.shape(0) != p.d)
-                fail("Expected scale and bias of shape (" + std::to_string(p.d) + ",), but they have shapes " +
-                     shape_str(sc) + " and " + shape_str(bi));
-            p.sq_scale.resize(p.d);
-            p.sq_bias.resize(p.d);
-            for (int64_t i = 0; i < p.d; ++i) {
-                p.sq_scale[i] = load(sc.data(), i);
-                p.sq_bias[i] = load(bi.data(), i);
-            }
-            p.sq = Sq8Params{p.sq_scale.data(), p.sq_bias.data()};
-        }
-    } else {
-        fail("Expected codec 'fp32', 'fp16' or 'sq8', but codec = '" + codec + "'");
-    }
+    p.db = parse_codes(vectors_in, codec, scale_in, bias_in, p.d);
+    const int64_t n_vectors = p.db.n;
     if (p.hq < 1 || p.wq < 1 || p.d < 1)
         fail("Expected queries with at least one position and one dimension, but queries.shape = " + shape_str(queries));
     if (iterations < 0) fail("Expected iterations >= 0, but iterations = " + std::to_string(iterations));

@@ -1,6 +1,6 @@
 // Shared by the native kernels (hyperpatchmatch.cpp, bounded_exact.cpp): reads of caller memory
 // whatever its alignment, dot products and codec cosines with run-time CPU dispatch, the screen
-// bound, the thread pool and the argument checks. Included *inside* each file's anonymous
+// bound, the thread pool, the argument checks and the database codes (`Codes`). Included *inside* each file's anonymous
 // namespace (after the standard and pybind11 headers), so every extension gets its own copy and
 // no symbol is shared between modules.
 //
@@ -464,3 +464,68 @@ py::array_t<T, py::array::c_style> require(const py::array& a, const char* name,
 }
 
 constexpr int kMaxThreads = 1024;
+
+// ---------------------------------------------------------------------------------------------
+// The database codes of one call, read in place (float32 vectors for fp32), and how to score them.
+
+struct Codes {
+    const uint8_t* data = nullptr;  // row_bytes apart
+    int64_t row_bytes = 0, n = 0, d = 0;
+    Codec codec = Codec::fp32;
+    CodecFn codec_fn = nullptr;     // fp16 / sq8 cosines
+    std::vector<float> scale, bias;  // sq8: per-dimension affine decode
+
+    const void* row(int64_t id) const { return data + id * row_bytes; }
+
+    // Similarities of query q (d floats) with g candidates: the dot product (fp32) or the cosine
+    // with the decoded vector (fp16, sq8).
+    void score(const float* q, const void* const* c, int g, float* out) const {
+        if (codec == Codec::fp32)
+            kDot.fn(q, c, g, d, out);
+        else
+            codec_fn(q, c, g, d, Sq8Params{scale.data(), bias.data()}, out);
+    }
+};
+
+// Checks `vectors_in` as codes of dimension d: 'fp32' float32 (N, d); 'fp16' uint8 (N, 2 d) half
+// floats; 'sq8' uint8 (N, d) with float32 scale and bias of shape (d,).
+Codes parse_codes(const py::array& vectors_in, const std::string& codec, const py::object& scale_in,
+                  const py::object& bias_in, int64_t d) {
+    Codes c;
+    c.d = d;
+    if (codec == "fp32") {
+        auto vectors = require<float>(vectors_in, "vectors", 2);
+        if (vectors.shape(1) != d)
+            fail("Expected vectors of dimension D = " + std::to_string(d) + " (the queries' last axis), but vectors.shape = " +
+                 shape_str(vectors));
+        c.data = reinterpret_cast<const uint8_t*>(vectors.data());
+        c.row_bytes = d * static_cast<int64_t>(sizeof(float));
+        c.n = vectors.shape(0);
+        return c;
+    }
+    if (codec != "fp16" && codec != "sq8") fail("Expected codec 'fp32', 'fp16' or 'sq8', but codec = '" + codec + "'");
+    c.codec = codec == "fp16" ? Codec::fp16 : Codec::sq8;
+    auto codes = require<uint8_t>(vectors_in, "vectors", 2);
+    const int64_t expect = c.codec == Codec::fp16 ? 2 * d : d;
+    if (codes.shape(1) != expect)
+        fail("Expected " + codec + " codes of " + std::to_string(expect) + " bytes per vector (D = " + std::to_string(d) +
+             "), but vectors.shape = " + shape_str(codes));
+    c.data = codes.data();
+    c.row_bytes = expect;
+    c.n = codes.shape(0);
+    c.codec_fn = select_codec(c.codec);
+    if (c.codec == Codec::sq8) {
+        if (scale_in.is_none() || bias_in.is_none())
+            fail("Expected scale and bias (float32, shape (D,)) for sq8 codes, but they are missing");
+        auto sc = require<float>(scale_in.cast<py::array>(), "scale", 1);
+        auto bi = require<float>(bias_in.cast<py::array>(), "bias", 1);
+        if (sc.shape(0) != d || bi.shape(0) != d)
+            fail("Expected scale and bias of shape (" + std::to_string(d) + ",), but they have shapes " + shape_str(sc) +
+                 " and " + shape_str(bi));
+        for (int64_t i = 0; i < d; ++i) {
+            c.scale.push_back(load(sc.data(), i));
+            c.bias.push_back(load(bi.data(), i));
+        }
+    }
+    return c;
+}
