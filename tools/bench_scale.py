@@ -1,0 +1,193 @@
+"""How cost grows with the database: build, bytes, memory and query latency at several sizes.
+
+For every database size of ``--sizes`` (synthetic facades of the built-in generator, 128×128,
+layer decoder2, one model for all) and every codec of ``--codecs``, a store is built in a child
+process (so its peak RSS is its own) and measured:
+
+- build images/s and peak RSS (``ru_maxrss`` of the child);
+- store bytes per image;
+- top-16 latency of exact search (``auto``: the fastest exact method the store supports) and of
+  HyperPatch-Match (the query defaults), median over ``--queries`` test images, warm;
+- whole-set (top-k = every image) HyperPatch-Match latency and similarity ratio against the exact
+  whole-set field (``auto``), on the same queries;
+- the cold first query (``python -m compnn_index.jobs.coldstart``: layer and screen evicted from
+  the page cache, in a fresh process).
+
+``--json`` writes every figure; ``--plot`` one log-log panel per figure with the fitted growth
+exponent (the slope of log figure against log size) beside each curve.
+
+    python tools/bench_scale.py --sizes 200,800,3200 --codecs fp16,sq8 --work /work/stores/scale \\
+        --json docs/results/scale.json --plot docs/results/scale.png
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+SIZE = 128
+LAYER = "decoder2"
+
+_BUILD = """
+import json, resource, sys, time
+from compnn_index.data import open_dataset
+from compnn_index.index import build_index
+from compnn_index.models import load_checkpoint
+model_path, n, codec, out, threads = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5])
+model = load_checkpoint(model_path)
+ds = open_dataset("synthetic", split="train", size={size}, limit=n, task=model.config.get("task", "segment"))
+t = time.perf_counter()
+build_index(model, ds, layers=["{layer}"], out=out, codec=codec, threads=threads, progress=False,
+            model_path=model_path, overwrite=True)
+print(json.dumps({{"seconds": time.perf_counter() - t, "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}}))
+""".format(size=SIZE, layer=LAYER)
+
+
+def train_model(path: Path, threads: int) -> Path:
+    """The one model of every size: a photo→labels U-Net (ngf 32) trained 2 epochs on 200 images."""
+    if path.is_file():
+        return path
+    subprocess.run([sys.executable, "-m", "compnn_index.cli", "train", "--data", "synthetic", "--size", str(SIZE),
+                    "--limit", "200", "--task", "segment", "--ngf", "32", "--epochs", "2", "--batch-size", "8",
+                    "--threads", str(threads), "--out", str(path)], check=True)
+    return path
+
+
+def build(model: Path, n: int, codec: str, out: Path, threads: int) -> dict:
+    done = subprocess.run([sys.executable, "-c", _BUILD, str(model), str(n), codec, str(out), str(threads)],
+                          check=True, capture_output=True, text=True)
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    files = [f for f in out.rglob("*") if f.is_file()]
+    return {"build_images_per_s": n / figures["seconds"], "build_seconds": figures["seconds"],
+            "build_peak_rss": figures["peak_rss"], "store_bytes": sum(f.stat().st_size for f in files),
+            "store_bytes_per_image": sum(f.stat().st_size for f in files) / n}
+
+
+def query_figures(store: Path, queries: int, threads: int) -> dict:
+    from compnn_index.api import CompNN
+    from compnn_index.data import open_dataset
+    from compnn_index.options import QueryOptions
+
+    cnn = CompNN.load(store, threads=threads)
+    test = open_dataset("synthetic", split="test", size=SIZE, limit=queries, task=cnn.task)
+    hpm = QueryOptions(search="patchmatch")
+    rows = {"exact_top16": [], "hpm_top16": [], "exact_whole": [], "hpm_whole": [], "hpm_whole_ratio": []}
+    methods = set()
+    feats = [cnn.extract(test[i].input, [LAYER]) for i in range(len(test))]
+    cnn.explain(feats[0], layer=LAYER, top_k=16, sources=())  # warm: pages, and auto's once-per-layer pilot
+    for f in feats:
+        r = cnn.explain(f, layer=LAYER, top_k=16, sources=())
+        rows["exact_top16"].append(r.timings["search"])
+        methods.add(r.params.get("exact_method"))
+        rows["hpm_top16"].append(cnn.explain(f, layer=LAYER, top_k=16, sources=(), options=hpm).timings["search"])
+        ex = cnn.explain(f, layer=LAYER, top_k=cnn.num_images, sources=())
+        pm = cnn.explain(f, layer=LAYER, top_k=cnn.num_images, sources=(), options=hpm)
+        rows["exact_whole"].append(ex.timings["search"])
+        rows["hpm_whole"].append(pm.timings["search"])
+        rows["hpm_whole_ratio"].append(float(np.mean(pm.field.similarity / np.maximum(ex.field.similarity, 1e-6))))
+    out = {f"{k}_seconds" if not k.endswith("ratio") else k: float(np.median(v)) for k, v in rows.items()}
+    out["exact_method"] = "+".join(sorted(m for m in methods if m))
+    return out
+
+
+def cold(store: Path, threads: int) -> dict:
+    done = subprocess.run([sys.executable, "-m", "compnn_index.jobs.coldstart", str(store), "--data", "synthetic",
+                           "--threads", str(threads)], capture_output=True, text=True)
+    if done.returncode != 0:
+        return {"cold_error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"}
+    doc = json.loads(done.stdout.strip().splitlines()[-1])
+    return {"cold_first_query_seconds": doc.get("query_seconds"), "cold": doc}
+
+
+def exponent(sizes, values) -> float | None:
+    x, y = np.asarray(sizes, float), np.asarray(values, float)
+    ok = np.isfinite(y) & (y > 0)
+    return float(np.polyfit(np.log(x[ok]), np.log(y[ok]), 1)[0]) if ok.sum() >= 2 else None
+
+
+FIGURES = ("build_images_per_s", "build_peak_rss", "store_bytes_per_image", "exact_top16_seconds",
+           "hpm_top16_seconds", "exact_whole_seconds", "hpm_whole_seconds", "cold_first_query_seconds")
+
+
+def plot(doc: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 4, figsize=(17, 7.5))
+    for ax, name in zip(axes.ravel(), FIGURES):
+        for codec, rows in doc["by_codec"].items():
+            pts = [(r["images"], r.get(name)) for r in rows if r.get(name)]
+            if not pts:
+                continue
+            n, v = zip(*pts)
+            e = doc["exponents"][codec].get(name)
+            ax.loglog(n, v, "o-", label=f"{codec} (exponent {e:.2f})" if e is not None else codec)
+        ax.set_title(name.replace("_", " "), fontsize=10)
+        ax.set_xlabel("database images")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"compnn-index: cost against database size (synthetic facades {SIZE}×{SIZE}, {LAYER})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", type=lambda s: [int(v) for v in s.split(",")], default=[200, 800, 3200])
+    p.add_argument("--codecs", type=lambda s: s.split(","), default=["fp16", "sq8"])
+    p.add_argument("--work", type=Path, required=True, help="folder for the model and the stores")
+    p.add_argument("--model", type=Path, default=None, help="checkpoint (default: trained here, once)")
+    p.add_argument("--queries", type=int, default=2)
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--keep", action="store_true", help="keep the stores (default: delete each after measuring)")
+    p.add_argument("--no-cold", action="store_true")
+    p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--plot", type=Path, default=None)
+    a = p.parse_args()
+
+    a.work.mkdir(parents=True, exist_ok=True)
+    model = a.model or train_model(a.work / "scale_model.pt", a.threads)
+    doc = {"size": SIZE, "layer": LAYER, "model": str(model), "threads": a.threads, "queries": a.queries,
+           "by_codec": {}, "exponents": {}}
+    for codec in a.codecs:
+        rows = doc["by_codec"].setdefault(codec, [])
+        for n in a.sizes:
+            store = a.work / f"scale_{codec}_{n}"
+            t = time.perf_counter()
+            row = {"images": n, **build(model, n, codec, store, a.threads)}
+            row.update(query_figures(store, a.queries, a.threads))
+            if not a.no_cold:
+                row.update(cold(store, a.threads))
+            rows.append(row)
+            print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items() if k != "cold"}),
+                  f"({time.perf_counter() - t:.0f} s)", flush=True)
+            if not a.keep:
+                shutil.rmtree(store)
+            if a.json:  # after every store: a stopped run keeps what it measured
+                doc["exponents"] = {c: {f: exponent([r["images"] for r in rs], [r.get(f) for r in rs]) for f in FIGURES}
+                                    for c, rs in doc["by_codec"].items()}
+                tmp = a.json.with_suffix(".tmp")
+                tmp.write_text(json.dumps(doc, indent=1))
+                os.replace(tmp, a.json)
+    doc["exponents"] = {c: {f: exponent([r["images"] for r in rs], [r.get(f) for r in rs]) for f in FIGURES}
+                        for c, rs in doc["by_codec"].items()}
+    for codec, ex in doc["exponents"].items():
+        print(codec, {k: (round(v, 2) if v is not None else None) for k, v in ex.items()})
+    if a.json:
+        a.json.write_text(json.dumps(doc, indent=1))
+    if a.plot:
+        plot(doc, a.plot)
+
+
+if __name__ == "__main__":
+    main()
