@@ -4,7 +4,8 @@ For every database size of ``--sizes`` (synthetic facades of the built-in genera
 layer decoder2, one model for all) and every codec of ``--codecs``, a store is built in a child
 process (so its peak RSS is its own) and measured:
 
-- build images/s and peak RSS (``ru_maxrss`` of the child);
+- build images/s and peak RSS (the child's ``VmHWM``: ``ru_maxrss`` would count the RSS this
+  process had when it forked the child, e.g. a mapped 8 GB store);
 - store bytes per image;
 - top-16 latency of exact search (``auto``: the fastest exact method the store supports) and of
   HyperPatch-Match (the query defaults), median over ``--queries`` test images, warm;
@@ -48,7 +49,9 @@ ds = open_dataset("synthetic", split="train", size={size}, limit=n, task=model.c
 t = time.perf_counter()
 build_index(model, ds, layers=["{layer}"], out=out, codec=codec, threads=threads, progress=False,
             model_path=model_path, overwrite=True)
-print(json.dumps({{"seconds": time.perf_counter() - t, "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}}))
+# VmHWM: this process's own high-water mark (ru_maxrss would include the parent's RSS at fork)
+hwm = next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+print(json.dumps({{"seconds": time.perf_counter() - t, "peak_rss": hwm}}))
 """.format(size=SIZE, layer=LAYER)
 
 
@@ -134,6 +137,10 @@ def plot(doc: dict, path: Path) -> None:
             ax.loglog(n, v, "o-", label=f"{codec} (exponent {e:.2f})" if e is not None else codec)
         ax.set_title(name.replace("_", " "), fontsize=10)
         ax.set_xlabel("database images")
+        sizes = sorted({r["images"] for rows in doc["by_codec"].values() for r in rows})
+        ax.set_xticks(sizes)
+        ax.set_xticklabels([str(n) for n in sizes])
+        ax.minorticks_off()
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(f"compnn-index: cost against database size (synthetic facades {SIZE}×{SIZE}, {LAYER})")
@@ -153,7 +160,10 @@ def main() -> None:
     p.add_argument("--no-cold", action="store_true")
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--plot", type=Path, default=None)
+    p.add_argument("--replot", type=Path, default=None, help="only draw --plot from this JSON")
     a = p.parse_args()
+    if a.replot:
+        return plot(json.loads(a.replot.read_text()), a.plot)
 
     a.work.mkdir(parents=True, exist_ok=True)
     model = a.model or train_model(a.work / "scale_model.pt", a.threads)
