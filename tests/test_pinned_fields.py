@@ -3,8 +3,9 @@
 The digests were computed with the code before the refactor (commit a504e5c) by the same
 procedure; the store is built from a seeded, untrained U-Net on seeded synthetic data, so the
 only thing that can move them is a change in extraction, shortlisting or search. Exact search is
-pinned on its reference method (FAISS, ``exact_method="faiss"``); the fused pixel-level method,
-the default where a store has norms, rounds differently and is checked against it to 1e-5.
+pinned on its reference method (FAISS, ``exact_method="faiss"``); the fused pixel-level method and
+the bounded method (the default where a store has a screen) round differently and are checked
+against it to 1e-5.
 Float results
 of torch's CPU kernels depend on the instruction set torch picks, so the digests are checked on
 the capability they were recorded on (AVX2) and skipped elsewhere.
@@ -53,7 +54,8 @@ def test_nn_fields_are_byte_identical_to_before_the_refactor(tmp_path):
                                   samples=2, jumps=1, seed=1, init="coarse",
                                   options=QueryOptions(exact_method="faiss")).field,
         }
-        fused = cnn.explain(q, layer="decoder2", top_k=4)
+        fused = cnn.explain(q, layer="decoder2", top_k=4, options=QueryOptions(exact_method="fused"))
+        bounded = cnn.explain(q, layer="decoder2", top_k=4)  # auto: the store has a screen
     finally:
         torch.set_num_threads(previous)
     assert {k: _digest(f) for k, f in got.items()} == PINNED
@@ -61,3 +63,5 @@ def test_nn_fields_are_byte_identical_to_before_the_refactor(tmp_path):
     np.testing.assert_allclose(fused.field.similarity, got["exact"].similarity, atol=1e-5, rtol=0)
     same = (fused.field.image == got["exact"].image) & (fused.field.y == got["exact"].y) & (fused.field.x == got["exact"].x)
     assert same.mean() > 0.99  # the rest are near-exact ties
+    assert bounded.params["exact_method"] == "bounded"
+    np.testing.assert_allclose(bounded.field.similarity, got["exact"].similarity, atol=1e-5, rtol=0)

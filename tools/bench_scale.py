@@ -75,6 +75,18 @@ def build(model: Path, n: int, codec: str, out: Path, threads: int) -> dict:
             "store_bytes_per_image": sum(f.stat().st_size for f in files) / n}
 
 
+def build_cli(model: Path, n: int, codec: str, out: Path, threads: int, shards: int = 1) -> float:
+    """Wall seconds of ``compnn build`` as a user runs it (``shards > 1``: on a local Ray cluster)."""
+    cmd = [sys.executable, "-m", "compnn_index.cli", "build", "--model", str(model), "--data", "synthetic",
+           "--size", str(SIZE), "--limit", str(n), "--layers", LAYER, "--codec", codec, "--threads", str(threads),
+           "--out", str(out), "--overwrite"]
+    if shards > 1:
+        cmd += ["--shards", str(shards), "--ray", "local"]
+    t = time.perf_counter()
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return time.perf_counter() - t
+
+
 def query_figures(store: Path, queries: int, threads: int) -> dict:
     from compnn_index.api import CompNN
     from compnn_index.data import open_dataset
@@ -161,9 +173,28 @@ def main() -> None:
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--plot", type=Path, default=None)
     p.add_argument("--replot", type=Path, default=None, help="only draw --plot from this JSON")
+    p.add_argument("--sharded", type=int, default=None, metavar="N",
+                   help="only compare `compnn build` of N images in one process and as 4 shards on a local Ray "
+                        "cluster (first codec of --codecs), writing the figures under 'sharded' in --json")
     a = p.parse_args()
     if a.replot:
         return plot(json.loads(a.replot.read_text()), a.plot)
+    if a.sharded:
+        a.work.mkdir(parents=True, exist_ok=True)
+        model = a.model or train_model(a.work / "scale_model.pt", a.threads)
+        codec = a.codecs[0]
+        single = build_cli(model, a.sharded, codec, a.work / "sharded_single", a.threads)
+        ray4 = build_cli(model, a.sharded, codec, a.work / "sharded_ray4", a.threads, shards=4)
+        row = {"images": a.sharded, "codec": codec, "single_seconds": single, "ray4_seconds": ray4,
+               "ray4_speed_vs_single": single / ray4}
+        print(json.dumps(row))
+        if a.json:
+            doc = json.loads(a.json.read_text()) if a.json.is_file() else {}
+            doc["sharded"] = row
+            a.json.write_text(json.dumps(doc, indent=1))
+        for name in ("sharded_single", "sharded_ray4"):
+            shutil.rmtree(a.work / name, ignore_errors=True)
+        return None
 
     a.work.mkdir(parents=True, exist_ok=True)
     model = a.model or train_model(a.work / "scale_model.pt", a.threads)
