@@ -43,8 +43,10 @@ from .npyfile import NpyWriter
 WIDTH = 16
 #: Added to every bound (see the module docstring): far above the rounding it covers (~5e-4).
 MARGIN = 2e-3
-#: Vectors sampled to fit the basis (as contiguous chunks spread over the layer).
-FIT_ROWS = 200_000
+#: Vectors sampled to fit the basis (as contiguous chunks spread over the layer). Measured on Facades
+#: decoder2 (held-out energy of the 15 components): 200,000 rows 0.8734, 65,536 rows 0.8729, 16,384
+#: rows 0.8718, while a build's fixed cost (the sample's forward passes, the fit) shrinks 3x.
+FIT_ROWS = 65_536
 #: Vectors per block while encoding a layer.
 ENCODE_ROWS = 16384
 #: Queries projected per float64 block.
@@ -107,19 +109,31 @@ def fit_basis(sample: np.ndarray, width: int = WIDTH) -> np.ndarray:
     normalised first, as the kernel scores normalised vectors), float32 ``(d, width - 1)``.
 
     Uncentred because the bound is on raw inner products: these directions maximise the mean
-    captured energy ``|Pᵀv|²``, which is what shrinks the residual term.
+    captured energy ``|Pᵀv|²``, which is what shrinks the residual term. The moment is summed in
+    float32 (BLAS; 12x faster than float64 on 200,000 rows, the same held-out energy to 5 digits)
+    and decomposed in float64: any orthonormal basis gives a valid bound, its accuracy only decides
+    how tight.
     """
-    x = np.asarray(sample, dtype=np.float64)
+    x = np.asarray(sample)
     if x.ndim != 2 or x.shape[0] < 1:
         raise IndexStoreError(f"screen: expected a (n, d) sample with n >= 1, got shape {x.shape}")
     m = width - 1
     if not 1 <= m <= x.shape[1]:
         raise IndexStoreError(f"screen: expected 2 <= width <= d + 1 = {x.shape[1] + 1}, got {width}")
-    x = _normalise(x)
-    _, vecs = np.linalg.eigh(x.T @ x)
+    x = _normalise32(x)
+    _, vecs = np.linalg.eigh((x.T @ x).astype(np.float64))
     basis = vecs[:, ::-1][:, :m]
     q, _ = np.linalg.qr(basis)  # re-orthonormalise in float64 before rounding to float32
     return np.ascontiguousarray((q * np.sign(np.sum(q * basis, axis=0))).astype(np.float32))
+
+
+def _normalise32(x: np.ndarray) -> np.ndarray:
+    """Rows as float32 unit vectors (norms taken in float64; zero rows stay zero)."""
+    x = np.array(x, dtype=np.float32)
+    n = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
+    n[n == 0] = 1.0
+    x /= n[:, None].astype(np.float32)
+    return x
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
@@ -162,9 +176,11 @@ class ScreenWriter:
     def __init__(self, root: str | os.PathLike, rows_rel: str, basis_rel: str, ntotal: int,
                  sample: np.ndarray, width: int = WIDTH) -> None:
         self.root, self.rows_rel, self.basis_rel = Path(root), rows_rel, basis_rel
+        sample = np.asarray(sample)  # an sq8 build samples more rows (for its ranges): every k-th
+        sample = sample[:: max(1, len(sample) // FIT_ROWS)][:FIT_ROWS]
         self.basis = fit_basis(sample, width)
-        xs = _normalise(np.asarray(sample, dtype=np.float64))
-        self.energy = float(np.mean(np.sum((xs @ self.basis.astype(np.float64)) ** 2, axis=1)))
+        p = _normalise32(sample) @ self.basis
+        self.energy = float(np.mean(np.einsum("ij,ij->i", p, p, dtype=np.float64)))
         self._writer = NpyWriter(self.root / rows_rel, (int(ntotal), width), np.dtype(np.float16))
 
     def add(self, vectors: np.ndarray) -> None:
