@@ -15,6 +15,10 @@ bound whenever it accepts a better match. The result is the exact field: the sam
 as the other methods (to float rounding) and the same ids except exact ties (lowest id wins).
 The seed only prunes: a seed entry outside the shortlist, or garbage, is ignored.
 
+Memory: per call the kernel holds the shortlisted leaves' bounds and transposed screen rows,
+about 64 bytes per shortlisted position (~0.4 GB for a whole-set Facades decoder2 query of 6.45 M
+positions), besides the store's own mapped pages.
+
 ``info`` receives ``exact_method="bounded"``, the seed's time and kind, and the pruned fraction at
 every grain (``bounded_pruned``), which ``QueryResult.params`` and the benchmarks report.
 """
