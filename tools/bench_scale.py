@@ -137,6 +137,7 @@ def plot(doc: dict, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FormatStrFormatter, NullLocator
 
     fig, axes = plt.subplots(2, 4, figsize=(17, 7.5))
     for ax, name in zip(axes.ravel(), FIGURES):
@@ -152,7 +153,10 @@ def plot(doc: dict, path: Path) -> None:
         sizes = sorted({r["images"] for rows in doc["by_codec"].values() for r in rows})
         ax.set_xticks(sizes)
         ax.set_xticklabels([str(n) for n in sizes])
-        ax.minorticks_off()
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.yaxis.set_minor_formatter(FormatStrFormatter("%.3g"))  # ranges within a decade keep labels
+        ax.yaxis.set_major_formatter(FormatStrFormatter("%.3g"))
+        ax.tick_params(axis="y", which="minor", labelsize=7)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(f"compnn-index: cost against database size (synthetic facades {SIZE}×{SIZE}, {LAYER})")
