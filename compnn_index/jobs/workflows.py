@@ -272,6 +272,9 @@ def _query(cnn, *, images, out, layer, options, restrict, sources, progress, fit
         docs.append(cnn.save(res, target, name=name))
         if progress:
             left_out = f" (left out: {', '.join(map(str, res.exclude))})" if len(res.exclude) else ""
+            how = res.params.get("exact_method", "")
+            if "bounded_pruned" in res.params:  # which exact method ran, and how much it had to score
+                how += f", {res.params['bounded_pruned']['scored']:.2%} of pairs scored"
             print(f"{item}: {res.layer} {res.search} top-{len(res.shortlist)} in {res.timings['total']:.2f}s "
-                  f"(search {res.timings['search']:.2f}s) -> {target}{left_out}")
+                  f"(search {res.timings['search']:.2f}s{'; ' + how if how else ''}) -> {target}{left_out}")
     return docs
