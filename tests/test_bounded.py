@@ -305,3 +305,12 @@ def test_wider_screens_are_read_nested_and_give_the_exact_field(width, codec, tm
     c = info["bounded_counts"]  # the full rows judge exactly the candidates the nested view kept
     assert c["full_bounds"] == c["vector_bounds"] - c["vector_bounds_pruned"]
     assert c["exact"] == c["full_bounds"] - c["full_bounds_pruned"]
+
+
+def test_a_non_finite_query_window_is_refused_with_a_clear_error():
+    rng = np.random.default_rng(8)
+    lv = _layer(_unit(rng.standard_normal((120, 16))), [(6, 10)] * 2)
+    q = _unit(rng.standard_normal((3, 3, 16)))
+    q[1, 1] = np.nan
+    with pytest.raises(QueryError, match="1 query positions matched nothing"):
+        exact_search(q, lv, [0, 1], method="bounded", seed=NNField(np.full((3, 3), -1), *(np.zeros((3, 3)),) * 3))

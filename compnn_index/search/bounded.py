@@ -167,8 +167,10 @@ def bounded_search(
     info.update(exact_method="bounded", exact_kernel=stats["kernel"], bounded_seed_seconds=round(t1 - t0, 4),
                 bounded_search_seconds=round(t2 - t1, 4), bounded_pruned=pruned_fractions(stats),
                 bounded_counts={k: int(v) for k, v in stats.items() if k != "kernel"})
-    if int(stats["seeded"]) == 0 and (ids < 0).any():  # pragma: no cover - the kernel visits every tile
-        raise QueryError("bounded exact search found no match for some positions")
+    unmatched = int(np.count_nonzero(ids >= layer.ntotal))  # no candidate was ever accepted
+    if unmatched:  # only a non-finite query window can do that: every finite candidate is scored
+        raise QueryError(f"bounded exact search: {unmatched} query positions matched nothing "
+                         "(non-finite query hyperpatches?)")
     image, y, x = layer.ids_to_positions(ids)
     return NNField(image.reshape(hq, wq), y.reshape(hq, wq), x.reshape(hq, wq), sim.reshape(hq, wq))
 
