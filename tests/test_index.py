@@ -326,3 +326,21 @@ def test_open_reports_missing_or_corrupt_files(store_path, tmp_path):
 def test_unknown_layer_lists_the_available_ones(store):
     with pytest.raises(IndexStoreError, match=r"unknown layer 'decoder3': .* has layers decoder2, encoder2"):
         store.vectors("decoder3")
+
+
+def test_prefetch_larger_than_the_memory_to_spare_is_skipped(tmp_path, monkeypatch):
+    """Under a memory cap a prefetch of more than it can hold would only thrash: it reads nothing."""
+    from compnn_index.index import readahead
+    from compnn_index.data import open_dataset
+    from compnn_index.models import build_model
+
+    ds = open_dataset("synthetic", size=32, limit=3)
+    model = build_model("unet", task="translate", out_channels=3, ngf=4, size=32).eval()
+    store = IndexStore.open(build_index(model, ds, layers=["decoder2"], out=tmp_path / "s", progress=False))
+    lv = store.layer("decoder2")
+    reads = []
+    monkeypatch.setattr(readahead, "memory_budget", lambda: 1024)  # 1 KiB to spare
+    monkeypatch.setattr(readahead, "resident_pages", lambda addr, n: (0, max(1, n // 4096)))  # cold
+    monkeypatch.setattr(readahead.os, "preadv", lambda *a: reads.append(a) or 0)
+    out = lv.prefetch([0, 1, 2])
+    assert out["method"].startswith("skipped:") and out["read_bytes"] == 0 and not reads
