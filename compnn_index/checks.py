@@ -111,14 +111,16 @@ def check_choice(value: Any, name: str, choices: Sequence[str], *,
     return value
 
 
-def check_number(value: Any, name: str, *, low: float | None = None,
+def check_number(value: Any, name: str, *, low: float | None = None, high: float | None = None,
                  error: type[CompNNError] = QueryError) -> float:
-    """A finite real number, at least ``low`` if given."""
+    """A finite real number, at least ``low`` and at most ``high`` if given."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
             or not np.isfinite(value):
         raise error(f"Expected {name} to be a finite number, but {name} = {_quote(value)}")
     if low is not None and value < low:
         raise error(f"Expected {name} >= {low}, but {name} = {value}")
+    if high is not None and value > high:
+        raise error(f"Expected {name} <= {high}, but {name} = {value}")
     return float(value)
 
 

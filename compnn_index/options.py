@@ -24,6 +24,8 @@ INITS = ("random", "staged", "coarse", "screen")
 SOURCES = ("target", "input", "self")
 #: Shortlist size when ``top_k`` is not given (or every candidate image, when fewer).
 DEFAULT_TOP_K = 16
+#: HyperPatch-Match's polish: the residual scale of its relaxed bounded search (see QueryOptions).
+DEFAULT_POLISH: float | None = None
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,11 @@ class QueryOptions:
         How exact search runs (:func:`compnn_index.search.exact.exact_search`): ``auto`` uses
         the bounded search where the layer has a screen, else the fused pixel-level kernel where
         the layer allows it, else FAISS. Every method gives the exact field.
+    polish : float or None
+        HyperPatch-Match's last step (:func:`compnn_index.search.strategy.polish_field`): the
+        bounded search seeded by its field, with the residual term of the screen bound scaled by
+        ``polish`` (0 to 1; 1 is the certified exact search). None: no polish (the field of the
+        iterations alone). Layers without a screen are not polished (``params`` says so).
     """
 
     search: str = "exact"
@@ -67,6 +74,7 @@ class QueryOptions:
     start_candidates: int = 16384
     coarse_exact_gflop: float = 40.0
     exact_method: str = "auto"
+    polish: float | None = DEFAULT_POLISH
 
     def __post_init__(self) -> None:
         check_choice(self.search, "search", SEARCHES)
@@ -79,6 +87,8 @@ class QueryOptions:
         check_int(self.start_candidates, "start_candidates", low=1, high=1 << 23)
         check_number(self.coarse_exact_gflop, "coarse_exact_gflop", low=0)
         check_choice(self.exact_method, "exact_method", EXACT_METHODS)
+        if self.polish is not None:
+            check_number(self.polish, "polish", low=0, high=1)
 
     def with_(self, **changes: Any) -> "QueryOptions":
         """A copy with ``changes`` applied (None values are ignored: keep the default)."""

@@ -398,7 +398,8 @@ class CompNN(ActivationsMixin, BaselinesMixin):
         if "start" in info:  # how HyperPatch-Match started (screen: stride and candidates)
             params["start"] = info["start"]
         if opts.search == "patchmatch":
-            params.update(opts.patchmatch_params(), init=opts.init if field_init is None else "field")
+            params.update(opts.patchmatch_params(), init=opts.init if field_init is None else "field",
+                          polish=info.get("polish", opts.polish))
         return QueryResult(layer=layer, spec=spec, field=nnf, shortlist=ids, shortlist_similarity=sims,
                            query_input=feats.image, output=feats.output, reconstructions=recon,
                            timings=timings, search=opts.search, params=params, exclude=excluded,

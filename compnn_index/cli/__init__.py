@@ -62,7 +62,7 @@ def _cmd_query(a: argparse.Namespace) -> None:
 
     options = QueryOptions(search=a.search, top_k=a.top_k, iterations=a.iterations,
                            samples=a.samples, jumps=a.jumps, init=a.init, seed=a.seed,
-                           exact_method=a.exact_method)
+                           exact_method=a.exact_method, polish=a.polish)
     exclude = checks.parse_exclude(a.exclude, "--exclude")
     query(index=a.index, images=a.images, layer=a.layer, options=options,
           restrict=parse_restrict(a.restrict), sources=a.sources, threads=a.threads,
@@ -86,7 +86,7 @@ def _cmd_predict(a: argparse.Namespace) -> None:
 
     options = QueryOptions(search=a.search, top_k=a.top_k, iterations=a.iterations,
                            samples=a.samples, jumps=a.jumps, init=a.init, seed=a.seed,
-                           exact_method=a.exact_method)
+                           exact_method=a.exact_method, polish=a.polish)
     predict(index=a.index, images=a.images, out=a.out, source=a.source, target=a.target, k=a.k,
             options=options, exclude_self=a.exclude_self, threads=a.threads,
             restrict=parse_restrict(a.restrict), verify=a.verify, cluster=a.ray)

@@ -103,6 +103,7 @@ def bounded_search(
     tile: tuple[int, int] = DEFAULT_TILE,
     query_tile: tuple[int, int] = DEFAULT_QUERY_TILE,
     grouping: str = DEFAULT_GROUPING,
+    residual_scale: float = 1.0,
     threads: int | None = None,
     info: dict | None = None,
 ) -> NNField:
@@ -125,6 +126,10 @@ def bounded_search(
         ``grouping="spatial"``: database and query tile shapes (rows, columns), at most 16 each.
     grouping : {"kd", "spatial"}
         How positions are grouped into the tiles the coarse grains bound (see the kernel).
+    residual_scale : float, default 1.0
+        1: the certified bound (the exact field). Below 1 the residual term of every bound is
+        scaled by it, so the search is approximate: the best exact similarity among the candidates
+        whose relaxed bound reaches the best so far (HyperPatch-Match's polish).
     threads : int, optional
         Thread limit (default: the limit in force).
     info : dict, optional
@@ -162,7 +167,8 @@ def bounded_search(
         ids, sim, stats = _bounded.search(
             queries.reshape(hq * wq, dim), t, hq, wq, layer.raw, layer.codec, codec["scale"], codec["bias"],
             sc.rows.view(np.uint16), float(sc.margin), np.asarray(images, dtype=np.int64), layer.offsets,
-            layer.grids, seed_ids(layer, seed, (hq, wq)), tuple(tile), tuple(query_tile), n_threads, grouping)
+            layer.grids, seed_ids(layer, seed, (hq, wq)), tuple(tile), tuple(query_tile), n_threads, grouping,
+            float(residual_scale))
         t2 = time.perf_counter()
     info.update(exact_method="bounded", exact_kernel=stats["kernel"], bounded_seed_seconds=round(t1 - t0, 4),
                 bounded_search_seconds=round(t2 - t1, 4), bounded_pruned=pruned_fractions(stats),

@@ -7,6 +7,8 @@ coarser layers seed a finer one — while the methods themselves (:func:`exact_s
 """
 from __future__ import annotations
 
+import time
+from dataclasses import replace
 from typing import Callable, Mapping, Sequence, Union
 
 import numpy as np
@@ -80,30 +82,77 @@ def search_field(
     if options.search == "exact":
         return exact_search(q, get(layer), ids, method=options.exact_method, query_norms=norms.get(layer),
                             info=info)
+    field, projected = _patchmatch_field(feats, layers, get, ids, layer=layer, options=options, init=init,
+                                         pyramid=pyramid, threads=threads, norms=norms, info=info)
+    return polish_field(q, get(layer), ids, field, polish=options.polish, threads=threads, info=info,
+                        projected=projected)
+
+
+def polish_field(queries: np.ndarray, layer: LayerVectors, ids: np.ndarray, field: NNField, *,
+                 polish: float | None, threads: int | None = None, info: dict | None = None,
+                 projected: np.ndarray | None = None) -> NNField:
+    """HyperPatch-Match's last step: a relaxed bounded search seeded by its field.
+
+    HyperPatch-Match's field is within ~1.5% of the exact similarity but names the exact match at
+    only 20-40% of the positions (a near-duplicate patch, often of another image). The bounded
+    search (:func:`compnn_index.search.bounded.bounded_search`) scores every candidate whose
+    screen bound reaches the field's similarity; with the bound's residual term scaled by
+    ``polish`` (< 1) it skips most of them and is no longer certified, but keeps the ones that
+    matter — the candidates close to the query in the screen's projection. The result is never
+    worse than ``field`` (every position keeps its match unless a better one is scored).
+
+    ``polish=None`` returns ``field``; a layer the bounded kernel cannot read (no screen) too,
+    with the reason in ``info["polish"]``. Otherwise ``info["polish"]`` gets the residual scale,
+    the seconds, the fraction of pairs scored and the fraction of positions whose match changed.
+    """
+    if polish is None:
+        return field
+    from .bounded import bounded_search, bounded_unsupported  # lazily: bounded imports patchmatch
+
+    reason = bounded_unsupported(layer)
+    if reason is not None:
+        if info is not None:
+            info["polish"] = f"off: {reason}"
+        return field
+    t0 = time.perf_counter()
+    binfo: dict = {}
+    out = bounded_search(queries, layer, np.unique(np.asarray(ids, dtype=np.int64)), seed=field,
+                         projected=projected, residual_scale=float(polish), threads=threads, info=binfo)
+    if info is not None:
+        changed = (out.image != field.image) | (out.y != field.y) | (out.x != field.x)
+        info["polish"] = {"residual_scale": float(polish), "seconds": round(time.perf_counter() - t0, 4),
+                          "scored": binfo["bounded_pruned"]["scored"], "changed": round(float(changed.mean()), 4)}
+    return out
+
+
+def _patchmatch_field(feats, layers, get, ids, *, layer, options, init, pyramid, threads, norms,
+                      info) -> tuple[NNField, np.ndarray | None]:
+    """HyperPatch-Match's field before the polish, and the screen projection when it made one."""
+    q = feats[layer]
     init = options.init if init is None else init
     pm = dict(options.patchmatch_params(), threads=threads)
     if isinstance(init, NNField):
-        return patchmatch(q, get(layer), ids, **pm, init=init)
+        return patchmatch(q, get(layer), ids, **pm, init=init), None
     if init == "screen":
         lv = get(layer)
         if lv.screen is not None:
-            t = lv.screen.project(q.reshape(-1, q.shape[-1]))  # once, for the start and the search
+            t = lv.screen.project(q.reshape(-1, q.shape[-1]))  # once, for the start, the search, the polish
             start = screen_start(q, lv, ids, candidates=options.start_candidates,
                                  threads=threads or current_threads(), info=info, projected=t)
-            return patchmatch(q, lv, ids, **pm, init=start, screen_q=t)
+            return patchmatch(q, lv, ids, **pm, init=start, screen_q=t), t
         init = "staged"  # a layer without a screen (an older store): the staged start
         if info is not None:
             info["start"] = "staged (the layer has no screen: compnn upgrade adds one)"
     if init in ("staged", "coarse") and len(ids) > options.seed_images:
         first = "random" if init == "staged" else "coarse"
         start = search_field(feats, layers, ids[: options.seed_images], layer=layer,
-                             options=options, init=first, pyramid=pyramid, threads=threads,
-                             norms=norms, info=info)
-        return patchmatch(q, get(layer), ids, **pm, init=start)
+                             options=replace(options, polish=None), init=first, pyramid=pyramid,
+                             threads=threads, norms=norms, info=info)
+        return patchmatch(q, get(layer), ids, **pm, init=start), None
     if init == "coarse":
         return _coarse_to_fine(feats, get, ids, layer=layer, options=options, pyramid=pyramid,
-                               threads=threads, norms=norms, info=info)
-    return patchmatch(q, get(layer), ids, **pm, init="random")
+                               threads=threads, norms=norms, info=info), None
+    return patchmatch(q, get(layer), ids, **pm, init="random"), None
 
 
 def _coarse_to_fine(feats: Mapping[str, np.ndarray], get: Callable[[str], LayerVectors],

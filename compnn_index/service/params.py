@@ -194,7 +194,7 @@ def parse_image_ref(fields: Fields, name: str, *, id_field: str, num_images: int
 
 # ---------------------------------------------------------------------------- whole requests
 QUERY_FIELDS = frozenset({"image", "image_id", "layer", "search", "top_k", "restrict", "sources",
-                          *QUERY_INT_FIELDS, "init", "exact_method", "exclude", "keep_self"})
+                          *QUERY_INT_FIELDS, "init", "exact_method", "polish", "exclude", "keep_self"})
 
 
 def parse_bool(value: Any, name: str) -> bool:
@@ -204,6 +204,21 @@ def parse_bool(value: Any, name: str) -> bool:
     if isinstance(value, str) and value.strip().lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
         return value.strip().lower() in ("true", "1", "yes", "on")
     raise HTTPProblem(422, f"Expected {name} to be true or false, got {value!r}")
+
+
+def parse_polish(value: Any) -> float | None:
+    """``polish``: null / ``"off"`` (no polish), or a number in [0, 1]; else 422."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("off", "none", "null", "")):
+        return None
+    number = value
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+    if isinstance(number, bool) or not isinstance(number, (int, float)) or not 0.0 <= float(number) <= 1.0:
+        raise HTTPProblem(422, f"Expected polish to be a number in [0, 1] or \"off\", got {value!r}")
+    return float(number)
 
 
 def _refuse_unknown(fields: Fields, known) -> None:
@@ -232,6 +247,8 @@ def parse_options(fields: Fields, *, num_images: int) -> QueryOptions:
     exact_method = fields.get("exact_method")
     if exact_method is not None:
         given["exact_method"] = parse_choice(exact_method, "exact_method", EXACT_METHODS)
+    if "polish" in fields.values:
+        given["polish"] = parse_polish(fields.get("polish"))
     with refused_as(422):
         return QueryOptions(**given)
 

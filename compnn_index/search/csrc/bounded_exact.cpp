@@ -90,7 +90,11 @@ struct Problem {
     // before the exact similarity.
     int64_t bw = 0;
     std::vector<float> tn;     // (nq, bw): the queries' nested projections
+    std::vector<float> ts;     // (nq, width): t with its residual scaled (residual_scale < 1 only)
     float margin;
+    // The query's residual |q_perp| is multiplied by this in every grain (1: the certified bound;
+    // below 1 the bound is relaxed and the search approximate: see relax_queries).
+    float residual_scale = 1.0f;
     int32_t th, tw, qh, qw;
     bool kd = false;           // group by a k-d split of the screen rows (else spatial tiles)
     int threads;
@@ -188,6 +192,22 @@ void nest_queries(Problem& p) {
         for (int64_t i = p.bw - 1; i < p.width; ++i) rest += double{t[i]} * t[i];
         o[p.bw - 1] = round_up(std::sqrt(rest) * (1.0 + 1e-6));
     }
+}
+
+// A relaxed bound (residual_scale < 1): the residual term |q_perp| |v_perp| of every grain is
+// scaled, i.e. the kernel bounds P^T q . P^T v + a |q_perp| |v_perp| instead of q.v. Between
+// near neighbours the residuals are far from parallel (measured on Facades decoder2), so a
+// candidate whose relaxed bound is below the best similarity is rarely the answer; skipping it
+// is what makes the search approximate, and the result is still the best *exact* similarity of
+// the candidates scored, never worse than the seed's. The nested projection's residual (the last
+// of the bw components) and the full row's (C2) are scaled alike.
+void relax_queries(Problem& p) {
+    if (p.residual_scale >= 1.0f) return;
+    for (int64_t q = 0; q < p.nq; ++q) p.tn[q * p.bw + p.bw - 1] *= p.residual_scale;
+    if (p.bw == p.width) return;
+    p.ts.assign(p.t, p.t + p.nq * p.width);
+    for (int64_t q = 0; q < p.nq; ++q) p.ts[q * p.width + p.width - 1] *= p.residual_scale;
+    p.t = p.ts.data();
 }
 
 // Centroid and radius of every database tile (parallel over tiles; double sums, rounded up), and
@@ -561,7 +581,7 @@ Problem parse(const py::array& queries_in, const py::array& t_in, int64_t hq, in
               const std::string& codec, const py::object& scale_in, const py::object& bias_in,
               const py::array& screen_in, double margin, const py::array& images_in, const py::array& offsets_in,
               const py::array& grids_in, std::pair<int64_t, int64_t> tile, std::pair<int64_t, int64_t> qtile,
-              int64_t threads) {
+              int64_t threads, double residual_scale) {
     auto queries = require<float>(queries_in, "queries", 2);
     auto t = require<float>(t_in, "t", 2);
     auto screen = require<uint16_t>(screen_in, "screen", 2);
@@ -625,6 +645,10 @@ Problem parse(const py::array& queries_in, const py::array& t_in, int64_t hq, in
     p.screen = screen.data();
     p.bw = std::min(p.width, kNested);
     nest_queries(p);
+    if (!(residual_scale >= 0.0 && residual_scale <= 1.0))
+        fail("Expected residual_scale in [0, 1], but residual_scale = " + std::to_string(residual_scale));
+    p.residual_scale = static_cast<float>(residual_scale);
+    relax_queries(p);
     p.threads = static_cast<int>(std::min<int64_t>({threads, kMaxThreads, (p.nq + kLanes - 1) / kLanes}));
     return p;
 }
@@ -734,9 +758,9 @@ py::tuple bounded_search(const py::array& queries, const py::array& t, int64_t h
                          const py::object& bias, const py::array& screen, double margin, const py::array& images,
                          const py::array& offsets, const py::array& grids, const py::array& seed_in,
                          std::pair<int64_t, int64_t> tile, std::pair<int64_t, int64_t> qtile, int64_t threads,
-                         const std::string& grouping) {
+                         const std::string& grouping, double residual_scale) {
     Problem p = parse(queries, t, hq, wq, vectors, codec, scale, bias, screen, margin, images, offsets, grids,
-                      tile, qtile, threads);
+                      tile, qtile, threads, residual_scale);
     if (grouping != "spatial" && grouping != "kd")
         fail("Expected grouping 'kd' or 'spatial', but grouping = '" + grouping + "'");
     p.kd = grouping == "kd";
@@ -798,7 +822,7 @@ PYBIND11_MODULE(_bounded, m) {
     m.def("search", &bounded_search, py::arg("queries"), py::arg("t"), py::arg("hq"), py::arg("wq"), py::arg("vectors"),
           py::arg("codec"), py::arg("scale"), py::arg("bias"), py::arg("screen"), py::arg("margin"), py::arg("images"),
           py::arg("offsets"), py::arg("grids"), py::arg("seed"), py::arg("tile"), py::arg("qtile"), py::arg("threads"),
-          py::arg("grouping") = "kd",
+          py::arg("grouping") = "kd", py::arg("residual_scale") = 1.0,
           "Exact top-1 of every query row over the shortlisted images' vectors, scoring only candidates whose\n"
           "screen bound can beat the seed's (or a later match's) similarity. Returns (ids, similarity, stats).\n"
           "queries float32 (Q, D); t float32 (Q, W) screen projections; screen uint16 (N, W) half-float rows;\n"
