@@ -5,13 +5,9 @@ import math
 import os
 from typing import Any, Sequence
 
-from ..errors import CompNNError
+from ..errors import DistributedError
 
 INSTALL_HINT = "install it with `pip install 'compnn-index[ray]'` (or `pip install ray`)"
-
-
-class DistributedError(CompNNError, RuntimeError):
-    """Ray is missing or unreachable, or a shard could not answer (the message names it)."""
 
 
 def ray_available() -> bool:
@@ -96,3 +92,11 @@ def set_worker_threads(threads: int) -> None:
     torch.set_num_threads(threads)
     faiss.omp_set_num_threads(threads)
     threadpool_limits(threads)
+
+
+def worker_threads() -> dict[str, int]:
+    """The thread counts this process computes with: torch's pool and FAISS's OpenMP."""
+    import faiss
+    import torch
+
+    return {"torch": int(torch.get_num_threads()), "faiss": int(faiss.omp_get_max_threads())}
