@@ -24,3 +24,11 @@ class IndexStoreError(CompNNError, ValueError):
 
 class QueryError(CompNNError, ValueError):
     """A query's options (layer, top_k, restrict, ids, image) are invalid."""
+
+
+class DistributedError(CompNNError, RuntimeError):
+    """Ray is missing or unreachable, or a shard could not answer (the message names it).
+
+    Defined here, below every layer, so the service can answer it (503: the shard may be back
+    shortly) without importing :mod:`compnn_index.distributed`.
+    """

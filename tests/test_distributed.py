@@ -159,10 +159,104 @@ def test_an_interrupted_sharded_build_leaves_nothing_that_loads(translate_index,
         for t in tasks:
             build_shard(t, model, dataset)
 
+    saved = (work / "fit.npz").read_bytes()  # the driver's fit, saved before the first shard
     build_sharded(net, ds, shards=3, layers=["decoder3"], out=out, runner=resumed, progress=False)
     assert built == [0] and seen == [1, 2]  # the finished shard was kept
+    bases = shard_bases(out, "decoder3")  # and the resumed ones used the saved fit
+    assert all(np.array_equal(b, bases[0]) for b in bases) and saved
     assert (out / "shards" / "000" / "manifest.json").stat().st_mtime_ns == kept
     assert IndexStore.open(out).num_shards == 3 and not work.exists()
+
+
+def shard_bases(root: Path, layer: str) -> list[np.ndarray]:
+    """Every shard's screen basis of ``layer``, as stored."""
+    top = IndexStore.open(root).manifest
+    out = []
+    for entry in top["shards"]:
+        man = json.loads((root / entry["path"] / "manifest.json").read_text())
+        out.append(np.load(root / entry["path"] / man["layers"][layer]["screen"]["basis"]))
+    return out
+
+
+def tiny_dataset(limit: int = TINY_IMAGES):
+    from compnn_index.data import open_dataset
+
+    return open_dataset("synthetic", size=64, limit=limit, direction="BtoA", task="translate")
+
+
+def test_every_shard_uses_the_drivers_fit(translate_index, sharded_dir):
+    """The screen basis is fitted once over the whole dataset, by the driver, and every shard
+    stores that basis: identical in all shards, and the one an unsharded build fits (a shard
+    fitting its own, on its 4 images, gives another basis)."""
+    from compnn_index.index.build import fit_build
+    from compnn_index.index.screen import fit_screen
+    from compnn_index.models import load_checkpoint
+
+    net = load_checkpoint(translate_index.model)
+    fit = fit_build(net, tiny_dataset(), layers=list(TINY_LAYERS), threads=1)
+    flat = IndexStore.open(translate_index.index).manifest
+    for layer in TINY_LAYERS:
+        bases = shard_bases(sharded_dir, layer)
+        assert len(bases) == 3
+        for b in bases:
+            np.testing.assert_array_equal(b, fit.layers[layer].basis)
+        np.testing.assert_array_equal(
+            bases[0], np.load(translate_index.index / flat["layers"][layer]["screen"]["basis"]))
+        # what each shard would have fitted on its own images is another basis
+        own = IndexStore.open(sharded_dir / "shards" / "001").layer(layer)
+        alone, _ = fit_screen(np.asarray(own.blocks(0, own.ntotal).__next__()[1]))
+        assert not np.allclose(np.abs(alone), np.abs(bases[1]), atol=1e-3)
+        energies = {json.loads((sharded_dir / "shards" / f"{i:03d}" / "manifest.json").read_text())
+                    ["layers"][layer]["screen"]["energy"] for i in range(3)}
+        assert energies == {flat["layers"][layer]["screen"]["energy"]}
+
+
+def test_sq8_shards_share_the_drivers_ranges_and_verify(translate_index, tmp_path, capsys):
+    """sq8: every shard's layer file carries the driver's ranges (byte for byte in its header);
+    `compnn verify` passes on the store and `compnn upgrade` finds nothing to add."""
+    from compnn_index.index.build import fit_build
+    from compnn_index.index.codecs import sq_header
+    from compnn_index.models import load_checkpoint
+
+    out = tmp_path / "sq8"
+    workflows.build(out=out, shards=2, codec="sq8", **{**build_args(translate_index), "layers": ["decoder3"]})
+    fit = fit_build(load_checkpoint(translate_index.model), tiny_dataset(), layers=["decoder3"], threads=1,
+                    codec="sq8")
+    assert fit.layers["decoder3"].trained.size == 2 * IndexStore.open(out).dim("decoder3")
+    for i in range(2):
+        folder = out / "shards" / f"{i:03d}"
+        entry = json.loads((folder / "manifest.json").read_text())["layers"]["decoder3"]
+        head = sq_header("sq8", entry["dim"], entry["ntotal"], fit.layers["decoder3"].trained)
+        assert (folder / entry["file"]).read_bytes()[:len(head)] == head
+    for b in shard_bases(out, "decoder3"):
+        np.testing.assert_array_equal(b, fit.layers["decoder3"].basis)
+    assert not (out / "fit.npz").exists()  # the driver's copy goes once every shard holds its own
+    capsys.readouterr()
+    assert cli.main(["verify", str(out)]) == 0  # every shard's files against its own checksums
+    printed = capsys.readouterr().out
+    assert all(f"shards/00{i}/layers/decoder3.screen-basis.npy: sha256 ok" in printed for i in range(2)), printed
+    assert f"{out}: ok (2 shards)" in printed
+    assert cli.main(["upgrade", str(out)]) == 0  # nothing to add: every shard has norms and screens
+    assert "is up to date" in capsys.readouterr().out
+    sharded = CompNN.load(out, threads=1)
+    assert sharded.explain(3, layer="decoder3", top_k=4).field.image.shape[0] > 0
+
+
+def test_a_fit_made_for_another_build_is_refused(translate_index, tmp_path):
+    from compnn_index.index import build_index
+    from compnn_index.index.build import fit_build
+    from compnn_index.models import load_checkpoint
+
+    net = load_checkpoint(translate_index.model)
+    fit = fit_build(net, tiny_dataset(4), layers=["decoder3"], threads=1)
+    with pytest.raises(IndexStoreError, match=r"fitted: made for codec fp32 with screen 16, but this build "
+                                              r"writes codec sq8"):
+        build_index(net, tiny_dataset(4), layers=["decoder3"], out=tmp_path / "x", codec="sq8", fitted=fit,
+                    progress=False)
+    with pytest.raises(IndexStoreError, match=r"fitted: made for layers \['decoder3'\], but this build indexes "
+                                              r"\['decoder2'\]"):
+        build_index(net, tiny_dataset(4), layers=["decoder2"], out=tmp_path / "x", fitted=fit, progress=False)
+    assert not (tmp_path / "x").exists()
 
 
 def test_ray_is_imported_lazily_and_its_absence_is_explained(sharded_dir):
@@ -281,8 +375,14 @@ def test_cli_builds_four_shards_on_ray_and_serves_them(ray_local, translate_inde
     assert cli.main(["build", "--model", str(tiny.model), "--data", "synthetic", "--size", "64",
                      "--limit", str(TINY_IMAGES), "--direction", tiny.direction, "--layers", "decoder2,decoder3",
                      "--threads", "1", "--shards", "4", "--ray", "local", "--out", str(out)]) == 0
-    assert "building 4 shards on Ray (0.5 CPUs and 1 threads each)" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    # whole CPUs: two waves of two tasks on 2 cores, in reused workers, each with the 1 thread asked
+    assert "building 4 shards on Ray (1 CPUs and 1 threads each)" in printed
+    assert printed.count("(1 torch / 1 FAISS threads)") == 4
     assert IndexStore.open(out).num_shards == 4
+    for layer in ("decoder2", "decoder3"):  # the driver's basis in every shard the Ray tasks wrote
+        bases = shard_bases(out, layer)
+        assert all(np.array_equal(b, bases[0]) for b in bases)
     # --ray reaches CompNN.load: an unsharded store is refused before any actor starts
     assert cli.main(["query", str(tiny.index), "3", "--ray", "local", "--out", str(tmp_path / "q")]) == 2
     assert "is not sharded" in capsys.readouterr().err

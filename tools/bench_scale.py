@@ -75,16 +75,22 @@ def build(model: Path, n: int, codec: str, out: Path, threads: int) -> dict:
             "store_bytes_per_image": sum(f.stat().st_size for f in files) / n}
 
 
-def build_cli(model: Path, n: int, codec: str, out: Path, threads: int, shards: int = 1) -> float:
-    """Wall seconds of ``compnn build`` as a user runs it (``shards > 1``: on a local Ray cluster)."""
+def build_cli(model: Path, n: int, codec: str, out: Path, threads: int, shards: int = 1,
+              log: list | None = None) -> float:
+    """Wall seconds of ``compnn build`` as a user runs it (``shards > 1``: on a local Ray cluster);
+    ``log`` receives the lines it printed (the sharded build's phases: the cluster's start, the
+    driver's fit, each shard's build, the assembly)."""
     cmd = [sys.executable, "-m", "compnn_index.cli", "build", "--model", str(model), "--data", "synthetic",
            "--size", str(SIZE), "--limit", str(n), "--layers", LAYER, "--codec", codec, "--threads", str(threads),
            "--out", str(out), "--overwrite"]
     if shards > 1:
         cmd += ["--shards", str(shards), "--ray", "local"]
     t = time.perf_counter()
-    subprocess.run(cmd, check=True, capture_output=True, text=True)
-    return time.perf_counter() - t
+    done = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    seconds = time.perf_counter() - t
+    if log is not None:
+        log.extend(line.strip() for line in done.stdout.splitlines() if line.strip())
+    return seconds
 
 
 def query_figures(store: Path, queries: int, threads: int) -> dict:
@@ -188,9 +194,10 @@ def main() -> None:
         model = a.model or train_model(a.work / "scale_model.pt", a.threads)
         codec = a.codecs[0]
         single = build_cli(model, a.sharded, codec, a.work / "sharded_single", a.threads)
-        ray4 = build_cli(model, a.sharded, codec, a.work / "sharded_ray4", a.threads, shards=4)
+        phases: list[str] = []
+        ray4 = build_cli(model, a.sharded, codec, a.work / "sharded_ray4", a.threads, shards=4, log=phases)
         row = {"images": a.sharded, "codec": codec, "single_seconds": single, "ray4_seconds": ray4,
-               "ray4_speed_vs_single": single / ray4}
+               "ray4_speed_vs_single": single / ray4, "ray4_log": phases}
         print(json.dumps(row))
         if a.json:
             doc = json.loads(a.json.read_text()) if a.json.is_file() else {}

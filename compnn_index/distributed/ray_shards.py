@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -40,6 +41,10 @@ from ..search import NNField, search_field
 from .backends import SearchBackend, detach, localize_init, merge_fields, to_global
 from .cluster import (DistributedError, cluster_cpus, connect, cpus_per_worker, node_cpus,
                       set_worker_threads, threads_for)
+
+
+#: Actor names are ``compnn-shard-<index, 3 digits>-<8 hex digits, one per RayShards>``.
+ACTOR_PREFIX = "compnn-shard-"
 
 
 class ShardServer:
@@ -134,11 +139,15 @@ class RayShards(SearchBackend):
         self.call_timeout, self.restart_timeout = float(call_timeout), float(restart_timeout)
         actor = ray.remote(ShardServer)
         root = os.fspath(Path(store.path).resolve())
+        # named, so an operator (or tools/bench_failover.py) can find a shard's actor from another
+        # driver: ray.util.list_named_actors(all_namespaces=True), then ray.get_actor(name, namespace)
+        token = uuid.uuid4().hex[:8]
+        self.actor_names = [f"{ACTOR_PREFIX}{info.index:03d}-{token}" for info in store.shards]
         self.actors = [
             actor.options(num_cpus=self.shard_cpus, max_restarts=self.max_restarts, max_task_retries=0,
-                          scheduling_strategy="SPREAD").remote(root, info.index, info.manifest_sha256,
-                                                               self.threads)
-            for info in store.shards]
+                          scheduling_strategy="SPREAD", name=name).remote(root, info.index, info.manifest_sha256,
+                                                                         self.threads)
+            for info, name in zip(store.shards, self.actor_names)]
         try:
             pending = {a.warm.remote(store.layers): i for i, a in enumerate(self.actors)}
             ready, waiting = ray.wait(list(pending), num_returns=len(pending), timeout=ready_timeout)
@@ -178,9 +187,40 @@ class RayShards(SearchBackend):
                         f"{info.label}: its actor died and could not be restarted ({cause or first}); "
                         "the query fails rather than return a partial answer") from None
                 time.sleep(min(2.0, 0.2 * 2 ** (tries - 1)))
+                self._await_restart(shard, deadline)
                 ref = resubmit()
+            except ray.exceptions.RayTaskError as exc:
+                # the shard's own code raised: a user error stays what one process would raise
+                # (the service answers it 4xx); anything else names the shard, never a bare 500
+                cause = getattr(exc, "cause", None)
+                if isinstance(cause, CompNNError):
+                    raise cause from None
+                lines = str(cause if cause is not None else exc).strip().splitlines()
+                raise DistributedError(f"{info.label} failed ({type(cause or exc).__name__}: "
+                                       f"{lines[-1] if lines else 'no message'}); no partial answer is "
+                                       "returned") from None
+            except ray.exceptions.RayError as exc:  # object lost, worker crashed, out of memory, ...
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise DistributedError(f"{info.label} could not answer ({type(exc).__name__}: {first}); "
+                                       "no partial answer is returned") from None
             except CompNNError:
                 raise
+
+    def _await_restart(self, shard: int, deadline: float) -> None:
+        """Wait (until ``deadline``) for a restarted actor to answer a cheap call, so that the
+        restart is bounded by ``restart_timeout`` and only the query itself by ``call_timeout``:
+        an actor that cannot be placed again, or whose restart hangs, fails the query within
+        ``restart_timeout`` instead of holding it for ``call_timeout``. A death seen here is left
+        to the caller's next try (its resubmitted call raises it)."""
+        ray = self._ray
+        try:
+            ray.get(self.actors[shard].describe.remote(), timeout=max(0.1, deadline - time.monotonic()))
+        except ray.exceptions.GetTimeoutError:
+            raise DistributedError(
+                f"{self.store.shards[shard].label}: its actor died and was not back within "
+                f"{self.restart_timeout:.0f} s; the query fails rather than return a partial answer") from None
+        except ray.exceptions.RayError:
+            pass
 
     @staticmethod
     def _creation_error(exc: Exception) -> str | None:
@@ -233,4 +273,4 @@ class RayShards(SearchBackend):
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "shards": self.store.num_shards, "cluster": self.cluster,
-                "shard_cpus": self.shard_cpus, "threads": self.threads}
+                "shard_cpus": self.shard_cpus, "threads": self.threads, "actors": list(self.actor_names)}

@@ -35,14 +35,15 @@ from ..data import as_paired_dataset
 from ..errors import IndexStoreError, ModelError
 from ..features import FeatureExtractor, LayerSpec, default_layer_specs, infer_layer_specs, smallest_tap
 from ..models import model_hash
-from .codecs import SQ_TRAIN_ROWS, check_codec, layer_writer, n_trained, roundtrip, train_codec
+from .codecs import check_codec, layer_writer, roundtrip
 from . import integrity
 from .flatfile import FlatIPWriter
 from .manifest import ARRAY_DIR, FORMAT_VERSION, GLOBAL_FILE, LAYER_DIR, library_versions, write_manifest
 from .memory import batch_bytes, check_disk, check_memory, store_size
 from .npyfile import NpyWriter
 from .pairs import manifest_entries, parse_pairs, plan_pairs
-from .screen import FIT_ROWS, WIDTH as SCREEN_WIDTH, ScreenWriter, check_screen_width
+from .fit import BuildFit, check_fit, fit_sample
+from .screen import WIDTH as SCREEN_WIDTH, ScreenWriter, check_screen_width
 from .screen_store import screen_files
 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -155,6 +156,7 @@ def build_index(
     codec: str = "fp32",
     pairs: Sequence[Any] | None = None,
     screen: int = SCREEN_WIDTH,
+    fitted: BuildFit | None = None,
 ) -> Path:
     """Build an index store of ``model``'s hyperpatches over every image of ``dataset``.
 
@@ -201,6 +203,11 @@ def build_index(
         Half floats per vector of each layer's screening sidecar (:mod:`compnn_index.index.screen`:
         32 bytes that let HyperPatch-Match skip candidates without changing its result); 0 writes
         none.
+    fitted : BuildFit, optional
+        The ``sq8`` ranges and screen bases, already fitted (:func:`fit_build`): a sharded build
+        fits them once over the whole dataset and every shard uses them, instead of each shard
+        sampling and fitting its own (:mod:`compnn_index.index.fit`). Default: fitted here on a
+        sample of ``dataset``.
 
     Returns
     -------
@@ -210,7 +217,7 @@ def build_index(
     Raises
     ------
     IndexStoreError
-        ``out`` exists (without ``overwrite``), the store would not fit on disk, a batch would
+        ``fitted`` was made for another codec, screen width or layers, ``out`` exists (without ``overwrite``), the store would not fit on disk, a batch would
         not fit in RAM, images differ in size, or features are not finite.
     ModelError
         Unknown layer or global layer.
@@ -252,6 +259,8 @@ def build_index(
             geoms, pair_arrays, extra = plan_pairs(model, parse_pairs(pairs), all_specs,
                                                    np.asarray(first.input, dtype=np.float32), n)
             arrays.update(pair_arrays)
+        if fitted is not None:
+            fitted = check_fit(fitted, codec=codec, screen=screen, shapes=shapes)
         size = store_size(shapes, gdim, n, arrays, codec, screen)
         out.parent.mkdir(parents=True, exist_ok=True)
         check_disk(size, out.parent)
@@ -264,14 +273,13 @@ def build_index(
         os.chmod(tmp, 0o777 & ~_current_umask())  # mkdtemp makes it private (0700)
         try:
             integrity.claim_build_dir(tmp)  # a lock naming this process, for clean_stale_builds
-            sample = _layer_sample(dataset, extractor, shapes, int(batch_size),
-                                   max(SQ_TRAIN_ROWS if n_trained(codec, 1) else 0, FIT_ROWS if screen else 0))
-            trained = {name: train_codec(codec, x[:SQ_TRAIN_ROWS]) for name, x in sample.items()} \
-                if any(n_trained(codec, d) for _, _, d in shapes.values()) else {}
+            if fitted is None:  # a sharded build fits once in its driver and hands it to every shard
+                fitted = fit_sample(dataset, extractor, shapes, batch_size=int(batch_size), codec=codec,
+                                    screen=screen)
             manifest = _write_store(
                 tmp, dataset, extractor, shapes, gdim, arrays,
-                batch_size=int(batch_size), progress=progress, codec=codec, trained=trained, extra=extra,
-                screen=screen, screen_sample=sample,
+                batch_size=int(batch_size), progress=progress, codec=codec, fit=fitted, extra=extra,
+                screen=screen,
             )
             manifest.update(
                 format_version=FORMAT_VERSION,
@@ -312,27 +320,38 @@ def build_index(
     return out
 
 
-def _layer_sample(dataset: Any, extractor: FeatureExtractor,
-                  shapes: Mapping[str, tuple[int, int, int]], batch_size: int,
-                  rows: int) -> dict[str, np.ndarray]:
-    """Per-layer hyperpatches of whole images spread evenly over the dataset, until every layer
-    has ``rows`` of them (or the dataset ends): what the ``sq8`` ranges are trained on and the
-    screen's basis is fitted to. Empty when ``rows`` is 0.
+def fit_build(
+    model: torch.nn.Module,
+    dataset: Any,
+    *,
+    layers: Sequence[str | LayerSpec],
+    specs: Mapping[str, LayerSpec] | None = None,
+    global_layer: str | LayerSpec | None = None,
+    batch_size: int = 8,
+    threads: int | None = None,
+    codec: str = "fp32",
+    screen: int = SCREEN_WIDTH,
+    **_ignored: Any,
+) -> BuildFit:
+    """What :func:`build_index` would fit over ``dataset`` (the same sample of whole images, the
+    same ``sq8`` ranges and screen bases), without building: a sharded build calls it once in
+    its driver and passes the result to every shard (``build_index(..., fitted=)``).
+
+    Takes :func:`build_index`'s keywords (the ones that do not change the fit are ignored).
     """
-    if rows <= 0:
-        return {}
-    n = len(dataset)
-    per_image = min(hp * wp for hp, wp, _ in shapes.values())
-    count = max(1, min(n, -(-rows // max(per_image, 1))))
-    picks = np.unique(np.linspace(0, n - 1, count).round().astype(int))
-    samples: dict[str, list[np.ndarray]] = {name: [] for name in shapes}
-    for start in range(0, len(picks), batch_size):
-        x = np.stack([np.asarray(dataset[int(i)].input, dtype=np.float32)
-                      for i in picks[start: start + batch_size]])
-        _, patches, _ = extractor(x)
-        for name, hp in patches.items():
-            samples[name].append(hp.reshape(-1, hp.shape[-1]))
-    return {name: np.concatenate(parts)[:rows] for name, parts in samples.items()}
+    threads = check_threads(threads, error=IndexStoreError)
+    codec = check_codec(codec)
+    screen = check_screen_width(screen)
+    dataset = as_paired_dataset(dataset)
+    if len(dataset) == 0:
+        raise IndexStoreError("the dataset is empty: expected at least one image to index")
+    image_size = tuple(int(s) for s in dataset.image_size)
+    with thread_limit(threads):
+        layer_specs = _resolve_specs(model, layers, specs, image_size)
+        extractor = FeatureExtractor(
+            model, layer_specs, global_tap=_global_tap(model, global_layer, layer_specs, image_size))
+        shapes, _, _ = _probe(extractor, dataset[0])
+        return fit_sample(dataset, extractor, shapes, batch_size=int(batch_size), codec=codec, screen=screen)
 
 
 def _write_store(
@@ -346,24 +365,24 @@ def _write_store(
     batch_size: int,
     progress: bool,
     codec: str = "fp32",
-    trained: Mapping[str, np.ndarray] | None = None,
+    fit: BuildFit | None = None,
     extra: Any = None,
     screen: int = 0,
-    screen_sample: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Stream every batch into the layer files, global file and sidecar arrays in ``tmp``.
 
     Returns the manifest's ``images``, ``layers``, ``global`` and ``arrays`` entries.
     """
     n = len(dataset)
+    trained = {name: f.trained for name, f in fit.layers.items() if np.asarray(f.trained).size} if fit else {}
     (tmp / LAYER_DIR).mkdir()
     (tmp / ARRAY_DIR).mkdir()
     writers = {name: layer_writer(tmp / _layer_file(name), d, codec, (trained or {}).get(name))
                for name, (_, _, d) in shapes.items()}
     norm_writers = {name: NpyWriter(tmp / _norms_file(name), (n * hp * wp,), np.dtype(np.float32))
                     for name, (hp, wp, _) in shapes.items()}
-    screens = {name: ScreenWriter(tmp, *screen_files(name), n * hp * wp,
-                                  roundtrip(codec, screen_sample[name], (trained or {}).get(name)), screen)
+    screens = {name: ScreenWriter(tmp, *screen_files(name), n * hp * wp, width=screen,
+                                  basis=fit.layers[name].basis, energy=fit.layers[name].energy)
                for name, (hp, wp, _) in shapes.items()} if screen else {}
     gwriter = FlatIPWriter(tmp / GLOBAL_FILE, gdim)
     arrays_out = {

@@ -357,6 +357,16 @@ def verify_store(path: str | os.PathLike) -> list[str]:
     sums = man.get("checksums")
     lines = [f"{os.fspath(root / MANIFEST)}: format version {man['format_version']}, "
              f"{store.num_images} images, layers {', '.join(store.layers)}"]
+    if man.get("shards"):
+        # a sharded store: opening it checked every shard's manifest hash against the top
+        # manifest; each shard is an ordinary store with its own checksums, verified in full
+        for shard in man["shards"]:
+            lines += [f"{shard['path']}/{line}" if not line.startswith("/") else line
+                      for line in verify_store(root / shard["path"])[1:]]
+        check_finite(store.global_vectors(), f"global descriptors in {man['global']['file']!r}")
+        lines.append(f"{man['global']['file']}: {store.num_images} finite global descriptors")
+        lines.append(f"{os.fspath(root)}: ok ({len(man['shards'])} shards)")
+        return lines
     if sums:
         for rel in verify_checksums(root, sums, max_bytes=None):
             size = (root / rel).stat().st_size

@@ -176,6 +176,12 @@ def upgrade_store(directory: str | os.PathLike) -> str:
         unreadable.
     """
     manifest = read_manifest(directory)
+    if manifest.get("shards"):  # the layers live in the shards: each is an ordinary store
+        for shard in manifest["shards"]:
+            upgrade_store(Path(directory) / shard["path"])
+        return (f"index store {os.fspath(directory)!r} is up to date (format version "
+                f"{manifest['format_version']}, {len(manifest['shards'])} shards, norms for layers "
+                f"{', '.join(manifest['layers'])} in every shard)")
     missing = [name for name, entry in manifest["layers"].items() if not entry.get("norms")]
     if missing:
         raise IndexStoreError(

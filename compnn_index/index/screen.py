@@ -167,20 +167,48 @@ def sample_rows(blocks: Callable[[int, int], Any], ntotal: int, rows: int = FIT_
     return np.concatenate(parts)
 
 
+def fit_subsample(sample: np.ndarray) -> np.ndarray:
+    """The rows of ``sample`` the basis is fitted on: every k-th, at most :data:`FIT_ROWS` (an
+    sq8 build samples more rows, for its ranges). Rows are independent, so a caller may take
+    them before decoding the sample (:func:`compnn_index.index.codecs.roundtrip` is per row)."""
+    sample = np.asarray(sample)
+    return sample[:: max(1, len(sample) // FIT_ROWS)][:FIT_ROWS]
+
+
+def fit_screen(sample: np.ndarray, width: int = WIDTH) -> tuple[np.ndarray, float]:
+    """``(basis, energy)`` of a screen fitted on ``sample`` (:func:`fit_subsample` of it):
+    :func:`fit_basis` and the mean fraction of a sampled row's energy the basis holds."""
+    sample = fit_subsample(sample)
+    basis = fit_basis(sample, width)
+    p = _normalise32(sample) @ basis
+    return basis, float(np.mean(np.einsum("ij,ij->i", p, p, dtype=np.float64)))
+
+
 class ScreenWriter:
     """Stream a layer's screen rows while the layer itself is written (build, compress): no
     second pass over the layer file. ``add(vectors)`` takes the vectors *as the layer will hold
     them* (:func:`compnn_index.index.codecs.roundtrip`); ``close()`` also writes the basis and
-    returns the manifest entry (``rows``/``basis`` relative to ``root``)."""
+    returns the manifest entry (``rows``/``basis`` relative to ``root``).
+
+    The basis is fitted here on ``sample``, or given already fitted (``basis`` and ``energy``,
+    from :func:`fit_screen`): a sharded build fits it once for all its shards
+    (:mod:`compnn_index.index.fit`)."""
 
     def __init__(self, root: str | os.PathLike, rows_rel: str, basis_rel: str, ntotal: int,
-                 sample: np.ndarray, width: int = WIDTH) -> None:
+                 sample: np.ndarray | None = None, width: int = WIDTH, *, basis: np.ndarray | None = None,
+                 energy: float | None = None) -> None:
         self.root, self.rows_rel, self.basis_rel = Path(root), rows_rel, basis_rel
-        sample = np.asarray(sample)  # an sq8 build samples more rows (for its ranges): every k-th
-        sample = sample[:: max(1, len(sample) // FIT_ROWS)][:FIT_ROWS]
-        self.basis = fit_basis(sample, width)
-        p = _normalise32(sample) @ self.basis
-        self.energy = float(np.mean(np.einsum("ij,ij->i", p, p, dtype=np.float64)))
+        if basis is None:
+            if sample is None:
+                raise IndexStoreError("screen: give a sample to fit the basis on, or the fitted basis")
+            self.basis, self.energy = fit_screen(sample, width)
+        else:
+            basis = np.ascontiguousarray(basis, dtype=np.float32)
+            if basis.ndim != 2 or basis.shape[1] != width - 1 or energy is None:
+                raise IndexStoreError(f"screen: a fitted basis of shape {basis.shape} (energy {energy}) "
+                                      f"does not make rows of width {width}: expected (d, {width - 1}) "
+                                      "and its energy")
+            self.basis, self.energy = basis, float(energy)
         self._writer = NpyWriter(self.root / rows_rel, (int(ntotal), width), np.dtype(np.float16))
 
     def add(self, vectors: np.ndarray) -> None:

@@ -15,13 +15,15 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..errors import IndexStoreError
-from .build import _move_into_place, build_index
+from .build import _move_into_place, build_index, fit_build
+from .fit import BuildFit, store_uses_fit
 from .flatfile import FlatIPWriter
 from .manifest import FORMAT_VERSION, GLOBAL_FILE, MANIFEST_NAME, write_manifest
 from .store import IndexStore
 
 SHARD_DIR = "shards"
 PLAN_NAME = "sharded-build.json"
+FIT_NAME = "fit.npz"  # the driver's fit, kept while the build runs (resumes reuse it)
 
 
 # ---------------------------------------------------------------------------- planning
@@ -98,15 +100,38 @@ def run_sequentially(tasks: Sequence[ShardTask], model: Any, dataset: Any) -> No
 Runner = Callable[[Sequence[ShardTask], Any, Any], None]
 
 
-def _shard_complete(folder: Path, start: int, stop: int, model_digest: str, layers: Sequence[str]) -> bool:
-    """Whether ``folder`` holds a finished shard of this plan (so a resumed build keeps it)."""
+def _shard_complete(folder: Path, start: int, stop: int, model_digest: str, layers: Sequence[str],
+                    fit: BuildFit | None) -> bool:
+    """Whether ``folder`` holds a finished shard of this plan, written with the build's ``fit``
+    (so a resumed build keeps it: every shard of a store shares the driver's fit)."""
+    if fit is None:
+        return False  # the fit is saved before any shard starts: a shard without one is not ours
     try:
         man = IndexStore.open(folder).manifest
     except IndexStoreError:
         return False
     return (len(man["images"]) == stop - start and man["model"].get("hash") == model_digest
             and list(man["layers"]) == list(layers)
-            and man["dataset"].get("shard_images") == [start, stop])
+            and man["dataset"].get("shard_images") == [start, stop]
+            and store_uses_fit(folder, man, fit))
+
+
+def _driver_fit(work: Path, model: Any, dataset: Any, layers: Sequence[str], build_options: dict,
+                progress: bool) -> BuildFit:
+    """The fit every shard of this build uses: the one saved in ``work`` by an interrupted run of
+    the same plan, else fitted now over the whole dataset (:func:`~.build.fit_build`) and saved."""
+    file = work / FIT_NAME
+    if file.is_file():
+        try:
+            return BuildFit.load(file)
+        except IndexStoreError:
+            file.unlink(missing_ok=True)  # unreadable: fit again (no shard was kept for it)
+    t = time.perf_counter()
+    fit = fit_build(model, dataset, layers=layers, **build_options)
+    fit.save(file)
+    if progress:
+        print(f"fitted the codec ranges and screen bases once for every shard in {time.perf_counter() - t:.1f} s")
+    return fit
 
 
 def build_sharded(
@@ -173,13 +198,25 @@ def build_sharded(
     (work / SHARD_DIR).mkdir(parents=True, exist_ok=True)
     (work / MANIFEST_NAME).unlink(missing_ok=True)  # never a top manifest before the shards
     plan_file.write_text(json.dumps(plan, indent=1), encoding="utf-8")
-    options = dict(build_options, progress=progress and runner is None)
-    tasks = [ShardTask(i, a, b, os.fspath(work / SHARD_DIR / f"{i:03d}"), tuple(layers), options)
-             for i, (a, b) in enumerate(ranges)
-             if not _shard_complete(work / SHARD_DIR / f"{i:03d}", a, b, digest, layers)]
-    if tasks:
+    try:
+        saved = BuildFit.load(work / FIT_NAME) if (work / FIT_NAME).is_file() else None
+    except IndexStoreError:
+        saved = None  # unreadable: no shard is kept, the fit is made again
+    todo = [(i, a, b) for i, (a, b) in enumerate(ranges)
+            if not _shard_complete(work / SHARD_DIR / f"{i:03d}", a, b, digest, layers, saved)]
+    if todo:
+        # one fit for every shard (not one per shard): the same screen basis and sq8 ranges in
+        # each, and the sample pass paid once (see compnn_index.index.fit)
+        fit = _driver_fit(work, model, dataset, layers, build_options, progress)
+        options = dict(build_options, progress=progress and runner is None, fitted=fit)
+        tasks = [ShardTask(i, a, b, os.fspath(work / SHARD_DIR / f"{i:03d}"), tuple(layers), options)
+                 for i, a, b in todo]
         (runner or run_sequentially)(tasks, model, dataset)
+    t = time.perf_counter()
     assemble(work, ranges, started=started)
+    if progress:
+        print(f"assembled the global index and the top manifest in {time.perf_counter() - t:.1f} s")
+    (work / FIT_NAME).unlink(missing_ok=True)  # every shard holds its copy (its screen basis, sq8 header)
     _move_into_place(work, out)
     return out
 

@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import checks
 from ..api import CompNN, Correspondence
-from ..errors import CompNNError, IndexStoreError
+from ..errors import CompNNError, DistributedError, IndexStoreError
 from ..options import SEARCHES
 from .engines import ClientGone, EnginePool, PoolBusy
 from .params import (
@@ -238,6 +238,14 @@ def add_error_handlers(app: FastAPI) -> None:
     async def _store(request: Request, exc: IndexStoreError):
         log.error("index store problem on %s %s: %s", request.method, request.url.path, exc)
         return _error(503, f"The index store cannot answer: {exc}")
+
+    @app.exception_handler(DistributedError)
+    async def _shard(request: Request, exc: DistributedError):
+        # a shard actor died and did not come back in time, or did not answer: the store is
+        # fine and the shard may be back shortly, so 503 (retry), naming the shard
+        log.error("shard problem on %s %s: %s", request.method, request.url.path, exc)
+        return JSONResponse({"error": f"A shard of the index cannot answer now: {exc}"}, status_code=503,
+                            headers={"Retry-After": "5"})
 
     @app.exception_handler(CompNNError)
     async def _compnn(request: Request, exc: CompNNError):

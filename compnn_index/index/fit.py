@@ -1,0 +1,199 @@
+"""What a build fits before it writes anything: the ``sq8`` ranges and the screen bases.
+
+Both come from one sample of whole images spread evenly over the dataset
+(:func:`layer_sample`). A plain build fits them itself (:func:`fit_sample`). A sharded build
+fits them **once, in the driver, over the whole dataset** and hands the same
+:class:`BuildFit` to every shard's :func:`~compnn_index.index.build.build_index` (its
+``fitted=`` keyword), for two reasons:
+
+- cost: the sample pass (a forward pass over ~17 images at 128 px, 34 for ``sq8``) and the fit
+  are a build's fixed cost; four shards that each fitted their own repeated it four times on
+  the same cores (the 4-shard Ray build took 0.51x the time of one process, issue 23);
+- sameness: every shard's screen then projects on the same basis and every ``sq8`` shard
+  decodes with the same ranges, the ones an unsharded build of the same dataset would fit. A
+  shard's own fit would be a valid screen too (any orthonormal basis bounds correctly), but it
+  would depend on where the shard boundaries fall.
+
+A resumed sharded build reloads the fit it saved (:meth:`BuildFit.save` in its work folder), so
+shards built before and after an interruption share it.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from ..errors import IndexStoreError
+from .codecs import SQ_TRAIN_ROWS, check_codec, n_trained, roundtrip, train_codec
+from .screen import FIT_ROWS, fit_screen, fit_subsample
+
+
+@dataclass(frozen=True)
+class LayerFit:
+    """One layer's fitted values.
+
+    Attributes
+    ----------
+    trained : ndarray of float32
+        The codec's trained values (``sq8``: ``vmin[d]`` then ``vdiff[d]``; empty otherwise).
+    basis : ndarray of float32, shape (d, width - 1), or None
+        The screen basis (None when the build writes no screen).
+    energy : float or None
+        Mean fraction of a sampled vector's energy the basis holds (the manifest's ``energy``).
+    """
+
+    trained: np.ndarray
+    basis: np.ndarray | None
+    energy: float | None
+
+
+@dataclass(frozen=True)
+class BuildFit:
+    """The fitted values of every layer of a build of ``codec`` with a ``screen``-wide screen."""
+
+    codec: str
+    screen: int
+    layers: Mapping[str, LayerFit]
+
+    def digest(self) -> str:
+        """SHA-256 over the codec, the width and every layer's arrays (which fit a shard used)."""
+        h = hashlib.sha256(f"{self.codec}|{self.screen}".encode())
+        for name in sorted(self.layers):
+            f = self.layers[name]
+            h.update(name.encode() + b"\0")
+            h.update(np.ascontiguousarray(f.trained, dtype="<f4").tobytes())
+            if f.basis is not None:
+                h.update(np.ascontiguousarray(f.basis, dtype="<f4").tobytes())
+        return h.hexdigest()
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write to ``path`` (``.npz``) through a temporary file renamed into place."""
+        path = Path(path)
+        arrays: dict[str, np.ndarray] = {"codec": np.array(self.codec), "screen": np.array(self.screen),
+                                         "names": np.array(list(self.layers))}
+        for i, (name, f) in enumerate(self.layers.items()):
+            arrays[f"trained_{i}"] = np.asarray(f.trained, dtype=np.float32)
+            if f.basis is not None:
+                arrays[f"basis_{i}"] = np.asarray(f.basis, dtype=np.float32)
+                arrays[f"energy_{i}"] = np.array(f.energy, dtype=np.float64)
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "BuildFit":
+        """Read what :meth:`save` wrote; IndexStoreError naming the file if it cannot."""
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                layers = {}
+                for i, name in enumerate(z["names"].tolist()):
+                    basis = z[f"basis_{i}"] if f"basis_{i}" in z else None
+                    layers[str(name)] = LayerFit(z[f"trained_{i}"], basis,
+                                                 float(z[f"energy_{i}"]) if basis is not None else None)
+                return cls(str(z["codec"]), int(z["screen"]), layers)
+        except (OSError, ValueError, KeyError) as exc:
+            raise IndexStoreError(f"the build's fit {os.fspath(path)!r} cannot be read: {exc}") from None
+
+
+def sample_rows_needed(codec: str, screen: int) -> int:
+    """Vectors per layer the sample must hold: the ``sq8`` training rows, the screen's fit rows."""
+    return max(SQ_TRAIN_ROWS if n_trained(codec, 1) else 0, FIT_ROWS if screen else 0)
+
+
+def layer_sample(dataset: Any, extractor: Any, shapes: Mapping[str, tuple[int, int, int]],
+                 batch_size: int, rows: int) -> dict[str, np.ndarray]:
+    """Per-layer hyperpatches of whole images spread evenly over the dataset, until every layer
+    has ``rows`` of them (or the dataset ends): what the ``sq8`` ranges are trained on and the
+    screen's basis is fitted to. Empty when ``rows`` is 0.
+    """
+    if rows <= 0:
+        return {}
+    n = len(dataset)
+    per_image = min(hp * wp for hp, wp, _ in shapes.values())
+    count = max(1, min(n, -(-rows // max(per_image, 1))))
+    picks = np.unique(np.linspace(0, n - 1, count).round().astype(int))
+    samples: dict[str, list[np.ndarray]] = {name: [] for name in shapes}
+    for start in range(0, len(picks), batch_size):
+        x = np.stack([np.asarray(dataset[int(i)].input, dtype=np.float32)
+                      for i in picks[start: start + batch_size]])
+        _, patches, _ = extractor(x)
+        for name, hp in patches.items():
+            samples[name].append(hp.reshape(-1, hp.shape[-1]))
+    return {name: np.concatenate(parts)[:rows] for name, parts in samples.items()}
+
+
+def fit_sample(dataset: Any, extractor: Any, shapes: Mapping[str, tuple[int, int, int]], *,
+               batch_size: int, codec: str, screen: int) -> BuildFit:
+    """Sample ``dataset`` (:func:`layer_sample`) and fit every layer's codec ranges and screen
+    basis on it; the basis is fitted to the vectors as the layer will hold them (decoded)."""
+    codec = check_codec(codec)
+    sample = layer_sample(dataset, extractor, shapes, batch_size, sample_rows_needed(codec, screen))
+    layers = {}
+    for name, (_, _, d) in shapes.items():
+        trained = train_codec(codec, sample[name][:SQ_TRAIN_ROWS]) if n_trained(codec, d) \
+            else np.zeros(0, dtype=np.float32)
+        basis = energy = None
+        if screen:
+            # the fit's rows first, then decoded (per row: the same rows as decoding them all)
+            rows = fit_subsample(sample[name])
+            basis, energy = fit_screen(roundtrip(codec, rows, trained if trained.size else None), screen)
+        layers[name] = LayerFit(trained, basis, energy)
+    return BuildFit(codec, int(screen), layers)
+
+
+def check_fit(fit: Any, *, codec: str, screen: int, shapes: Mapping[str, tuple[int, int, int]]) -> BuildFit:
+    """``fit`` if it was made for this build (codec, screen width, layers and dimensions), else an
+    IndexStoreError naming the first difference (a fit handed to the wrong build)."""
+    if not isinstance(fit, BuildFit):
+        raise IndexStoreError(f"Expected fitted to be a BuildFit (compnn_index.index.fit), but got "
+                              f"{type(fit).__name__}")
+    if fit.codec != codec or fit.screen != screen:
+        raise IndexStoreError(f"fitted: made for codec {fit.codec} with screen {fit.screen}, but this build "
+                              f"writes codec {codec} with screen {screen}")
+    if list(fit.layers) != list(shapes):
+        raise IndexStoreError(f"fitted: made for layers {list(fit.layers)}, but this build indexes {list(shapes)}")
+    for name, (_, _, d) in shapes.items():
+        f = fit.layers[name]
+        if np.asarray(f.trained).size != n_trained(codec, d):
+            raise IndexStoreError(f"fitted: layer {name!r} has {np.asarray(f.trained).size} trained values, "
+                                  f"codec {codec} at {d} dims needs {n_trained(codec, d)}")
+        want = (d, screen - 1) if screen else None
+        got = None if f.basis is None else tuple(np.shape(f.basis))
+        if got != want:
+            raise IndexStoreError(f"fitted: layer {name!r} screen basis of shape {got}, expected {want}")
+    return fit
+
+
+def store_uses_fit(folder: str | os.PathLike, manifest: Mapping[str, Any], fit: BuildFit) -> bool:
+    """Whether the store in ``folder`` (its ``manifest``) was written with ``fit``: the same
+    codec, screen width, ``sq8`` ranges (read from each layer file's header) and screen bases.
+    A resumed sharded build keeps only the shards for which this holds."""
+    from .codecs import sq_header
+
+    folder = Path(folder)
+    if list(manifest.get("layers", {})) != list(fit.layers):
+        return False
+    for name, f in fit.layers.items():
+        entry = manifest["layers"][name]
+        if entry.get("codec", "fp32") != fit.codec:
+            return False
+        screen = entry.get("screen")
+        if (screen is None) != (f.basis is None):
+            return False
+        try:
+            if n_trained(fit.codec, int(entry["dim"])):
+                head = sq_header(fit.codec, int(entry["dim"]), int(entry["ntotal"]), f.trained)
+                with open(folder / entry["file"], "rb") as fh:
+                    if fh.read(len(head)) != head:
+                        return False
+            if f.basis is not None and not np.array_equal(
+                    np.load(folder / screen["basis"], allow_pickle=False), f.basis):
+                return False
+        except (OSError, ValueError, KeyError, TypeError, IndexStoreError):
+            return False
+    return True
