@@ -450,7 +450,7 @@ def _query_args(p: argparse.ArgumentParser, *, layer: bool = True) -> None:
     p.add_argument("--polish", type=_polish, default=DEFAULTS.polish,
                    help="HyperPatch-Match's last step: a bounded search seeded by its field whose screen bound's "
                         "residual term is scaled by this (0 to 1: 1 is the exact field, 0.8 names the exact match "
-                        "at ~90%% of positions on Facades decoder2, at ~70%% of exact search's time), or off")
+                        "at ~90%% of positions on Facades decoder2, at ~70%% of exact search's time), or off (default: off)")
     _ray(p, "search a sharded store's shards")
     _threads(p)
     _verify_arg(p)
