@@ -97,8 +97,8 @@ def polish_field(queries: np.ndarray, layer: LayerVectors, ids: np.ndarray, fiel
     only 20-40% of the positions (a near-duplicate patch, often of another image). The bounded
     search (:func:`compnn_index.search.bounded.bounded_search`) scores every candidate whose
     screen bound reaches the field's similarity; with the bound's residual term scaled by
-    ``polish`` (< 1) it skips most of them and is no longer certified, but keeps the ones that
-    matter — the candidates close to the query in the screen's projection. The result is never
+    ``polish`` (< 1) it skips most of them and is no longer certified (Facades decoder2, top-16:
+    recall@1 0.33 → 0.84 / 0.94 / 0.98 at 0.7 / 0.8 / 0.9, at 4-6x the time). The result is never
     worse than ``field`` (every position keeps its match unless a better one is scored).
 
     ``polish=None`` returns ``field``; a layer the bounded kernel cannot read (no screen) too,

@@ -195,10 +195,10 @@ void nest_queries(Problem& p) {
 }
 
 // A relaxed bound (residual_scale < 1): the residual term |q_perp| |v_perp| of every grain is
-// scaled, i.e. the kernel bounds P^T q . P^T v + a |q_perp| |v_perp| instead of q.v. Between
-// near neighbours the residuals are far from parallel (measured on Facades decoder2), so a
-// candidate whose relaxed bound is below the best similarity is rarely the answer; skipping it
-// is what makes the search approximate, and the result is still the best *exact* similarity of
+// scaled, i.e. the kernel bounds P^T q . P^T v + a |q_perp| |v_perp| instead of q.v. Skipping a
+// candidate whose relaxed bound is below the best similarity is what makes the search approximate
+// (on Facades decoder2 near neighbours' residuals are close to parallel, so recall falls fast with
+// a: 0.49 at 0.5, 0.80 at 0.7, 0.93 at 0.8); the result is still the best *exact* similarity of
 // the candidates scored, never worse than the seed's. The nested projection's residual (the last
 // of the bw components) and the full row's (C2) are scaled alike.
 void relax_queries(Problem& p) {
