@@ -344,3 +344,41 @@ def test_prefetch_larger_than_the_memory_to_spare_is_skipped(tmp_path, monkeypat
     monkeypatch.setattr(readahead.os, "preadv", lambda *a: reads.append(a) or 0)
     out = lv.prefetch([0, 1, 2])
     assert out["method"].startswith("skipped:") and out["read_bytes"] == 0 and not reads
+
+
+# ---------------------------------------------------------------------------- sample pass reuse
+def _forward_rows(model):
+    """A forward hook counting the images the model is run on; returns (counter, handle)."""
+    seen = {"rows": 0}
+    handle = model.register_forward_hook(lambda m, args, out: seen.__setitem__("rows", seen["rows"] + args[0].shape[0]))
+    return seen, handle
+
+
+def test_build_forward_passes_each_image_once_reusing_the_fit_sample(tmp_path, model, dataset, monkeypatch):
+    from compnn_index.index import fit as fit_module
+
+    seen, handle = _forward_rows(model)
+    try:
+        build_index(model, dataset, layers=LAYERS, out=tmp_path / "unsampled", batch_size=2,
+                    progress=False, screen=0)  # fp32 without a screen fits nothing: no sample pass
+        rows_unsampled = seen["rows"]
+        seen["rows"] = 0
+        reused = build_index(model, dataset, layers=LAYERS, out=tmp_path / "reused", batch_size=2,
+                             progress=False)
+        rows_reused = seen["rows"]
+        seen["rows"] = 0
+        monkeypatch.setattr(fit_module, "REUSE_BYTES", 0)  # nothing kept: the sample is passed again
+        fresh = build_index(model, dataset, layers=LAYERS, out=tmp_path / "fresh", batch_size=2,
+                            progress=False)
+        rows_fresh = seen["rows"]
+    finally:
+        handle.remove()
+    # the sample of a 5-image set is every image: passed once more unless it is kept
+    assert rows_reused == rows_unsampled
+    assert rows_fresh == rows_unsampled + N_IMAGES
+    a, b = IndexStore.open(reused), IndexStore.open(fresh)
+    for name in LAYERS:
+        np.testing.assert_allclose(a.vectors(name), b.vectors(name), atol=1e-6)
+        assert a.manifest["layers"][name]["screen"] is not None  # the build sampled, for the screen
+    np.testing.assert_array_equal(a.array("outputs"), b.array("outputs"))
+    assert a.manifest["images"] == b.manifest["images"]

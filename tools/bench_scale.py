@@ -177,6 +177,9 @@ def main() -> None:
     p.add_argument("--work", type=Path, required=True, help="folder for the model and the stores")
     p.add_argument("--model", type=Path, default=None, help="checkpoint (default: trained here, once)")
     p.add_argument("--queries", type=int, default=2)
+    p.add_argument("--build-repeats", type=int, default=1, metavar="R",
+                   help="build every store R times and report the median build time (a 200-image build "
+                        "takes ~8 s, where run-to-run noise is ±0.4 s); the last build is queried")
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--keep", action="store_true", help="keep the stores (default: delete each after measuring)")
     p.add_argument("--no-cold", action="store_true")
@@ -210,13 +213,19 @@ def main() -> None:
     a.work.mkdir(parents=True, exist_ok=True)
     model = a.model or train_model(a.work / "scale_model.pt", a.threads)
     doc = {"size": SIZE, "layer": LAYER, "model": str(model), "threads": a.threads, "queries": a.queries,
-           "by_codec": {}, "exponents": {}}
+           "build_repeats": a.build_repeats, "by_codec": {}, "exponents": {}}
+    if a.json and a.json.is_file():  # keep what other modes wrote there (--sharded's figures)
+        doc.update({k: v for k, v in json.loads(a.json.read_text()).items() if k not in doc})
     for codec in a.codecs:
         rows = doc["by_codec"].setdefault(codec, [])
         for n in a.sizes:
             store = a.work / f"scale_{codec}_{n}"
             t = time.perf_counter()
-            row = {"images": n, **build(model, n, codec, store, a.threads)}
+            builds = [build(model, n, codec, store, a.threads) for _ in range(max(1, a.build_repeats))]
+            seconds = sorted(b["build_seconds"] for b in builds)
+            row = {"images": n, **builds[-1], "build_seconds": float(np.median(seconds)),
+                   "build_images_per_s": n / float(np.median(seconds)), "build_seconds_all": seconds,
+                   "build_peak_rss": max(b["build_peak_rss"] for b in builds)}
             row.update(query_figures(store, a.queries, a.threads))
             if not a.no_cold:
                 row.update(cold(store, a.threads))

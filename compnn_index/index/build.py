@@ -42,7 +42,7 @@ from .manifest import ARRAY_DIR, FORMAT_VERSION, GLOBAL_FILE, LAYER_DIR, library
 from .memory import batch_bytes, check_disk, check_memory, store_size
 from .npyfile import NpyWriter
 from .pairs import manifest_entries, parse_pairs, plan_pairs
-from .fit import BuildFit, check_fit, fit_sample
+from .fit import BuildFit, SamplePass, check_fit, fit_sample
 from .screen import WIDTH as SCREEN_WIDTH, ScreenWriter, check_screen_width
 from .screen_store import screen_files
 
@@ -273,13 +273,14 @@ def build_index(
         os.chmod(tmp, 0o777 & ~_current_umask())  # mkdtemp makes it private (0700)
         try:
             integrity.claim_build_dir(tmp)  # a lock naming this process, for clean_stale_builds
+            reuse = SamplePass()  # the sampled images' features, written without a second pass
             if fitted is None:  # a sharded build fits once in its driver and hands it to every shard
                 fitted = fit_sample(dataset, extractor, shapes, batch_size=int(batch_size), codec=codec,
-                                    screen=screen)
+                                    screen=screen, keep=reuse)
             manifest = _write_store(
                 tmp, dataset, extractor, shapes, gdim, arrays,
                 batch_size=int(batch_size), progress=progress, codec=codec, fit=fitted, extra=extra,
-                screen=screen,
+                screen=screen, reuse=reuse,
             )
             manifest.update(
                 format_version=FORMAT_VERSION,
@@ -354,6 +355,27 @@ def fit_build(
         return fit_sample(dataset, extractor, shapes, batch_size=int(batch_size), codec=codec, screen=screen)
 
 
+def _extract(extractor: FeatureExtractor, x: np.ndarray, kept: Sequence[tuple | None]) -> tuple:
+    """``extractor(x, return_norms=True)``, taking the rows of ``x`` whose results were ``kept``
+    (:class:`~compnn_index.index.fit.SamplePass` items) from there and passing only the others."""
+    if all(k is None for k in kept):
+        return extractor(x, return_norms=True)
+    todo = [j for j, k in enumerate(kept) if k is None]
+    fresh = extractor(x[todo], return_norms=True) if todo else None
+    rows = {}
+    for pos, j in enumerate(todo):
+        rows[j] = (fresh[0][pos: pos + 1], {k: v[pos: pos + 1] for k, v in fresh[1].items()},
+                   fresh[2][pos: pos + 1], {k: v[pos: pos + 1] for k, v in fresh[3].items()})
+    for j, k in enumerate(kept):
+        if k is not None:
+            rows[j] = k[1:]
+    order = [rows[j] for j in range(len(kept))]
+    return (np.concatenate([r[0] for r in order]),
+            {name: np.concatenate([r[1][name] for r in order]) for name in order[0][1]},
+            np.concatenate([r[2] for r in order]),
+            {name: np.concatenate([r[3][name] for r in order]) for name in order[0][3]})
+
+
 def _write_store(
     tmp: Path,
     dataset: Any,
@@ -368,8 +390,11 @@ def _write_store(
     fit: BuildFit | None = None,
     extra: Any = None,
     screen: int = 0,
+    reuse: SamplePass | None = None,
 ) -> dict[str, Any]:
     """Stream every batch into the layer files, global file and sidecar arrays in ``tmp``.
+
+    ``reuse``: images the fit's sample pass already forward-passed (taken from it, not passed again).
 
     Returns the manifest's ``images``, ``layers``, ``global`` and ``arrays`` entries.
     """
@@ -395,7 +420,9 @@ def _write_store(
         bar = tqdm(total=n, unit="img", desc="build index", disable=not progress, dynamic_ncols=True)
         with bar:
             for start in range(0, n, batch_size):
-                samples = [dataset[i] for i in range(start, min(start + batch_size, n))]
+                indices = range(start, min(start + batch_size, n))
+                kept = {i: reuse.take(i) for i in indices if reuse is not None and i in reuse}
+                samples = [kept[i][0] if i in kept else dataset[i] for i in indices]
                 for i, s in enumerate(samples, start):
                     if tuple(np.shape(s.input)) != expected_size:
                         raise IndexStoreError(
@@ -404,7 +431,7 @@ def _write_store(
                         )
                     images.append(_image_record(i, s))
                 x = np.stack([np.asarray(s.input, dtype=np.float32) for s in samples])
-                outputs, patches, gdesc, norms = extractor(x, return_norms=True)
+                outputs, patches, gdesc, norms = _extract(extractor, x, [kept.get(i) for i in indices])
                 for name, hp in patches.items():
                     flat = hp.reshape(-1, hp.shape[-1])
                     if not np.isfinite(flat).all():

@@ -28,6 +28,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..errors import IndexStoreError
+from .memory import available_memory_bytes
 from .codecs import SQ_TRAIN_ROWS, check_codec, n_trained, roundtrip, train_codec
 from .screen import FIT_ROWS, fit_screen, fit_subsample
 
@@ -105,11 +106,54 @@ def sample_rows_needed(codec: str, screen: int) -> int:
     return max(SQ_TRAIN_ROWS if n_trained(codec, 1) else 0, FIT_ROWS if screen else 0)
 
 
+# What a build may hold on to of its sample pass, so that the sampled images are not forward-
+# passed a second time when they are written (at most this, and an eighth of available memory).
+REUSE_BYTES = 512 << 20
+
+
+class SamplePass:
+    """The extractor's results for the images the sample forward-passed, kept for the write.
+
+    The sample pass is a build's fixed cost; keeping its per-image results (the image, the
+    network's output, the hyperpatches and their norms, the global descriptor) lets the write
+    take them instead of forward-passing those images again (issue 23: a 200-image ``sq8``
+    build spent 1 s of its 7.4 s on the second pass). :meth:`take` hands each image out once,
+    so the memory is returned as the write passes it.
+    """
+
+    def __init__(self) -> None:
+        self._kept: dict[int, tuple] = {}
+        self.bytes = 0
+
+    def keep(self, index: int, sample: Any, outputs: np.ndarray, patches: Mapping[str, np.ndarray],
+             gdesc: np.ndarray, norms: Mapping[str, np.ndarray]) -> None:
+        item = (sample, outputs, dict(patches), gdesc, dict(norms))
+        self._kept[int(index)] = item
+        self.bytes += outputs.nbytes + gdesc.nbytes + sum(a.nbytes for a in (*patches.values(), *norms.values()))
+
+    def __contains__(self, index: int) -> bool:
+        return int(index) in self._kept
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+    def take(self, index: int) -> tuple:
+        """``(sample, outputs[1, ...], {layer: patches[1, ...]}, gdesc[1, ...], {layer: norms[1, ...]})``."""
+        return self._kept.pop(int(index))
+
+
+def _reuse_budget() -> int:
+    return min(REUSE_BYTES, available_memory_bytes() // 8)
+
+
 def layer_sample(dataset: Any, extractor: Any, shapes: Mapping[str, tuple[int, int, int]],
-                 batch_size: int, rows: int) -> dict[str, np.ndarray]:
+                 batch_size: int, rows: int, keep: SamplePass | None = None) -> dict[str, np.ndarray]:
     """Per-layer hyperpatches of whole images spread evenly over the dataset, until every layer
     has ``rows`` of them (or the dataset ends): what the ``sq8`` ranges are trained on and the
     screen's basis is fitted to. Empty when ``rows`` is 0.
+
+    With ``keep``, each sampled image's extractor results are also kept there (while they fit
+    in :data:`REUSE_BYTES`) for the build's write to reuse.
     """
     if rows <= 0:
         return {}
@@ -117,22 +161,32 @@ def layer_sample(dataset: Any, extractor: Any, shapes: Mapping[str, tuple[int, i
     per_image = min(hp * wp for hp, wp, _ in shapes.values())
     count = max(1, min(n, -(-rows // max(per_image, 1))))
     picks = np.unique(np.linspace(0, n - 1, count).round().astype(int))
+    budget = _reuse_budget() if keep is not None else 0
     samples: dict[str, list[np.ndarray]] = {name: [] for name in shapes}
     for start in range(0, len(picks), batch_size):
-        x = np.stack([np.asarray(dataset[int(i)].input, dtype=np.float32)
-                      for i in picks[start: start + batch_size]])
-        _, patches, _ = extractor(x)
+        chosen = [int(i) for i in picks[start: start + batch_size]]
+        items = [dataset[i] for i in chosen]
+        x = np.stack([np.asarray(s.input, dtype=np.float32) for s in items])
+        outputs, patches, gdesc, norms = extractor(x, return_norms=True)
         for name, hp in patches.items():
             samples[name].append(hp.reshape(-1, hp.shape[-1]))
+        if keep is not None:
+            for j, i in enumerate(chosen):
+                one = (outputs[j: j + 1], {k: v[j: j + 1] for k, v in patches.items()}, gdesc[j: j + 1],
+                       {k: v[j: j + 1] for k, v in norms.items()})
+                size = one[0].nbytes + one[2].nbytes + sum(a.nbytes for a in (*one[1].values(), *one[3].values()))
+                if keep.bytes + size <= budget:
+                    keep.keep(i, items[j], *one)
     return {name: np.concatenate(parts)[:rows] for name, parts in samples.items()}
 
 
 def fit_sample(dataset: Any, extractor: Any, shapes: Mapping[str, tuple[int, int, int]], *,
-               batch_size: int, codec: str, screen: int) -> BuildFit:
+               batch_size: int, codec: str, screen: int, keep: SamplePass | None = None) -> BuildFit:
     """Sample ``dataset`` (:func:`layer_sample`) and fit every layer's codec ranges and screen
-    basis on it; the basis is fitted to the vectors as the layer will hold them (decoded)."""
+    basis on it; the basis is fitted to the vectors as the layer will hold them (decoded).
+    ``keep``: see :func:`layer_sample`."""
     codec = check_codec(codec)
-    sample = layer_sample(dataset, extractor, shapes, batch_size, sample_rows_needed(codec, screen))
+    sample = layer_sample(dataset, extractor, shapes, batch_size, sample_rows_needed(codec, screen), keep=keep)
     layers = {}
     for name, (_, _, d) in shapes.items():
         trained = train_codec(codec, sample[name][:SQ_TRAIN_ROWS]) if n_trained(codec, d) \
