@@ -398,3 +398,28 @@ def test_prefetch_populates_only_uncached_ranges(tmp_path):
     res, tot = src.resident(raw, [(0, 10000)])
     assert res == tot
     assert src.prefetch(raw, [(0, 10000)])["read_bytes"] == 0  # cached: a mincore check only
+
+
+@pytest.mark.parametrize("codec", ["fp16", "sq8"])
+def test_fit_from_sample_batches_equals_fit_from_the_concatenated_sample(codec):
+    """The build fits the sq8 ranges on the batches' column extremes and the screen on every
+    k-th row across batches (no concatenated copy): both must equal the concatenation's fit."""
+    from compnn_index.index.codecs import SQ_TRAIN_ROWS, train_codec
+    from compnn_index.index.fit import SampleRows
+    from compnn_index.index.screen import fit_subsample
+
+    rng = np.random.default_rng(3)
+    parts = [rng.standard_normal((n, 24)).astype(np.float32) * rng.uniform(0.5, 3) for n in (7, 130, 1, 64, 99)]
+    rows = 250  # cuts the last batch
+    whole = np.concatenate(parts)[:rows]
+    sample = SampleRows(parts, rows)
+    assert len(sample) == rows
+    assert np.array_equal(np.asarray(sample), whole)
+    for k in (1, 2, 3, 7):
+        assert np.array_equal(sample.every(k, 1000), whole[::k])
+        assert np.array_equal(sample.every(k, 5), whole[::k][:5])
+    assert np.array_equal(fit_subsample(whole), sample.every(max(1, rows // 65536), 65536))
+    for first in (1, 100, rows):
+        assert np.array_equal(train_codec(codec, sample.extremes(first)), train_codec(codec, whole[:first]))
+    assert SQ_TRAIN_ROWS > rows and np.array_equal(train_codec(codec, sample.extremes(SQ_TRAIN_ROWS)),
+                                                   train_codec(codec, whole))

@@ -179,7 +179,9 @@ def main() -> None:
     p.add_argument("--queries", type=int, default=2)
     p.add_argument("--build-repeats", type=int, default=1, metavar="R",
                    help="build every store R times and report the median build time (a 200-image build "
-                        "takes ~8 s, where run-to-run noise is ±0.4 s); the last build is queried")
+                        "takes ~8 s, where run-to-run noise is ±1 s). The repeats run in rounds over every "
+                        "codec and size (200, 800, 3200, 200, ...), so a host that drifts slower or faster "
+                        "moves every size alike instead of the sizes built last; the last round is queried")
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--keep", action="store_true", help="keep the stores (default: delete each after measuring)")
     p.add_argument("--no-cold", action="store_true")
@@ -216,22 +218,32 @@ def main() -> None:
            "build_repeats": a.build_repeats, "by_codec": {}, "exponents": {}}
     if a.json and a.json.is_file():  # keep what other modes wrote there (--sharded's figures)
         doc.update({k: v for k, v in json.loads(a.json.read_text()).items() if k not in doc})
+    # builds first, in rounds over every codec and size (see --build-repeats), every store kept
+    # until it is queried
+    builds: dict[tuple[str, int], list[dict]] = {}
+    for r in range(max(1, a.build_repeats)):
+        for codec in a.codecs:
+            for n in a.sizes:
+                b = build(model, n, codec, a.work / f"scale_{codec}_{n}", a.threads)
+                builds.setdefault((codec, n), []).append(b)
+                print(f"build round {r + 1}: {codec} {n} images {b['build_seconds']:.2f} s "
+                      f"({b['build_images_per_s']:.1f} images/s)", flush=True)
     for codec in a.codecs:
         rows = doc["by_codec"].setdefault(codec, [])
         for n in a.sizes:
             store = a.work / f"scale_{codec}_{n}"
             t = time.perf_counter()
-            builds = [build(model, n, codec, store, a.threads) for _ in range(max(1, a.build_repeats))]
-            seconds = sorted(b["build_seconds"] for b in builds)
-            row = {"images": n, **builds[-1], "build_seconds": float(np.median(seconds)),
+            done = builds[(codec, n)]
+            seconds = [b["build_seconds"] for b in done]
+            row = {"images": n, **done[-1], "build_seconds": float(np.median(seconds)),
                    "build_images_per_s": n / float(np.median(seconds)), "build_seconds_all": seconds,
-                   "build_peak_rss": max(b["build_peak_rss"] for b in builds)}
+                   "build_peak_rss": max(b["build_peak_rss"] for b in done)}
             row.update(query_figures(store, a.queries, a.threads))
             if not a.no_cold:
                 row.update(cold(store, a.threads))
             rows.append(row)
             print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items() if k != "cold"}),
-                  f"({time.perf_counter() - t:.0f} s)", flush=True)
+                  f"(queries {time.perf_counter() - t:.0f} s)", flush=True)
             if not a.keep:
                 shutil.rmtree(store)
             if a.json:  # after every store: a stopped run keeps what it measured
@@ -240,10 +252,15 @@ def main() -> None:
                 tmp = a.json.with_suffix(".tmp")
                 tmp.write_text(json.dumps(doc, indent=1))
                 os.replace(tmp, a.json)
+    doc["build_throughput_spread"] = {
+        c: (max(r["build_images_per_s"] for r in rs) / min(r["build_images_per_s"] for r in rs) - 1)
+        for c, rs in doc["by_codec"].items() if rs}
     doc["exponents"] = {c: {f: exponent([r["images"] for r in rs], [r.get(f) for r in rs]) for f in FIGURES}
                         for c, rs in doc["by_codec"].items()}
     for codec, ex in doc["exponents"].items():
         print(codec, {k: (round(v, 2) if v is not None else None) for k, v in ex.items()})
+    for codec, spread in doc["build_throughput_spread"].items():
+        print(f"{codec}: build images/s, fastest size over slowest: +{100 * spread:.1f}% (target: within 15%)")
     if a.json:
         a.json.write_text(json.dumps(doc, indent=1))
     if a.plot:
