@@ -423,3 +423,33 @@ def test_fit_from_sample_batches_equals_fit_from_the_concatenated_sample(codec):
         assert np.array_equal(train_codec(codec, sample.extremes(first)), train_codec(codec, whole[:first]))
     assert SQ_TRAIN_ROWS > rows and np.array_equal(train_codec(codec, sample.extremes(SQ_TRAIN_ROWS)),
                                                    train_codec(codec, whole))
+
+
+def test_writers_request_writeback_of_each_span_and_write_the_same_bytes(tmp_path, monkeypatch):
+    """The streaming writers ask the kernel to start writing each finished span (so a small
+    store's write is not all left to its closing fsync); the spans tile the file in order and
+    the file is byte-identical to faiss.write_index's."""
+    import compnn_index.index.writeback as wb
+    from compnn_index.index.flatfile import FlatIPWriter
+    from compnn_index.index.npyfile import NpyWriter
+
+    calls = []
+    monkeypatch.setattr(wb, "SPAN_BYTES", 4096)
+    monkeypatch.setattr(wb, "_sync_file_range", lambda fd, off, n, flags: calls.append((off, n, flags)) or 0)
+    x = np.random.default_rng(0).standard_normal((300, 16)).astype(np.float32)
+    with FlatIPWriter(tmp_path / "a.index", 16) as w:
+        for i in range(0, 300, 37):
+            w.add(x[i: i + 37])
+    ref = faiss.IndexFlatIP(16)
+    ref.add(x)
+    faiss.write_index(ref, str(tmp_path / "b.index"))
+    assert (tmp_path / "a.index").read_bytes() == (tmp_path / "b.index").read_bytes()
+    assert len(calls) >= 4 and all(flags == 2 and n >= 4096 for _, n, flags in calls)
+    assert [off for off, _, _ in calls] == [0] + list(np.cumsum([n for _, n, _ in calls])[:-1])
+    calls.clear()
+    w = NpyWriter(tmp_path / "c.npy", (300, 16), np.float32)
+    for i in range(0, 300, 50):
+        w.add(x[i: i + 50])
+    w.close()
+    assert np.array_equal(np.load(tmp_path / "c.npy"), x) and len(calls) >= 3
+    assert [off for off, _, _ in calls] == [0] + list(np.cumsum([n for _, n, _ in calls])[:-1])

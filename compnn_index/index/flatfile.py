@@ -25,6 +25,7 @@ import faiss
 import numpy as np
 
 from ..errors import IndexStoreError
+from .writeback import Writeback
 
 _FOURCC_IP = b"IxFI"
 _DUMMY = 1 << 20
@@ -76,6 +77,7 @@ class StreamingIndexWriter:
         self.ntotal = 0
         self._file = open(self.path, "wb")
         self._file.write(self._header(0))
+        self._writeback = Writeback(self._file)
 
     def _header(self, ntotal: int) -> bytes:
         raise NotImplementedError
@@ -90,7 +92,7 @@ class StreamingIndexWriter:
             raise IndexStoreError(
                 f"{self.path.name}: expected vectors of shape (n, {self.d}), but got {x.shape}"
             )
-        self._file.write(memoryview(np.ascontiguousarray(self._encode(x))).cast("B"))
+        self._writeback.wrote(self._file.write(memoryview(np.ascontiguousarray(self._encode(x))).cast("B")))
         self.ntotal += x.shape[0]
 
     def close(self) -> int:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import IndexStoreError
+from .writeback import Writeback
 
 
 class NpyWriter:
@@ -36,6 +37,7 @@ class NpyWriter:
         header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
                   "shape": self.shape}
         np.lib.format.write_array_header_1_0(self._file, header)
+        self._writeback = Writeback(self._file)
 
     def add(self, rows: np.ndarray) -> None:
         """Append ``rows`` of shape ``(m,) + shape[1:]``."""
@@ -45,7 +47,7 @@ class NpyWriter:
                 f"{self.path.name}: expected rows of shape (m,) + {self.shape[1:]} with at most "
                 f"{self.shape[0] - self.rows} rows left, but got {x.shape}"
             )
-        self._file.write(memoryview(x).cast("B"))
+        self._writeback.wrote(self._file.write(memoryview(x).cast("B")))
         self.rows += x.shape[0]
 
     def close(self) -> None:
