@@ -23,6 +23,7 @@ exponent (the slope of log figure against log size) beside each curve.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import shutil
@@ -126,6 +127,9 @@ def cold(store: Path, threads: int) -> dict:
     if done.returncode != 0:
         return {"cold_error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"}
     doc = json.loads(done.stdout.strip().splitlines()[-1])
+    if doc.get("not_cold"):  # the figure would be a warm query's
+        print(f"warning: {store.name}: {doc['not_cold']}: no cold figure", file=sys.stderr, flush=True)
+        return {"cold_first_query_seconds": None, "cold": doc}
     return {"cold_first_query_seconds": doc.get("query_seconds"), "cold": doc}
 
 
@@ -238,9 +242,13 @@ def main() -> None:
             row = {"images": n, **done[-1], "build_seconds": float(np.median(seconds)),
                    "build_images_per_s": n / float(np.median(seconds)), "build_seconds_all": seconds,
                    "build_peak_rss": max(b["build_peak_rss"] for b in done)}
-            row.update(query_figures(store, a.queries, a.threads))
+            # cold first: nothing maps the store yet (a page mapped by any process, this one
+            # included, cannot be evicted, and the query's store lives in reference cycles until
+            # the collector runs)
             if not a.no_cold:
                 row.update(cold(store, a.threads))
+            row.update(query_figures(store, a.queries, a.threads))
+            gc.collect()
             rows.append(row)
             print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items() if k != "cold"}),
                   f"(queries {time.perf_counter() - t:.0f} s)", flush=True)
