@@ -316,6 +316,29 @@ def test_warm_reads_codes_and_screen_rows_into_the_page_cache(store, model):
         assert resident == total > 0
 
 
+def test_warm_skips_a_layer_larger_than_the_memory_cgroup_limit_and_says_why(store, model, monkeypatch):
+    from compnn_index.api import CompNN
+    from compnn_index.index import readahead
+
+    cnn = CompNN.load(store, model=model)
+    need = sum(p.stat().st_size for p in (cnn.layer("decoder2").source.path, cnn.layer("decoder2").screen_source.path))
+    monkeypatch.setattr(readahead, "_cgroup_memory", lambda: (need, 0))  # limit = the layer: above 80%
+    (w,) = cnn.warm()
+    assert w["read_bytes"] == 0
+    assert "memory cgroup limit" in w["skipped"] and "queries read the pages they touch" in w["skipped"]
+    assert readahead.memory_limit() == (need, "memory cgroup limit")
+    assert readahead.memory_budget() <= need
+    monkeypatch.setattr(readahead, "_cgroup_memory", lambda: (4 * need, 0))  # the limit fits it: warmed
+    lv = cnn.layer("decoder2")
+    for src in (lv.source, lv.screen_source):
+        src.evict()
+    (w,) = cnn.warm()
+    assert "skipped" not in w
+    runs = lv.runs(np.arange(lv.num_images))
+    assert all(src.resident(arr, runs)[0] == src.resident(arr, runs)[1] > 0
+               for src, arr in ((lv.source, lv.raw), (lv.screen_source, lv.screen.rows)))
+
+
 def test_upgrade_of_a_sharded_store_screens_every_shard_and_keeps_it_openable(model, dataset, tmp_path):
     from compnn_index.index.sharded import build_sharded
 

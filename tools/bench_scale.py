@@ -174,6 +174,48 @@ def plot(doc: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def table(doc: dict) -> str:
+    """The JSON's figures as the markdown tables of ``docs/results/scale.md``: one row per codec
+    and size, the fitted exponents, and the targets' ratios (largest size over smallest)."""
+    gb, mb = 1e9, 1e6
+    out = ["| codec | images | build s (every round) | build img/s (median) | build peak RSS GB | store MB/image "
+           "| exact top-16 s | HPM top-16 s | exact whole s | HPM whole s | HPM whole sim. ratio | cold first query s |",
+           "|" + "---|" * 12]
+    fmt = lambda v, f: "—" if v is None else format(v, f)  # noqa: E731
+    for codec, rows in doc["by_codec"].items():
+        for r in rows:
+            every = " / ".join(f"{s:.2f}" for s in r.get("build_seconds_all", [r["build_seconds"]]))
+            out.append(f"| {codec} | {r['images']} | {every} | {r['build_images_per_s']:.1f} "
+                       f"| {r['build_peak_rss'] / gb:.2f} | {r['store_bytes_per_image'] / mb:.2f} "
+                       f"| {fmt(r.get('exact_top16_seconds'), '.3f')} | {fmt(r.get('hpm_top16_seconds'), '.3f')} "
+                       f"| {fmt(r.get('exact_whole_seconds'), '.2f')} | {fmt(r.get('hpm_whole_seconds'), '.3f')} "
+                       f"| {fmt(r.get('hpm_whole_ratio'), '.4f')} | {fmt(r.get('cold_first_query_seconds'), '.3f')} |")
+    codecs = list(doc["by_codec"])
+    out += ["", "| figure | " + " | ".join(codecs) + " |", "|---|" + "---|" * len(codecs)]
+    for f in FIGURES:
+        out.append(f"| {f} | " + " | ".join(fmt(doc["exponents"][c].get(f), ".2f") for c in codecs) + " |")
+    out += ["", "| target | " + " | ".join(codecs) + " |", "|---|" + "---|" * len(codecs)]
+
+    def ratio(rows, f):
+        a, b = rows[0].get(f), rows[-1].get(f)
+        return None if not a or b is None else b / a
+
+    for f, what in (("exact_top16_seconds", "exact top-16, largest / smallest (≤ 1.3)"),
+                    ("hpm_top16_seconds", "HPM top-16, largest / smallest (≤ 1.3)"),
+                    ("hpm_whole_seconds", "HPM whole set, largest / smallest (≤ 4)")):
+        out.append(f"| {what} | " + " | ".join(fmt(ratio(doc['by_codec'][c], f), '.2f') + "×" for c in codecs) + " |")
+    out.append("| HPM whole-set sim. ratio at the largest size (≥ 0.97) | "
+               + " | ".join(fmt(doc["by_codec"][c][-1].get("hpm_whole_ratio"), ".4f") for c in codecs) + " |")
+    spread = doc.get("build_throughput_spread", {})
+    out.append("| build img/s, fastest size over slowest (within 15%) | "
+               + " | ".join(fmt(100 * spread[c], "+.1f") + "%" if c in spread else "—" for c in codecs) + " |")
+    if doc.get("sharded"):
+        sh = doc["sharded"]
+        out.append(f"| 4-shard Ray build of {sh['images']} ({sh['codec']}) vs one process (≥ 1.0×) | "
+                   + " | ".join([f"{sh['ray4_speed_vs_single']:.2f}×"] + ["—"] * (len(codecs) - 1)) + " |")
+    return "\n".join(out)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", type=lambda s: [int(v) for v in s.split(",")], default=[200, 800, 3200])
@@ -192,9 +234,12 @@ def main() -> None:
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--plot", type=Path, default=None)
     p.add_argument("--replot", type=Path, default=None, help="only draw --plot from this JSON")
+    p.add_argument("--table", type=Path, default=None, help="only print this JSON's figures as markdown tables")
     p.add_argument("--sharded", type=int, default=None, metavar="N",
                    help="only compare `compnn build` of N images in one process and as 4 shards on a local Ray "
                         "cluster (first codec of --codecs), writing the figures under 'sharded' in --json")
+    if "--table" in sys.argv:  # needs no --work
+        return print(table(json.loads(Path(sys.argv[sys.argv.index("--table") + 1]).read_text())))
     a = p.parse_args()
     if a.replot:
         return plot(json.loads(a.replot.read_text()), a.plot)

@@ -42,12 +42,9 @@ except (OSError, AttributeError):  # pragma: no cover - not Linux
 PREFETCH_MEMORY_FRACTION = 0.5
 
 
-def memory_budget() -> int:
-    """Bytes of memory this process may still fill: the machine's available memory, and under a
-    memory cgroup (v2 ``memory.max``, v1 ``memory.limit_in_bytes``) at most its limit less its use."""
-    import psutil
-
-    budget = int(psutil.virtual_memory().available)
+def _cgroup_memory() -> tuple[int, int] | None:
+    """This process's memory cgroup limit and use in bytes (v2 ``memory.max`` / ``memory.current``,
+    v1 ``memory.limit_in_bytes`` / ``memory.usage_in_bytes``); None without a limit."""
     try:
         for line in Path("/proc/self/cgroup").read_text().splitlines():
             _, controllers, path = line.split(":", 2)
@@ -62,10 +59,30 @@ def memory_budget() -> int:
             if limit.is_file() and usage.is_file():
                 text = limit.read_text().strip()
                 if text != "max" and int(text) < (1 << 62):
-                    budget = min(budget, max(0, int(text) - int(usage.read_text())))
+                    return int(text), int(usage.read_text())
     except (OSError, ValueError):
         pass
-    return budget
+    return None
+
+
+def memory_budget() -> int:
+    """Bytes of memory this process may still fill: the machine's available memory, and under a
+    memory cgroup at most its limit less its use."""
+    import psutil
+
+    budget = int(psutil.virtual_memory().available)
+    cg = _cgroup_memory()
+    return min(budget, max(0, cg[0] - cg[1])) if cg else budget
+
+
+def memory_limit() -> tuple[int, str]:
+    """The most memory this process can ever hold, and what sets it: the machine's RAM, or a
+    smaller memory cgroup limit."""
+    import psutil
+
+    total = int(psutil.virtual_memory().total)
+    cg = _cgroup_memory()
+    return (cg[0], "memory cgroup limit") if cg and cg[0] < total else (total, "RAM")
 
 
 def _page_span(addr: int, nbytes: int) -> tuple[int, int]:
@@ -168,17 +185,15 @@ def warm(layer, *, max_fraction: float = 0.8) -> dict:
     """
     import time
 
-    import psutil
-
     sources = [s for s in (layer.source, layer.screen_source) if s is not None]
     need = sum(os.path.getsize(s.path) for s in sources)
-    total = psutil.virtual_memory().total
+    total, what = memory_limit()
     out = {"layer": layer.name, "bytes": need, "read_bytes": 0, "seconds": 0.0}
     if not sources:
         return {**out, "skipped": "in memory already (no file)"}
     if need > max_fraction * total:
         return {**out, "skipped": f"{need / 1e9:.1f} GB does not fit {max_fraction:.0%} of the "
-                                  f"{total / 1e9:.1f} GB of RAM"}
+                                  f"{total / 1e9:.1f} GB {what}; queries read the pages they touch"}
     t = time.perf_counter()
     got = layer.prefetch(range(layer.num_images))
     out["read_bytes"] = int(got.get("read_bytes", 0)) + int(got.get("screen", {}).get("read_bytes", 0))
