@@ -382,3 +382,56 @@ def test_classes_file_colours_are_all_or_none(tmp_path):
     (tmp_path / "c.txt").write_text("sky 300 0 0\n")
     with pytest.raises(DataError, match=r"colour 300 0 0 is not in 0\.\.255"):
         read_classes(tmp_path / "c.txt")
+
+
+def _write_voc_style(root: Path, split: str, n: int = 4) -> None:
+    """Masks whose void is 255 (VOC / Cityscapes style), with a classes.txt naming 3 classes."""
+    (root / split).mkdir(parents=True)
+    (root / f"{split}annot").mkdir()
+    rng = np.random.default_rng(5)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)).save(root / split / f"v{i}.png")
+        labels = np.kron(rng.integers(0, 3, (SIZE // 8, SIZE // 8)), np.ones((8, 8), dtype=np.int64)).astype(np.uint8)
+        labels[:, :3] = 255  # object boundaries / void
+        Image.fromarray(labels).save(root / f"{split}annot" / f"v{i}.png")
+    (root / "classes.txt").write_text("sky 128 128 255\nroad 90 90 90\ncar 255 0 0\n")
+
+
+def test_ignore_index_255_flows_from_train_to_build_to_evaluate_and_class_names_are_recorded(tmp_path, capsys):
+    import json
+
+    root = tmp_path / "voc"
+    _write_voc_style(root, "train")
+    _write_voc_style(root, "test")
+    common = ["--data", str(root), "--threads", "1"]
+    # without it: refused, naming the file, the label and the ignore label expected
+    assert cli.main(["train", *common, "--task", "segment", "--ngf", "4", "--epochs", "1",
+                     "--out", str(tmp_path / "m.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "found label 255, expected 0..2 or ignore_index = 11" in err and "v0.png" in err
+    assert cli.main(["train", *common, "--task", "segment", "--ngf", "4", "--epochs", "1", "--ignore-index", "255",
+                     "--out", str(tmp_path / "m.pt")]) == 0
+    # build and evaluate take the ignore label the model / store was trained with
+    assert cli.main(["build", "--model", str(tmp_path / "m.pt"), *common, "--layers", "decoder2",
+                     "--out", str(tmp_path / "s")]) == 0
+    man = IndexStore.open(tmp_path / "s").manifest
+    assert man["ignore_index"] == 255 and man["dataset"]["ignore_index"] == 255
+    assert man["class_names"] == ["sky", "road", "car"]
+    assert cli.main(["evaluate", str(tmp_path / "s"), *common, "--split", "test", "--top-k", "1", "--no-hpm",
+                     "--out", str(tmp_path / "ev")]) == 0
+    doc = json.loads((tmp_path / "ev" / "results.json").read_text())
+    assert doc["class_names"] == ["sky", "road", "car"]
+    cnn_row = next(r for r in doc["rows"] if r["method"] == "cnn" and r["vs"] == "ground_truth")
+    assert 0.0 <= cnn_row["pixel_accuracy"] <= 1.0
+    # a store whose class names are not recorded is never given Facades' names for its class count
+    assert CompNN.load(tmp_path / "s", threads=1).context().class_names == ("sky", "road", "car")
+
+
+def test_trained_ignore_index_prefers_the_option_then_the_record_and_only_for_segmentation():
+    from compnn_index.data import trained_ignore_index
+
+    assert trained_ignore_index({"ignore_index": 255}, None, "segment") == 255
+    assert trained_ignore_index({"ignore_index": 255}, 0, "segment") == 0
+    assert trained_ignore_index({"ignore_index": 255}, None, "translate") is None
+    assert trained_ignore_index({}, None, "segment") is None
+    assert trained_ignore_index({"ignore_index": True}, None, "segment") is None

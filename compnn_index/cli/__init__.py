@@ -23,7 +23,7 @@ def _cmd_train(a: argparse.Namespace) -> None:
     from ..jobs.workflows import train
 
     train(data=a.data, split=a.split, direction=a.direction, size=a.size, limit=a.limit,
-          seed=a.seed, sample=a.sample, data_args=a.data_args, task=a.task, arch=a.arch, ngf=a.ngf, depth=a.depth, epochs=a.epochs,
+          seed=a.seed, sample=a.sample, data_args=a.data_args, ignore_index=a.ignore_index, task=a.task, arch=a.arch, ngf=a.ngf, depth=a.depth, epochs=a.epochs,
           batch_size=a.batch_size, lr=a.lr, gan=a.gan, threads=a.threads, out=a.out,
           resume=a.resume, minutes=a.minutes)
 
@@ -32,7 +32,8 @@ def _cmd_build(a: argparse.Namespace) -> None:
     from ..jobs.workflows import build
 
     build(model=a.model, data=a.data, split=a.split, direction=a.direction, size=a.size,
-          limit=a.limit, seed=a.seed, sample=a.sample, data_args=a.data_args, layers=a.layers,
+          limit=a.limit, seed=a.seed, sample=a.sample, data_args=a.data_args, ignore_index=a.ignore_index,
+          layers=a.layers,
           global_layer=a.global_layer, batch_size=a.batch_size, threads=a.threads, out=a.out,
           overwrite=a.overwrite, model_factory=a.model_factory, factory_args=a.factory_args,
           weights=a.weights, task=a.task, codec=a.codec, pairs=a.predict,
@@ -74,8 +75,8 @@ def _cmd_evaluate(a: argparse.Namespace) -> None:
     from ..jobs.evaluate import evaluate
 
     evaluate(a.index, data=a.data, split=a.split, direction=a.direction, size=a.size,
-             limit=a.limit, seed=a.seed, sample=a.sample, data_args=a.data_args, layer=a.layer,
-             search=a.search, top_k=a.top_k, iterations=a.iterations, init=a.init, threads=a.threads,
+             limit=a.limit, seed=a.seed, sample=a.sample, data_args=a.data_args, ignore_index=a.ignore_index,
+             layer=a.layer, search=a.search, top_k=a.top_k, iterations=a.iterations, init=a.init, threads=a.threads,
              out=a.out, hpm=not a.no_hpm, global_layers=not a.no_global_layers, inversion=a.inversion,
              inversion_top_k=a.inversion_top_k, cluster=a.ray, exact_method=a.exact_method)
 
@@ -107,7 +108,8 @@ def _cmd_compare(a: argparse.Namespace) -> None:
     from ..jobs.compare import compare
 
     compare(a.index, data=a.data, split=a.split, direction=a.direction, size=a.size,
-            limit=a.limit, seed=a.seed, sample=a.sample, data_args=a.data_args, layer=a.layer, top_k=a.top_k, iterations=a.iterations,
+            limit=a.limit, seed=a.seed, sample=a.sample, data_args=a.data_args, ignore_index=a.ignore_index,
+            layer=a.layer, top_k=a.top_k, iterations=a.iterations,
             samples=a.samples, jumps=a.jumps,
             init=a.init, baselines=a.baselines, threads=a.threads, out=a.out,
             stores=a.stores, exact_cache=a.exact_cache, cold=a.cold, cluster=a.ray,

@@ -197,3 +197,16 @@ def _check_ignore(task: str, ignore_index: int | None) -> None:
             "ignore_index only applies to task='segment', but task = 'translate' and "
             f"ignore_index = {ignore_index}"
         )
+
+
+def trained_ignore_index(trained: dict | None, given: int | None, task: str | None) -> int | None:
+    """The ignore label to open a dataset with: ``given`` (``--ignore-index``) when set, else the
+    one the model or store was trained with (its recorded dataset identity), so that a store built
+    with, say, 255 reads its test split the same way; None (the layout's default) otherwise."""
+    if given is not None:
+        return given
+    if task != "segment" or not trained:
+        return None
+    value = trained.get("ignore_index")
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
+

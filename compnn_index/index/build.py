@@ -296,6 +296,7 @@ def build_index(
                 task=dataset.task,
                 num_classes=getattr(dataset, "num_classes", None),
                 ignore_index=getattr(dataset, "ignore_index", None),
+                class_names=list(getattr(dataset, "class_names", None) or []) or None,
                 palette=None if getattr(dataset, "palette", None) is None
                 else np.asarray(dataset.palette).astype(int).tolist(),
                 image_size=list(image_size),
@@ -304,7 +305,7 @@ def build_index(
             manifest.setdefault("shards", None)
             manifest["checksums"] = None
             order = ["format_version", "created", "build_seconds", "model", "dataset", "task",
-                     "num_classes", "ignore_index", "palette", "image_size", "images", "layers",
+                     "num_classes", "ignore_index", "class_names", "palette", "image_size", "images", "layers",
                      "global", "arrays", "shards", "checksums", "versions"]
             if geoms:  # optional field: stores without it load as before
                 manifest["predictions"] = manifest_entries(geoms)

@@ -8,7 +8,7 @@ Layout (``FORMAT_VERSION`` 2)::
       "model":   {"arch": "unet", "config": {...}, "hash": "<sha256>", "checkpoint": "/abs/path.pt" | null},
       "dataset": {...dataset.identity...},
       "task": "translate" | "segment", "num_classes": int | null, "ignore_index": int | null,
-      "palette": [[r, g, b], ...] | null,
+      "palette": [[r, g, b], ...] | null, "class_names": [str, ...] | null (e.g. from classes.txt),
       "image_size": [H, W],
       "images":  [{"id": 0, "name": "1", "height": H, "width": W, "meta": {...}}, ...],
       "layers":  {"decoder2": {"spec": {...LayerSpec.to_dict()...}, "grid": [Hp, Wp], "dim": D,

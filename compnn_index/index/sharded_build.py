@@ -278,7 +278,7 @@ def assemble(root: Path, ranges: Sequence[tuple[int, int]], *, started: float | 
         else round(sum(float(s.manifest.get("build_seconds") or 0) for *_, s in parts), 3),
         "model": first["model"], "dataset": dataset, "task": first["task"],
         "num_classes": first.get("num_classes"), "ignore_index": first.get("ignore_index"),
-        "palette": first.get("palette"), "image_size": first["image_size"], "images": images,
+        "class_names": first.get("class_names"), "palette": first.get("palette"), "image_size": first["image_size"], "images": images,
         "layers": layers,
         "global": {**first["global"], "ntotal": gtotal, "file": GLOBAL_FILE},
         "arrays": arrays, "shards": shards, "checksums": None, "versions": first.get("versions"),

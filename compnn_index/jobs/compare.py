@@ -50,7 +50,7 @@ def _fidelity(recon: np.ndarray, cnn_out: np.ndarray, seg: bool) -> float:
 def compare(
     index: str | Path, *, data: str, split: str = "test", direction: str | None = None,
     size: int | None = None, limit: int | None = 5, seed: int = 0, sample: str = "first",
-    data_args: dict | None = None, layer: str | None = None,
+    data_args: dict | None = None, ignore_index: int | None = None, layer: str | None = None,
     top_k: Sequence[int] | None = None, iterations: Sequence[int] = (2, 4, 8, 16, 32),
     init: Sequence[str] = ("random",), baselines: Sequence[str] = ("hnsw", "ivf"),
     samples: int = DEFAULTS.samples, jumps: int = DEFAULTS.jumps, threads: int | None = None, out: str | Path,
@@ -70,7 +70,7 @@ def compare(
     """
 
     from ..api import CompNN
-    from ..data import open_dataset
+    from ..data import open_dataset, trained_ignore_index
 
     cold_rows = [_cold(p, data=data, split=split, layer=layer, top_k=(top_k or [None])[0],
                        iterations=max(iterations), init=init[0], threads=threads)
@@ -96,7 +96,8 @@ def compare(
                                seed=seed, init=mode) for mode in init for it in iterations]
     ds = open_dataset(data, split=split, direction=direction or trained.get("direction", "AtoB"),
                       task=cnn.task, size=size or trained.get("size"), limit=limit, seed=seed,
-                      sample=sample, data_args=data_args)
+                      sample=sample, data_args=data_args,
+                      ignore_index=trained_ignore_index(trained, ignore_index, cnn.task))
     lv = cnn.layer(layer)
     exact_stats = defaultdict(list)
     codec_stats: dict[tuple[str, int], list] = defaultdict(list)

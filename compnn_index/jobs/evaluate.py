@@ -132,7 +132,7 @@ DEFAULT_TOP_KS = (1, 16, 64)
 def evaluate(
     index: str | Path, *, data: str, split: str = "test", direction: str | None = None,
     size: int | None = None, limit: int | None = None, seed: int = 0, sample: str = "first",
-    data_args: dict | None = None, layer: str | None = None,
+    data_args: dict | None = None, ignore_index: int | None = None, layer: str | None = None,
     search: str = "exact", top_k: Sequence[int] | None = None, iterations: int = DEFAULTS.iterations,
     init: str = DEFAULTS.init, threads: int | None = None, out: str | Path, progress: bool = True,
     cnn=None, examples: int = 4, hpm: bool = True, global_layers: bool = True,
@@ -149,7 +149,7 @@ def evaluate(
     ``ci95``.
     """
     from ..api import CompNN
-    from ..data import FACADES_CLASSES, FACADES_PALETTE, open_dataset
+    from ..data import FACADES_PALETTE, open_dataset, trained_ignore_index
     from .inversion_eval import InversionEval
 
     if exact_method not in EXACT_METHODS:
@@ -172,7 +172,8 @@ def evaluate(
         )
     ds = open_dataset(data, split=split, direction=direction or trained.get("direction", "AtoB"),
                       task=cnn.task, size=size or trained.get("size"), limit=limit, seed=seed,
-                      sample=sample, data_args=data_args)
+                      sample=sample, data_args=data_args,
+                      ignore_index=trained_ignore_index(trained, ignore_index, cnn.task))
     seg = cnn.task == "segment"
     options = QueryOptions(search=search, iterations=iterations, init=init, exact_method=exact_method)
     inv = (InversionEval(cnn, inversion, options=options.with_(top_k=min(inversion_top_k, cnn.num_images)))
@@ -186,7 +187,7 @@ def evaluate(
     store = ImageCache(cache, fp) if cache is not None else None
     job = _ImageJob(cnn, layer=layer, levels=levels, top_ks=top_ks, options=options, hpm=hpm, threads=threads,
                     global_layers=global_layers, inv=inv,
-                    palette=man.get("palette"), seg=seg)
+                    palette=man.get("palette"), seg=seg, ignore_index=ds.ignore_index)
     records, example_rows = [], []
     for i in tqdm(range(len(ds)), desc="evaluate", unit="img", disable=not progress):
         name = str(ds.names[i])
@@ -204,7 +205,7 @@ def evaluate(
     weights = resample_weights(len(records), n_boot=n_boot)
     context = PaperContext.of_store(man, layer)
     if seg:
-        rows = pooled_rows(records, weights, num_classes=cnn.num_classes, ignore_index=cnn.ignore_index)
+        rows = pooled_rows(records, weights, num_classes=cnn.num_classes, ignore_index=ds.ignore_index)
         add_deltas(rows)
         delta_intervals(records, rows, weights, num_classes=cnn.num_classes)
         columns = ["method", "top_k", "source", "vs", "pixel_accuracy", "mean_iou",
@@ -219,13 +220,13 @@ def evaluate(
         columns = ["method", "top_k", "source", "vs", "pixel_accuracy", "mpa", "paper_mpa", "l1", "psnr"]
     for r in rows:
         r.update(paper_figures(r, context))
-    class_names = list(FACADES_CLASSES) if seg and cnn.num_classes == len(FACADES_CLASSES) else None
     ran = sorted({m for rec in records for m in rec.get("exact_methods", [])})
     doc = {"index": str(index), "layer": layer, "search": search, "split": split,
            "images": len(ds), "n_images": len(records), "database_images": cnn.num_images,
            "image_names": [str(n) for n in ds.names][:len(ds)], "task": cnn.task,
            "top_k": top_ks, "hpm": bool(hpm and search == "exact"),
-           "class_names": (list(cnn.context().class_names or class_names or []) or None) if seg else None,
+           # the store's names (a Facades palette names itself): never guessed from the class count
+           "class_names": (list(cnn.context().class_names or []) or None) if seg else None,
            "penultimate_layer": job.penultimate_tap if global_layers else None, "rows": rows,
            "papers_dataset": context.dataset,
            "claims": claim_results(records, claims(top_ks), weights, num_classes=cnn.num_classes,
@@ -245,10 +246,11 @@ class _ImageJob:
     """What one test image costs: one forward pass, the searches, the pastes, every row's
     confusion matrix or metrics — returned as a JSON-able per-image record."""
 
-    def __init__(self, cnn, *, layer, levels, top_ks, options, hpm, threads, global_layers, inv, palette, seg):
+    def __init__(self, cnn, *, layer, levels, top_ks, options, hpm, threads, global_layers, inv, palette, seg,
+                 ignore_index=None):
         self.cnn, self.layer, self.levels, self.top_ks, self.options = cnn, layer, levels, top_ks, options
         self.hpm, self.threads, self.global_layers = hpm, threads, global_layers
-        self.inv, self.palette, self.seg = inv, palette, seg
+        self.inv, self.palette, self.seg, self.ignore_index = inv, palette, seg, ignore_index
         self.penultimate_tap = penultimate_tap(cnn.model) if global_layers else None
         self._penult = None  # built on first need: a forward pass over every stored input
 
@@ -279,7 +281,7 @@ class _ImageJob:
                 self.inv.add(feats, s.input)
         rec: dict = {"exact_methods": [info["exact_method"]] if "exact_method" in info else [], "global_images": ids}
         if self.seg:
-            acc = SegAccumulator(cnn.num_classes, cnn.ignore_index)
+            acc = SegAccumulator(cnn.num_classes, self.ignore_index)
             acc.add(("cnn", None, None, "ground_truth"), cnn_out, s.target)
             for (method, k), r in res.items():
                 for src, tag in SOURCE_TAGS:
@@ -338,7 +340,13 @@ def _write(doc, out, cnn, layer, search, split, columns, example_rows, top_ks, i
         from ..pictures import grid
 
         captions = ["input", "ground truth", "CNN output", f"CompNN top-{top_ks[-1]}", "global NN"]
-        grid(example_rows, captions).save(out / "examples.png")
+        sheet = grid(example_rows, captions)
+        if cnn.task == "segment":  # the label maps' colours, named
+            from ..pictures import beside, class_legend
+
+            sheet = beside(sheet, class_legend(cnn.store.manifest.get("palette"), doc.get("class_names"),
+                                               num_classes=cnn.num_classes), title="classes")
+        sheet.save(out / "examples.png")
     if progress:
         print(table)
         print(f"wrote {out / 'results.json'}")

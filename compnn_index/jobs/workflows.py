@@ -17,7 +17,7 @@ from ..options import QueryOptions
 def train(
     *, data: str, split: str = "train", direction: str = "AtoB", size: int | tuple[int, int] | None = None,
     limit: int | None = None, seed: int = 0, sample: str = "first", data_args: dict | None = None,
-    task: str, arch: str = "unet", ngf: int = 64,
+    ignore_index: int | None = None, task: str, arch: str = "unet", ngf: int = 64,
     depth: int | None = None, epochs: int = 10, batch_size: int = 4, lr: float = 2e-4,
     gan: bool = False, threads: int | None = None, out: str | Path, progress: bool = True,
     resume: str | Path | None = None, minutes: float | None = None,
@@ -40,7 +40,7 @@ def train(
     if epochs < 1:
         raise ModelError(f"Expected --epochs >= 1, but --epochs = {epochs}")
     ds = open_dataset(data, split=split, direction=direction, task=task, size=size, limit=limit,
-                      seed=seed, sample=sample, data_args=data_args)
+                      seed=seed, sample=sample, data_args=data_args, ignore_index=ignore_index)
     h, w = ds.image_size
     model = build_model(arch, task=task, in_channels=ds.in_channels, out_channels=ds.out_channels,
                         ngf=ngf, depth=depth, size=min(h, w))
@@ -103,7 +103,7 @@ def write_loss_curve(out: str | Path, losses: Sequence[float], minutes: Sequence
 def build(
     *, model: str | Path | None = None, data: str, split: str = "train", direction: str | None = None,
     size: int | tuple[int, int] | None = None, limit: int | None = None, seed: int = 0,
-    sample: str = "first", data_args: dict | None = None,
+    sample: str = "first", data_args: dict | None = None, ignore_index: int | None = None,
     layers: Sequence[str] | None = None, global_layer: str | None = None, batch_size: int = 8,
     threads: int | None = None, out: str | Path, overwrite: bool = False, progress: bool = True,
     model_factory: str | None = None, factory_args: dict | str | None = None,
@@ -123,7 +123,7 @@ def build(
     tap names or ``NAME=MODULE.PATH[:input|output]``; strides and regions are inferred by
     probing.
     """
-    from ..data import open_dataset
+    from ..data import open_dataset, trained_ignore_index
     from ..features import LayerSpec
     from ..api import build_store
     from ..models import factory_model, load_checkpoint, save_checkpoint
@@ -140,7 +140,7 @@ def build(
             raise ModelError("--layers is required with --model-factory: NAME=MODULE.PATH[:input|output],... "
                              "(module paths as in model.named_modules())")
         ds = open_dataset(data, split=split, direction=direction or "AtoB", task=task, size=size,
-                          limit=limit, seed=seed, sample=sample, data_args=data_args)
+                          limit=limit, seed=seed, sample=sample, data_args=data_args, ignore_index=ignore_index)
         net = factory_model(model_factory, factory_args, weights=weights, task=task,
                             in_channels=ds.in_channels)
         model_path = Path(out).resolve() / "model.pt"
@@ -154,7 +154,7 @@ def build(
         ds = open_dataset(
             data, split=split, direction=direction or trained_on.get("direction", "AtoB"), task=task,
             size=size or trained_on.get("size"), limit=limit, seed=seed, sample=sample,
-            data_args=data_args,
+            data_args=data_args, ignore_index=trained_ignore_index(trained_on, ignore_index, task),
         )
         model_path = Path(model).resolve()
     if layers is None:
