@@ -423,8 +423,12 @@ def test_ignore_index_255_flows_from_train_to_build_to_evaluate_and_class_names_
     assert doc["class_names"] == ["sky", "road", "car"]
     cnn_row = next(r for r in doc["rows"] if r["method"] == "cnn" and r["vs"] == "ground_truth")
     assert 0.0 <= cnn_row["pixel_accuracy"] <= 1.0
-    # a store whose class names are not recorded is never given Facades' names for its class count
     assert CompNN.load(tmp_path / "s", threads=1).context().class_names == ("sky", "road", "car")
+    # compare --cold measures in a child process, which opens the split with the store's label too
+    assert cli.main(["compare", str(tmp_path / "s"), *common, "--limit", "1", "--cold", "--iterations", "2",
+                     "--baselines", "ivf", "--out", str(tmp_path / "cmp")]) == 0
+    cold = json.loads((tmp_path / "cmp" / "comparison.json").read_text())["codecs"]["fp32"]["cold"]
+    assert cold["query_seconds"] > 0
 
 
 def test_trained_ignore_index_prefers_the_option_then_the_record_and_only_for_segmentation():

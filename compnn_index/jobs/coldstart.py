@@ -72,10 +72,11 @@ def _files(lv) -> list:
 
 def cold_start(index: str | Path, *, data: str, split: str = "test", query: int = 0,
                layer: str | None = None, top_k: int | None = None, search: str = "patchmatch",
-               iterations: int | None = None, init: str | None = None, threads: int | None = None) -> dict:
+               iterations: int | None = None, init: str | None = None, threads: int | None = None,
+               ignore_index: int | None = None) -> dict:
     """Measure the first query on a cold store (see the module doc); returns the figures."""
     from ..api import CompNN
-    from ..data import open_dataset
+    from ..data import open_dataset, trained_ignore_index
     from ..options import DEFAULTS, QueryOptions
 
     iterations = DEFAULTS.iterations if iterations is None else iterations
@@ -84,7 +85,8 @@ def cold_start(index: str | Path, *, data: str, split: str = "test", query: int 
     layer = cnn.check_layer(layer)
     trained = cnn.store.manifest.get("dataset", {})
     ds = open_dataset(data, split=split, direction=trained.get("direction", "AtoB"), task=cnn.task,
-                      size=trained.get("size"), limit=query + 1)
+                      size=trained.get("size"), limit=query + 1,
+                      ignore_index=trained_ignore_index(trained, ignore_index, cnn.task))
     feats = cnn.extract(ds[query].input, [layer])
     paths = [Path(s.path) for s in _files(cnn.layer(layer))]
     opts = QueryOptions(search=search, top_k=top_k, iterations=iterations, init=init)
@@ -133,10 +135,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--iterations", type=int, default=None, help="default: QueryOptions'")
     p.add_argument("--init", default=None, help="default: QueryOptions'")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--ignore-index", type=int, default=None, help="default: the store's")
     a = p.parse_args(argv)
     print(json.dumps(cold_start(a.index, data=a.data, split=a.split, query=a.query, layer=a.layer,
                                 top_k=a.top_k, search=a.search, iterations=a.iterations, init=a.init,
-                                threads=a.threads)))
+                                threads=a.threads, ignore_index=a.ignore_index)))
 
 
 if __name__ == "__main__":

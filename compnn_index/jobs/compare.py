@@ -73,7 +73,7 @@ def compare(
     from ..data import open_dataset, trained_ignore_index
 
     cold_rows = [_cold(p, data=data, split=split, layer=layer, top_k=(top_k or [None])[0],
-                       iterations=max(iterations), init=init[0], threads=threads)
+                       iterations=max(iterations), init=init[0], threads=threads, ignore_index=ignore_index)
                  for p in ([index, *stores] if cold else [])]
     cnn = cnn or CompNN.load(index, threads=threads, cluster=cluster)
     others = [CompNN.load(p, model=cnn.model, threads=threads) for p in stores]
@@ -250,10 +250,15 @@ def _cold(index, **kw) -> dict:
 
     args = [sys.executable, "-m", "compnn_index.jobs.coldstart", str(index), "--data", kw["data"],
             "--split", kw["split"], "--iterations", str(kw["iterations"]), "--init", kw["init"]]
-    for flag, key in (("--layer", "layer"), ("--top-k", "top_k"), ("--threads", "threads")):
+    for flag, key in (("--layer", "layer"), ("--top-k", "top_k"), ("--threads", "threads"),
+                      ("--ignore-index", "ignore_index")):
         if kw.get(key) is not None:
             args += [flag, str(kw[key])]
-    outp = subprocess.run(args, capture_output=True, text=True, check=True)
+    outp = subprocess.run(args, capture_output=True, text=True)
+    if outp.returncode != 0:  # the child's own message (its last line), not a CalledProcessError
+        lines = outp.stderr.strip().splitlines()
+        raise QueryError(f"--cold: the cold-start measurement of {os.fspath(index)} failed: "
+                         + (lines[-1] if lines else f"exit status {outp.returncode}"))
     return json.loads(outp.stdout.strip().splitlines()[-1])
 
 
@@ -282,13 +287,22 @@ def _markdown(doc: dict) -> str:
                      f"{r['fidelity']:.4f} | {r['fidelity_delta']:+.4f} | "
                      + (f"{r['build_seconds']:.1f} |" if "build_seconds" in r else " |"))
     if doc.get("codecs"):
-        lines += ["", "| codec | layer file bytes | store bytes | cold first query s | sequential read of touched bytes s | ratio | resident pages before |",
-                  "|---|---|---|---|---|---|---|"]
+        measured = any(c.get("cold") for c in doc["codecs"].values())  # --cold
+        lines += ["", "| codec | layer file bytes | store bytes |"
+                  + (" cold first query s | sequential read of touched bytes s | ratio | resident pages before |"
+                     if measured else ""),
+                  "|---|---|---|" + ("---|---|---|---|" if measured else "")]
         for codec, c in doc["codecs"].items():
             cold = c.get("cold")
-            lines.append(f"| {codec} | {c.get('layer_bytes', '')} | {c.get('store_bytes', '')} | "
-                         + (f"{cold['query_seconds']:.2f} | {cold['sequential_read_seconds']:.2f} | {cold['ratio']:.2f} | "
-                            f"{cold['resident_pages_before']}/{cold['file_pages']} |" if cold else " | | | |"))
+            row = f"| {codec} | {c.get('layer_bytes', '')} | {c.get('store_bytes', '')} |"
+            if cold and cold.get("not_cold"):  # the figure would be a warm query's
+                row += f" not cold: {cold['not_cold']} | | | |"
+            elif cold:
+                row += (f" {cold['query_seconds']:.2f} | {cold['sequential_read_seconds']:.2f} | {cold['ratio']:.2f} | "
+                        f"{cold['resident_pages_before']}/{cold['file_pages']} |")
+            elif measured:
+                row += " | | | |"
+            lines.append(row)
     return "\n".join(lines) + "\n"
 
 
