@@ -146,9 +146,9 @@ def _data_args(p: argparse.ArgumentParser, *, split: str = "train", direction: s
                    help="which --limit images: the first N, N evenly spaced, or N at random (--seed)")
     p.add_argument("--seed", type=_int("--seed"), default=0, help="seed of data order, synthetic images and training")
     p.add_argument("--ignore-index", type=_int("--ignore-index"), default=None, metavar="LABEL",
-                   help="label value that losses and metrics skip (segmentation; e.g. 255 for VOC-style masks). "
-                        "Default: " + ("11 for an image+annotation folder (CamVid void), none otherwise" if split == "train"
-                                      and direction == "AtoB" else "the one the model or store was trained with"))
+                   help="label value that losses and metrics skip (segmentation; e.g. 255 for VOC-style masks; "
+                        "default: " + ("11 for an image+annotation folder (CamVid void), none otherwise" if split == "train"
+                                      and direction == "AtoB" else "the one the model or store was trained with, else the folder layout's") + ")")
 
 
 def _threads(p: argparse.ArgumentParser) -> None:
