@@ -439,3 +439,19 @@ def test_trained_ignore_index_prefers_the_option_then_the_record_and_only_for_se
     assert trained_ignore_index({"ignore_index": 255}, None, "translate") is None
     assert trained_ignore_index({}, None, "segment") is None
     assert trained_ignore_index({"ignore_index": True}, None, "segment") is None
+
+
+def test_train_picks_a_unet_depth_both_sides_of_a_non_square_image_allow(tmp_path):
+    from compnn_index.jobs import workflows
+
+    root = tmp_path / "wide"
+    (root / "train").mkdir(parents=True)
+    (root / "trainannot").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):  # 64×96: 64 allows 6 halvings, 96 only 5
+        Image.fromarray(rng.integers(0, 256, (64, 96, 3), dtype=np.uint8)).save(root / "train" / f"w{i}.png")
+        Image.fromarray(rng.integers(0, 3, (64, 96), dtype=np.uint8)).save(root / "trainannot" / f"w{i}.png")
+    workflows.train(data=root, task="segment", ngf=4, epochs=1, threads=1, out=tmp_path / "m.pt", progress=False)
+    net = load_checkpoint(tmp_path / "m.pt")
+    assert net.config["depth"] == 5
+    net.check_input_size(64, 96)

@@ -42,6 +42,10 @@ def train(
     ds = open_dataset(data, split=split, direction=direction, task=task, size=size, limit=limit,
                       seed=seed, sample=sample, data_args=data_args, ignore_index=ignore_index)
     h, w = ds.image_size
+    if depth is None and arch == "unet":  # as deep as *both* sides allow (64×96: 5 levels, not 6)
+        from ..models.unet import default_depth
+
+        depth = min(default_depth(h), default_depth(w))
     model = build_model(arch, task=task, in_channels=ds.in_channels, out_channels=ds.out_channels,
                         ngf=ngf, depth=depth, size=min(h, w))
     model.check_input_size(h, w)
