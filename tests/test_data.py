@@ -171,6 +171,36 @@ def test_pix2pix_segment_converts_label_half_and_resizes_nearest(tmp_path):
     assert open_dataset(root, size=(32, 64))[0].target.shape == (3, 32, 64)
 
 
+def test_pix2pix_segment_reads_another_palette_from_classes_txt(tmp_path):
+    root = tmp_path / "city"
+    (root / "train").mkdir(parents=True)
+    palette = np.array([(128, 64, 128), (244, 35, 232), (70, 70, 70), (107, 142, 35)], np.uint8)
+    labels = block_labels(np.random.default_rng(6), 32, 32, k=4)
+    photo = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    Image.fromarray(np.concatenate([photo, colorize(labels, palette)], axis=1)).save(root / "train" / "1.png")
+    # Facades colours would snap road / sidewalk / building / vegetation to some jet colour: refused
+    with pytest.raises(DataError, match=r"city/train/1.png: its label half is on average \d+ RGB units from "
+                                        r"the nearest colour of the Facades palette .* add classes.txt"):
+        open_dataset(root, task="segment")
+    (root / "classes.txt").write_text("road 128 64 128\nsidewalk 244 35 232\nbuilding 70 70 70\nvegetation 107 142 35\n")
+    ds = open_dataset(root, task="segment")
+    assert ds.num_classes == 4 and ds.class_names == ("road", "sidewalk", "building", "vegetation")
+    np.testing.assert_array_equal(ds.palette, palette)
+    np.testing.assert_array_equal(ds[0].target, labels)
+    (root / "classes.txt").write_text("road\nsidewalk\n")
+    with pytest.raises(DataError, match=r"classes.txt: a pix2pix label half is read by colour, so every class "
+                                        r"line needs one \('name R G B'\); 'road' has none"):
+        open_dataset(root, task="segment")
+
+
+def test_pix2pix_segment_refuses_a_photo_half_read_as_labels(tmp_path):
+    root = make_pix2pix(tmp_path / "ab", stems=(1,))
+    assert open_dataset(root, task="segment").num_classes == 12  # AtoB: B is the label map
+    with pytest.raises(DataError, match=r"ab/train/1.png: its label half is on average \d+ RGB units .* "
+                                        r"Is the direction right"):
+        open_dataset(root, task="segment", direction="BtoA")
+
+
 def test_pix2pix_bad_width_at_construction_and_at_read(tmp_path):
     root = tmp_path / "x"
     (root / "train").mkdir(parents=True)

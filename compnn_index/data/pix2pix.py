@@ -11,6 +11,45 @@ from .base import PairedDataset
 from .images import check_multiple, header_size, read_photo, resize_labels, resize_photo, to_network
 from .palette import FACADES_CLASSES, FACADES_PALETTE, labels_from_colors
 
+#: Optional file in the dataset folder giving the label maps' classes, one ``name R G B`` per line
+#: (as for image + annotation folders); without it, segmentation reads the Facades palette.
+CLASSES_FILE = "classes.txt"
+#: A label half whose pixels are on average further than this (RGB units) from their nearest
+#: palette colour is not drawn in that palette: Facades' own JPEG label maps measure 14-33, their
+#: photo halves ~100.
+MAX_PALETTE_DISTANCE = 50.0
+
+
+def label_palette(root: Path) -> tuple[np.ndarray, tuple[str, ...], Path | None]:
+    """The label maps' palette and class names: ``root/classes.txt`` when present (every line
+    with its colour), else the Facades palette; and the file they came from (None: Facades)."""
+    from .annotated import read_classes
+
+    path = root / CLASSES_FILE
+    if not path.is_file():
+        return FACADES_PALETTE, FACADES_CLASSES, None
+    names, palette = read_classes(path)
+    if palette is None:
+        raise DataError(f"{path}: a pix2pix label half is read by colour, so every class line needs one "
+                        f"('name R G B'); {names[0]!r} has none")
+    return palette, names, path
+
+
+def check_label_colours(file: Path, rgb: np.ndarray, palette: np.ndarray, source: Path | None) -> None:
+    """Refuse a label half that is not drawn in ``palette`` (another dataset's colours, or a photo
+    half read as labels), instead of snapping every pixel to the nearest palette colour."""
+    pixels = rgb.reshape(-1, 3)[:: max(1, rgb.size // 3 // 16384)].astype(np.float32)
+    pal = palette.astype(np.float32)
+    d2 = (pixels * pixels).sum(1, keepdims=True) - 2.0 * pixels @ pal.T + (pal * pal).sum(1)
+    mean = float(np.sqrt(np.maximum(d2.min(1), 0.0)).mean())
+    if mean > MAX_PALETTE_DISTANCE:
+        which = f"the colours of {source}" if source else "the Facades palette (12 classes)"
+        raise DataError(
+            f"{file}: its label half is on average {mean:.0f} RGB units from the nearest colour of {which} "
+            f"(a label map drawn in it: under {MAX_PALETTE_DISTANCE:.0f}). Is the direction right (the "
+            f"label half is the target)? For another label palette add {CLASSES_FILE} to the dataset "
+            "folder, one 'name R G B' line per class")
+
 
 class Pix2PixDataset(PairedDataset):
     """Paired images stored as one ``2H × H`` file: left half A, right half B.
@@ -46,10 +85,15 @@ class Pix2PixDataset(PairedDataset):
             raise DataError(f"{files[0]}: expected an AB image of width 2 × height, got {h}×{w} (H×W)")
         if size is None:
             check_multiple(files[0], h, h, "each half")
+        palette, names, self._classes_file = label_palette(root) if task == "segment" else (None, None, None)
+        self._palette = palette
+        if task == "segment":
+            img = read_photo(files[0])
+            check_label_colours(files[0], np.asarray(self._target_half(img)), palette, self._classes_file)
         super().__init__(
             names=[f.name for f in files],
             task=task,
-            num_classes=len(FACADES_PALETTE) if task == "segment" else None,
+            num_classes=len(palette) if task == "segment" else None,
             ignore_index=ignore_index,
             image_size=size if size is not None else (h, h),
             identity={
@@ -58,8 +102,8 @@ class Pix2PixDataset(PairedDataset):
                 "limit": limit, "seed": seed, "ignore_index": ignore_index,
                 "source_size": [h, w],  # the AB files' geometry: queries of it are preprocessed alike
             },
-            palette=FACADES_PALETTE if task == "segment" else None,
-            class_names=FACADES_CLASSES if task == "segment" else None,
+            palette=palette,
+            class_names=names,
         )
 
     def _read(self, i: int) -> tuple[np.ndarray, np.ndarray]:
@@ -78,9 +122,14 @@ class Pix2PixDataset(PairedDataset):
         source, dest = (a, b) if self._direction == "AtoB" else (b, a)
         inp = to_network(resize_photo(source, self.image_size))
         if self.task == "segment":
-            labels = labels_from_colors(np.asarray(dest), FACADES_PALETTE)
+            labels = labels_from_colors(np.asarray(dest), self._palette)
             return inp, np.ascontiguousarray(resize_labels(labels, self.image_size))
         return inp, to_network(resize_photo(dest, self.image_size))
+
+    def _target_half(self, img):
+        """The target half of an AB image (B for AtoB, A for BtoA)."""
+        h = img.size[1]
+        return img.crop((h, 0, 2 * h, h)) if self._direction == "AtoB" else img.crop((0, 0, h, h))
 
     def _meta(self, i: int) -> dict[str, Any]:
         return {"file": f"{self.identity['split']}/{self._files[i].name}"}
