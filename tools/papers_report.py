@@ -25,12 +25,32 @@ NAMES = {"cnn": "CNN", "compnn": "CompNN OR (exact)", "compnn_hpm": "CompNN OR (
 
 SCALE_NOTE = (
     "Stores hold the first {db_images} of the 400 training images (the papers: all 400); Tables 1 and 2 use "
-    "{images} test images (the papers: all 106) with {table1_search} / {table2_search} search; activation "
-    "prediction uses {ap_images} test images with exact search over every stored image; the inversion comparison "
-    "uses {inv_images} test images and inversion networks (width {inv_width}) trained {inv_minutes} min each. "
+    "{images} test images (the papers: all 106) with {table1_search} / {table2_search} search. ")
+PREDICTION_NOTE = "Activation prediction uses {ap_images} test images with exact search over every stored image. "
+INVERSION_NOTE = ("The inversion comparison uses {inv_images} test images and inversion networks (width {inv_width}) "
+                  "trained {inv_minutes} min each. ")
+NOT_RUN_NOTE = "Not run in this reproduction: {steps}. "
+CLOSING_NOTE = (
     "The models' training (epochs, minutes) is in the Models table; the papers train 200 epochs. Intervals are "
     "95% bootstrap intervals over the test images (2000 resamples); with fewer than 10 test images no claim is "
     "judged. Rerun `tools/reproduce_papers.py` with `--db-images 400 --images 106` for the full-scale figures.")
+
+
+def scale_note(doc: dict) -> str:
+    """What was run and at what scale: only the steps that have results are described."""
+    args = {k: doc["run"]["args"].get(k, "?") for k in
+            ("db_images", "images", "ap_images", "inv_images", "inv_minutes", "inv_width", "table1_search",
+             "table2_search")}
+    text = SCALE_NOTE.format(**args)
+    missing = [name for name, ran in (("activation prediction", doc.get("activation_prediction")),
+                                      ("the inversion comparison", doc.get("inversion"))) if not ran]
+    if doc.get("activation_prediction"):
+        text += PREDICTION_NOTE.format(**args)
+    if doc.get("inversion"):
+        text += INVERSION_NOTE.format(**args)
+    if missing:
+        text += NOT_RUN_NOTE.format(steps=" and ".join(missing))
+    return text + CLOSING_NOTE
 
 
 def _ci(ci) -> str:
@@ -152,9 +172,7 @@ def markdown(doc: dict, t1: dict | None) -> str:
              "belong to, and only when the store was built on the papers' Facades; every other paper cell is "
              "empty (null in the JSON) rather than guessed. Brackets: 95% bootstrap intervals over the test "
              "images.", "", "## What was run, and what was scaled down", "",
-             SCALE_NOTE.format(**{k: doc["run"]["args"].get(k, "?") for k in
-                                  ("db_images", "images", "ap_images", "inv_images", "inv_minutes", "inv_width",
-                                   "table1_search", "table2_search")}), "", "## Models", "",
+             scale_note(doc), "", "## Models", "",
              "| task | direction | epochs | train images | train minutes | final loss | CNN pixel accuracy (test) | CNN PSNR vs ground truth (test) |",
              "|---|---|---|---|---|---|---|---|"]
     for m in doc["models"]:
