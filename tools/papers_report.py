@@ -53,6 +53,12 @@ def scale_note(doc: dict) -> str:
     return text + CLOSING_NOTE
 
 
+def _names(names) -> str:
+    """Test image names, the first and last few when there are many."""
+    names = [str(n) for n in names]
+    return ", ".join(names) if len(names) <= 12 else f"{', '.join(names[:3])}, …, {', '.join(names[-2:])}"
+
+
 def _ci(ci) -> str:
     return "" if not ci else f" [{ci[0]:.3f}, {ci[1]:.3f}]"
 
@@ -183,7 +189,7 @@ def markdown(doc: dict, t1: dict | None) -> str:
     if doc["table1"]:
         r1 = run["table1"]
         lines += ["", "## Table 1: segmentation (photo → labels), decoder2", "",
-                  f"{r1['images']} test images ({', '.join(r1['image_names'])}); {r1['database_images']}-image database; "
+                  f"{r1['images']} test images ({_names(r1['image_names'])}); {r1['database_images']}-image database; "
                   + (("exact search once per query over the top-" + str(max(r1['top_k'])) + " shortlist (smaller top-k "
                       "derived)" if r1.get("exact_pass") != "per_top_k" else
                       f"the API's exact search ({r1.get('exact_method')}) per top-k") + " plus HyperPatch-Match rows"
@@ -218,17 +224,17 @@ def markdown(doc: dict, t1: dict | None) -> str:
     if doc["table2"]:
         r2 = run["table2"]
         lines += ["", "## Table 2: input reconstruction of labels → photo, decoder2", "",
-                  f"{r2['images']} test images ({', '.join(r2['image_names'])}), {r2['database_images']}-image database, {r2['search']} search; `mpa` = mean per-class pixel "
+                  f"{r2['images']} test images ({_names(r2['image_names'])}), {r2['database_images']}-image database, {r2['search']} search; `mpa` = mean per-class pixel "
                   f"accuracy of the reconstructed label map against the input label map, `pixel acc.` the overall pixel "
                   f"accuracy (the papers call their figure MPA without defining it in the text we have; our overall "
                   f"pixel accuracy is the closer of the two to their numbers); {r2['minutes']} min.", "",
                   "| method | top-k | MPA | pixel acc. | paper MPA |", "|---|---|---|---|---|"]
-        if "papers_table2.png" in doc.get("pictures", []):
-            lines += ["", "![Table 2, ours beside the paper's](papers_table2.png)", ""]
         for r in doc["table2"]:
             ci = r.get("ci95") or {}
             lines.append(f"| {r['method']} | {r['top_k']} | {_f(r['mpa'])}{_ci(ci.get('mpa'))} | "
                          f"{_f(r['pixel_accuracy'])}{_ci(ci.get('pixel_accuracy'))} | {_f(r['paper_mpa'], 3)} |")
+        if "papers_table2.png" in doc.get("pictures", []):  # after the table: inside it, it would end it
+            lines += ["", "![Table 2, ours beside the paper's](papers_table2.png)"]
     ap = doc["activation_prediction"]
     if ap:
         lines += ["", f"## Activation prediction: {ap['source']} → {ap['target']}", "",
