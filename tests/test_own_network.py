@@ -455,3 +455,33 @@ def test_train_picks_a_unet_depth_both_sides_of_a_non_square_image_allow(tmp_pat
     net = load_checkpoint(tmp_path / "m.pt")
     assert net.config["depth"] == 5
     net.check_input_size(64, 96)
+
+
+def test_evaluate_scores_input_reconstruction_only_when_the_inputs_are_label_maps(tmp_path):
+    from compnn_index.data import FACADES_PALETTE, colorize
+    from compnn_index.jobs import workflows
+    from compnn_index.jobs.evaluate import evaluate
+
+    root = tmp_path / "ab"
+    rng = np.random.default_rng(2)
+    for split in ("train", "test"):
+        (root / split).mkdir(parents=True)
+        for i in range(3):  # A: a photo, B: a Facades label map
+            labels = np.kron(rng.integers(0, 12, (4, 4)), np.ones((8, 8), dtype=np.int64))
+            photo = rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
+            Image.fromarray(np.concatenate([photo, colorize(labels, FACADES_PALETTE)], axis=1)).save(
+                root / split / f"{i + 1}.png")
+    docs = {}
+    for direction in ("BtoA", "AtoB"):  # labels -> photo, then photo -> labels-as-an-image
+        model = tmp_path / f"{direction}.pt"
+        workflows.train(data=root, task="translate", direction=direction, ngf=4, epochs=1, threads=1, out=model,
+                        progress=False)
+        store = workflows.build(model=model, data=root, layers=["decoder2"], out=tmp_path / f"s{direction}",
+                                progress=False)
+        docs[direction] = evaluate(store, data=root, split="test", top_k=[1], hpm=False, global_layers=False,
+                                   out=tmp_path / f"ev{direction}", progress=False)
+    scored = lambda doc: [r for r in doc["rows"] if r.get("vs") == "input_labels"]  # noqa: E731
+    assert scored(docs["BtoA"]) and docs["BtoA"]["input_labels"].startswith("label maps in the Facades palette")
+    assert 0.0 <= scored(docs["BtoA"])[0]["mpa"] <= 1.0
+    assert not scored(docs["AtoB"])  # a photo is not a label map: no MPA against snapped colours
+    assert "the inputs are not label maps in the Facades palette" in docs["AtoB"]["input_labels"]

@@ -35,13 +35,20 @@ def label_palette(root: Path) -> tuple[np.ndarray, tuple[str, ...], Path | None]
     return palette, names, path
 
 
+def palette_distance(rgb: np.ndarray, palette: np.ndarray) -> float:
+    """Mean RGB distance of an image's pixels (up to 16,384 of them, evenly spaced) to their
+    nearest ``palette`` colour: small for a label map drawn in it, large for a photo."""
+    rgb = np.asarray(rgb)
+    pixels = rgb.reshape(-1, 3)[:: max(1, rgb.size // 3 // 16384)].astype(np.float32)
+    pal = np.asarray(palette).astype(np.float32)
+    d2 = (pixels * pixels).sum(1, keepdims=True) - 2.0 * pixels @ pal.T + (pal * pal).sum(1)
+    return float(np.sqrt(np.maximum(d2.min(1), 0.0)).mean())
+
+
 def check_label_colours(file: Path, rgb: np.ndarray, palette: np.ndarray, source: Path | None) -> None:
     """Refuse a label half that is not drawn in ``palette`` (another dataset's colours, or a photo
     half read as labels), instead of snapping every pixel to the nearest palette colour."""
-    pixels = rgb.reshape(-1, 3)[:: max(1, rgb.size // 3 // 16384)].astype(np.float32)
-    pal = palette.astype(np.float32)
-    d2 = (pixels * pixels).sum(1, keepdims=True) - 2.0 * pixels @ pal.T + (pal * pal).sum(1)
-    mean = float(np.sqrt(np.maximum(d2.min(1), 0.0)).mean())
+    mean = palette_distance(rgb, palette)
     if mean > MAX_PALETTE_DISTANCE:
         which = f"the colours of {source}" if source else "the Facades palette (12 classes)"
         raise DataError(

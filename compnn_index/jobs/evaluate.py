@@ -149,7 +149,7 @@ def evaluate(
     ``ci95``.
     """
     from ..api import CompNN
-    from ..data import FACADES_PALETTE, open_dataset, trained_ignore_index
+    from ..data import open_dataset, trained_ignore_index
     from .inversion_eval import InversionEval
 
     if exact_method not in EXACT_METHODS:
@@ -185,9 +185,11 @@ def evaluate(
                       "options": options.__dict__, "top_k": top_ks,
                       "hpm": bool(hpm), "global_layers": bool(global_layers), "data": identity})
     store = ImageCache(cache, fp) if cache is not None else None
+    in_palette, in_labels_note = input_label_palette(ds) if not seg else (None, None)
     job = _ImageJob(cnn, layer=layer, levels=levels, top_ks=top_ks, options=options, hpm=hpm, threads=threads,
                     global_layers=global_layers, inv=inv,
-                    palette=man.get("palette"), seg=seg, ignore_index=ds.ignore_index)
+                    palette=man.get("palette"), seg=seg, ignore_index=ds.ignore_index,
+                    input_palette=in_palette)
     records, example_rows = [], []
     for i in tqdm(range(len(ds)), desc="evaluate", unit="img", disable=not progress):
         name = str(ds.names[i])
@@ -212,8 +214,8 @@ def evaluate(
                    "delta_pixel_accuracy", "delta_mean_iou", "paper_pixel_accuracy", "paper_delta_pixel_accuracy"]
     else:
         rows = mean_rows(records, weights)
-        for r in pooled_rows(records, weights, num_classes=len(FACADES_PALETTE), ignore_index=None,
-                             field="input_cms", per_class=False, mpa=True):
+        for r in pooled_rows(records, weights, num_classes=len(in_palette) if in_palette is not None else 1,
+                             ignore_index=None, field="input_cms", per_class=False, mpa=True):
             r.pop("mean_iou", None)
             r["ci95"].pop("mean_iou", None)
             rows.append(r)
@@ -229,6 +231,7 @@ def evaluate(
            "class_names": (list(cnn.context().class_names or []) or None) if seg else None,
            "penultimate_layer": job.penultimate_tap if global_layers else None, "rows": rows,
            "papers_dataset": context.dataset,
+           "input_labels": in_labels_note,  # translation: why the input reconstruction is (not) scored
            "claims": claim_results(records, claims(top_ks), weights, num_classes=cnn.num_classes,
                                    context=context) if seg else [],
            "bootstrap": {"resamples": int(n_boot), "unit": "test image", "interval": "percentile 95%"},
@@ -242,22 +245,51 @@ def evaluate(
     return _write(doc, out, cnn, layer, search, split, columns, example_rows, top_ks, inv, progress)
 
 
+def input_label_palette(ds) -> tuple[np.ndarray | None, str]:
+    """The palette a translation dataset's *inputs* are label maps in, or None and why not.
+
+    Table 2 scores the input reconstruction against the input label map, which needs the inputs
+    to be label maps: a pix2pix folder's ``classes.txt`` palette or the Facades one, accepted when
+    the first input lies within :data:`~compnn_index.data.pix2pix.MAX_PALETTE_DISTANCE` of it
+    (Facades labels → photo: yes; a photo → photo set: no)."""
+    from ..data import FACADES_PALETTE
+    from ..data.pix2pix import MAX_PALETTE_DISTANCE, label_palette, palette_distance
+    from ..pictures import to_rgb
+
+    ident = getattr(ds, "identity", {}) or {}
+    palette, source = FACADES_PALETTE, None
+    if ident.get("kind") == "pix2pix" and ident.get("path"):
+        palette, _, source = label_palette(Path(ident["path"]))
+    if len(ds) == 0:
+        return None, "no test images"
+    first = np.asarray(ds[0].input, dtype=np.float32)
+    if first.ndim != 3 or first.shape[0] != 3:
+        return None, f"the inputs are not RGB images (shape {first.shape})"
+    d = palette_distance(to_rgb(first, None), palette)
+    which = f"the colours of {source}" if source else "the Facades palette"
+    if d > MAX_PALETTE_DISTANCE:
+        return None, (f"the inputs are not label maps in {which} (mean distance {d:.0f} RGB units to the "
+                      f"nearest colour; a label map: under {MAX_PALETTE_DISTANCE:.0f})")
+    return palette, f"label maps in {which} (mean distance {d:.0f})"
+
+
 class _ImageJob:
     """What one test image costs: one forward pass, the searches, the pastes, every row's
     confusion matrix or metrics — returned as a JSON-able per-image record."""
 
     def __init__(self, cnn, *, layer, levels, top_ks, options, hpm, threads, global_layers, inv, palette, seg,
-                 ignore_index=None):
+                 ignore_index=None, input_palette=None):
         self.cnn, self.layer, self.levels, self.top_ks, self.options = cnn, layer, levels, top_ks, options
         self.hpm, self.threads, self.global_layers = hpm, threads, global_layers
         self.inv, self.palette, self.seg, self.ignore_index = inv, palette, seg, ignore_index
+        self.input_palette = input_palette  # translation: the inputs' label palette (None: not label maps)
         self.penultimate_tap = penultimate_tap(cnn.model) if global_layers else None
         self._penult = None  # built on first need: a forward pass over every stored input
 
     def run(self, s, *, example: bool) -> tuple[dict, list | None]:
         import time
 
-        from ..data import FACADES_PALETTE, labels_from_colors
+        from ..data import labels_from_colors
         from ..pictures import to_rgb
 
         cnn, t0 = self.cnn, time.perf_counter()
@@ -293,11 +325,13 @@ class _ImageJob:
             rec["cms"] = {key_text(k): cm.tolist() for k, cm in acc.cms.items()}
         else:
             metrics = {("cnn", None, None, "ground_truth"): (cnn_out, s.target)}
-            in_acc = SegAccumulator(len(FACADES_PALETTE), None)
-            in_labels = labels_from_colors(to_rgb(s.input, None), FACADES_PALETTE)
+            pal = self.input_palette
+            in_acc = SegAccumulator(len(pal) if pal is not None else 1, None)
+            in_labels = labels_from_colors(to_rgb(s.input, None), pal) if pal is not None else None
             for (method, k), r in res.items():
-                rec_in = labels_from_colors(to_rgb(r["input"], None), FACADES_PALETTE)
-                in_acc.add((method, k, "input", "input_labels"), rec_in, in_labels)
+                if pal is not None:
+                    rec_in = labels_from_colors(to_rgb(r["input"], None), pal)
+                    in_acc.add((method, k, "input", "input_labels"), rec_in, in_labels)
                 for src, tag in SOURCE_TAGS:
                     metrics[(method, k, tag, "cnn")] = (r[src], cnn_out)
             for (name, tag), pred in globals_.items():
@@ -328,7 +362,9 @@ def _write(doc, out, cnn, layer, search, split, columns, example_rows, top_ks, i
     os.replace(tmp, out / "results.json")
     table = render_table(doc["rows"], columns)
     md = (f"# CompNN evaluation: {cnn.task}, layer {layer}, {search} search, {doc['images']} {split} images\n\n"
-          + (f"exact search method: {doc['exact_method']}\n\n" if doc.get("exact_method") else "") + table)
+          + (f"exact search method: {doc['exact_method']}\n\n" if doc.get("exact_method") else "")
+          + (f"input reconstruction vs the input labels: {doc['input_labels']}\n\n" if doc.get("input_labels") else "")
+          + table)
     per_class = render_per_class(doc["rows"], doc["class_names"])
     if per_class:
         md += "\n## Per-class IoU (vs ground truth)\n\n" + per_class
