@@ -220,7 +220,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", type=lambda s: [int(v) for v in s.split(",")], default=[200, 800, 3200])
     p.add_argument("--codecs", type=lambda s: s.split(","), default=["fp16", "sq8"])
-    p.add_argument("--work", type=Path, required=True, help="folder for the model and the stores")
+    p.add_argument("--work", type=Path, default=None, help="folder for the model and the stores (required to measure)")
     p.add_argument("--model", type=Path, default=None, help="checkpoint (default: trained here, once)")
     p.add_argument("--queries", type=int, default=2)
     p.add_argument("--build-repeats", type=int, default=1, metavar="R",
@@ -238,11 +238,13 @@ def main() -> None:
     p.add_argument("--sharded", type=int, default=None, metavar="N",
                    help="only compare `compnn build` of N images in one process and as 4 shards on a local Ray "
                         "cluster (first codec of --codecs), writing the figures under 'sharded' in --json")
-    if "--table" in sys.argv:  # needs no --work
-        return print(table(json.loads(Path(sys.argv[sys.argv.index("--table") + 1]).read_text())))
     a = p.parse_args()
+    if a.table:
+        return print(table(json.loads(a.table.read_text())))
     if a.replot:
         return plot(json.loads(a.replot.read_text()), a.plot)
+    if a.work is None:
+        p.error("--work is required to measure (only --table and --replot go without it)")
     if a.sharded:
         a.work.mkdir(parents=True, exist_ok=True)
         model = a.model or train_model(a.work / "scale_model.pt", a.threads)

@@ -96,7 +96,7 @@ class Pix2PixDataset(PairedDataset):
         self._palette = palette
         if task == "segment":
             img = read_photo(files[0])
-            check_label_colours(files[0], np.asarray(self._target_half(img)), palette, self._classes_file)
+            check_label_colours(files[0], np.asarray(self._halves(img)[1]), palette, self._classes_file)
         super().__init__(
             names=[f.name for f in files],
             task=task,
@@ -125,18 +125,18 @@ class Pix2PixDataset(PairedDataset):
                 f"{path}: expected halves of {eh}×{ew} (H×W) like {self._files[0].name}, got {h}×{h}; "
                 "pass size= to resize every image"
             )
-        a, b = img.crop((0, 0, h, h)), img.crop((h, 0, 2 * h, h))
-        source, dest = (a, b) if self._direction == "AtoB" else (b, a)
+        source, dest = self._halves(img)
         inp = to_network(resize_photo(source, self.image_size))
         if self.task == "segment":
             labels = labels_from_colors(np.asarray(dest), self._palette)
             return inp, np.ascontiguousarray(resize_labels(labels, self.image_size))
         return inp, to_network(resize_photo(dest, self.image_size))
 
-    def _target_half(self, img):
-        """The target half of an AB image (B for AtoB, A for BtoA)."""
+    def _halves(self, img):
+        """An AB image's (input, target) halves: (A, B) for AtoB, (B, A) for BtoA."""
         h = img.size[1]
-        return img.crop((h, 0, 2 * h, h)) if self._direction == "AtoB" else img.crop((0, 0, h, h))
+        a, b = img.crop((0, 0, h, h)), img.crop((h, 0, 2 * h, h))
+        return (a, b) if self._direction == "AtoB" else (b, a)
 
     def _meta(self, i: int) -> dict[str, Any]:
         return {"file": f"{self.identity['split']}/{self._files[i].name}"}
