@@ -441,6 +441,25 @@ def test_trained_ignore_index_prefers_the_option_then_the_record_and_only_for_se
     assert trained_ignore_index({"ignore_index": True}, None, "segment") is None
 
 
+def test_open_like_reads_a_split_with_the_recorded_direction_size_and_ignore_label_unless_given(tmp_path):
+    from compnn_index.data import open_like
+    from compnn_index.errors import DataError
+
+    root = tmp_path / "voc"
+    _write_voc_style(root, "test")
+    trained = {"direction": "AtoB", "size": [SIZE, 2 * SIZE], "ignore_index": 255}
+    ds = open_like(str(root), trained, task="segment", split="test", limit=2)
+    assert ds.image_size == (SIZE, 2 * SIZE) and len(ds) == 2
+    assert int(ds[0].target.max()) == 255  # read with the store's ignore label, not refused
+    assert open_like(str(root), trained, task="segment", split="test", size=SIZE).image_size == (SIZE, SIZE)
+    with pytest.raises(DataError, match="255"):  # a record without the label: the masks are refused
+        open_like(str(root), {"size": [SIZE, SIZE]}, task="segment", split="test")[0]
+    labels = open_like("synthetic", {"direction": "BtoA", "size": [32, 32]}, task="translate", limit=1)
+    photos = open_like("synthetic", {"direction": "BtoA", "size": [32, 32]}, task="translate", limit=1,
+                       direction="AtoB")
+    assert labels.image_size == (32, 32) and not np.array_equal(labels[0].input, photos[0].input)
+
+
 def test_train_picks_a_unet_depth_both_sides_of_a_non_square_image_allow(tmp_path):
     from compnn_index.jobs import workflows
 

@@ -17,7 +17,7 @@ import psutil
 from benchutil import RssSampler, dir_bytes
 
 from compnn_index.api import CompNN
-from compnn_index.data import open_dataset
+from compnn_index.data import open_like
 
 
 def main() -> None:
@@ -35,8 +35,7 @@ def main() -> None:
     proc = psutil.Process()
     cnn = CompNN.load(a.index, threads=a.threads)
     man = cnn.store.manifest["dataset"]
-    ds = open_dataset(a.data, split=a.split, direction=man.get("direction", "AtoB"), task=cnn.task,
-                      size=man.get("size"), limit=a.queries)
+    ds = open_like(a.data, man, task=cnn.task, split=a.split, limit=a.queries)
     top_k = a.top_k or cnn.num_images
     before = proc.memory_info()
     times = []

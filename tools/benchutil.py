@@ -43,13 +43,11 @@ def open_stores(stores, *, data: str, split: str, limit: int | None, threads: in
     Returns ``(cnns, dataset)``; ``cnns[0]`` is the reference store.
     """
     from compnn_index.api import CompNN
-    from compnn_index.data import open_dataset
+    from compnn_index.data import open_like
 
     ref = CompNN.load(stores[0], threads=threads)
     cnns = [ref] + [CompNN.load(s, model=ref.model, threads=threads) for s in stores[1:]]
-    man = ref.store.manifest["dataset"]
-    ds = open_dataset(data, split=split, direction=man.get("direction", "AtoB"), task=ref.task,
-                      size=man.get("size"), limit=limit)
+    ds = open_like(data, ref.store.manifest.get("dataset"), task=ref.task, split=split, limit=limit)
     return cnns, ds
 
 

@@ -21,7 +21,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from compnn_index.api import CompNN  # noqa: E402
-from compnn_index.data import open_dataset  # noqa: E402
+from compnn_index.data import open_like  # noqa: E402
 from compnn_index.options import QueryOptions  # noqa: E402
 
 
@@ -41,8 +41,7 @@ def main() -> None:
     layer = cnn.check_layer(a.layer)
     lv = cnn.layer(layer)
     trained = cnn.store.manifest.get("dataset", {})
-    ds = open_dataset(a.data, split=a.split, direction=trained.get("direction", "AtoB"), task=cnn.task,
-                      size=trained.get("size"), limit=a.queries)
+    ds = open_like(a.data, trained, task=cnn.task, split=a.split, limit=a.queries)
     out = []
     for i in range(len(ds)):
         s = ds[i]

@@ -5,7 +5,7 @@ Everything is opened through :func:`open_dataset`, which returns a :class:`Paire
 int64 ``(H, W)`` class indices for segmentation).
 """
 from .base import PairedDataset, Sample
-from .factory import open_dataset, trained_ignore_index
+from .factory import open_dataset, open_like, trained_ignore_index
 from .facade_params import MATERIALS
 from .palette import FACADES_CLASSES, FACADES_PALETTE, colorize, jet_palette, labels_from_colors
 from .synthetic import SyntheticFacades
@@ -25,6 +25,7 @@ __all__ = [
     "jet_palette",
     "labels_from_colors",
     "open_dataset",
+    "open_like",
     "trained_ignore_index",
     "select_indices",
 ]

@@ -210,3 +210,36 @@ def trained_ignore_index(trained: dict | None, given: int | None, task: str | No
     value = trained.get("ignore_index")
     return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
 
+
+def open_like(
+    data: str | os.PathLike,
+    trained: dict | None,
+    *,
+    task: str,
+    split: str = "test",
+    direction: str | None = None,
+    size: int | tuple[int, int] | None = None,
+    limit: int | None = None,
+    seed: int = 0,
+    sample: str = "first",
+    data_args: dict | None = None,
+    ignore_index: int | None = None,
+) -> PairedDataset:
+    """Open ``data`` the way a model or store saw its training set.
+
+    ``trained`` is the dataset identity a checkpoint or store manifest recorded (``direction``,
+    ``size``, ``ignore_index``); every option left at None takes the recorded value, so a query
+    split is read with the direction, image size and ignore label the database was built with.
+    Given options win (a user's ``--direction`` or ``--size``).
+
+    Examples
+    --------
+    >>> ds = open_like("synthetic", {"direction": "AtoB", "size": [64, 64]}, task="segment", limit=2)
+    >>> ds.image_size, len(ds)
+    ((64, 64), 2)
+    """
+    trained = trained or {}
+    return open_dataset(data, split=split, direction=direction or trained.get("direction", "AtoB"), task=task,
+                        size=size or trained.get("size"), limit=limit, seed=seed, sample=sample,
+                        data_args=data_args, ignore_index=trained_ignore_index(trained, ignore_index, task))
+

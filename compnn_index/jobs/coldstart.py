@@ -76,7 +76,7 @@ def cold_start(index: str | Path, *, data: str, split: str = "test", query: int 
                ignore_index: int | None = None) -> dict:
     """Measure the first query on a cold store (see the module doc); returns the figures."""
     from ..api import CompNN
-    from ..data import open_dataset, trained_ignore_index
+    from ..data import open_like
     from ..options import DEFAULTS, QueryOptions
 
     iterations = DEFAULTS.iterations if iterations is None else iterations
@@ -84,9 +84,7 @@ def cold_start(index: str | Path, *, data: str, split: str = "test", query: int 
     cnn = CompNN.load(index, threads=threads)
     layer = cnn.check_layer(layer)
     trained = cnn.store.manifest.get("dataset", {})
-    ds = open_dataset(data, split=split, direction=trained.get("direction", "AtoB"), task=cnn.task,
-                      size=trained.get("size"), limit=query + 1,
-                      ignore_index=trained_ignore_index(trained, ignore_index, cnn.task))
+    ds = open_like(data, trained, task=cnn.task, split=split, limit=query + 1, ignore_index=ignore_index)
     feats = cnn.extract(ds[query].input, [layer])
     paths = [Path(s.path) for s in _files(cnn.layer(layer))]
     opts = QueryOptions(search=search, top_k=top_k, iterations=iterations, init=init)

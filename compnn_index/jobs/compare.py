@@ -70,7 +70,7 @@ def compare(
     """
 
     from ..api import CompNN
-    from ..data import open_dataset, trained_ignore_index
+    from ..data import open_like
 
     cold_rows = [_cold(p, data=data, split=split, layer=layer, top_k=(top_k or [None])[0],
                        iterations=max(iterations), init=init[0], threads=threads, ignore_index=ignore_index)
@@ -94,10 +94,8 @@ def compare(
     QueryOptions(exact_method=exact_method)  # refuses an unknown method before any work
     pm_options = [QueryOptions(search="patchmatch", iterations=int(it), samples=samples, jumps=jumps,
                                seed=seed, init=mode) for mode in init for it in iterations]
-    ds = open_dataset(data, split=split, direction=direction or trained.get("direction", "AtoB"),
-                      task=cnn.task, size=size or trained.get("size"), limit=limit, seed=seed,
-                      sample=sample, data_args=data_args,
-                      ignore_index=trained_ignore_index(trained, ignore_index, cnn.task))
+    ds = open_like(data, trained, task=cnn.task, split=split, direction=direction, size=size, limit=limit,
+                   seed=seed, sample=sample, data_args=data_args, ignore_index=ignore_index)
     lv = cnn.layer(layer)
     exact_stats = defaultdict(list)
     codec_stats: dict[tuple[str, int], list] = defaultdict(list)

@@ -149,7 +149,7 @@ def evaluate(
     ``ci95``.
     """
     from ..api import CompNN
-    from ..data import open_dataset, trained_ignore_index
+    from ..data import open_like
     from .inversion_eval import InversionEval
 
     if exact_method not in EXACT_METHODS:
@@ -170,10 +170,8 @@ def evaluate(
         raise QueryError(
             f"Expected --top-k <= number of database images ({cnn.num_images}), but got {over}"
         )
-    ds = open_dataset(data, split=split, direction=direction or trained.get("direction", "AtoB"),
-                      task=cnn.task, size=size or trained.get("size"), limit=limit, seed=seed,
-                      sample=sample, data_args=data_args,
-                      ignore_index=trained_ignore_index(trained, ignore_index, cnn.task))
+    ds = open_like(data, trained, task=cnn.task, split=split, direction=direction, size=size, limit=limit,
+                   seed=seed, sample=sample, data_args=data_args, ignore_index=ignore_index)
     seg = cnn.task == "segment"
     options = QueryOptions(search=search, iterations=iterations, init=init, exact_method=exact_method)
     inv = (InversionEval(cnn, inversion, options=options.with_(top_k=min(inversion_top_k, cnn.num_images)))

@@ -127,7 +127,7 @@ def build(
     tap names or ``NAME=MODULE.PATH[:input|output]``; strides and regions are inferred by
     probing.
     """
-    from ..data import open_dataset, trained_ignore_index
+    from ..data import open_dataset, open_like
     from ..features import LayerSpec
     from ..api import build_store
     from ..models import factory_model, load_checkpoint, save_checkpoint
@@ -155,11 +155,8 @@ def build(
             raise ModelError(f"--task {task}: the checkpoint {model} is a "
                              f"{net.config.get('task', 'translate')} network")
         task = net.config.get("task", "translate")
-        ds = open_dataset(
-            data, split=split, direction=direction or trained_on.get("direction", "AtoB"), task=task,
-            size=size or trained_on.get("size"), limit=limit, seed=seed, sample=sample,
-            data_args=data_args, ignore_index=trained_ignore_index(trained_on, ignore_index, task),
-        )
+        ds = open_like(data, trained_on, task=task, split=split, direction=direction, size=size, limit=limit,
+                       seed=seed, sample=sample, data_args=data_args, ignore_index=ignore_index)
         model_path = Path(model).resolve()
     if layers is None:
         taps = net.layer_taps() if callable(getattr(net, "layer_taps", None)) else {}
