@@ -89,3 +89,34 @@ def test_a_killed_run_continues_without_recomputing_finished_images(segment_inde
     doc = _run(tmp_path, segment_index.model, 10)
     assert doc["cache"]["reused"] == len(done) and doc["cache"]["computed"] == 10 - len(done)
     assert all((cache / n).read_bytes() == b for n, b in done.items())
+
+
+def test_an_unknown_step_is_refused_before_any_work(tmp_path):
+    argv = _argv(tmp_path, tmp_path / "m.pt", 1)
+    argv[argv.index("table1")] = "table1,tabel2"
+    with pytest.raises(SystemExit, match="--steps 'tabel2': expected any of models, prediction, inversion"):
+        reproduce_papers.main(argv)
+    assert not (tmp_path / "work").exists()
+
+
+def test_the_segmentation_store_is_built_once_for_the_run_and_a_missing_need_gets_its_own(tmp_path, monkeypatch):
+    import argparse
+
+    built = []
+
+    def fake_build(out, model, *, layers, limit=None, pairs=None):
+        built.append((out.name, list(layers), list(pairs or [])))
+        out.mkdir(parents=True)
+        entries = {p: dict(zip(("source", "target", "k"), (*p.split(":")[:2], int(p.split(":")[2])))) for p in pairs or []}
+        (out / "manifest.json").write_text(json.dumps({"layers": {n: {} for n in layers}, "predictions": entries}))
+        return out
+
+    monkeypatch.setattr(reproduce_papers, "ensure_store", fake_build)
+    a = argparse.Namespace(work=tmp_path, seg_model=tmp_path / "m.pt", db_images=4, steps="table1,prediction")
+    assert reproduce_papers.seg_store(a, "table1").name == "seg"
+    assert built == [("seg", ["decoder2"], ["decoder4:decoder3:4", "decoder4:decoder3:2"])]
+    assert reproduce_papers.seg_store(a, "prediction").name == "seg" and len(built) == 1  # reused
+    a.steps = "inversion"  # a later run: seg lacks the inversion layers, so they get their own store
+    assert reproduce_papers.seg_store(a, "inversion").name == "seg_inversion"
+    assert built[-1] == ("seg_inversion", list(reproduce_papers.INV_LAYERS), [])
+    assert reproduce_papers.seg_store(a, "table1").name == "seg" and len(built) == 2

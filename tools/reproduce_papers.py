@@ -7,9 +7,10 @@ Steps (each writes its result under ``--work``/results and is skipped on a rerun
 1. models — reuse ``--seg-model`` (photo → labels U-Net) and ``--l2p-model`` (labels → photo);
    ``--train-missing`` trains a missing one with epochs scaled to ``--budget`` (one epoch over
    400 images ≈ 10 min on an idle 2-core machine); training minutes come from ``--*-log``;
-2. prediction — the segmentation model's store over ``--db-images`` training images (decoder2,
-   encoder1, encoder3, decoder4, and the decoder4 → decoder3 pairs at k = 4 and 2); activation
-   prediction for ``--ap-images`` test images, exact search over every stored image;
+2. prediction — the segmentation model's store over ``--db-images`` training images (decoder2
+   and the decoder4 → decoder3 pairs at k = 4 and 2; ``--work``/seg is built once with what all
+   the run's steps need, a step it lacks gets its own ``seg_<step>``); activation prediction for
+   ``--ap-images`` test images, exact search over every stored image;
 3. inversion — one inversion network per layer (encoder1, encoder3, decoder4, decoder2), each
    trained ``--inv-minutes`` on the store's training images, then CompNN IR (HyperPatch-Match,
    top-16) vs learned inversion on ``--inv-images`` test images;
@@ -121,7 +122,7 @@ def exact_method_arg(a) -> dict:
 def step_table1(a, res: Path) -> None:
     from compnn_index.jobs.evaluate import evaluate
 
-    store = seg_store(a)
+    store = seg_store(a, "table1")
     t = time.perf_counter()
     evaluate(store, data=str(DATA), limit=a.images, top_k=a.top_k, search=a.table1_search,
              hpm=a.table1_search == "exact", out=res / "table1", progress=True, cache=res / "table1" / "images",
@@ -129,11 +130,33 @@ def step_table1(a, res: Path) -> None:
     (res / "table1" / "minutes.txt").write_text(f"{(time.perf_counter() - t) / 60:.1f}")
 
 
-def seg_store(a) -> Path:
-    """The segmentation model's store: Table 1's decoder2, the inversion layers and the
-    decoder4 -> decoder3 pairs (k = 4 and 2), over ``--db-images`` training images."""
-    return ensure_store(a.work / "seg", a.seg_model, layers=("decoder2",) + tuple(n for n in INV_LAYERS if n != "decoder2"),
-                        limit=a.db_images, pairs=["decoder4:decoder3:4", "decoder4:decoder3:2"])
+#: what each step needs of the segmentation model's store: layers and activation pairs
+SEG_NEEDS = {"table1": (("decoder2",), ()),
+             "prediction": (("decoder2",), ("decoder4:decoder3:4", "decoder4:decoder3:2")),
+             "inversion": (INV_LAYERS, ())}
+
+
+def _has(store: Path, layers, pairs) -> bool:
+    man = json.loads((store / "manifest.json").read_text())
+    stored = {f"{e['source']}:{e['target']}:{e['k']}" for e in (man.get("predictions") or {}).values()}
+    return set(layers) <= set(man.get("layers") or {}) and set(pairs) <= stored
+
+
+def seg_store(a, step: str) -> Path:
+    """The segmentation model's store over ``--db-images`` training images holding what ``step``
+    needs (:data:`SEG_NEEDS`). ``--work``/seg is built with what every step of this run needs
+    (one feature pass); a later run's step it lacks gets its own ``seg_<step>`` store, so an
+    existing store is never rebuilt or half-extended."""
+    layers, pairs = SEG_NEEDS[step]
+    for store in (a.work / "seg", a.work / f"seg_{step}"):
+        if (store / "manifest.json").is_file() and _has(store, layers, pairs):
+            return store
+    if (a.work / "seg" / "manifest.json").is_file():
+        return ensure_store(a.work / f"seg_{step}", a.seg_model, layers=layers, limit=a.db_images,
+                            pairs=list(pairs) or None)
+    wanted = [SEG_NEEDS[s] for s in a.steps.split(",") if s in SEG_NEEDS] or [(layers, pairs)]
+    return ensure_store(a.work / "seg", a.seg_model, layers=list(dict.fromkeys(n for w in wanted for n in w[0])),
+                        limit=a.db_images, pairs=list(dict.fromkeys(q for w in wanted for q in w[1])) or None)
 
 
 def step_prediction(a, res: Path) -> None:
@@ -143,7 +166,7 @@ def step_prediction(a, res: Path) -> None:
 
     from compnn_index.jobs.image_cache import ImageCache, fingerprint
 
-    cnn = CompNN.load(seg_store(a))
+    cnn = CompNN.load(seg_store(a, "prediction"))
     ds = open_dataset(str(DATA), split="test", direction="AtoB", task="segment", size=SIZE, limit=a.ap_images)
     out = {"database_images": cnn.num_images, "test_images": [str(n) for n in ds.names][:len(ds)],
            "source": "decoder4", "target": "decoder3", "search": "exact", "per_k": {}}
@@ -182,7 +205,7 @@ def step_inversion(a, res: Path) -> None:
     from compnn_index.jobs.evaluate import evaluate
     from compnn_index.jobs.inversion import train_inversion
 
-    store = seg_store(a)
+    store = seg_store(a, "inversion")
     ckpts = []
     for layer in INV_LAYERS:
         ckpt = a.work / f"inversion_{layer}.pt"
@@ -232,7 +255,8 @@ def main(argv=None) -> int:
     p.add_argument("--seg-log", type=Path, default=Path("/work/logs/train_seg.log"))
     p.add_argument("--l2p-log", type=Path, default=Path("/work/logs/train_l2p.log"))
     p.add_argument("--work", type=Path, default=Path("/work/stores/papers"))
-    p.add_argument("--steps", default="models,prediction,inversion,table1,table2")
+    p.add_argument("--steps", default="models,prediction,inversion,table1,table2",
+                   help="comma-separated steps, run in this order (default: %(default)s)")
     p.add_argument("--drop-stores", action="store_true")
     p.add_argument("--train-missing", action="store_true", help="train a missing model here")
     p.add_argument("--wait-l2p", type=float, default=45, help="minutes to wait for the l2p model")
@@ -249,21 +273,25 @@ def main(argv=None) -> int:
     DATA, SIZE = a.data, a.size
     a.inv_minutes = a.inv_minutes or max(1.0, round(a.budget * 0.06, 1))
     epochs = max(1, int(a.budget // 20))  # when a model has to be trained here
+    steps = a.steps.split(",")
+    known = {"prediction": (step_prediction, None), "inversion": (step_inversion, "inversion/results.json"),
+             "table1": (step_table1, None), "table2": (step_table2, None)}
+    unknown = [s for s in steps if s not in known and s != "models"]
+    if unknown:
+        raise SystemExit(f"reproduce_papers: --steps {unknown[0]!r}: expected any of models, {', '.join(known)}")
     res = a.work / "results"
     res.mkdir(parents=True, exist_ok=True)
-    steps = a.steps.split(",")
     specs = ((a.seg_model, "segment", "AtoB", a.seg_log), (a.l2p_model, "translate", "BtoA", a.l2p_log))
     if "models" in steps:  # train what is missing (otherwise reuse; the l2p model may still be training)
         for path, task, direction, lg in specs:
             if a.train_missing or path.is_file():
                 ensure_model(path, task=task, direction=direction, epochs=epochs, log_path=lg)
     exact_method_arg(a)  # refuse an unknown --exact-method before any work
-    # the per-image steps always run: their cached images cost nothing, new ones are computed
-    for name, fn, marker in (("prediction", step_prediction, None),
-                             ("inversion", step_inversion, "inversion/results.json"),
-                             ("table1", step_table1, None),
-                             ("table2", step_table2, None)):
-        if name in steps and not (marker and (res / marker).is_file()):
+    # in the order --steps names them; the per-image steps always run (their cached images cost
+    # nothing, new ones are computed), the inversion only while its results are missing
+    for name in dict.fromkeys(s for s in steps if s in known):
+        fn, marker = known[name]
+        if not (marker and (res / marker).is_file()):
             t = time.perf_counter()
             log(f"step {name}")
             fn(a, res)
