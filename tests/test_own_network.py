@@ -504,3 +504,66 @@ def test_evaluate_scores_input_reconstruction_only_when_the_inputs_are_label_map
     assert 0.0 <= scored(docs["BtoA"])[0]["mpa"] <= 1.0
     assert not scored(docs["AtoB"])  # a photo is not a label map: no MPA against snapped colours
     assert "the inputs are not label maps in the Facades palette" in docs["AtoB"]["input_labels"]
+
+
+def _write_custom_labels_ab(root: Path, n: int = 3) -> np.ndarray:
+    """A pix2pix folder whose B halves are label maps in a 3-colour classes.txt palette."""
+    from compnn_index.data import colorize
+
+    palette = np.array([[200, 30, 30], [30, 200, 30], [30, 30, 200]], dtype=np.uint8)
+    rng = np.random.default_rng(4)
+    for split in ("train", "test"):
+        (root / split).mkdir(parents=True)
+        for i in range(n):
+            labels = np.kron(rng.integers(0, 3, (4, 4)), np.ones((8, 8), dtype=np.int64))
+            photo = rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
+            Image.fromarray(np.concatenate([photo, colorize(labels, palette)], axis=1)).save(root / split / f"{i}.png")
+    (root / "classes.txt").write_text("wall 200 30 30\ntree 30 200 30\nsky 30 30 200\n")
+    return palette
+
+
+def test_inversion_of_a_labels_store_predicts_the_classes_of_its_own_palette_and_records_them(tmp_path):
+    import json
+
+    from compnn_index.errors import ModelError
+    from compnn_index.jobs import workflows
+    from compnn_index.jobs.evaluate import evaluate
+    from compnn_index.jobs.inversion import train_inversion
+    from compnn_index.models import load_inversion
+
+    root = tmp_path / "ab"
+    palette = _write_custom_labels_ab(root)
+    stores = {}
+    for direction in ("BtoA", "AtoB"):  # labels -> photo; photo -> photo-of-labels (inputs are photos)
+        model = tmp_path / f"{direction}.pt"
+        workflows.train(data=root, task="translate", direction=direction, ngf=4, epochs=1, threads=1, out=model,
+                        progress=False)
+        stores[direction] = workflows.build(model=model, data=root, layers=["decoder2"],
+                                            out=tmp_path / f"s{direction}", progress=False)
+    labels_in = CompNN.load(stores["BtoA"], threads=1).input_labels()
+    np.testing.assert_array_equal(labels_in.palette, palette)
+    assert labels_in.names == ("wall", "tree", "sky") and "classes.txt" in labels_in.reason
+    man = json.loads((stores["BtoA"] / "manifest.json").read_text())
+    assert man["input_labels"]["class_names"] == ["wall", "tree", "sky"]  # recorded at build
+    del man["input_labels"]  # an older store: found on open, the same
+    (stores["BtoA"] / "manifest.json").write_text(json.dumps(man))
+    np.testing.assert_array_equal(CompNN.load(stores["BtoA"], threads=1).input_labels().palette, palette)
+    assert CompNN.load(stores["BtoA"], threads=1).context().input_legend is not None
+
+    ckpt = tmp_path / "inv.pt"
+    rec = train_inversion(stores["BtoA"], "decoder2", out=ckpt, epochs=1, width=8, threads=1, progress=False)
+    net = load_inversion(ckpt)
+    assert rec["kind"] == "labels" and net.config["out_channels"] == 3  # not Facades' 12 classes
+    assert net.checkpoint_extra["palette"] == palette.astype(int).tolist()
+    doc = evaluate(stores["BtoA"], data=root, split="test", top_k=[1], hpm=False, global_layers=False,
+                   inversion=[ckpt], inversion_top_k=1, out=tmp_path / "ev", progress=False, threads=1)
+    assert doc["inversion"][0]["kind"] == "labels" and 0 <= doc["inversion"][0]["learned"]["mpa"] <= 1
+
+    photo = CompNN.load(stores["AtoB"], threads=1)
+    assert photo.input_labels().palette is None and photo.context().input_legend is None
+    rec = train_inversion(stores["AtoB"], "decoder2", out=tmp_path / "p.pt", epochs=1, width=8, threads=1,
+                          progress=False)
+    assert rec["kind"] == "photo"
+    with pytest.raises(ModelError, match="--kind labels: this store's inputs are not label maps"):
+        train_inversion(stores["AtoB"], "decoder2", out=tmp_path / "q.pt", kind="labels", threads=1, progress=False)
+    assert not (tmp_path / "q.pt").exists()

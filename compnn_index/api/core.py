@@ -11,6 +11,7 @@ import torch
 
 from ..checks import check_choice, check_threads, is_int, is_int_text, thread_limit
 from ..compose import paste
+from ..data.pix2pix import InputLabels, input_label_palette
 from ..data.query_image import ImageLike, dataset_geometry, dataset_image, load_image
 from ..distributed import SearchBackend, backend_for, open_backend
 from ..errors import IndexStoreError, QueryError
@@ -56,6 +57,7 @@ class CompNN(ActivationsMixin, BaselinesMixin):
         self._extractors: dict[tuple[str, ...], FeatureExtractor] = {}
         self._forward_lock = threading.Lock()
         self._context: ResultContext | None = None
+        self._input_labels: InputLabels | None = None
 
     def __repr__(self) -> str:
         store, man = self.store, self.store.manifest
@@ -173,9 +175,7 @@ class CompNN(ActivationsMixin, BaselinesMixin):
                 bool((palette == FACADES_PALETTE).all())
             if names is None and facades:
                 names = FACADES_CLASSES
-            ds = man.get("dataset") or {}
-            labels_in = (self.task == "translate" and ds.get("direction") == "BtoA" and
-                         (ds.get("kind") == "synthetic" or "facades" in str(ds.get("path", "")).lower()))
+            labels_in = self.input_labels()
             kinds = {"input": "inputs", "target": "targets", "output": "outputs"}
 
             def db_picture(i: int, kind: str) -> np.ndarray:
@@ -185,8 +185,30 @@ class CompNN(ActivationsMixin, BaselinesMixin):
             self._context = ResultContext(
                 palette=palette, class_names=tuple(names) if names else None,
                 image_names=list(self.store.image_names), db_picture=db_picture, task=self.task,
-                input_legend=class_legend(FACADES_PALETTE, FACADES_CLASSES) if labels_in else None)
+                input_legend=(class_legend(labels_in.palette, labels_in.names)
+                              if labels_in.palette is not None else None))
         return self._context
+
+    def input_labels(self) -> InputLabels:
+        """Whether this store's network inputs are label maps (a labels → photo network): their
+        palette and class names, or None and why not. Stores record it at build
+        (``manifest["input_labels"]``); for older ones it is found on open
+        (:func:`~compnn_index.data.pix2pix.input_label_palette` on the recorded dataset and the
+        first stored input). A segmentation store's inputs are taken as photos."""
+        if self._input_labels is None:
+            rec = self.store.manifest.get("input_labels")
+            if self.task != "translate":
+                self._input_labels = InputLabels(None, None, "a segmentation network's inputs are photos")
+            elif isinstance(rec, dict):  # recorded at build
+                pal = rec.get("palette")
+                self._input_labels = InputLabels(None if pal is None else np.asarray(pal, dtype=np.uint8),
+                                                 None if rec.get("class_names") is None else tuple(rec["class_names"]),
+                                                 str(rec.get("reason", "")))
+            else:
+                inputs = self.array("inputs")
+                self._input_labels = input_label_palette(self.store.manifest.get("dataset"),
+                                                         np.asarray(inputs[0], dtype=np.float32) if len(inputs) else None)
+        return self._input_labels
 
     def thread_limits(self, threads: int | None = None):
         """The thread limit of one call: ``threads``, else the instance's ``threads``."""

@@ -402,15 +402,18 @@ def _papers_parsers(sub) -> None:
     p = sub.add_parser("invert", help="learned-inversion baseline (Dosovitskiy & Brox)")
     inv = p.add_subparsers(dest="invert_command", required=True)
     t = inv.add_parser("train", help="train an inversion network on a store's training images")
-    t.add_argument("--store", required=True)
-    t.add_argument("--layer", required=True)
-    t.add_argument("--epochs", type=int, default=1)
-    t.add_argument("--limit", type=int, default=None, help="train on the first N store images")
-    t.add_argument("--batch-size", type=int, default=4)
-    t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--width", type=int, default=None)
-    t.add_argument("--minutes", type=float, default=None, help="stop (and save) after this long")
-    t.add_argument("--kind", choices=["photo", "labels"], default=None)
+    t.add_argument("--store", required=True, help="index store whose network and training images are used")
+    t.add_argument("--layer", required=True, help="tap whose activations are inverted (e.g. decoder2)")
+    t.add_argument("--epochs", type=int, default=1, help="passes over the training images")
+    t.add_argument("--limit", type=int, default=None, help="train on the first N store images (default: all)")
+    t.add_argument("--batch-size", type=int, default=4, help="images per step")
+    t.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    t.add_argument("--width", type=int, default=None,
+                   help="channels of the 3×3 convolutions at the layer's resolution (default: the layer's, at most 256)")
+    t.add_argument("--minutes", type=float, default=None, help="stop (and save) after this long (default: no limit)")
+    t.add_argument("--kind", choices=["photo", "labels"], default=None,
+                   help="what the inputs are: labels (label maps, in classes.txt's or the Facades colours) or "
+                        "photo (default: labels when the store's inputs are drawn in its label palette)")
     _threads(t)
     t.add_argument("--out", required=True, help="checkpoint path (.pt)")
     a = inv.add_parser("apply", help="reconstruct images from their activations")
@@ -418,7 +421,7 @@ def _papers_parsers(sub) -> None:
     a.add_argument("images", nargs="+", help="image files or database image ids")
     a.add_argument("--store", default=None, help="default: the store it was trained on")
     _threads(a)
-    a.add_argument("--out", required=True)
+    a.add_argument("--out", required=True, help="output folder of the reconstructions (PNG)")
 
 
 def _exact_method(p: argparse.ArgumentParser, what: str = "how exact search runs") -> None:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -33,6 +33,46 @@ def label_palette(root: Path) -> tuple[np.ndarray, tuple[str, ...], Path | None]
         raise DataError(f"{path}: a pix2pix label half is read by colour, so every class line needs one "
                         f"('name R G B'); {names[0]!r} has none")
     return palette, names, path
+
+
+class InputLabels(NamedTuple):
+    """Whether a translation network's *inputs* are label maps: their palette and class names
+    (None when they are not), and why, in words."""
+
+    palette: np.ndarray | None
+    names: tuple[str, ...] | None
+    reason: str
+
+
+def network_rgb(image: np.ndarray) -> np.ndarray:
+    """A network input, float ``(3, H, W)`` in ``[-1, 1]``, as uint8 ``(H, W, 3)`` colours."""
+    x = np.asarray(image, dtype=np.float32)
+    return np.clip(np.rint((x.transpose(1, 2, 0) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def input_label_palette(identity: dict | None, first_input: np.ndarray | None) -> InputLabels:
+    """The palette a dataset's inputs are label maps in, or None and why not.
+
+    The candidate palette is the one its label maps are read with (a pix2pix folder's
+    ``classes.txt``, else the Facades palette); the inputs are label maps when the first one lies
+    within :data:`MAX_PALETTE_DISTANCE` of it (Facades labels → photo: ~27; a photo: ~100).
+    ``identity`` is a dataset's identity (``ds.identity``, or the one a store recorded).
+    """
+    identity = identity or {}
+    palette, names, source = FACADES_PALETTE, FACADES_CLASSES, None
+    if identity.get("kind") == "pix2pix" and identity.get("path") and Path(identity["path"]).is_dir():
+        palette, names, source = label_palette(Path(identity["path"]))
+    if first_input is None:
+        return InputLabels(None, None, "no input images")
+    first = np.asarray(first_input)
+    if first.ndim != 3 or first.shape[0] != 3:
+        return InputLabels(None, None, f"the inputs are not RGB images (shape {first.shape})")
+    d = palette_distance(network_rgb(first), palette)
+    which = f"the colours of {source}" if source else "the Facades palette"
+    if d > MAX_PALETTE_DISTANCE:
+        return InputLabels(None, None, f"the inputs are not label maps in {which} (mean distance {d:.0f} RGB "
+                                       f"units to the nearest colour; a label map: under {MAX_PALETTE_DISTANCE:.0f})")
+    return InputLabels(np.asarray(palette, dtype=np.uint8), tuple(names), f"label maps in {which} (mean distance {d:.0f})")
 
 
 def palette_distance(rgb: np.ndarray, palette: np.ndarray) -> float:

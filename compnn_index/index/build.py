@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from ..checks import check_threads, thread_limit
 from ..data import as_paired_dataset
+from ..data.pix2pix import input_label_palette
 from ..errors import IndexStoreError, ModelError
 from ..features import FeatureExtractor, LayerSpec, default_layer_specs, infer_layer_specs, smallest_tap
 from ..models import model_hash
@@ -310,6 +311,9 @@ def build_index(
             if geoms:  # optional field: stores without it load as before
                 manifest["predictions"] = manifest_entries(geoms)
                 order.append("predictions")
+            if dataset.task == "translate" and len(dataset):  # optional: old stores compute it on open
+                manifest["input_labels"] = input_labels_record(manifest["dataset"], dataset[0].input)
+                order.append("input_labels")
             manifest = {k: manifest[k] for k in order}
             # one sequential pass over the finished files, before the atomic rename
             manifest["checksums"] = integrity.compute_checksums(tmp)
@@ -484,3 +488,13 @@ def _write_store(
             for name, (shape, dtype) in arrays.items()
         },
     }
+
+
+def input_labels_record(identity: dict, first_input: np.ndarray) -> dict:
+    """The manifest's ``input_labels`` of a translation store: the palette and class names its
+    inputs are label maps in (null when they are not) and why
+    (:func:`compnn_index.data.pix2pix.input_label_palette`), recorded at build so the store does not
+    need its dataset folder to know."""
+    found = input_label_palette(identity, first_input)
+    return {"palette": None if found.palette is None else found.palette.astype(int).tolist(),
+            "class_names": None if found.names is None else list(found.names), "reason": found.reason}

@@ -283,6 +283,9 @@ def assemble(root: Path, ranges: Sequence[tuple[int, int]], *, started: float | 
         "global": {**first["global"], "ntotal": gtotal, "file": GLOBAL_FILE},
         "arrays": arrays, "shards": shards, "checksums": None, "versions": first.get("versions"),
     }
+    for optional in ("input_labels",):  # what every shard records alike
+        if first.get(optional) is not None:
+            manifest[optional] = first[optional]
     write_manifest(root, manifest)
     return manifest
 

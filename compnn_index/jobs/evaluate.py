@@ -247,28 +247,14 @@ def input_label_palette(ds) -> tuple[np.ndarray | None, str]:
     """The palette a translation dataset's *inputs* are label maps in, or None and why not.
 
     Table 2 scores the input reconstruction against the input label map, which needs the inputs
-    to be label maps: a pix2pix folder's ``classes.txt`` palette or the Facades one, accepted when
-    the first input lies within :data:`~compnn_index.data.pix2pix.MAX_PALETTE_DISTANCE` of it
-    (Facades labels → photo: yes; a photo → photo set: no)."""
-    from ..data import FACADES_PALETTE
-    from ..data.pix2pix import MAX_PALETTE_DISTANCE, label_palette, palette_distance
-    from ..pictures import to_rgb
+    to be label maps (:func:`compnn_index.data.pix2pix.input_label_palette`: Facades labels →
+    photo yes, a photo → photo set no)."""
+    from ..data.pix2pix import input_label_palette as palette_of
 
-    ident = getattr(ds, "identity", {}) or {}
-    palette, source = FACADES_PALETTE, None
-    if ident.get("kind") == "pix2pix" and ident.get("path"):
-        palette, _, source = label_palette(Path(ident["path"]))
     if len(ds) == 0:
         return None, "no test images"
-    first = np.asarray(ds[0].input, dtype=np.float32)
-    if first.ndim != 3 or first.shape[0] != 3:
-        return None, f"the inputs are not RGB images (shape {first.shape})"
-    d = palette_distance(to_rgb(first, None), palette)
-    which = f"the colours of {source}" if source else "the Facades palette"
-    if d > MAX_PALETTE_DISTANCE:
-        return None, (f"the inputs are not label maps in {which} (mean distance {d:.0f} RGB units to the "
-                      f"nearest colour; a label map: under {MAX_PALETTE_DISTANCE:.0f})")
-    return palette, f"label maps in {which} (mean distance {d:.0f})"
+    found = palette_of(getattr(ds, "identity", None), ds[0].input)
+    return found.palette, found.reason
 
 
 class _ImageJob:

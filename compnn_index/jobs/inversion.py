@@ -4,9 +4,10 @@ CompNN's input reconstruction.
 Training reads the explained CNN and its training images from an index store (the ``inputs``
 array: the training split the store was built on) and computes the layer's activations on the
 fly, batch by batch, so the inversion needs no layer store of its own. Inputs are photos (L2
-loss, ``tanh`` RGB output) or label maps (cross-entropy over the Facades palette's classes,
-read from the input colours); by default a ``translate`` store's inputs are label maps
-(labels → photo) and a ``segment`` store's are photos.
+loss, ``tanh`` RGB output) or label maps (cross-entropy over the classes of the store's input
+palette: ``classes.txt``'s colours or the Facades palette, recorded in the checkpoint); by
+default a store's inputs are label maps when they are drawn in that palette (labels → photo),
+photos otherwise.
 """
 from __future__ import annotations
 
@@ -26,18 +27,35 @@ INPUT_KINDS = ("photo", "labels")
 
 
 def input_kind(cnn, kind: str | None = None) -> str:
-    """``photo`` or ``labels``: what the store's network inputs are (see the module doc)."""
-    if kind is not None:
-        return check_choice(kind, "input kind", INPUT_KINDS)
-    return "labels" if cnn.task == "translate" else "photo"
+    """``photo`` or ``labels``: what the store's network inputs are. By default ``labels`` when
+    the store's inputs are label maps (:meth:`CompNN.input_labels`: a labels → photo network,
+    in ``classes.txt``'s colours or Facades'), ``photo`` otherwise; ``labels`` asked of a store
+    whose inputs are not label maps is refused, saying why."""
+    found = cnn.input_labels()
+    if kind is None:
+        return "labels" if found.palette is not None else "photo"
+    kind = check_choice(kind, "input kind", INPUT_KINDS)
+    if kind == "labels" and found.palette is None:
+        raise ModelError(f"--kind labels: this store's inputs are not label maps ({found.reason}); "
+                         "use --kind photo")
+    return kind
 
 
-def input_labels(image: np.ndarray) -> np.ndarray:
-    """A label-map input (colours, float (3, H, W)) → int64 class indices (nearest palette colour)."""
-    from ..data import FACADES_PALETTE, labels_from_colors
-    from ..pictures import to_rgb
+def net_palette(net) -> np.ndarray:
+    """The label palette a ``labels`` inversion was trained with (its checkpoint records it;
+    older checkpoints: the Facades palette, the only one they knew)."""
+    from ..data import FACADES_PALETTE
 
-    return labels_from_colors(to_rgb(np.asarray(image, dtype=np.float32), None), FACADES_PALETTE)
+    pal = net.checkpoint_extra.get("palette")
+    return FACADES_PALETTE if pal is None else np.asarray(pal, dtype=np.uint8)
+
+
+def input_labels(image: np.ndarray, palette: np.ndarray) -> np.ndarray:
+    """A label-map input (colours, float (3, H, W)) → int64 class indices (nearest ``palette`` colour)."""
+    from ..data import labels_from_colors
+    from ..data.pix2pix import network_rgb
+
+    return labels_from_colors(network_rgb(image), palette)
 
 
 def _tap(cnn, layer: str):
@@ -58,13 +76,13 @@ def activations(cnn, images: np.ndarray, layer: str) -> torch.Tensor:
 
 
 def build_inversion(cnn, layer: str, kind: str, width: int | None = None):
-    """A fresh :class:`~compnn_index.models.InversionNet` for ``layer`` of the store's network."""
-    from ..data import FACADES_PALETTE
+    """A fresh :class:`~compnn_index.models.InversionNet` for ``layer`` of the store's network
+    (``labels``: one output per class of the store's input palette)."""
     from ..models import InversionNet
 
     h = int(cnn.store.image_size[0])
     a = activations(cnn, np.zeros((1, 3, *cnn.store.image_size), np.float32), layer)
-    out = len(FACADES_PALETTE) if kind == "labels" else 3
+    out = len(cnn.input_labels().palette) if kind == "labels" else 3
     return InversionNet(in_channels=int(a.shape[1]), stride=h // int(a.shape[2]), out_channels=out,
                         output="labels" if kind == "labels" else "image", width=width, layer=layer)
 
@@ -96,6 +114,9 @@ def train_inversion(
         record = {"layer": layer, "kind": kind, "store": str(Path(cnn.store.path).resolve()),
                   "model_hash": cnn.store.manifest["model"]["hash"], "images": n, "lr": lr,
                   "batch_size": batch_size}
+        if kind == "labels":  # the classes it predicts, for apply and evaluate
+            palette = cnn.input_labels().palette
+            record.update(palette=palette.astype(int).tolist(), class_names=list(cnn.input_labels().names or ()))
         bar = tqdm(total=steps, unit="batch", desc=f"invert {layer}", disable=not progress)
         with bar:
             for epoch in range(epochs):
@@ -110,7 +131,7 @@ def train_inversion(
                     if kind == "labels":
                         for i in ids:
                             if i not in labels:
-                                labels[i] = input_labels(inputs[i])
+                                labels[i] = input_labels(inputs[i], palette)
                         loss = F.cross_entropy(pred, torch.from_numpy(np.stack([labels[i] for i in ids])))
                     else:
                         loss = F.mse_loss(pred, torch.from_numpy(x))
@@ -156,7 +177,6 @@ def apply_inversion(checkpoint: str | Path, images: Sequence[str], *, out: str |
 
     from ..api import CompNN
     from ..checks import is_int_text
-    from ..data import FACADES_PALETTE
     from ..models import load_inversion
     from ..pictures import to_rgb
 
@@ -173,7 +193,7 @@ def apply_inversion(checkpoint: str | Path, images: Sequence[str], *, out: str |
             rec = invert(cnn, net, img)
             name = f"id{item}" if is_int_text(str(item)) else Path(item).stem
             path = out / f"{name}_inversion_{net.config['layer']}.png"
-            Image.fromarray(to_rgb(rec, FACADES_PALETTE)).save(path)
+            Image.fromarray(to_rgb(rec, net_palette(net) if rec.ndim == 2 else None)).save(path)
             written.append(path)
             if progress:
                 print(f"{item}: {path}")

@@ -18,7 +18,7 @@ import numpy as np
 from ..errors import QueryError
 from ..metrics import confusion_matrix, mean_pixel_accuracy, pixel_accuracy, psnr, ssim
 from ..options import QueryOptions
-from .inversion import input_labels, invert
+from .inversion import input_labels, invert, net_palette
 
 
 class InversionEval:
@@ -38,6 +38,10 @@ class InversionEval:
             raise QueryError(f"--inversion: CompNN input reconstruction needs layers {missing} in the "
                              f"index store (it has {', '.join(cnn.layers)}); rebuild with --layers")
         self.kind = self.nets[0].checkpoint_extra.get("kind", "photo")
+        if any(net.checkpoint_extra.get("kind", "photo") != self.kind for net in self.nets):
+            raise QueryError("--inversion: the checkpoints mix photo and label-map inversions; "
+                             "give the ones of one kind")
+        self.palette = net_palette(self.nets[0]) if self.kind == "labels" else None
         self.scores: dict[tuple[str, str], list[dict]] = defaultdict(list)
         self.cms: dict[tuple[str, str], np.ndarray] = {}
         self.picture_rows: list[list] = []
@@ -45,26 +49,22 @@ class InversionEval:
     def add(self, feats, image: np.ndarray) -> None:
         from ..pictures import to_rgb
 
-        truth = input_labels(image) if self.kind == "labels" else image
+        truth = input_labels(image, self.palette) if self.kind == "labels" else image
         first = not self.picture_rows
         for net, layer in zip(self.nets, self.layers):
             ir = self.cnn.explain(feats, layer=layer, options=self.options, sources=("input",))
             recs = {"compnn_ir": ir.reconstructions["input"], "learned": invert(self.cnn, net, image)}
             if self.kind == "labels":
-                recs["compnn_ir"] = input_labels(recs["compnn_ir"])
+                recs["compnn_ir"] = input_labels(recs["compnn_ir"], self.palette)
             for method, rec in recs.items():
                 if self.kind == "labels":
-                    from ..data import FACADES_PALETTE
-
-                    cm = confusion_matrix(rec, truth, len(FACADES_PALETTE))
+                    cm = confusion_matrix(rec, truth, len(self.palette))
                     self.cms[(layer, method)] = self.cms.get((layer, method), 0) + cm
                 else:
                     self.scores[(layer, method)].append({"psnr": psnr(rec, truth), "ssim": ssim(rec, truth)})
             if first:
-                from ..data import FACADES_PALETTE
-
-                self.picture_rows.append([to_rgb(image, None), to_rgb(recs["compnn_ir"], FACADES_PALETTE),
-                                          to_rgb(recs["learned"], FACADES_PALETTE)])
+                self.picture_rows.append([to_rgb(image, None), to_rgb(recs["compnn_ir"], self.palette),
+                                          to_rgb(recs["learned"], self.palette)])
 
     def rows(self) -> list[dict]:
         out = []
