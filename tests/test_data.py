@@ -204,13 +204,39 @@ def test_pix2pix_segment_refuses_a_photo_half_read_as_labels(tmp_path):
 def test_pix2pix_bad_width_at_construction_and_at_read(tmp_path):
     root = tmp_path / "x"
     (root / "train").mkdir(parents=True)
-    Image.new("RGB", (300, 256)).save(root / "train" / "3.jpg")
-    with pytest.raises(DataError, match=r"x/train/3.jpg: expected an AB image of width 2 × height, got 256×300 \(H×W\)"):
+    Image.new("RGB", (301, 256)).save(root / "train" / "3.jpg")
+    odd = r"x/train/3.jpg: expected an AB image, two halves of equal width side by side \(an even width\), got 256×301"
+    with pytest.raises(DataError, match=odd):
         open_dataset(root)
     Image.new("RGB", (64, 32)).save(root / "train" / "1.png")
     ds = open_dataset(root)  # the first file is fine; 3.jpg fails when read
-    with pytest.raises(DataError, match=r"x/train/3.jpg: expected an AB image of width 2 × height, got 256×300 \(H×W\)"):
+    with pytest.raises(DataError, match=odd):
         ds[1]
+    Image.new("RGB", (128, 32)).save(root / "train" / "3.jpg")  # even, but halves of another size
+    with pytest.raises(DataError, match=r"3.jpg: expected halves of 32×32 \(H×W\) like 1.png, got 32×64"):
+        ds[1]
+
+
+def test_pix2pix_halves_need_not_be_square(tmp_path):
+    """pix2pix splits an AB image's width in two whatever its aspect: 64×192 files are 64×96 pairs,
+    and a query file of that geometry is cut the same way."""
+    from compnn_index.data.query_image import dataset_image
+
+    root = tmp_path / "wide"
+    (root / "train").mkdir(parents=True)
+    a = np.zeros((64, 96, 3), np.uint8)
+    a[:, :, 0] = 200
+    b = np.zeros((64, 96, 3), np.uint8)
+    b[:, :, 2] = 200
+    Image.fromarray(np.concatenate([a, b], axis=1)).save(root / "train" / "1.png")
+    ds = open_dataset(root, task="translate")
+    assert ds.image_size == (64, 96) and ds.identity["source_size"] == [64, 192]
+    s = ds[0]
+    assert s.input.shape == (3, 64, 96) and s.input[0].mean() > 0.5 and s.target[2].mean() > 0.5
+    back = open_dataset(root, task="translate", direction="BtoA")[0]
+    assert back.input[2].mean() > 0.5 and back.target[0].mean() > 0.5
+    q = dataset_image(root / "train" / "1.png", ds.identity, (64, 96))
+    np.testing.assert_allclose(q, s.input)
 
 
 def test_pix2pix_truncated_and_unreadable_files_name_the_file(tmp_path):

@@ -35,6 +35,20 @@ def label_palette(root: Path) -> tuple[np.ndarray, tuple[str, ...], Path | None]
     return palette, names, path
 
 
+def _check_ab_width(path: Path, h: int, w: int) -> None:
+    if w % 2 or w < 2:
+        raise DataError(f"{path}: expected an AB image, two halves of equal width side by side (an even "
+                        f"width), got {h}×{w} (H×W)")
+
+
+def ab_halves(img, direction: str = "AtoB"):
+    """A pix2pix AB image's (input, target) halves, each ``H × W/2`` (pix2pix splits the width in
+    two whatever the aspect): (A, B) for AtoB, (B, A) for BtoA."""
+    w, h = img.size
+    a, b = img.crop((0, 0, w // 2, h)), img.crop((w // 2, 0, 2 * (w // 2), h))
+    return (a, b) if direction == "AtoB" else (b, a)
+
+
 class InputLabels(NamedTuple):
     """Whether a translation network's *inputs* are label maps: their palette and class names
     (None when they are not), and why, in words."""
@@ -128,10 +142,9 @@ class Pix2PixDataset(PairedDataset):
         self._direction = direction
         self._size = size
         w, h = header_size(files[0])
-        if w != 2 * h:
-            raise DataError(f"{files[0]}: expected an AB image of width 2 × height, got {h}×{w} (H×W)")
+        _check_ab_width(files[0], h, w)
         if size is None:
-            check_multiple(files[0], h, h, "each half")
+            check_multiple(files[0], h, w // 2, "each half")
         palette, names, self._classes_file = label_palette(root) if task == "segment" else (None, None, None)
         self._palette = palette
         if task == "segment":
@@ -142,7 +155,7 @@ class Pix2PixDataset(PairedDataset):
             task=task,
             num_classes=len(palette) if task == "segment" else None,
             ignore_index=ignore_index,
-            image_size=size if size is not None else (h, h),
+            image_size=size if size is not None else (h, w // 2),
             identity={
                 "kind": self.kind, "path": str(root.resolve()), "split": split,
                 "direction": direction, "task": task, "size": None if size is None else list(size),
@@ -157,12 +170,11 @@ class Pix2PixDataset(PairedDataset):
         path = self._files[i]
         img = read_photo(path)
         w, h = img.size
-        if w != 2 * h:
-            raise DataError(f"{path}: expected an AB image of width 2 × height, got {h}×{w} (H×W)")
-        if self._size is None and (h, h) != self.image_size:
+        _check_ab_width(path, h, w)
+        if self._size is None and (h, w // 2) != self.image_size:
             eh, ew = self.image_size
             raise DataError(
-                f"{path}: expected halves of {eh}×{ew} (H×W) like {self._files[0].name}, got {h}×{h}; "
+                f"{path}: expected halves of {eh}×{ew} (H×W) like {self._files[0].name}, got {h}×{w // 2}; "
                 "pass size= to resize every image"
             )
         source, dest = self._halves(img)
@@ -174,9 +186,7 @@ class Pix2PixDataset(PairedDataset):
 
     def _halves(self, img):
         """An AB image's (input, target) halves: (A, B) for AtoB, (B, A) for BtoA."""
-        h = img.size[1]
-        a, b = img.crop((0, 0, h, h)), img.crop((h, 0, 2 * h, h))
-        return (a, b) if self._direction == "AtoB" else (b, a)
+        return ab_halves(img, self._direction)
 
     def _meta(self, i: int) -> dict[str, Any]:
         return {"file": f"{self.identity['split']}/{self._files[i].name}"}

@@ -172,8 +172,8 @@ def dataset_image(image: str | Path | Image.Image, dataset: dict | None,
             photo = read_photo(path)
         except CompNNError as exc:
             raise QueryError(str(exc)) from None
-    h = photo.height
-    if dataset.get("kind") == "pix2pix" and photo.width == 2 * h:
-        a, b = photo.crop((0, 0, h, h)), photo.crop((h, 0, 2 * h, h))
-        photo = a if dataset.get("direction", "AtoB") == "AtoB" else b
+    if dataset.get("kind") == "pix2pix" and photo.width % 2 == 0:
+        from .pix2pix import ab_halves
+
+        photo = ab_halves(photo, dataset.get("direction", "AtoB"))[0]
     return to_network(resize_photo(photo, tuple(size)))
