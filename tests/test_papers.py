@@ -214,6 +214,11 @@ def test_table2_mpa_is_one_for_the_query_own_input_and_inversion_rows(translate_
     (inv,) = doc["inversion"]
     assert inv["layer"] == "decoder3" and inv["kind"] == "labels"
     assert inv["compnn_ir"]["mpa"] == 1.0 and 0 <= inv["learned"]["mpa"] <= 1
+    assert inv["n_images"] == 2 and inv["compnn_ir"]["ci95"]["mpa"] == [1.0, 1.0]  # every image reconstructed exactly
+    lo, hi = inv["learned"]["ci95"]["mpa"]
+    assert 0 <= lo <= hi <= 1
+    d = inv["difference"]["mpa"]  # paired on the same images: CompNN IR (1.0 each) minus learned
+    assert d["value"] == 1.0 - inv["learned"]["mpa"] and d["n_images"] == 2 and d["supports"] is None
     assert (tmp_path / "eval" / "inversion.png").is_file()
     assert "learned inversion" in (tmp_path / "eval" / "results.md").read_text()
 

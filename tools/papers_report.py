@@ -251,10 +251,12 @@ def markdown(doc: dict, t1: dict | None) -> str:
     ap = doc["activation_prediction"]
     if ap:
         lines += ["", f"## Activation prediction: {ap['source']} → {ap['target']}", "",
-                  f"Database: {ap['database_images']} training images (a scaled-down database: 4×4 windows are "
-                  f"8,192-dim); {len(ap['test_images'])} test images; {ap['search']} search over every database image. "
-                  "Cosine and relative L2 are means over the target positions (all 256 channels of the decoder3 tap; "
-                  "`decoder channels` = the 128 the decoder computes, without the skip-connected encoder2 half). "
+                  f"Database: {ap['database_images']} training images"
+                  f"{' (a scaled-down database)' if ap['database_images'] < 400 else ''}; {len(ap['test_images'])} "
+                  f"test images; {ap['search']} search over every database image; k×k windows of {ap['source']} "
+                  f"(`dims` each) predict the {ap['target']} block they map to. "
+                  f"Cosine and relative L2 are means over the target positions (all channels of the {ap['target']} tap; "
+                  "`decoder channels` = the half the decoder computes, without the skip-connected encoder half). "
                   "Output agreement: pixel accuracy (and mIoU) of the network's labels when the predicted "
                   "activations replace the true ones from decoder3 onwards, against the CNN's own labels.", "",
                   "| window | dims | CompNN cosine | global NN cosine | CompNN rel. L2 | global rel. L2 | "
@@ -270,18 +272,35 @@ def markdown(doc: dict, t1: dict | None) -> str:
                          f"{v['compnn_wins_cosine']}/{v['images']} | {v['minutes']} |")
         lines += ["", "![Figure 3 layout](papers_figure3_k4.png)"]
     if doc["inversion"]:
+        first = doc["inversion"][0]
+        photo = first["kind"] != "labels"
+        t = first["training"]
         lines += ["", "## CompNN input reconstruction vs learned inversion (Dosovitskiy & Brox)", "",
-                  "Segmentation model (photo inputs): PSNR (dB) and SSIM against the input photo. CompNN IR: "
-                  "HyperPatch-Match over the top-16 shortlist of the 100-image store. Learned inversion: "
-                  "trained briefly on the same 100 training images (see the training columns).", "",
-                  "| layer | CompNN IR PSNR | learned PSNR | CompNN IR SSIM | learned SSIM | inversion epochs | images seen | train minutes | final loss |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  (f"{'Segmentation model (photo inputs): PSNR (dB) and SSIM against the input photo' if photo else 'Label-map inputs: pixel accuracy and MPA against the input label map'}; "
+                   f"{first.get('n_images', '?')} test images, 95% bootstrap intervals in brackets. CompNN IR: "
+                   f"{'HyperPatch-Match' if first['search'] == 'patchmatch' else 'exact search'} over the top-{first['top_k']} "
+                   f"shortlist of the store. Learned inversion: one network per layer trained on the store's "
+                   f"{t.get('images')} training images (see the training columns). `CompNN − learned`: the paired "
+                   "difference on the same test images, its 95% interval and p-value."), "",
+                  f"| layer | CompNN IR {'PSNR' if photo else 'pixel acc.'} | learned {'PSNR' if photo else 'pixel acc.'} | "
+                  f"CompNN − learned | CompNN IR {'SSIM' if photo else 'MPA'} | learned {'SSIM' if photo else 'MPA'} | "
+                  "CompNN − learned | inversion epochs | images seen | train minutes | final loss |",
+                  "|" + "---|" * 11]
+
+        def cell(r, method, k, digits=4):
+            return f"{_f(r[method][k], digits)}{_ci((r[method].get('ci95') or {}).get(k))}"
+
+        def diff(r, k):
+            d = (r.get("difference") or {}).get(k)
+            return "" if not d else f"{d['value']:+.4f}{_ci(d.get('ci95'))} (p {_f(d.get('p_value'), 3)})"
+
         for r in doc["inversion"]:
-            c, l, t = r["compnn_ir"], r["learned"], r["training"]
-            key = ("psnr", "ssim") if "psnr" in c else ("pixel_accuracy", "mpa")
-            lines.append(f"| {r['layer']} | {_f(c[key[0]], 2)} | {_f(l[key[0]], 2)} | {_f(c[key[1]])} | {_f(l[key[1]])} | "
-                         f"{_f(t.get('epochs'))} | {_f(t.get('images_seen'))} | {_f(t.get('train_minutes'))} | "
-                         f"{_f((t.get('losses') or [None])[-1])} |")
+            tr = r["training"]
+            key = ("psnr", "ssim") if "psnr" in r["compnn_ir"] else ("pixel_accuracy", "mpa")
+            lines.append(f"| {r['layer']} | {cell(r, 'compnn_ir', key[0], 2)} | {cell(r, 'learned', key[0], 2)} | "
+                         f"{diff(r, key[0])} | {cell(r, 'compnn_ir', key[1])} | {cell(r, 'learned', key[1])} | "
+                         f"{diff(r, key[1])} | {_f(tr.get('epochs'), 1)} | {_f(tr.get('images_seen'))} | "
+                         f"{_f(tr.get('train_minutes'), 1)} | {_f((tr.get('losses') or [None])[-1])} |")
         lines += ["", "![inversion](papers_inversion.png)"]
     lines += claim_lines(doc.get("claims") or [])
     return "\n".join(lines) + "\n"

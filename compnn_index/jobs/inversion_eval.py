@@ -43,7 +43,7 @@ class InversionEval:
                              "give the ones of one kind")
         self.palette = net_palette(self.nets[0]) if self.kind == "labels" else None
         self.scores: dict[tuple[str, str], list[dict]] = defaultdict(list)
-        self.cms: dict[tuple[str, str], np.ndarray] = {}
+        self.cms: dict[tuple[str, str], list[np.ndarray]] = defaultdict(list)  # per test image
         self.picture_rows: list[list] = []
 
     def add(self, feats, image: np.ndarray) -> None:
@@ -58,8 +58,7 @@ class InversionEval:
                 recs["compnn_ir"] = input_labels(recs["compnn_ir"], self.palette)
             for method, rec in recs.items():
                 if self.kind == "labels":
-                    cm = confusion_matrix(rec, truth, len(self.palette))
-                    self.cms[(layer, method)] = self.cms.get((layer, method), 0) + cm
+                    self.cms[(layer, method)].append(confusion_matrix(rec, truth, len(self.palette)))
                 else:
                     self.scores[(layer, method)].append({"psnr": psnr(rec, truth), "ssim": ssim(rec, truth)})
             if first:
@@ -67,21 +66,39 @@ class InversionEval:
                                           to_rgb(recs["learned"], self.palette)])
 
     def rows(self) -> list[dict]:
+        """One row per layer: each method's figures, their 95% bootstrap intervals over the test
+        images (``ci95``) and the paired difference CompNN IR − learned on the same images
+        (``difference``: its interval and p-value, :func:`~compnn_index.jobs.stats.paired_difference`)."""
+        from .stats import boot_cm, boot_mean, ci95, paired_difference, resample_weights
+
         out = []
         for net, layer in zip(self.nets, self.layers):
             row = {"layer": layer, "kind": self.kind, "top_k": self.options.top_k,
                    "search": self.options.search,
                    "training": {k: net.checkpoint_extra.get(k) for k in
                                 ("epochs", "images", "images_seen", "train_minutes", "losses")}}
-            for method in ("compnn_ir", "learned"):
+            keys = ("pixel_accuracy", "mpa") if self.kind == "labels" else ("psnr", "ssim")
+            per = {m: self.cms[(layer, m)] if self.kind == "labels" else self.scores[(layer, m)]
+                   for m in ("compnn_ir", "learned")}
+            n = len(per["compnn_ir"])
+            weights = resample_weights(n) if n else None
+            boots = {}
+            for method, items in per.items():
                 if self.kind == "labels":
-                    cm = self.cms[(layer, method)]
+                    cm = np.sum(items, axis=0)
                     row[method] = {"pixel_accuracy": pixel_accuracy(cm), "mpa": mean_pixel_accuracy(cm)}
+                    boots[method] = {k: boot_cm(np.stack(items), k, len(self.palette), weights) for k in keys}
                 else:
-                    items = self.scores[(layer, method)]
                     finite = [m["psnr"] for m in items if np.isfinite(m["psnr"])]
                     row[method] = {"psnr": float(np.mean(finite)) if finite else float("inf"),
                                    "ssim": float(np.mean([m["ssim"] for m in items]))}
+                    boots[method] = {k: boot_mean([m[k] for m in items], weights) for k in keys}
+                row[method]["ci95"] = {k: ci95(boots[method][k]) for k in keys}
+            row["n_images"] = n
+            row["difference"] = {k: {"value": row["compnn_ir"][k] - row["learned"][k],
+                                     **paired_difference(boots["compnn_ir"][k], boots["learned"][k], n_images=n,
+                                                         paper=None)}
+                                 for k in keys}
             out.append(row)
         return out
 
